@@ -1,0 +1,801 @@
+"""Where images come from: the toy world, and loaders for the real KITTI layout.
+
+The toy world is a small procedural driving scene, ray-cast with plain tensor code, written to disk
+exactly as KITTI ships it (raw drives, calibration, projected ground-truth depth, data_semantics,
+split files) and read back through the same loaders that read real KITTI. So every code path the
+experiments use on a GPU machine is exercised on a laptop.
+
+Contents, top to bottom:
+  1. the toy world: procedural textures, scene generation, ray casting, rendering to the KITTI layout;
+  2. reading the KITTI layout: calibration, images, depth, labels, split files;
+  3. datasets: video snippets for self-supervised depth, labelled images for few-shot segmentation.
+
+Coordinates: camera x right, y down, z forward; depth is the z coordinate in metres; pixel centres sit
+at integer (u, v). The world frame has the same axes, with the road at y = +1.65 m below the camera.
+"""
+import argparse
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torchvision.io import ImageReadMode, decode_image, decode_png, read_file, write_png
+from torchvision.transforms import v2
+from torchvision import tv_tensors
+
+# ----------------------------------------------------------------------------------------------
+# 1. The toy world
+# ----------------------------------------------------------------------------------------------
+
+CAMERA_HEIGHT = 1.65   # metres above the road (KITTI's rig)
+STEREO_BASELINE = 0.54  # metres from the left (image_02) to the right (image_03) camera
+TOY_DATE = '2011_09_26'
+
+# Cityscapes label ids, as KITTI's data_semantics stores them.
+LABEL_IDS = {'road': 7, 'sidewalk': 8, 'building': 11, 'pole': 17, 'traffic sign': 20,
+             'vegetation': 21, 'terrain': 22, 'sky': 23, 'person': 24, 'car': 26}
+
+# Cityscapes label id -> train id (19 classes); every other id is ignored (255).
+LABEL_TO_TRAIN_ID = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10,
+                     24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
+
+# Road cross-section, as lateral offsets from the centre line (metres).
+LANE_CENTRE, ROAD_EDGE, CURB, SETBACK = 1.75, 5.5, 8.0, 10.5
+
+
+_NOISE_TABLE = torch.rand(1 << 16, generator=torch.Generator().manual_seed(0))
+
+
+def value_noise(p, salt=0):
+    """Smooth 3-D value noise in [0, 1] at points p [N, 3]: random values on the integer lattice
+    (looked up in a fixed table by a hash of the lattice point), blended with smoothstep weights."""
+    base = torch.floor(p)
+    w = p - base
+    w = w * w * (3 - 2 * w)
+    i = base.long()
+    key = i[:, 0] * 1619 + i[:, 1] * 31337 + i[:, 2] * 6971 + salt * 1013
+    out = torch.zeros(p.shape[0])
+    for dx in (0, 1):
+        for dy in (0, 1):
+            for dz in (0, 1):
+                corner = _NOISE_TABLE[(key + dx * 1619 + dy * 31337 + dz * 6971) & 0xFFFF]
+                weight = ((w[:, 0] if dx else 1 - w[:, 0]) * (w[:, 1] if dy else 1 - w[:, 1])
+                          * (w[:, 2] if dz else 1 - w[:, 2]))
+                out += weight * corner
+    return out
+
+
+NOISE_SCALES = (4.0, 1.0, 0.25, 0.06)  # metres: texture detail at several scales
+
+
+def noise_octaves(p, footprint):
+    """Value noise at NOISE_SCALES, centred on 0, each octave faded out where its features get
+    smaller than a pixel (footprint = metres per pixel), a cheap stand-in for mip-mapping that keeps
+    distant texture from aliasing. Returns [N, len(NOISE_SCALES)]."""
+    octaves = []
+    for k, scale in enumerate(NOISE_SCALES):
+        fade = (scale / (2 * footprint) - 1).clamp(0, 1)
+        visible = fade > 0
+        octave = torch.zeros(p.shape[0])
+        octave[visible] = (value_noise(p[visible] / scale, salt=k) - 0.5) * fade[visible]
+        octaves.append(octave)
+    return torch.stack(octaves, 1)
+
+
+def road_centre(z, curve):
+    """Lateral position x(z) of the road's centre line: two gentle sinusoids (curve = [a1, l1, p1, a2, l2, p2])."""
+    a1, l1, p1, a2, l2, p2 = curve
+    return a1 * torch.sin(z / l1 + p1) + a2 * torch.sin(z / l2 + p2)
+
+
+def road_heading(z, curve):
+    """Yaw of the road's tangent at z (radians, rotation about the y axis)."""
+    a1, l1, p1, a2, l2, p2 = curve
+    slope = a1 / l1 * torch.cos(z / l1 + p1) + a2 / l2 * torch.cos(z / l2 + p2)
+    return torch.atan(slope)
+
+
+def rot_y(yaw):
+    """Rotation about the (downward) y axis: maps forward (0, 0, 1) to (sin yaw, 0, cos yaw)."""
+    c, s = math.cos(yaw), math.sin(yaw)
+    return torch.tensor([[c, 0., s], [0., 1., 0.], [-s, 0., c]])
+
+
+def rot_x(pitch):
+    """Rotation about the x axis (camera pitch)."""
+    c, s = math.cos(pitch), math.sin(pitch)
+    return torch.tensor([[1., 0., 0.], [0., c, -s], [0., s, c]])
+
+
+class Drive:
+    """One drive of the toy world: a road, the objects along it, the lighting, the camera path.
+
+    Objects are oriented boxes (buildings, cars, poles, sign panels, trunks, people) and spheres
+    (tree crowns, heads). Moving cars follow the road: their pose is a function of the frame index.
+    """
+
+    def __init__(self, seed, num_frames, speed=None):
+        g = torch.Generator().manual_seed(seed)
+        self.rand = lambda *shape: torch.rand(shape or (1,), generator=g)
+        r = lambda lo, hi: float(lo + (hi - lo) * self.rand())
+        self.curve = [r(2, 6), r(40, 80), r(0, 6.3), r(1, 3), r(15, 30), r(0, 6.3)]
+        self.speed = speed or r(0.8, 1.2)  # metres per frame (KITTI: 10 Hz at ~35 km/h)
+        self.pitch = (r(0.002, 0.008), r(4, 9))  # a gentle bounce: amplitude (rad), period (frames)
+        self.length = num_frames * self.speed + 120
+        elevation, azimuth = r(0.35, 1.0), r(0, 6.3)
+        self.sun = torch.tensor([math.cos(elevation) * math.sin(azimuth), -math.sin(elevation),
+                                 math.cos(elevation) * math.cos(azimuth)])
+        self.ambient, self.diffuse = r(0.35, 0.55), r(0.5, 0.8)
+        self.tint = torch.tensor([r(0.9, 1.1), r(0.95, 1.05), r(0.9, 1.1)])
+        self.urban = r(0.3, 0.95)  # share of the roadside lined with buildings
+        self.boxes, self.spheres, self.movers = [], [], []
+        self._populate(r)
+
+    # -- scene generation ------------------------------------------------------------------------
+    def _place(self, s, u):
+        """World position (x, z) and yaw of the point at distance s along the road, lateral offset u."""
+        s = torch.tensor(float(s))
+        yaw = float(road_heading(s, self.curve))
+        x = float(road_centre(s, self.curve)) + u * math.cos(yaw)
+        return x, float(s) - u * math.sin(yaw), yaw
+
+    def _box(self, s, u, half, lift, label, colour, yaw_offset=0.0):
+        """Add a box whose bottom sits `lift` metres above the road, centred at (s, u)."""
+        x, z, yaw = self._place(s, u)
+        y = CAMERA_HEIGHT - lift - half[1]
+        self.boxes.append(dict(centre=torch.tensor([x, y, z]), half=torch.tensor(half),
+                               yaw=yaw + yaw_offset, label=LABEL_IDS[label], colour=torch.tensor(colour)))
+
+    def _sphere(self, s, u, radius, height, label, colour):
+        x, z, _ = self._place(s, u)
+        self.spheres.append(dict(centre=torch.tensor([x, CAMERA_HEIGHT - height, z]), radius=radius,
+                                 label=LABEL_IDS[label], colour=torch.tensor(colour)))
+
+    def _populate(self, r):
+        for side in (-1, 1):
+            s = -30.0
+            while s < self.length:  # buildings, with gaps of terrain and trees
+                width = r(8, 20)
+                if self.rand() < self.urban:
+                    depth, height = r(8, 14), r(6, 20)
+                    colour = [r(0.35, 0.8), r(0.3, 0.7), r(0.25, 0.6)]
+                    self._box(s + width / 2, side * (SETBACK + r(0, 2) + depth / 2),
+                              [width / 2 - 0.3, height / 2, depth / 2], 0, 'building', colour)
+                else:
+                    for _ in range(int(r(1, 3))):
+                        self._tree(s + r(0, width), side * r(CURB + 0.5, SETBACK + 3), r)
+                s += width
+            s = r(0, 20)
+            while s < self.length:  # street furniture on the sidewalk's outer edge
+                u = side * (CURB - 0.3)
+                self._box(s, u, [0.08, r(2.5, 3.5), 0.08], 0, 'pole', [0.45, 0.45, 0.47])
+                if self.rand() < 0.3:
+                    colour = [[0.8, 0.1, 0.1], [0.1, 0.25, 0.75], [0.9, 0.8, 0.1]][int(r(0, 2.99))]
+                    self._box(s, u - side * 0.1, [0.35, 0.35, 0.03], 2.2, 'traffic sign', colour)
+                s += r(18, 35)
+            s = r(0, 15)
+            while s < self.length:  # parked cars
+                if self.rand() < 0.5:
+                    self._car(s, side * (ROAD_EDGE - 1.1), r)
+                s += r(6, 14)
+            s = r(0, 40)
+            while s < self.length:  # rare pedestrians on the sidewalk
+                u = side * r(ROAD_EDGE + 0.8, CURB - 0.8)
+                self._box(s, u, [0.25, 0.45, 0.15], 0, 'person', [r(0.1, 0.6), r(0.1, 0.6), r(0.2, 0.7)])
+                self._box(s, u, [0.22, 0.33, 0.13], 0.9, 'person', [r(0.2, 0.9), r(0.1, 0.8), r(0.1, 0.8)])
+                self._sphere(s, u, 0.12, 1.75, 'person', [0.8, 0.6, 0.5])
+                s += r(40, 90)
+        for _ in range(int(r(2, 5))):  # moving cars: some ahead in our lane, some oncoming
+            same_way = self.rand() < 0.5
+            self.movers.append(dict(s0=r(10, 40) if same_way else r(30, self.length),
+                                    u=LANE_CENTRE if same_way else -LANE_CENTRE,
+                                    v=self.speed * (r(0.8, 1.1) if same_way else -r(0.6, 1.2)),
+                                    colour=torch.tensor([r(0.1, 0.9), r(0.1, 0.9), r(0.1, 0.9)])))
+
+    def _tree(self, s, u, r):
+        trunk = r(1.5, 3)
+        self._box(s, u, [0.15, trunk / 2, 0.15], 0, 'vegetation', [0.35, 0.25, 0.15])
+        radius = r(1.2, 2.8)
+        self._sphere(s, u, radius, trunk + radius * 0.8, 'vegetation', [r(0.15, 0.3), r(0.35, 0.55), 0.15])
+
+    def _car(self, s, u, r, colour=None):
+        colour = colour if colour is not None else [r(0.1, 0.9), r(0.1, 0.9), r(0.1, 0.9)]
+        self._box(s, u, [0.9, 0.75, 2.1], 0, 'car', colour)
+
+    # -- camera and moving objects at a frame ----------------------------------------------------
+    def camera_to_world(self, frame):
+        """4x4 pose of the left camera at a frame: on the right lane, heading along the road."""
+        s = frame * self.speed
+        x, z, yaw = self._place(s, LANE_CENTRE)
+        amp, period = self.pitch
+        pose = torch.eye(4)
+        pose[:3, :3] = rot_y(yaw) @ rot_x(amp * math.sin(2 * math.pi * frame / period))
+        pose[:3, 3] = torch.tensor([x, 0.0, z])
+        return pose
+
+    def objects_at(self, frame):
+        """Static boxes plus the moving cars at their positions for this frame."""
+        boxes = list(self.boxes)
+        for m in self.movers:
+            x, z, yaw = self._place(m['s0'] + m['v'] * frame, m['u'])
+            boxes.append(dict(centre=torch.tensor([x, CAMERA_HEIGHT - 0.75, z]),
+                              half=torch.tensor([0.9, 0.75, 2.1]), yaw=yaw, label=LABEL_IDS['car'],
+                              colour=m['colour']))
+        return boxes, self.spheres
+
+
+def _ray_box(origin, dirs, box):
+    """Distance along each ray to an oriented box (inf where missed), by the slab method."""
+    rot = rot_y(box['yaw'])
+    o = (origin - box['centre']) @ rot  # into the box frame (row vectors: x R = R^T x)
+    d = dirs @ rot
+    d = torch.where(d.abs() < 1e-9, torch.full_like(d, 1e-9), d)
+    t1, t2 = (-box['half'] - o) / d, (box['half'] - o) / d
+    near = torch.minimum(t1, t2).amax(1)
+    far = torch.maximum(t1, t2).amin(1)
+    return torch.where((near <= far) & (near > 0.05), near, math.inf)
+
+
+def _ray_sphere(origin, dirs, sphere):
+    """Distance along each ray to a sphere (inf where missed)."""
+    oc = origin - sphere['centre']
+    a = (dirs * dirs).sum(1)
+    b = 2 * dirs @ oc
+    disc = b * b - 4 * a * (oc @ oc - sphere['radius'] ** 2)
+    t = (-b - disc.clamp(min=0).sqrt()) / (2 * a)
+    return torch.where((disc > 0) & (t > 0.05), t, math.inf)
+
+
+def _corners(obj):
+    """The eight corners of an object's bounding box, in world coordinates."""
+    signs = torch.tensor([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], dtype=torch.float32)
+    if 'radius' in obj:
+        return obj['centre'] + signs * obj['radius']
+    return obj['centre'] + (signs * obj['half']) @ rot_y(obj['yaw']).T
+
+
+def _screen_window(obj, origin, rot, K, height, width):
+    """The pixel rectangle (v0, v1, u0, u1) an object can cover, or None when it is out of view.
+    Casting only these rays, not the whole image, makes rendering fast."""
+    cam = (_corners(obj) - origin) @ rot  # world -> camera frame
+    z = cam[:, 2]
+    if z.max() < 0.1 or z.min() > 150:
+        return None
+    if z.min() < 0.1:  # straddles the camera plane: may cover anything
+        return 0, height, 0, width
+    u = K[0, 0] * cam[:, 0] / z + K[0, 2]
+    v = K[1, 1] * cam[:, 1] / z + K[1, 2]
+    u0, u1 = max(int(u.min()) - 1, 0), min(int(u.max()) + 2, width)
+    v0, v1 = max(int(v.min()) - 1, 0), min(int(v.max()) + 2, height)
+    return (v0, v1, u0, u1) if u0 < u1 and v0 < v1 else None
+
+
+def render_view(drive, frame, K, height, width, offset=0.0):
+    """Ray-cast one camera view; `offset` moves the camera along its x axis (the right camera).
+
+    Rays are K^-1 [u, v, 1]: their camera-frame z is 1, so the distance along a ray *is* the depth.
+    Returns rgb uint8 [3, H, W], depth float [H, W] (0 for sky) and Cityscapes label ids uint8 [H, W].
+    """
+    pose = drive.camera_to_world(frame)
+    rot, origin = pose[:3, :3], pose[:3, 3] + offset * pose[:3, 0]
+    v, u = torch.meshgrid(torch.arange(height, dtype=torch.float32),
+                          torch.arange(width, dtype=torch.float32), indexing='ij')
+    rays = torch.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], torch.ones_like(u)], -1)
+    dirs = rays @ rot.T  # [H, W, 3] in the world frame
+    boxes, spheres = drive.objects_at(frame)
+    objects = boxes + spheres
+
+    best = (CAMERA_HEIGHT - origin[1]) / dirs[..., 1].clamp(min=1e-6)
+    best = torch.where((dirs[..., 1] > 1e-6) & (best < 400), best, math.inf)  # the far road is sky
+    hit = torch.full((height, width), -1, dtype=torch.long)  # -1 = ground, k = objects[k]
+    for k, obj in enumerate(objects):
+        window = _screen_window(obj, origin, rot, K, height, width)
+        if window is None:
+            continue
+        v0, v1, u0, u1 = window
+        d = dirs[v0:v1, u0:u1].reshape(-1, 3)
+        t = (_ray_sphere if 'radius' in obj else _ray_box)(origin, d, obj).reshape(v1 - v0, u1 - u0)
+        closer = t < best[v0:v1, u0:u1]
+        best[v0:v1, u0:u1][closer] = t[closer]
+        hit[v0:v1, u0:u1][closer] = k
+
+    best, hit, dirs = best.flatten(), hit.flatten(), dirs.reshape(-1, 3)
+    sky = torch.isinf(best)
+    depth = torch.where(sky, 0.0, best)
+    points = origin + dirs * depth[:, None]
+    footprint = depth / K[0, 0]  # metres covered by one pixel at that depth
+    albedo, normal, label = _shade_inputs(drive, points, footprint, hit, objects)
+    light = drive.ambient + drive.diffuse * (normal @ -drive.sun).clamp(min=0)
+    rgb = albedo * light[:, None] * drive.tint
+    rgb[sky] = _sky(dirs[sky], drive)
+    label[sky] = LABEL_IDS['sky']
+    rgb = (rgb.clamp(0, 1) * 255).round().to(torch.uint8).T.reshape(3, height, width)
+    return rgb, depth.reshape(height, width), label.to(torch.uint8).reshape(height, width)
+
+
+def _sky(dirs, drive):
+    """Sky colour from the ray direction alone (it lies at infinity): a gradient with soft clouds."""
+    d = dirs / dirs.norm(dim=1, keepdim=True)
+    up = (-d[:, 1]).clamp(0, 1)[:, None]
+    blue = torch.tensor([0.55, 0.7, 0.92]) * (1 - up) + torch.tensor([0.3, 0.45, 0.85]) * up
+    cloud = value_noise(d * 6, salt=7) * 0.6 + value_noise(d * 18, salt=8) * 0.4
+    cloud = ((cloud - 0.45) * 2.5).clamp(0, 1)[:, None]
+    return (blue * (1 - cloud) + 0.95 * cloud) * drive.tint
+
+
+def _shade_inputs(drive, points, footprint, hit, objects):
+    """Per hit point: albedo (procedural texture), surface normal, and Cityscapes label id."""
+    n = points.shape[0]
+    local, face, colour = torch.zeros(n, 3), torch.zeros(n, 3), torch.zeros(n, 3)
+    label, half_height = torch.zeros(n, dtype=torch.long), torch.ones(n)
+    salt, sphere = torch.zeros(n, 1), torch.zeros(n, dtype=torch.bool)
+    for k in hit.unique().tolist():
+        if k < 0:
+            continue
+        obj, sel = objects[k], hit == k
+        if 'radius' in obj:
+            local[sel] = points[sel] - obj['centre']
+            face[sel], sphere[sel] = local[sel] / obj['radius'], True
+        else:
+            rot = rot_y(obj['yaw'])
+            q = (points[sel] - obj['centre']) @ rot  # coordinates in the box's own frame
+            axis = (q.abs() / obj['half']).argmax(1)
+            local[sel], face[sel] = q, F.one_hot(axis, 3).float() * torch.sign(q)
+            half_height[sel] = obj['half'][1]
+        colour[sel], label[sel] = obj['colour'], obj['label']
+        salt[sel] = 17.0 * k  # decorrelates the textures of different objects
+    ground = hit < 0
+    local[ground] = points[ground]
+    octaves = noise_octaves(local + salt, footprint)
+    albedo = _object_texture(colour, label, local, face, octaves, half_height, sphere)
+    albedo[ground], label[ground] = _ground_texture(drive, points[ground], octaves[ground])
+    normal = face  # boxes: face normal in the box frame; rotate to the world below
+    for k in hit.unique().tolist():
+        if k >= 0 and 'yaw' in objects[k]:
+            sel = hit == k
+            normal[sel] = face[sel] @ rot_y(objects[k]['yaw']).T
+    normal[ground] = torch.tensor([0.0, -1.0, 0.0])
+    return albedo, normal, label
+
+
+def _ground_texture(drive, p, octaves):
+    """Road (asphalt, lane markings), sidewalk (paving slabs) and terrain (grass), by lateral offset."""
+    lateral = (p[:, 0] - road_centre(p[:, 2], drive.curve)).abs()
+    grain = octaves @ torch.tensor([0.5, 0.4, 0.5, 0.6])
+    dash = (torch.remainder(p[:, 2], 9.0) < 3.0) & (lateral < 0.08)
+    edge_line = (lateral - (ROAD_EDGE - 0.3)).abs() < 0.08
+    slab = (torch.remainder(p[:, 2], 1.0) < 0.05) | (torch.remainder(lateral, 1.0) < 0.05)
+    road = torch.tensor([0.3, 0.3, 0.32]) * (1 + grain[:, None])
+    road[dash | edge_line] = 0.85
+    sidewalk = torch.tensor([0.62, 0.58, 0.52]) * (1 + 0.6 * grain[:, None])
+    sidewalk[slab] *= 0.7
+    grass_mix = (octaves[:, 0] + octaves[:, 1] + 0.5).clamp(0, 1)[:, None]
+    terrain = torch.tensor([0.3, 0.45, 0.18]) * grass_mix + torch.tensor([0.45, 0.38, 0.24]) * (1 - grass_mix)
+    terrain = terrain * (1 + octaves[:, 2:].sum(1, keepdim=True))
+    is_road, is_walk = lateral < ROAD_EDGE, (lateral >= ROAD_EDGE) & (lateral < CURB)
+    albedo = torch.where(is_road[:, None], road, torch.where(is_walk[:, None], sidewalk, terrain))
+    label = torch.where(is_road, LABEL_IDS['road'],
+                        torch.where(is_walk, LABEL_IDS['sidewalk'], LABEL_IDS['terrain']))
+    return albedo, label
+
+
+def _object_texture(colour, label, local, face, octaves, half_height, sphere):
+    """Albedo on objects, from coordinates in each object's own frame (so textures move with it)."""
+    albedo = colour * (1 + octaves @ torch.tensor([0.2, 0.25, 0.3, 0.3]))[:, None]
+    along = torch.where(face[:, 0].abs() > 0.5, local[:, 2], local[:, 0])
+    window = ((label == LABEL_IDS['building']) & (face[:, 1].abs() < 0.5)
+              & (torch.remainder(along, 3.0) > 0.8) & (torch.remainder(local[:, 1], 3.2) > 1.2))
+    albedo[window] = torch.tensor([0.16, 0.2, 0.28]) * (1 + octaves[window, 1:3].sum(1, keepdim=True))
+    car = label == LABEL_IDS['car']
+    albedo[car & (local[:, 1] < -0.2 * half_height)] = torch.tensor([0.12, 0.14, 0.18])  # windows
+    albedo[car & (local[:, 1] > 0.6 * half_height)] = torch.tensor([0.06, 0.06, 0.06])  # wheels
+    crown = (label == LABEL_IDS['vegetation']) & sphere
+    albedo[crown] = colour[crown] * (1 + 1.5 * octaves[crown, 2:].sum(1, keepdim=True))  # leaves
+    return albedo
+
+
+def toy_intrinsics(height, width):
+    """KITTI-like pinhole intrinsics (KITTI: fx = 721.5 at 1242 px wide, principal point a bit left
+    of and above the centre), square pixels, for a render of the given size."""
+    f = 0.581 * width
+    return torch.tensor([[f, 0.0, 0.4908 * width], [0.0, f, 0.4611 * height], [0.0, 0.0, 1.0]])
+
+
+def _calib_text(K, height, width):
+    """calib_cam_to_cam.txt as KITTI writes it, for rectified cameras 00-03 (00/01 grey, 02/03 colour).
+    P_rect_0x[0, 3] = -fx * (x position of camera x along the rig): KITTI's cameras 02 and 03 sit
+    0.06 m left of and 0.48 m right of camera 00, 0.54 m apart."""
+    positions = {'00': 0.0, '01': 0.54, '02': -0.06, '03': 0.48}
+    lines = ['calib_time: 09-Jan-2012 13:57:47', 'corner_dist: 9.950000e-02']
+    fmt = lambda values: ' '.join(f'{float(x):.12e}' for x in values)
+    for cam, x in positions.items():
+        P = torch.zeros(3, 4)
+        P[:, :3] = K
+        P[0, 3] = -K[0, 0] * x
+        lines += [f'S_{cam}: {fmt([width, height])}', f'K_{cam}: {fmt(K.flatten())}',
+                  f'D_{cam}: {fmt([0] * 5)}', f'R_{cam}: {fmt(torch.eye(3).flatten())}',
+                  f'T_{cam}: {fmt([-x, 0, 0])}', f'S_rect_{cam}: {fmt([width, height])}',
+                  f'R_rect_{cam}: {fmt(torch.eye(3).flatten())}', f'P_rect_{cam}: {fmt(P.flatten())}']
+    return '\n'.join(lines) + '\n'
+
+
+def write_depth_png(depth, path):
+    """KITTI's depth PNG: uint16, metres * 256, 0 = no measurement. (torchvision writes only 8-bit
+    PNGs, so Pillow, which torchvision already depends on, writes this one.)"""
+    value = (depth * 256).round().clamp(0, 65535).to(torch.int32).numpy().astype(np.uint16)
+    Image.fromarray(value).save(path)
+
+
+def _render_drive_frames(root, drive, name, frames, K, height, width):
+    """Write left and right images (and left ground-truth depth) of some frames of a drive."""
+    folder = root / TOY_DATE / name
+    for sub in ('image_02/data', 'image_03/data', 'proj_depth/groundtruth/image_02'):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    for f in frames:
+        rgb, depth, _ = render_view(drive, f, K, height, width)
+        write_png(rgb, str(folder / f'image_02/data/{f:010d}.png'))
+        right, _, _ = render_view(drive, f, K, height, width, offset=STEREO_BASELINE)
+        write_png(right, str(folder / f'image_03/data/{f:010d}.png'))
+        write_depth_png(depth, folder / f'proj_depth/groundtruth/image_02/{f:010d}.png')
+    poses = torch.stack([drive.camera_to_world(f)[:3].flatten() for f in range(max(frames) + 1)])
+    np.savetxt(folder / 'poses.txt', poses.numpy(), fmt='%.9e')
+
+
+def render_toy_world(root, height=192, width=640, drives=4, frames=100, test_frames=60,
+                     labelled=100, seed=0):
+    """Render the toy world into `root`, in KITTI's layout (see DESIGN.md), and return seconds taken.
+
+    `drives` training drives of `frames` frames each, one held-out drive (its first fifth is the
+    validation split, the rest the test split, with ground-truth depth), and `labelled` images with
+    Cityscapes label ids from separate drives, as KITTI's data_semantics. Each drive also gets a
+    `poses.txt` (camera-to-world of image_02, KITTI odometry format), a toy-world extra that real raw
+    KITTI replaces with GPS/IMU (oxts) data; tests use it to check geometry against the renderer.
+    Deterministic for a seed. Written to a temporary folder, then renamed, so no half-written world
+    is ever mistaken for a complete one.
+    """
+    start = time.time()
+    root = Path(root)
+    tmp = root.with_name(root.name + f'.tmp-{os.getpid()}')
+    shutil.rmtree(tmp, ignore_errors=True)
+    K = toy_intrinsics(height, width)
+    (tmp / TOY_DATE).mkdir(parents=True)
+    (tmp / TOY_DATE / 'calib_cam_to_cam.txt').write_text(_calib_text(K, height, width))
+    splits = {'train': [], 'val': [], 'test': []}
+    for d in range(drives + 1):
+        name = f'{TOY_DATE}_drive_{d + 1:04d}_sync'
+        n = frames if d < drives else test_frames
+        _render_drive_frames(tmp, Drive(seed * 1000 + d, n), name, range(n), K, height, width)
+        lines = [f'{TOY_DATE}/{name} {f} l' for f in range(1, n - 1)]  # frames with both neighbours
+        if d < drives:
+            splits['train'] += lines
+        else:
+            splits['val'], splits['test'] = lines[:len(lines) // 5], lines[len(lines) // 5:]
+    (tmp / 'splits').mkdir()
+    for split, lines in splits.items():
+        (tmp / 'splits' / f'{split}_files.txt').write_text('\n'.join(lines) + '\n')
+    _render_semantics(tmp, labelled, seed, K, height, width)
+    meta = dict(height=height, width=width, drives=drives, frames=frames, test_frames=test_frames,
+                labelled=labelled, seed=seed)
+    (tmp / 'toy_world.json').write_text(json.dumps(meta, indent=1) + '\n')
+    os.replace(tmp, root)
+    return time.time() - start
+
+
+def _render_semantics(root, count, seed, K, height, width, per_drive=10):
+    """KITTI data_semantics: images and label-id maps, 10 per separate drive, 25 m apart."""
+    image_dir = root / 'data_semantics/training/image_2'
+    label_dir = root / 'data_semantics/training/semantic'
+    image_dir.mkdir(parents=True)
+    label_dir.mkdir(parents=True)
+    for i in range(count):
+        drive = Drive(seed * 1000 + 500 + i // per_drive, per_drive * 25)
+        rgb, _, label = render_view(drive, (i % per_drive) * 25, K, height, width)
+        write_png(rgb, str(image_dir / f'{i:06d}_10.png'))
+        write_png(label[None], str(label_dir / f'{i:06d}_10.png'))
+
+
+def ensure_toy_world(root, **render_args):
+    """Render the toy world into `root` on first use; afterwards reuse it (it is deterministic)."""
+    root = Path(root)
+    if (root / 'toy_world.json').exists():
+        return
+    if root.exists() and any(root.iterdir()):
+        raise SystemExit(f'{root} exists but holds no complete toy world (no toy_world.json): '
+                         f'move it away or pass another --data-root.')
+    print(f'Rendering the toy world into {root} (once; a few minutes on 2 CPU cores)...', flush=True)
+    seconds = render_toy_world(root, **render_args)
+    print(f'Rendered the toy world in {seconds:.0f} s.', flush=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. Reading the KITTI layout (real KITTI and the toy world alike)
+# ----------------------------------------------------------------------------------------------
+
+def read_calib(path):
+    """calib_cam_to_cam.txt -> {name: float array}; non-numeric entries (calib_time) are skipped."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f'no calibration file at {path}: KITTI raw keeps calib_cam_to_cam.txt '
+                                f'in each date folder (<root>/<date>/); extract the calibration archive there.')
+    calib = {}
+    for line in Path(path).read_text().splitlines():
+        key, _, value = line.partition(':')
+        try:
+            calib[key.strip()] = np.array([float(x) for x in value.split()])
+        except ValueError:
+            continue
+    return calib
+
+
+def camera_intrinsics(calib, camera='02'):
+    """(K [3, 3], (height, width)) of a rectified camera, from P_rect_xx and S_rect_xx."""
+    P = calib[f'P_rect_{camera}'].reshape(3, 4)
+    width, height = calib[f'S_rect_{camera}']
+    return torch.tensor(P[:, :3], dtype=torch.float32), (int(round(height)), int(round(width)))
+
+
+def stereo_baseline(calib):
+    """Distance in metres from camera 02 to camera 03 (P_rect[0, 3] = -fx * camera position)."""
+    P2, P3 = calib['P_rect_02'].reshape(3, 4), calib['P_rect_03'].reshape(3, 4)
+    return float((P2[0, 3] - P3[0, 3]) / P2[0, 0])
+
+
+def scale_intrinsics(K, size, new_size):
+    """4x4 intrinsics for an image resized from `size` to `new_size` (height, width).
+
+    With pixel centres at integer coordinates, resizing by s maps u to (u + 0.5) s - 0.5, so the
+    principal point moves by half a pixel more than a plain multiplication would say.
+    """
+    sy, sx = new_size[0] / size[0], new_size[1] / size[1]
+    out = torch.eye(4)
+    out[0, 0], out[1, 1] = K[0, 0] * sx, K[1, 1] * sy
+    out[0, 2], out[1, 2] = (K[0, 2] + 0.5) * sx - 0.5, (K[1, 2] + 0.5) * sy - 0.5
+    return out
+
+
+def read_image(path):
+    """An RGB image as uint8 [3, H, W] (PNG or JPEG), with a clear error for a missing or corrupt file."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f'missing image {path}: check --data-root and that the KITTI archives '
+                                f'are extracted in their original layout.')
+    try:
+        return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+    except RuntimeError as error:
+        raise RuntimeError(f'could not decode {path} ({error}); the file is corrupt: '
+                           f're-extract it from its archive.') from None
+
+
+def read_depth(path):
+    """KITTI ground-truth depth PNG (uint16, metres * 256, 0 = none) -> float [1, H, W] metres."""
+    try:
+        raw = decode_png(read_file(str(path)), mode=ImageReadMode.UNCHANGED)
+    except RuntimeError as error:
+        raise RuntimeError(f'could not decode depth map {path} ({error}); the file is corrupt.') from None
+    return raw.float() / 256.0
+
+
+def read_labels(path):
+    """A Cityscapes label-id PNG -> int64 [H, W] of the 19 train ids, 255 = ignore."""
+    ids = read_image_gray(path).long()
+    return _TRAIN_ID_LOOKUP[ids]
+
+
+def read_image_gray(path):
+    """A single-channel 8-bit PNG as uint8 [H, W]."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f'missing label map {path}: KITTI semantics keeps one per image in '
+                                f'data_semantics/training/semantic/.')
+    try:
+        return decode_png(read_file(str(path)), mode=ImageReadMode.GRAY)[0]
+    except RuntimeError as error:
+        raise RuntimeError(f'could not decode {path} ({error}); the file is corrupt.') from None
+
+
+_TRAIN_ID_LOOKUP = torch.full((256,), 255, dtype=torch.long)
+for _label_id, _train_id in LABEL_TO_TRAIN_ID.items():
+    _TRAIN_ID_LOOKUP[_label_id] = _train_id
+
+
+def read_split(root, split):
+    """Lines '<date>/<drive folder> <frame> <l|r>' of <root>/splits/<split>_files.txt."""
+    path = Path(root) / 'splits' / f'{split}_files.txt'
+    if not path.is_file():
+        raise FileNotFoundError(f'no split file {path}: put the split lists (lines "<date>/<drive> '
+                                f'<frame> l") in <data-root>/splits/, e.g. with `python data.py --make-splits <data-root>`.')
+    entries = []
+    for line in path.read_text().split('\n'):
+        if line.strip():
+            folder, frame, side = line.split()
+            entries.append((folder, int(frame), side))
+    return entries
+
+
+def read_poses(path):
+    """poses.txt (KITTI odometry format: a row-major 3x4 camera-to-world matrix per line) -> [N, 4, 4]."""
+    rows = torch.tensor(np.loadtxt(path, ndmin=2), dtype=torch.float32)
+    poses = torch.eye(4).repeat(len(rows), 1, 1)
+    poses[:, :3] = rows.reshape(-1, 3, 4)
+    return poses
+
+
+def image_path(root, folder, frame, side='l'):
+    """Where KITTI raw keeps a frame: image_02 is the left colour camera, image_03 the right."""
+    camera = {'l': 'image_02', 'r': 'image_03'}[side]
+    path = Path(root) / folder / camera / 'data' / f'{frame:010d}.png'
+    return path if path.exists() or not path.with_suffix('.jpg').exists() else path.with_suffix('.jpg')
+
+
+def depth_path(root, folder, frame, side='l'):
+    """Ground-truth depth: inside the raw drive folder, or where KITTI's depth archive puts it
+    (<root>/data_depth_annotated/{train,val}/<drive>/proj_depth/groundtruth/image_0x/)."""
+    camera = {'l': 'image_02', 'r': 'image_03'}[side]
+    tail = Path('proj_depth/groundtruth') / camera / f'{frame:010d}.png'
+    drive = Path(folder).name
+    candidates = [Path(root) / folder / tail] + [Path(root) / 'data_depth_annotated' / part / drive / tail
+                                                 for part in ('train', 'val')]
+    for path in candidates:
+        if path.exists():
+            return path
+    return candidates[0]
+
+
+def resize(image, size):
+    """Bilinear, antialiased resize of float images [..., C, H, W] (pixel centres move as in
+    scale_intrinsics)."""
+    if tuple(image.shape[-2:]) == tuple(size):
+        return image
+    return F.interpolate(image, size=size, mode='bilinear', align_corners=False, antialias=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. Datasets
+# ----------------------------------------------------------------------------------------------
+
+class VideoSnippets(torch.utils.data.Dataset):
+    """Snippets of consecutive frames for self-supervised depth (Monodepth2's training data).
+
+    An item holds `frames` [F, 3, H, W] in [0, 1] for the frame offsets `frame_ids` (target first),
+    `frames_aug`, the network's input (colour-jittered when augmenting; the loss compares the
+    un-jittered `frames`), the 4x4 intrinsics `K` / `inv_K` scaled to (height, width), and with
+    `with_depth` the ground-truth `depth` [1, H0, W0] at its stored resolution.
+    Augmentation as Monodepth2 and the paper: horizontal flip (principal point mirrored too) and,
+    half of the time, colour jitter shared by all frames of a snippet.
+    """
+
+    def __init__(self, root, split, height, width, frame_ids=(0, -1, 1), augment=False, with_depth=False):
+        self.root, self.size, self.frame_ids = Path(root), (height, width), frame_ids
+        self.entries = read_split(root, split)
+        self.augment, self.with_depth = augment, with_depth
+        self.jitter = v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.1)
+        self.calib = {}
+        if with_depth:
+            missing = [e for e in self.entries if not depth_path(root, *e).exists()]
+            if missing:
+                raise FileNotFoundError(f'{len(missing)} of {len(self.entries)} frames of split "{split}" have no '
+                                        f'ground-truth depth, e.g. {depth_path(root, *missing[0])}: list only '
+                                        f'frames with proj_depth/groundtruth in that split.')
+
+    def __len__(self):
+        return len(self.entries)
+
+    def intrinsics(self, folder, side, size):
+        """The camera's K for an image of `size`, from its date folder's calibration, cached."""
+        date = Path(folder).parts[0]
+        if date not in self.calib:
+            self.calib[date] = read_calib(self.root / date / 'calib_cam_to_cam.txt')
+        K, _ = camera_intrinsics(self.calib[date], {'l': '02', 'r': '03'}[side])
+        return scale_intrinsics(K, size, self.size)
+
+    def __getitem__(self, index):
+        folder, frame, side = self.entries[index]
+        raw = torch.stack([read_image(image_path(self.root, folder, frame + k, side)) for k in self.frame_ids])
+        frames = resize(raw.float() / 255, self.size)
+        K = self.intrinsics(folder, side, raw.shape[-2:])
+        if self.augment and torch.rand(1) < 0.5:
+            frames = frames.flip(-1)
+            K[0, 2] = self.size[1] - 1 - K[0, 2]
+        jitter = self.augment and torch.rand(1) < 0.5
+        item = dict(frames=frames, frames_aug=self.jitter(frames) if jitter else frames,
+                    K=K, inv_K=torch.linalg.inv(K))
+        if self.with_depth:
+            item['depth'] = read_depth(depth_path(self.root, folder, frame, side))
+        return item
+
+
+def semantic_files(root):
+    """Image and label paths of KITTI's data_semantics training set, sorted by id."""
+    image_dir = Path(root) / 'data_semantics/training/image_2'
+    images = sorted(image_dir.glob('*_10.png'))
+    if not images:
+        raise FileNotFoundError(f'no labelled images in {image_dir}: extract KITTI\'s data_semantics '
+                                f'archive into --data-root (data_semantics/training/image_2 and semantic).')
+    return [(p, p.parent.parent / 'semantic' / p.name) for p in images]
+
+
+def few_shot_split(count, train_size, seed):
+    """Pick `train_size` of `count` labelled images with the seed; the rest are the evaluation set."""
+    if not 0 < train_size < count:
+        raise ValueError(f'--train-size must be between 1 and {count - 1} (there are {count} labelled '
+                         f'images and the rest are needed for evaluation); got {train_size}.')
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()
+    return order[:train_size], order[train_size:]
+
+
+class LabelledImages(torch.utils.data.Dataset):
+    """Images with semantic labels (19 train ids, 255 = ignore) for few-shot segmentation.
+
+    Image and label are transformed together by torchvision.transforms.v2 (the label as a Mask, so it
+    is resized with nearest neighbours); augmentation is the paper's: horizontal flip only.
+    """
+
+    def __init__(self, root, indices, height, width, augment=False):
+        files = semantic_files(root)
+        self.files = [files[i] for i in indices]
+        steps = [v2.Resize((height, width), antialias=True)] + ([v2.RandomHorizontalFlip()] if augment else [])
+        self.transform = v2.Compose(steps)
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, index):
+        image_file, label_file = self.files[index]
+        image = tv_tensors.Image(read_image(image_file).float() / 255)
+        label = tv_tensors.Mask(read_labels(label_file))
+        image, label = self.transform(image, label)
+        return dict(image=image.as_subclass(torch.Tensor), label=label.as_subclass(torch.Tensor))
+
+
+def make_splits(root, seed=0):
+    """Write <root>/splits/{train,val,test}_files.txt for a KITTI raw tree: every tenth drive is held
+    out for testing (frames with ground-truth depth only), the next for validation, the rest train.
+    Frames need both neighbours, since training uses t-1 and t+1."""
+    drives = sorted(p for p in Path(root).glob('*/*_sync') if (p / 'image_02/data').is_dir())
+    if not drives:
+        raise FileNotFoundError(f'no KITTI raw drives (<date>/<date>_drive_XXXX_sync/image_02/data) under {root}.')
+    order = torch.randperm(len(drives), generator=torch.Generator().manual_seed(seed)).tolist()
+    splits = {'train': [], 'val': [], 'test': []}
+    for rank, d in enumerate(order):
+        folder = drives[d].relative_to(root).as_posix()
+        split = 'test' if rank % 10 == 0 else 'val' if rank % 10 == 1 else 'train'
+        frames = sorted(int(p.stem) for p in (drives[d] / 'image_02/data').iterdir())
+        for f in frames[1:-1]:
+            if split != 'test' or depth_path(root, folder, f).exists():
+                splits[split].append(f'{folder} {f} l')
+    (Path(root) / 'splits').mkdir(exist_ok=True)
+    for split, lines in splits.items():
+        (Path(root) / 'splits' / f'{split}_files.txt').write_text('\n'.join(lines) + '\n')
+    return {split: len(lines) for split, lines in splits.items()}
+
+
+def main():
+    parser = argparse.ArgumentParser(description='Render the toy world, or write split files for KITTI.')
+    parser.add_argument('--render-toy', metavar='DIR', help='render the toy world into DIR (must not exist)')
+    parser.add_argument('--make-splits', metavar='ROOT', help='write ROOT/splits/*_files.txt for a KITTI raw tree')
+    parser.add_argument('--height', type=int, default=192, help='render height (pixels)')
+    parser.add_argument('--width', type=int, default=640, help='render width (pixels)')
+    parser.add_argument('--drives', type=int, default=4, help='training drives')
+    parser.add_argument('--frames', type=int, default=100, help='frames per training drive')
+    parser.add_argument('--test-frames', type=int, default=60, help='frames of the held-out drive')
+    parser.add_argument('--labelled', type=int, default=100, help='images with semantic labels')
+    parser.add_argument('--seed', type=int, default=0)
+    args = parser.parse_args()
+    if args.render_toy:
+        if Path(args.render_toy).exists():
+            raise SystemExit(f'{args.render_toy} already exists: choose a new folder (nothing was overwritten).')
+        seconds = render_toy_world(args.render_toy, args.height, args.width, args.drives, args.frames,
+                                   args.test_frames, args.labelled, args.seed)
+        print(f'Rendered the toy world into {args.render_toy} in {seconds:.1f} s.')
+    elif args.make_splits:
+        counts = make_splits(args.make_splits, args.seed)
+        print(f'Wrote {args.make_splits}/splits: ' + ', '.join(f'{k} {v} frames' for k, v in counts.items()))
+    else:
+        parser.print_help()
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,143 @@
+"""Objectives, written out by hand so they can be read next to the paper (Appendix B).
+
+Self-supervised depth (Monodepth2 recipe): SSIM and the photometric error (eq. 10), the camera
+geometry that warps a source frame into the target view (eq. 7-8), the per-pixel minimum
+reprojection loss with auto-masking, and the edge-aware smoothness prior (eq. 11).
+Semantic segmentation: the negative log-likelihood (eq. 12).
+
+Geometry conventions: camera x right, y down, z forward; pixel centres at integer coordinates;
+K and inv_K are [B,4,4] (or [4,4]); a pose T maps target-frame points to the source frame.
+"""
+import torch
+import torch.nn.functional as F
+
+C1, C2 = 0.01 ** 2, 0.03 ** 2
+
+
+def ssim(x, y):
+    """Per-pixel, per-channel dissimilarity (1 - SSIM) / 2 in [0, 1], same shape as x.
+
+    Local statistics are 3x3 means over reflection-padded images; the five maps (means, second
+    moments) go through one avg_pool2d call stacked on the batch dimension.
+    """
+    stacked = F.pad(torch.cat([x, y, x * x, y * y, x * y]), (1, 1, 1, 1), mode="reflect")
+    mu_x, mu_y, xx, yy, xy = F.avg_pool2d(stacked, 3, stride=1).chunk(5)
+    sigma_x, sigma_y, sigma_xy = xx - mu_x ** 2, yy - mu_y ** 2, xy - mu_x * mu_y
+    num = (2 * mu_x * mu_y + C1) * (2 * sigma_xy + C2)
+    den = (mu_x ** 2 + mu_y ** 2 + C1) * (sigma_x + sigma_y + C2)
+    return ((1 - num / den) / 2).clamp(0, 1)
+
+
+def photometric_error(pred, target, alpha=0.85):
+    """Per-pixel photometric error [B,1,H,W]: alpha * SSIM term + (1 - alpha) * L1, channel means."""
+    # eq. 10, with Monodepth2's weighting (alpha on the SSIM term)
+    return (alpha * ssim(pred, target).mean(1, keepdim=True)
+            + (1 - alpha) * (pred - target).abs().mean(1, keepdim=True))
+
+
+def pose_to_matrix(axisangle, translation, invert=False):
+    """[B,3] axis-angle and [B,3] translation -> [B,4,4] rigid transform P -> R P + t.
+
+    R comes from Rodrigues' formula (right-hand rule). With invert=True the inverse (R^T, -R^T t)
+    is returned, e.g. to turn a PoseNet estimate of source->target into target->source.
+    """
+    angle = axisangle.norm(dim=1, keepdim=True)                      # [B,1]
+    kx, ky, kz = (axisangle / (angle + 1e-7)).unbind(1)              # unit axis
+    zero = torch.zeros_like(kx)
+    k_cross = torch.stack([zero, -kz, ky, kz, zero, -kx, -ky, kx, zero], 1).view(-1, 3, 3)
+    sin, cos = angle.sin()[..., None], angle.cos()[..., None]
+    eye = torch.eye(3, dtype=axisangle.dtype, device=axisangle.device)
+    R = eye + sin * k_cross + (1 - cos) * k_cross @ k_cross          # Rodrigues
+    t = translation[..., None]                                        # [B,3,1]
+    if invert:
+        R = R.transpose(1, 2)
+        t = -R @ t
+    bottom = torch.tensor([0.0, 0, 0, 1], dtype=R.dtype, device=R.device).expand(len(R), 1, 4)
+    return torch.cat([torch.cat([R, t], 2), bottom], 1)
+
+
+def backproject(depth, inv_K):
+    """Depth [B,1,H,W] -> homogeneous camera points [B,4,H*W]: z(i,j) K^-1 [i, j, 1]^T (eq. 8)."""
+    B, _, H, W = depth.shape
+    v, u = torch.meshgrid(torch.arange(H, dtype=depth.dtype, device=depth.device),
+                          torch.arange(W, dtype=depth.dtype, device=depth.device), indexing="ij")
+    pixels = torch.stack([u.flatten(), v.flatten(), torch.ones_like(u).flatten()])  # [3,N]
+    points = (inv_K[..., :3, :3] @ pixels) * depth.view(B, 1, -1)                    # eq. 8
+    return torch.cat([points, torch.ones_like(points[:, :1])], 1)
+
+
+def project(points, K, T, height, width, eps=1e-7):
+    """Points [B,4,N] in the target frame -> grid [B,H,W,2] sampling K pi(T P) (eq. 8).
+
+    The grid is normalised for grid_sample(align_corners=False): pixel u -> (2u + 1) / W - 1.
+    Depths are clamped to eps so points on or behind the camera cannot divide by zero.
+    """
+    cam = (K @ T)[..., :3, :] @ points                                # [B,3,N]
+    pix = cam[:, :2] / cam[:, 2:3].clamp(min=eps)                     # eq. 8: pi(P) = P[:2] / P[2]
+    size = torch.tensor([width, height], dtype=pix.dtype, device=pix.device).view(1, 2, 1)
+    grid = (2 * pix + 1) / size - 1
+    return grid.view(-1, 2, height, width).permute(0, 2, 3, 1)
+
+
+def warp(source, depth, K, inv_K, T):
+    """Resample source [B,C,H,W] into the target view from target depth and T (target->source)."""
+    height, width = depth.shape[-2:]
+    grid = project(backproject(depth, inv_K), K, T, height, width)
+    # eq. 7: x_hat = x o pi^-1
+    return F.grid_sample(source, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def identity_error(target, sources):
+    """Photometric errors of the unwarped sources against the target, [B,S,H,W].
+
+    These do not depend on depth, so the caller computes them once per batch for auto-masking.
+    """
+    return torch.cat([photometric_error(source, target) for source in sources], 1)
+
+
+def min_reprojection(target, warped, identity=None):
+    """Per-pixel minimum reprojection error [B,1,H,W] and auto-mask [B,1,H,W] (Monodepth2).
+
+    Taking the minimum over sources ignores pixels occluded in one of them. With `identity`
+    (from identity_error) a pixel counts only where a warped source beats every unwarped source
+    strictly (static camera, objects moving with the camera); ties go to the identity, so those
+    pixels contribute their identity error, which carries no gradient to depth or pose.
+    """
+    best = torch.cat([photometric_error(w, target) for w in warped], 1).min(1, keepdim=True).values
+    if identity is None:
+        return best, torch.ones_like(best)
+    best_identity = identity.min(1, keepdim=True).values
+    mask = best < best_identity
+    return torch.where(mask, best, best_identity), mask.float()
+
+
+def reprojection_loss(target, warped, identity=None):
+    """Mean of the per-pixel minimum reprojection error (eq. 10 over eq. 7); returns (loss, mask)."""
+    per_pixel, mask = min_reprojection(target, warped, identity)
+    return per_pixel.mean(), mask
+
+
+def mean_normalised(disp, eps=1e-7):
+    """disp / its per-image mean over (H, W): removes the scale before the smoothness term."""
+    return disp / (disp.mean((2, 3), keepdim=True) + eps)
+
+
+def smoothness_loss(disp, img):
+    """Edge-aware first-order smoothness of a field ([B,1,H,W] disparity or [B,2,H,W] flow).
+
+    Gradients of the field are down-weighted where the image has edges. The field is used as
+    given: for disparity the caller passes mean_normalised(disp), as Monodepth2 does, so that
+    the prior cannot be lowered by shrinking the disparity.
+    """
+    grad_x = (disp[..., :, 1:] - disp[..., :, :-1]).abs()
+    grad_y = (disp[..., 1:, :] - disp[..., :-1, :]).abs()
+    img_x = (img[..., :, 1:] - img[..., :, :-1]).abs().mean(1, keepdim=True)
+    img_y = (img[..., 1:, :] - img[..., :-1, :]).abs().mean(1, keepdim=True)
+    # eq. 11
+    return (grad_x * torch.exp(-img_x)).mean() + (grad_y * torch.exp(-img_y)).mean()
+
+
+def nll_loss(logits, labels, ignore_index=255):
+    """Pixel-wise negative log-likelihood of the labels under softmax(logits), ignoring 255."""
+    # eq. 12
+    return F.nll_loss(F.log_softmax(logits, 1), labels, ignore_index=ignore_index)

@@ -1,0 +1,218 @@
+"""Networks: the Monodepth2 encoder-decoder, its heads, the PoseNet, and weight loading.
+
+One U-Net serves every task, which is the point of the paper: a torchvision ResNet encoder and
+Monodepth2's decoder trunk are pre-trained for depth (DispHead, sigmoid disparity at four scales),
+then reused for segmentation by replacing only the last layer with a fresh K-class 1x1 convolution
+(SegHead, Fig. 1b). The encoder is torchvision's own ResNet class, so its state-dict keys are
+torchvision's and weights move freely between torchvision, this code and other code.
+"""
+import os
+
+import torch
+import torch.nn as nn
+import torchvision
+from torchvision.models.resnet import BasicBlock, Bottleneck
+
+ENCODER_CHANNELS = {'resnet18': [64, 64, 128, 256, 512], 'resnet50': [64, 256, 512, 1024, 2048]}
+NORMALIZATION = {'imagenet': ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), 'unit': ((0., 0., 0.), (1., 1., 1.))}
+RESNET_BLOCKS = {'resnet18': (BasicBlock, [2, 2, 2, 2]), 'resnet50': (Bottleneck, [3, 4, 6, 3])}
+IMAGENET_WEIGHTS = {'resnet18': torchvision.models.ResNet18_Weights.IMAGENET1K_V1,
+                    'resnet50': torchvision.models.ResNet50_Weights.IMAGENET1K_V1}
+
+
+def check_resolution(height, width):
+    """Refuse sizes the U-Net cannot handle: every skip connection needs an exact halving, and the
+    reflection-padded convs need the 1/32 feature map to be at least 2 pixels wide."""
+    if height % 32 or width % 32:
+        h, w = (max(64, round(n / 32) * 32) for n in (height, width))
+        raise ValueError(f'height and width must be multiples of 32 (the encoder halves the resolution '
+                         f'five times); got {height}x{width}, try {h}x{w}.')
+    if min(height, width) < 64:
+        raise ValueError(f'height and width must be at least 64 (two pixels at 1/32 scale); got {height}x{width}.')
+
+
+def _check_choice(name, value, choices):
+    if value not in choices:
+        raise ValueError(f'unknown {name} {value!r}; choose one of {", ".join(choices)}.')
+
+
+class ResnetEncoder(torchvision.models.ResNet):
+    """torchvision's ResNet returning the five feature maps a U-Net decoder needs (1/2 ... 1/32)."""
+
+    def __init__(self, arch='resnet18', num_input_images=1):
+        _check_choice('arch', arch, RESNET_BLOCKS)
+        super().__init__(*RESNET_BLOCKS[arch])
+        # avgpool and fc are never used, but kept so state-dict keys match torchvision's exactly
+        # and checkpoints load strictly in both directions.
+        if num_input_images > 1:  # PoseNet: frames stacked on channels
+            self.conv1 = nn.Conv2d(3 * num_input_images, 64, kernel_size=7, stride=2, padding=3, bias=False)
+            nn.init.kaiming_normal_(self.conv1.weight, mode='fan_out', nonlinearity='relu')
+        self.num_ch_enc = ENCODER_CHANNELS[arch]
+
+    def forward(self, x):
+        f0 = self.relu(self.bn1(self.conv1(x)))
+        f1 = self.layer1(self.maxpool(f0))
+        f2 = self.layer2(f1)
+        f3 = self.layer3(f2)
+        return [f0, f1, f2, f3, self.layer4(f3)]
+
+
+def load_imagenet_weights(encoder, arch):
+    """Load torchvision's ImageNet weights from the local torch.hub cache; never download, never fall back.
+
+    For a multi-image encoder, conv1's filters are repeated over the stacked frames and divided by their
+    number (Monodepth2's PoseNet trick), so the summed response matches the single-image one.
+    """
+    _check_choice('arch', arch, IMAGENET_WEIGHTS)
+    file_name = os.path.basename(IMAGENET_WEIGHTS[arch].url)
+    folder = os.path.join(torch.hub.get_dir(), 'checkpoints')
+    path = os.path.join(folder, file_name)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'ImageNet weights for {arch} not found: torchvision looks for {file_name} in '
+                                f'{folder}; download {IMAGENET_WEIGHTS[arch].url} on a machine with internet '
+                                f'and copy it there.')
+    state = torch.load(path, map_location='cpu', weights_only=True)
+    num_images = encoder.conv1.in_channels // 3
+    state['conv1.weight'] = state['conv1.weight'].repeat(1, num_images, 1, 1) / num_images
+    encoder.load_state_dict(state)
+
+
+def conv_block(in_channels, out_channels):
+    """3x3 convolution with reflection padding (no border artefacts in the depth map) and ELU."""
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, padding=1, padding_mode='reflect'), nn.ELU())
+
+
+class UNetDecoder(nn.Module):
+    """Monodepth2's depth decoder trunk: upsample from 1/32 to full resolution, fusing skip connections.
+
+    Level i (4 down to 0) reduces to num_ch_dec[i] channels, upsamples 2x, concatenates encoder
+    feature i-1 (if any) and fuses. Outputs of levels 0..3 are the four output scales.
+    """
+    num_ch_dec = [16, 32, 64, 128, 256]
+
+    def __init__(self, num_ch_enc):
+        super().__init__()
+        self.reduce = nn.ModuleList()
+        self.fuse = nn.ModuleList()
+        for i in range(5):
+            in_channels = num_ch_enc[-1] if i == 4 else self.num_ch_dec[i + 1]
+            skip_channels = num_ch_enc[i - 1] if i > 0 else 0
+            self.reduce.append(conv_block(in_channels, self.num_ch_dec[i]))
+            self.fuse.append(conv_block(self.num_ch_dec[i] + skip_channels, self.num_ch_dec[i]))
+
+    def forward(self, features):
+        x, outputs = features[-1], []
+        for i in range(4, -1, -1):
+            x = nn.functional.interpolate(self.reduce[i](x), scale_factor=2, mode='nearest')
+            if i > 0:
+                x = torch.cat([x, features[i - 1]], 1)
+            x = self.fuse[i](x)
+            if i < 4:
+                outputs.insert(0, x)
+        return outputs  # finest first: full, 1/2, 1/4, 1/8 resolution
+
+
+class DispHead(nn.Module):
+    """Sigmoid disparity at each of the four decoder scales, finest first."""
+
+    def __init__(self, num_ch_dec=(16, 32, 64, 128)):
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv2d(c, 1, 3, padding=1, padding_mode='reflect') for c in num_ch_dec)
+
+    def forward(self, decoder_features):
+        return [torch.sigmoid(conv(f)) for conv, f in zip(self.convs, decoder_features)]
+
+
+class SegHead(nn.Module):
+    """The paper's best practice (Fig. 1b): a fresh K-class 1x1 conv on the finest decoder features."""
+
+    def __init__(self, num_classes=19, in_channels=16):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, num_classes, 1)
+
+    def forward(self, decoder_features):
+        return self.conv(decoder_features[0])  # logits [B,K,H,W]
+
+
+def _register_normalization(module, normalization):
+    """Mean/std as non-persistent buffers: they follow .to(device) but stay out of the state dict."""
+    _check_choice('normalization', normalization, NORMALIZATION)
+    mean, std = NORMALIZATION[normalization]
+    module.register_buffer('mean', torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+    module.register_buffer('std', torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+
+class EncoderDecoder(nn.Module):
+    """Image in [0,1] -> normalise -> encoder -> decoder -> head."""
+
+    def __init__(self, encoder, decoder, head, normalization='unit'):
+        super().__init__()
+        self.encoder, self.decoder, self.head = encoder, decoder, head
+        _register_normalization(self, normalization)
+
+    def forward(self, x):
+        check_resolution(*x.shape[-2:])
+        return self.head(self.decoder(self.encoder((x - self.mean) / self.std)))
+
+
+def disp_to_depth(disp, min_depth=0.1, max_depth=100.0):
+    """Map sigmoid disparity in [0,1] to depth in [min_depth, max_depth] (Monodepth2)."""
+    scaled_disp = 1 / max_depth + (1 / min_depth - 1 / max_depth) * disp
+    return 1 / scaled_disp
+
+
+class PoseNet(nn.Module):
+    """Relative camera motion between two frames: a two-image ResNet and Monodepth2's pose decoder."""
+
+    def __init__(self, arch='resnet18', normalization='unit'):
+        super().__init__()
+        self.encoder = ResnetEncoder(arch, num_input_images=2)
+        self.decoder = nn.Sequential(
+            nn.Conv2d(self.encoder.num_ch_enc[-1], 256, 1), nn.ReLU(),  # squeeze
+            nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(256, 6, 1))
+        _register_normalization(self, normalization)
+
+    def forward(self, frame_a, frame_b):
+        """Return (axisangle [B,3], translation [B,3]) of the motion from frame_a to frame_b."""
+        x = torch.cat([(frame_a - self.mean) / self.std, (frame_b - self.mean) / self.std], 1)
+        # Small outputs at initialisation keep early warps close to the identity.
+        pose = 0.01 * self.decoder(self.encoder(x)[-1]).mean(dim=(2, 3))
+        return pose[:, :3], pose[:, 3:]
+
+
+def build_depth_net(arch='resnet18', normalization='unit'):
+    """U-Net predicting sigmoid disparity at four scales, finest first."""
+    encoder = ResnetEncoder(arch)
+    return EncoderDecoder(encoder, UNetDecoder(encoder.num_ch_enc), DispHead(), normalization)
+
+
+def build_seg_net(arch='resnet18', num_classes=19, normalization='unit'):
+    """The same U-Net with the 1x1 segmentation head, so a depth checkpoint's trunk loads into it."""
+    encoder = ResnetEncoder(arch)
+    return EncoderDecoder(encoder, UNetDecoder(encoder.num_ch_enc), SegHead(num_classes), normalization)
+
+
+def build_pose_net(arch='resnet18', normalization='unit'):
+    """PoseNet for self-supervised depth from video."""
+    return PoseNet(arch, normalization)
+
+
+def load_parts(model, state_dict, prefixes=('encoder.', 'decoder.'), source='checkpoint'):
+    """Copy the tensors under `prefixes` from `state_dict` into `model` (e.g. depth trunk -> seg net).
+
+    Every model tensor under those prefixes must be present with the same shape; returns the loaded keys.
+    """
+    prefixes = tuple(prefixes)
+    target = model.state_dict()
+    wanted = [k for k in target if k.startswith(prefixes)]  # network order: first mismatch reported
+    for key in wanted:
+        if key not in state_dict:
+            raise ValueError(f'{source} has no tensor {key!r} that the model needs; was it saved from a '
+                             f'different network (another --arch or decoder)?')
+        if state_dict[key].shape != target[key].shape:
+            raise ValueError(f'{source} tensor {key!r} has shape {tuple(state_dict[key].shape)} but the model '
+                             f'expects {tuple(target[key].shape)}; was it trained with a different --arch?')
+    model.load_state_dict({k: state_dict[k] for k in wanted}, strict=False)
+    return wanted

@@ -1,0 +1,203 @@
+"""Tests for evaluate.py: metrics on hand-computed examples, run folders -> table, figure and CLI."""
+import json
+import math
+import sys
+from pathlib import Path
+
+import matplotlib.image
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import evaluate  # noqa: E402
+
+# 2x4 image, 3 classes present (K = 4, class 3 absent); the last column is ignored.
+LABEL = torch.tensor([[0, 0, 1, 255], [1, 2, 2, 255]])
+PRED = torch.tensor([[0, 1, 1, 2], [1, 2, 0, 0]])
+
+
+def test_confusion_matrix_by_hand():
+    # kept (gt, pred) pairs: (0,0) (0,1) (1,1) (1,1) (2,2) (2,0)
+    expected = torch.tensor([[1, 1, 0, 0], [0, 2, 0, 0], [1, 0, 1, 0], [0, 0, 0, 0]])
+    confusion = evaluate.confusion_matrix(PRED, LABEL, num_classes=4)
+    assert confusion.dtype == torch.int64 and confusion.device.type == 'cpu'
+    assert torch.equal(confusion, expected)
+    assert torch.equal(evaluate.confusion_matrix(PRED[None], LABEL[None], 4), expected)  # any shape
+
+
+def test_confusion_matrix_rejects_out_of_range_labels():
+    with pytest.raises(ValueError):
+        evaluate.confusion_matrix(PRED, torch.full_like(LABEL, 7), num_classes=4)
+
+
+def test_segmentation_metrics_by_hand():
+    metrics = evaluate.segmentation_metrics(evaluate.confusion_matrix(PRED, LABEL, 4))
+    iou = metrics['per_class_iou']
+    assert iou[:3] == pytest.approx([1 / 3, 2 / 3, 1 / 2]) and math.isnan(iou[3])  # class 3 absent -> NaN
+    assert metrics['miou'] == pytest.approx(0.5)  # the absent class does not count
+    assert metrics['pixel_acc'] == pytest.approx(4 / 6)
+    assert metrics['mean_acc'] == pytest.approx((1 / 2 + 1 + 1 / 2) / 3)
+    assert all(type(v) is float for v in iou + [metrics['miou'], metrics['pixel_acc'], metrics['mean_acc']])
+    json.dumps(metrics)  # serialisable (NaN written as NaN)
+
+
+def test_perfect_prediction():
+    label = torch.randint(0, 19, (2, 8, 8))
+    metrics = evaluate.segmentation_metrics(evaluate.confusion_matrix(label, label, 19))
+    assert metrics['miou'] == 1.0 and metrics['pixel_acc'] == 1.0 and metrics['mean_acc'] == 1.0
+
+
+def test_representative_classes_and_miou7():
+    assert evaluate.REPRESENTATIVE_IDS == (0, 1, 2, 8, 9, 10, 13)
+    label = torch.arange(19)  # one pixel of every class
+    person, rider, car, truck = (evaluate.CITYSCAPES_CLASSES.index(n) for n in ('person', 'rider', 'car', 'truck'))
+    person_as_rider = evaluate.segmentation_metrics(
+        evaluate.confusion_matrix(torch.where(label == person, rider, label), label, 19))
+    car_as_truck = evaluate.segmentation_metrics(
+        evaluate.confusion_matrix(torch.where(label == car, truck, label), label, 19))
+    # both mistakes cost the same over 19 classes (one IoU 0, one IoU 1/2) ...
+    assert person_as_rider['miou'] == pytest.approx(17.5 / 19) == car_as_truck['miou']
+    # ... but only the car is one of the 7 representative classes
+    assert person_as_rider['miou7'] == 1.0
+    assert car_as_truck['miou7'] == pytest.approx(6 / 7)
+
+
+def _depth(shape=(2, 1, 4, 5)):
+    return 1 + 29 * torch.rand(shape, generator=torch.Generator().manual_seed(0))  # 1..30 m, no clamping at 2x
+
+
+def test_depth_metrics_perfect_prediction():
+    gt = _depth()
+    metrics = evaluate.depth_metrics(gt.clone(), gt)
+    assert metrics['abs_rel'] == pytest.approx(0, abs=1e-9) and metrics['rmse'] == pytest.approx(0, abs=1e-6)
+    assert metrics['a1'] == 1.0 and metrics['a3'] == 1.0
+    assert metrics['silog'] == pytest.approx(0, abs=1e-9) and metrics['si_rmse'] == pytest.approx(0, abs=1e-6)
+    assert metrics['median_scale'] == 1.0
+    assert evaluate.depth_metrics(gt[0, 0], gt[0, 0])['abs_rel'] == pytest.approx(0, abs=1e-9)  # one [H,W] image
+
+
+def test_depth_metrics_scale():
+    gt = _depth()
+    unscaled = evaluate.depth_metrics(2 * gt, gt)
+    assert unscaled['abs_rel'] == pytest.approx(1)
+    assert unscaled['a1'] == 0.0
+    assert unscaled['silog'] == pytest.approx(0.5 * math.log(2) ** 2)  # (1 - lambda) (log 2)^2 with lambda = 0.5
+    assert unscaled['si_rmse'] == pytest.approx(0, abs=1e-6)  # scale invariant
+    scaled = evaluate.depth_metrics(2 * gt, gt, median_scaling=True)
+    assert scaled['abs_rel'] == pytest.approx(0, abs=1e-9) and scaled['median_scale'] == pytest.approx(0.5)
+
+
+def test_median_scaling_is_per_image():
+    gt = _depth()
+    pred = gt * torch.tensor([2.0, 3.0]).view(2, 1, 1, 1)
+    metrics = evaluate.depth_metrics(pred, gt, median_scaling=True)
+    assert metrics['abs_rel'] == pytest.approx(0, abs=1e-6)
+    assert metrics['median_scale'] == pytest.approx((1 / 2 + 1 / 3) / 2)
+
+
+def test_depth_metrics_average_per_image_and_ignore_missing_gt():
+    gt = torch.tensor([[[10.0, 0.0, 0.0, 0.0]], [[10.0, 20.0, 30.0, 40.0]]])  # [B=2, H=1, W=4]
+    pred = torch.tensor([[[20.0, 99.0, 0.5, 7.0]], [[10.0, 20.0, 30.0, 40.0]]])
+    # image 0: one valid pixel, abs_rel 1 (gt == 0 pixels ignored); image 1: perfect -> mean over images 0.5
+    assert evaluate.depth_metrics(pred, gt)['abs_rel'] == pytest.approx(0.5)
+    with pytest.raises(ValueError):
+        evaluate.depth_metrics(pred, torch.zeros_like(gt))
+
+
+def test_constant_depth_baseline():
+    gt = _depth()
+    baseline = evaluate.constant_depth_baseline(gt)
+    assert baseline['abs_rel'] > 0.05
+    constant = evaluate.depth_metrics(torch.full_like(gt, 7.0), gt, median_scaling=True)
+    for key in ('abs_rel', 'sq_rel', 'rmse', 'rmse_log', 'a1', 'silog', 'si_rmse'):
+        assert baseline[key] == pytest.approx(constant[key])
+
+
+def _write_run(folder, args, lines):
+    folder.mkdir()
+    (folder / 'args.json').write_text(json.dumps(args))
+    (folder / 'metrics.jsonl').write_text(''.join(json.dumps(line) + '\n' for line in lines))
+    return folder
+
+
+@pytest.fixture
+def runs(tmp_path):
+    common = dict(arch='resnet18', height=96, width=320, iters=200, seed=0)
+    seg = _write_run(tmp_path / 'seg_depth_frozen', dict(common, task='seg', init='depth', freeze_encoder=True,
+                                                           train_size=16, name='seg_depth_frozen'), [
+        {'iter': 50, 'split': 'train', 'loss': 2.1, 'lr': 1e-3, 'images_per_s': 30.0},
+        {'iter': 100, 'split': 'eval', 'miou7': 0.3, 'miou': 0.2, 'pixel_acc': 0.7, 'mean_acc': 0.3},
+        {'iter': 200, 'split': 'eval', 'miou7': 0.63214, 'miou': 0.41, 'pixel_acc': 0.85, 'mean_acc': 0.5,
+         'per_class_iou': [0.5] * 19}])
+    depth = _write_run(tmp_path / 'depth_mono', dict(common, task='depth', name='depth_mono'), [
+        {'iter': 50, 'split': 'train', 'loss': 0.2, 'lr': 1e-4, 'images_per_s': 12.0},
+        {'iter': 0, 'split': 'baseline', 'abs_rel': 0.35, 'rmse': 9.0},
+        {'iter': 100, 'split': 'eval', 'abs_rel': 0.2, 'sq_rel': 2.0, 'rmse': 7.0, 'rmse_log': 0.3, 'a1': 0.7},
+        {'iter': 200, 'split': 'eval', 'abs_rel': 0.1234, 'sq_rel': 1.5, 'rmse': 6.25, 'rmse_log': 0.2, 'a1': 0.875}])
+    return seg, depth
+
+
+def test_read_run_folder_and_checkpoint(runs, tmp_path):
+    run = evaluate.read_run(runs[0])
+    assert run['name'] == 'seg_depth_frozen' and run['args']['init'] == 'depth' and len(run['metrics']) == 3
+    with open(runs[0] / 'metrics.jsonl', 'a') as f:
+        f.write('{"iter": 250, "spl')  # a run still writing its last line
+    assert len(evaluate.read_run(runs[0])['metrics']) == 3
+    checkpoint = tmp_path / 'seg.pt'
+    torch.save({'model': {}, 'task': 'seg', 'arch': 'resnet18', 'iter': 300, 'metrics': {'miou7': 0.5},
+                'args': {'name': 'from_ckpt', 'init': 'imagenet'}}, checkpoint)
+    run = evaluate.read_run(checkpoint)
+    assert run['name'] == 'from_ckpt' and run['args']['task'] == 'seg'
+    assert run['metrics'] == [{'iter': 300, 'split': 'eval', 'miou7': 0.5}]
+
+
+def test_read_run_rejects_other_paths(tmp_path):
+    stray = tmp_path / 'notes.txt'
+    stray.write_text('hello')
+    with pytest.raises(ValueError, match='not a run'):
+        evaluate.read_run(stray)
+    with pytest.raises(ValueError, match='not a run'):
+        evaluate.read_run(tmp_path)  # a folder without args.json
+    with pytest.raises(FileNotFoundError):
+        evaluate.read_run(tmp_path / 'missing')
+
+
+def test_results_table(runs):
+    table = evaluate.results_table([evaluate.read_run(path) for path in runs])
+    seg_part, depth_part = table.split('### depth')
+    assert 'seg_depth_frozen' in seg_part and 'depth_mono' in depth_part
+    row = next(line for line in seg_part.splitlines() if line.startswith('| seg_depth_frozen'))
+    cells = [cell.strip() for cell in row.strip('|').split('|')]
+    assert cells == ['seg_depth_frozen', 'seg', 'depth', 'yes', '16', 'resnet18', '96x320', '200',
+                     '63.21', '41.00', '85.00']
+    row = next(line for line in depth_part.splitlines() if line.startswith('| depth_mono'))
+    assert [cell.strip() for cell in row.strip('|').split('|')][-6:] == \
+        ['0.123', '1.500', '6.250', '0.200', '0.875', '0.350']
+
+
+def test_plot_curves(runs, tmp_path):
+    path = tmp_path / 'figs' / 'curves.png'
+    evaluate.plot_curves([evaluate.read_run(p) for p in runs], path)
+    image = matplotlib.image.imread(path)
+    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 500  # two panels side by side
+    assert image.std() > 0.01  # something was drawn
+
+
+def test_cli(runs, tmp_path, capsys):
+    out_dir = tmp_path / 'results'
+    evaluate.main([str(runs[0]), str(runs[1]), '--out-dir', str(out_dir)])
+    printed = capsys.readouterr().out
+    table = (out_dir / 'results.md').read_text()
+    assert table in printed and '63.21' in table and 'curves.png' in printed
+    assert matplotlib.image.imread(out_dir / 'curves.png').shape[0] > 100
+    assert sorted(p.name for p in out_dir.iterdir()) == ['curves.png', 'results.md']  # no temp files left
+
+
+def test_cli_bad_path(runs, tmp_path, capsys):
+    stray = tmp_path / 'stray.log'
+    stray.write_text('not a run')
+    with pytest.raises(SystemExit):
+        evaluate.main([str(runs[0]), str(stray), '--out-dir', str(tmp_path / 'results')])
+    error = capsys.readouterr().err
+    assert 'stray.log is not a run' in error
+    assert not (tmp_path / 'results').exists()

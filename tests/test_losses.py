@@ -1,0 +1,141 @@
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import losses
+
+
+def intrinsics(fx, fy, cx, cy):
+    return torch.tensor([[fx, 0, cx, 0], [0, fy, cy, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]])
+
+
+def test_ssim_of_image_with_itself_is_zero():
+    x = torch.rand(2, 3, 8, 10)
+    assert losses.ssim(x, x).shape == x.shape
+    assert torch.allclose(losses.ssim(x, x), torch.zeros_like(x), atol=1e-6)
+
+
+def test_ssim_matches_formula_at_interior_and_corner_pixel():
+    torch.manual_seed(0)
+    x, y = torch.rand(1, 2, 6, 7), torch.rand(1, 2, 6, 7)
+    for (i, j), c in [((3, 4), 0), ((3, 4), 1), ((0, 0), 0)]:
+        # 3x3 neighbourhood of (i, j) in the reflection-padded channel
+        a = np.pad(x[0, c].double().numpy(), 1, mode="reflect")[i:i + 3, j:j + 3]
+        b = np.pad(y[0, c].double().numpy(), 1, mode="reflect")[i:i + 3, j:j + 3]
+        mu_a, mu_b = a.mean(), b.mean()
+        var_a, var_b = ((a - mu_a) ** 2).mean(), ((b - mu_b) ** 2).mean()
+        cov = ((a - mu_a) * (b - mu_b)).mean()
+        c1, c2 = 0.01 ** 2, 0.03 ** 2
+        s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
+        expected = np.clip((1 - s) / 2, 0, 1)
+        assert abs(losses.ssim(x, y)[0, c, i, j].item() - expected) < 1e-5
+
+
+def test_photometric_error():
+    x, y = torch.rand(2, 3, 8, 10), torch.rand(2, 3, 8, 10)
+    assert torch.allclose(losses.photometric_error(x, x), torch.zeros(2, 1, 8, 10), atol=1e-6)
+    err = losses.photometric_error(x, y)
+    assert err.shape == (2, 1, 8, 10) and (err > 0).all()
+
+
+def test_pose_to_matrix():
+    t = torch.tensor([[1.0, 2.0, 3.0]])
+    T = losses.pose_to_matrix(torch.zeros(1, 3), t)
+    assert torch.allclose(T[0, :3, :3], torch.eye(3)) and torch.allclose(T[0, :3, 3], t[0])
+    assert torch.equal(T[0, 3], torch.tensor([0.0, 0, 0, 1]))
+    # right-hand rule: +pi/2 about y turns x (right) into -z (towards the viewer)
+    R = losses.pose_to_matrix(torch.tensor([[0, math.pi / 2, 0]]), torch.zeros(1, 3))[0, :3, :3]
+    assert torch.allclose(R @ torch.tensor([1.0, 0, 0]), torch.tensor([0, 0, -1.0]), atol=1e-6)
+
+
+def test_pose_inverse_composes_to_identity():
+    torch.manual_seed(0)
+    axisangle, translation = torch.randn(4, 3), torch.randn(4, 3)
+    T = losses.pose_to_matrix(axisangle, translation)
+    T_inv = losses.pose_to_matrix(axisangle, translation, invert=True)
+    assert torch.allclose(T @ T_inv, torch.eye(4).expand(4, 4, 4), atol=1e-5)
+    assert torch.allclose(T_inv @ T, torch.eye(4).expand(4, 4, 4), atol=1e-5)
+
+
+def test_warp_with_identity_pose_reproduces_image():
+    K = intrinsics(5.0, 6.0, 4.5, 3.5).expand(2, 4, 4)
+    source, depth = torch.rand(2, 3, 7, 9), 0.5 + 10 * torch.rand(2, 1, 7, 9)
+    warped = losses.warp(source, depth, K, torch.inverse(K), torch.eye(4).expand(2, 4, 4))
+    assert torch.allclose(warped, source, atol=1e-5)
+
+
+def test_warp_translation_shifts_by_fx_tx_over_z():
+    H, W, fx, z, tx = 6, 16, 8.0, 2.0, 0.5
+    shift = int(fx * tx / z)                                      # 2 pixels
+    K = intrinsics(fx, fx, 7.5, 2.5)[None]
+    T = losses.pose_to_matrix(torch.zeros(1, 3), torch.tensor([[tx, 0, 0]]))
+    source = torch.rand(1, 3, H, W)
+    warped = losses.warp(source, torch.full((1, 1, H, W), z), K, torch.inverse(K), T)
+    # P_source = P_target + (tx, 0, 0), so u_source = u_target + fx*tx/z: target pixel u reads
+    # source pixel u + shift (the content moves left by `shift` pixels in the warped image).
+    assert torch.allclose(warped[..., :W - shift], source[..., shift:], atol=1e-5)
+    assert not torch.allclose(warped[..., shift:], source[..., :W - shift], atol=1e-2)
+
+
+def test_min_reprojection_picks_best_source_per_pixel():
+    torch.manual_seed(0)
+    H, W = 6, 12
+    target = torch.rand(1, 3, H, W)
+    cols = torch.arange(W)
+    # the halves overlap by two columns so every pixel has a source matching its whole 3x3 window
+    left = torch.where(cols <= W // 2, target, torch.rand(1, 3, H, W))
+    right = torch.where(cols >= W // 2 - 1, target, torch.rand(1, 3, H, W))
+    per_pixel, mask = losses.min_reprojection(target, [left, right])
+    assert per_pixel.shape == (1, 1, H, W) and torch.allclose(per_pixel, torch.zeros_like(per_pixel), atol=1e-6)
+    assert torch.equal(mask, torch.ones_like(mask))
+    loss, _ = losses.reprojection_loss(target, [left, right])
+    assert loss.item() < 1e-6
+    assert losses.reprojection_loss(target, [left])[0] > 0.01
+
+
+def test_auto_mask():
+    torch.manual_seed(0)
+    H, W = 6, 12
+    target = torch.rand(1, 3, H, W)
+    cols = torch.arange(W)
+    unwarped = torch.where(cols < W // 2, target, torch.rand(1, 3, H, W))   # static on the left
+    identity = losses.identity_error(target, [unwarped])
+    warped = (target + 0.02).clamp(0, 1)                                 # slightly off everywhere
+    loss, mask = losses.reprojection_loss(target, [warped], identity)
+    # the last left column's 3x3 window sees the differing right half, so it is not checked
+    assert torch.equal(mask[..., :W // 2 - 1], torch.zeros(1, 1, H, W // 2 - 1))
+    assert torch.equal(mask[..., W // 2:], torch.ones(1, 1, H, W - W // 2))
+    best = torch.minimum(losses.photometric_error(warped, target), identity)
+    assert torch.allclose(loss, best.mean())
+    # ties (warped as good as unwarped) are masked out
+    _, mask = losses.reprojection_loss(target, [target.clone()], identity)
+    assert torch.equal(mask[..., :W // 2 - 1], torch.zeros(1, 1, H, W // 2 - 1))
+
+
+def test_smoothness_loss():
+    img = torch.rand(1, 3, 8, 8)
+    assert losses.smoothness_loss(torch.full((1, 1, 8, 8), 0.3), img) == 0
+    ramp = torch.linspace(0, 1, 8).expand(1, 1, 8, 8)
+    assert losses.smoothness_loss(ramp, img) > 0
+    edge = (torch.arange(8) >= 4).float().expand(1, 1, 8, 8)
+    flat = torch.full((1, 3, 8, 8), 0.5)
+    assert losses.smoothness_loss(edge, edge.expand(1, 3, 8, 8)) < losses.smoothness_loss(edge, flat)
+    flow = torch.stack([ramp[:, 0], ramp[:, 0].transpose(1, 2)], 1)
+    assert losses.smoothness_loss(flow, img) > 0
+
+
+def test_mean_normalised():
+    disp = torch.rand(2, 1, 5, 6) + 0.1
+    assert torch.allclose(losses.mean_normalised(disp).mean((2, 3)), torch.ones(2, 1))
+    assert torch.allclose(losses.mean_normalised(3 * disp), losses.mean_normalised(disp), atol=1e-6)
+
+
+def test_nll_loss_equals_cross_entropy():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 19, 4, 5)
+    labels = torch.randint(0, 19, (2, 4, 5))
+    labels[0, :2] = 255
+    expected = F.cross_entropy(logits, labels, ignore_index=255)
+    assert torch.allclose(losses.nll_loss(logits, labels), expected)

@@ -1,0 +1,121 @@
+import os
+
+import pytest
+import torch
+import torchvision
+
+import models
+
+
+@pytest.mark.parametrize('height,width', [(64, 192), (96, 320)])
+def test_depth_seg_pose_shapes(height, width):
+    x = torch.rand(2, 3, height, width)
+    disps = models.build_depth_net().eval()(x)
+    assert [tuple(d.shape) for d in disps] == [(2, 1, height >> s, width >> s) for s in range(4)]
+    assert all(0 <= d.min() and d.max() <= 1 for d in disps)
+    assert models.build_seg_net(num_classes=7).eval()(x).shape == (2, 7, height, width)
+    axisangle, translation = models.build_pose_net().eval()(x, torch.rand_like(x))
+    assert axisangle.shape == translation.shape == (2, 3)
+
+
+def test_resnet50_builds_and_runs():
+    x = torch.rand(1, 3, 64, 64)
+    disps = models.build_depth_net('resnet50', normalization='imagenet').eval()(x)
+    assert disps[0].shape == (1, 1, 64, 64)
+    assert models.build_seg_net('resnet50').eval()(x).shape == (1, 19, 64, 64)
+
+
+def test_encoder_feature_shapes():
+    encoder = models.ResnetEncoder('resnet18')
+    features = encoder(torch.rand(1, 3, 64, 96))
+    assert [tuple(f.shape[1:]) for f in features] == [
+        (c, 64 >> s, 96 >> s) for s, c in enumerate(models.ENCODER_CHANNELS['resnet18'], start=1)]
+
+
+def test_resolution_not_multiple_of_32_is_refused():
+    with pytest.raises(ValueError, match='32') as info:
+        models.build_depth_net()(torch.rand(1, 3, 100, 320))
+    assert '96x320' in str(info.value)
+    models.check_resolution(96, 320)
+    with pytest.raises(ValueError, match='64'):
+        models.check_resolution(32, 64)
+
+
+def test_unknown_arch_names_choices():
+    with pytest.raises(ValueError, match='resnet18'):
+        models.ResnetEncoder('resnet34')
+
+
+def test_normalization_buffers_stay_out_of_state_dict():
+    net = models.build_depth_net(normalization='imagenet')
+    assert all(k.split('.')[0] in ('encoder', 'decoder', 'head') for k in net.state_dict())
+    assert torch.allclose(net.std.flatten(), torch.tensor(models.NORMALIZATION['imagenet'][1]))
+
+
+@pytest.mark.parametrize('arch', ['resnet18', 'resnet50'])
+def test_encoder_state_dict_matches_torchvision(arch):
+    reference = getattr(torchvision.models, arch)()
+    reference.load_state_dict(models.ResnetEncoder(arch).state_dict(), strict=True)
+    encoder = models.ResnetEncoder(arch)
+    encoder.load_state_dict(reference.state_dict(), strict=True)
+    assert torch.equal(encoder.conv1.weight, reference.conv1.weight)
+
+
+def test_disp_to_depth_range():
+    depth = models.disp_to_depth(torch.tensor([0.0, 1.0]), min_depth=0.1, max_depth=100.0)
+    assert torch.allclose(depth, torch.tensor([100.0, 0.1]))
+
+
+def test_load_parts_copies_trunk_and_keeps_head():
+    depth_net, seg_net = models.build_depth_net(), models.build_seg_net()
+    head_before = seg_net.head.conv.weight.clone()
+    loaded = models.load_parts(seg_net, depth_net.state_dict())
+    assert 'encoder.conv1.weight' in loaded and 'decoder.fuse.0.0.weight' in loaded
+    assert not any(k.startswith('head.') for k in loaded)
+    seg_state, depth_state = seg_net.state_dict(), depth_net.state_dict()
+    assert all(torch.equal(seg_state[k], depth_state[k]) for k in loaded)
+    assert torch.equal(seg_net.head.conv.weight, head_before)
+
+
+def test_load_parts_refuses_other_arch():
+    with pytest.raises(ValueError, match=r"encoder\.layer1\.0\.conv1\.weight.*--arch"):
+        models.load_parts(models.build_seg_net('resnet18'), models.build_depth_net('resnet50').state_dict(),
+                          source='depth.pt')
+
+
+def test_torch_hub_dir_follows_torch_home(monkeypatch, tmp_path):
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path))
+    assert torch.hub.get_dir() == os.path.join(str(tmp_path), 'hub')
+
+
+def _cache_random_resnet18(monkeypatch, tmp_path):
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path))
+    folder = tmp_path / 'hub' / 'checkpoints'
+    folder.mkdir(parents=True)
+    state = torchvision.models.resnet18().state_dict()
+    torch.save(state, folder / 'resnet18-f37072fd.pth')
+    return state
+
+
+def test_load_imagenet_weights_reads_cached_file(monkeypatch, tmp_path):
+    state = _cache_random_resnet18(monkeypatch, tmp_path)
+    encoder = models.ResnetEncoder('resnet18')
+    models.load_imagenet_weights(encoder, 'resnet18')
+    loaded = encoder.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in state.items())
+
+
+def test_load_imagenet_weights_two_images_repeats_conv1(monkeypatch, tmp_path):
+    state = _cache_random_resnet18(monkeypatch, tmp_path)
+    pose = models.build_pose_net()
+    models.load_imagenet_weights(pose.encoder, 'resnet18')
+    expected = torch.cat([state['conv1.weight']] * 2, dim=1) / 2
+    assert torch.allclose(pose.encoder.conv1.weight, expected)
+    assert torch.equal(pose.encoder.layer4[1].conv2.weight, state['layer4.1.conv2.weight'])
+
+
+def test_load_imagenet_weights_missing_file_names_it(monkeypatch, tmp_path):
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path))
+    with pytest.raises(FileNotFoundError, match='resnet18-f37072fd.pth') as info:
+        models.load_imagenet_weights(models.ResnetEncoder('resnet18'), 'resnet18')
+    assert os.path.join(str(tmp_path), 'hub', 'checkpoints') in str(info.value)
