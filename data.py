@@ -19,6 +19,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,10 @@ from PIL import Image
 from torchvision.io import ImageReadMode, decode_image, decode_png, read_file, write_png
 from torchvision.transforms import v2
 from torchvision import tv_tensors
+
+# torchvision 0.29 announces that its image codecs will move to TorchCodec; they work, and the
+# design keeps to torchvision, so the notice is silenced rather than printed once per image.
+warnings.filterwarnings('ignore', message='The image decoding and encoding capabilities of TorchVision')
 
 # ----------------------------------------------------------------------------------------------
 # 1. The toy world
@@ -522,8 +527,13 @@ def read_calib(path):
     if not Path(path).is_file():
         raise FileNotFoundError(f'no calibration file at {path}: KITTI raw keeps calib_cam_to_cam.txt '
                                 f'in each date folder (<root>/<date>/); extract the calibration archive there.')
+    return read_calib_text(Path(path).read_text())
+
+
+def read_calib_text(text):
+    """Parse KITTI calibration text 'name: numbers' into {name: float array}."""
     calib = {}
-    for line in Path(path).read_text().splitlines():
+    for line in text.splitlines():
         key, _, value = line.partition(':')
         try:
             calib[key.strip()] = np.array([float(x) for x in value.split()])

@@ -23,6 +23,11 @@ CITYSCAPES_CLASSES = ('road', 'sidewalk', 'building', 'wall', 'fence', 'pole', '
                       'motorcycle', 'bicycle')
 REPRESENTATIVE_CLASSES = ('road', 'sidewalk', 'building', 'vegetation', 'terrain', 'sky', 'car')
 REPRESENTATIVE_IDS = tuple(CITYSCAPES_CLASSES.index(name) for name in REPRESENTATIVE_CLASSES)
+# Cityscapes' colours for the 19 train ids, and black for ignored pixels.
+CITYSCAPES_PALETTE = ((128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153),
+                      (153, 153, 153), (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152),
+                      (70, 130, 180), (220, 20, 60), (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100),
+                      (0, 80, 100), (0, 0, 230), (119, 11, 32))
 SILOG_LAMBDA = 0.5  # the paper's "typical" balance between scale invariance and scale awareness (Sec. 2.3)
 
 
@@ -36,6 +41,13 @@ def confusion_matrix(pred, label, num_classes, ignore_index=255):
         raise ValueError(f'labels and predictions must lie in [0, {num_classes}) or equal {ignore_index}')
     counts = torch.bincount(label * num_classes + pred, minlength=num_classes ** 2)
     return counts.reshape(num_classes, num_classes).cpu()
+
+
+def colourise(labels):
+    """Train-id maps [..., H, W] -> RGB [..., H, W, 3] uint8 in the Cityscapes colours (ignore: black)."""
+    palette = torch.zeros(256, 3, dtype=torch.uint8)
+    palette[:len(CITYSCAPES_PALETTE)] = torch.tensor(CITYSCAPES_PALETTE, dtype=torch.uint8)
+    return palette[labels.long().clamp(0, 255)]
 
 
 def _nanmean(x):

@@ -148,6 +148,7 @@ class EncoderDecoder(nn.Module):
     def __init__(self, encoder, decoder, head, normalization='unit'):
         super().__init__()
         self.encoder, self.decoder, self.head = encoder, decoder, head
+        self.normalization = normalization  # recorded in checkpoints; fine-tuning reuses it
         _register_normalization(self, normalization)
 
     def forward(self, x):

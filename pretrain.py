@@ -1,0 +1,406 @@
+"""Self-supervised depth pre-training from video: the Monodepth2 recipe (paper App. B.2, eq. 9-11).
+
+A depth network (ResNet encoder + U-Net decoder, sigmoid disparity at four scales) and a PoseNet
+are trained together: frames t-1 and t+1 are warped into frame t through the predicted depth and
+camera motion, and the per-pixel minimum photometric error, auto-masked, is minimised together with
+an edge-aware smoothness prior. The depth network's weights are what fine-tuning starts from.
+
+This file also holds the parts of a training run that finetune.py shares: the common flags, the
+device, the data root, the run folder (args.json, metrics.jsonl, samples, atomic checkpoints,
+--resume), the learning-rate schedules and the --bench timing.
+
+    python pretrain.py --task depth                 # toy world, rendered on first use
+    python pretrain.py --task depth --data kitti --data-root /data/kitti --height 192 --width 640
+"""
+import argparse
+import json
+import math
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+import matplotlib
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+import data  # noqa: E402
+import evaluate  # noqa: E402
+import losses  # noqa: E402
+import models  # noqa: E402
+
+TOY_ROOT = 'data/toy'
+
+
+# ------------------------------------------------------------------------------------------------
+# Shared by pretrain.py and finetune.py
+# ------------------------------------------------------------------------------------------------
+
+def add_common_args(parser, iters, lr, batch_size, eval_every):
+    """Flags spelled the same in both scripts (DESIGN.md)."""
+    parser.add_argument('--data', choices=['toy', 'kitti'], default='toy',
+                        help='toy: the bundled toy world (rendered into --data-root on first use); '
+                             'kitti: a real KITTI tree at --data-root')
+    parser.add_argument('--data-root', default=None, help=f'dataset folder (default for toy: {TOY_ROOT})')
+    parser.add_argument('--arch', choices=['resnet18', 'resnet50'], default='resnet18', help='encoder')
+    parser.add_argument('--height', type=int, default=64, help='network input height (multiple of 32)')
+    parser.add_argument('--width', type=int, default=192, help='network input width (multiple of 32)')
+    parser.add_argument('--batch-size', type=int, default=batch_size)
+    parser.add_argument('--iters', type=int, default=iters, help='training iterations')
+    parser.add_argument('--lr', type=float, default=lr, help='initial learning rate (Adam)')
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--device', default='auto', help='auto (CUDA when present), cpu, cuda, cuda:1 ...')
+    parser.add_argument('--workers', type=int, default=2, help='data-loading processes')
+    parser.add_argument('--name', default=None, help='run folder name under --runs (default: from the flags)')
+    parser.add_argument('--runs', default='runs', help='where run folders go')
+    parser.add_argument('--resume', action='store_true', help='continue the run folder\'s last checkpoint')
+    parser.add_argument('--eval-every', type=int, default=eval_every, help='evaluate every N iterations')
+    parser.add_argument('--save-every', type=int, default=100, help='checkpoint every N iterations')
+    parser.add_argument('--log-every', type=int, default=10, help='log the training loss every N iterations')
+    parser.add_argument('--bench', type=int, default=0, metavar='N',
+                        help='run N timed training steps, print images/s, ms/step, data-wait share and '
+                             'peak memory, and exit (no run folder is written)')
+
+
+def check_args(args):
+    """Stop early, with one sentence, on flags that cannot work."""
+    try:
+        models.check_resolution(args.height, args.width)
+    except ValueError as error:
+        raise SystemExit(f'--height/--width: {error}') from None
+    for flag in ('batch_size', 'iters', 'eval_every', 'save_every', 'log_every'):
+        if getattr(args, flag) < 1:
+            raise SystemExit(f'--{flag.replace("_", "-")} must be at least 1.')
+
+
+def pick_device(name):
+    """The torch device; CUDA-only speedups (cudnn autotuning) are switched on only there."""
+    device = torch.device('cuda' if name == 'auto' and torch.cuda.is_available() else
+                          'cpu' if name == 'auto' else name)
+    if device.type == 'cuda':
+        if not torch.cuda.is_available():
+            raise SystemExit('--device cuda was asked for but no CUDA GPU is visible; use --device cpu.')
+        torch.backends.cudnn.benchmark = True
+    return device
+
+
+def autocast(device):
+    """bfloat16 autocast for the networks on GPUs that support it; a no-op on CPU."""
+    enabled = device.type == 'cuda' and torch.cuda.is_bf16_supported()
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def data_root(args):
+    """The dataset folder: the toy world is rendered there on first use; KITTI must exist."""
+    if args.data == 'toy':
+        root = args.data_root or TOY_ROOT
+        data.ensure_toy_world(root)
+        return root
+    if not args.data_root or not Path(args.data_root).is_dir():
+        raise SystemExit(f'--data kitti needs --data-root pointing at a KITTI tree (got {args.data_root}); '
+                         f'see "Real KITTI" in the README for the layout.')
+    return args.data_root
+
+
+def loader(dataset, args, device, shuffle):
+    """A DataLoader with seeded shuffling; workers stay alive between epochs."""
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=args.batch_size if shuffle else 1, shuffle=shuffle, drop_last=shuffle,
+        num_workers=args.workers if shuffle else 0, persistent_workers=shuffle and args.workers > 0,
+        pin_memory=device.type == 'cuda', generator=torch.Generator().manual_seed(args.seed))
+
+
+def forever(batches):
+    """Cycle through a DataLoader epoch after epoch."""
+    while True:
+        yield from batches
+
+
+def to_device(batch, device):
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def save_atomic(obj, path):
+    """torch.save to a temporary file, then rename: a crash never leaves a half-written checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + '.tmp')
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def write_text_atomic(path, text):
+    tmp = Path(str(path) + '.tmp')
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class Run:
+    """A run folder runs/<name>/: args.json, metrics.jsonl, sample PNGs and checkpoint.pt.
+
+    A new run refuses to reuse a folder that already holds results; --resume reopens it, drops
+    metrics logged after its last checkpoint, and returns that checkpoint to continue from.
+    """
+
+    def __init__(self, args):
+        self.path = Path(args.runs) / args.name
+        self.checkpoint = self.path / 'checkpoint.pt'
+        self.metrics = self.path / 'metrics.jsonl'
+        if args.resume:
+            if not self.checkpoint.exists():
+                raise SystemExit(f'--resume: {self.checkpoint} does not exist; start the run without --resume.')
+        elif self.path.exists() and any(self.path.iterdir()):
+            raise SystemExit(f'{self.path} already holds a run: pass --resume to continue it, or --name '
+                             f'to start a new one (nothing was overwritten).')
+        self.path.mkdir(parents=True, exist_ok=True)
+        if not args.resume:
+            write_text_atomic(self.path / 'args.json', json.dumps(vars(args), indent=1) + '\n')
+
+    def load(self, device):
+        """The checkpoint to resume from, with metrics logged after it removed."""
+        try:
+            state = torch.load(self.checkpoint, map_location=device, weights_only=False)
+        except Exception as error:
+            raise SystemExit(f'could not read {self.checkpoint} ({error}); it is damaged: start a new run.') from None
+        if self.metrics.exists():
+            kept = [line for line in self.metrics.read_text().splitlines()
+                    if line.strip() and json.loads(line)['iter'] <= state['iter']]
+            write_text_atomic(self.metrics, ''.join(line + '\n' for line in kept))
+        return state
+
+    def log(self, **entry):
+        with open(self.metrics, 'a') as f:
+            f.write(json.dumps(entry) + '\n')
+
+    def save(self, state):
+        save_atomic(state, self.checkpoint)
+
+
+def stop_on_nan(loss, iteration, run, lr):
+    """A NaN or infinite loss stops the run before anything is overwritten."""
+    if not torch.isfinite(loss):
+        raise SystemExit(f'the loss became {loss.item()} at iteration {iteration}: lower --lr (now {lr:g}) or '
+                         f'check the input data; the last checkpoint {run.checkpoint} was left as it was.')
+
+
+def step_schedule(iters):
+    """Monodepth2's schedule per iteration: the learning rate drops tenfold for the last quarter."""
+    return lambda it: 1.0 if it < 0.75 * iters else 0.1
+
+
+def cosine_schedule(iters):
+    """Cosine decay per iteration (paper App. B.2)."""
+    return lambda it: 0.5 * (1 + math.cos(math.pi * min(it, iters) / iters))
+
+
+def peak_memory_mb(device):
+    if device.type == 'cuda':
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def benchmark(step, batches, steps, batch_size, device):
+    """Time `steps` real training steps after one warm-up: images/s, ms/step, data-wait share, memory."""
+    step(next(batches))
+    wait = total = 0.0
+    for _ in range(steps):
+        start = time.perf_counter()
+        batch = next(batches)
+        waited = time.perf_counter()
+        step(batch)
+        if device.type == 'cuda':
+            torch.cuda.synchronize()
+        wait, total = wait + waited - start, total + time.perf_counter() - start
+    print(f'bench: {steps} steps, batch {batch_size}, {device}: {steps * batch_size / total:.2f} images/s, '
+          f'{1000 * total / steps:.0f} ms/step, waiting for data {100 * wait / total:.1f}%, '
+          f'peak memory {peak_memory_mb(device):.0f} MB')
+
+
+def train(args, run, step, batches, state, evaluate_now, checkpoint):
+    """The loop both scripts share: step, log, evaluate, checkpoint, with a tqdm bar."""
+    bar = tqdm(range(state['iter'], args.iters), initial=state['iter'], total=args.iters, dynamic_ncols=True)
+    start = time.perf_counter()
+    for it in bar:
+        loss, lr = step(next(batches))
+        stop_on_nan(loss, it + 1, run, lr)
+        done = it + 1
+        speed = (done - state['iter']) * args.batch_size / (time.perf_counter() - start)
+        bar.set_postfix(loss=f'{loss.item():.4f}', img_s=f'{speed:.1f}')
+        if done % args.log_every == 0:
+            run.log(iter=done, split='train', loss=loss.item(), lr=lr, images_per_s=speed)
+        if done % args.eval_every == 0 or done == args.iters:
+            metrics = evaluate_now(done)
+            run.log(iter=done, split='eval', **metrics)
+            state['metrics'] = metrics
+        if done % args.save_every == 0 or done == args.iters:
+            run.save(checkpoint(done))
+    return state
+
+
+# ------------------------------------------------------------------------------------------------
+# Self-supervised depth (Monodepth2)
+# ------------------------------------------------------------------------------------------------
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Pre-train a depth network self-supervised from video.')
+    parser.add_argument('--task', choices=['depth'], default='depth', help='what to pre-train')
+    parser.add_argument('--supervision', choices=['mono'], default='mono',
+                        help='mono: frames t-1 and t+1 of the video (Monodepth2)')
+    add_common_args(parser, iters=1500, lr=1e-4, batch_size=8, eval_every=250)
+    parser.add_argument('--out', default=None, help='checkpoint to export at the end (default checkpoints/<task>.pt)')
+    parser.add_argument('--scales', type=int, default=4, choices=[1, 2, 3, 4], help='disparity scales in the loss')
+    parser.add_argument('--smoothness', type=float, default=1e-3, help='w_sm of eq. 9 (divided by 2^scale)')
+    parser.add_argument('--min-depth', type=float, default=0.1, help='depth of disparity 1 (metres)')
+    parser.add_argument('--max-depth', type=float, default=100.0, help='depth of disparity 0 (metres)')
+    parser.add_argument('--eval-max-depth', type=float, default=80.0, help='evaluation cap (metres)')
+    parser.add_argument('--no-automask', action='store_true', help='switch auto-masking off')
+    args = parser.parse_args(argv)
+    args.out = args.out or f'checkpoints/{args.task}.pt'
+    args.name = args.name or f'{args.task}-{args.supervision}-{args.arch}-{args.height}x{args.width}-s{args.seed}'
+    check_args(args)
+    return args
+
+
+def predict_poses(pose_net, frames):
+    """Target->source transforms for sources t-1 and t+1 (frames [B, 3, 3, H, W]: t, t-1, t+1).
+
+    The PoseNet reads each pair in temporal order, (t-1, t) and (t, t+1), in one batched call; the
+    first estimate is inverted so that both map points of frame t into the source frame.
+    """
+    B = frames.shape[0]
+    axisangle, translation = pose_net(torch.cat([frames[:, 1], frames[:, 0]]), torch.cat([frames[:, 0], frames[:, 2]]))
+    backward = losses.pose_to_matrix(axisangle[:B], translation[:B], invert=True)
+    forward = losses.pose_to_matrix(axisangle[B:], translation[B:])
+    return torch.stack([backward, forward], 1)  # [B, 2, 4, 4]
+
+
+def depth_loss(disps, poses, batch, args):
+    """Eq. 9: per scale, the auto-masked minimum reprojection error (eq. 10) of both source frames
+    warped with the disparity upsampled to full resolution, plus edge-aware smoothness (eq. 11) of
+    the mean-normalised disparity at its own scale, weighted 1e-3 / 2^scale; averaged over scales."""
+    frames, K, inv_K = batch['frames'], batch['K'], batch['inv_K']
+    target, sources = frames[:, 0], frames[:, 1:]
+    B, S, _, H, W = sources.shape
+    identity = None if args.no_automask else losses.identity_error(target, list(sources.unbind(1)))
+    total = 0.0
+    for scale, disp in enumerate(disps[:args.scales]):
+        depth = models.disp_to_depth(F.interpolate(disp, (H, W), mode='bilinear', align_corners=False),
+                                     args.min_depth, args.max_depth)
+        warped = losses.warp(sources.flatten(0, 1), depth.repeat_interleave(S, 0),  # all sources at once
+                             K.repeat_interleave(S, 0), inv_K.repeat_interleave(S, 0), poses.flatten(0, 1))
+        reprojection, _ = losses.reprojection_loss(target, list(warped.view(B, S, 3, H, W).unbind(1)), identity)
+        image = F.interpolate(target, disp.shape[-2:], mode='area') if scale else target
+        smooth = losses.smoothness_loss(losses.mean_normalised(disp), image)
+        total = total + reprojection + args.smoothness * smooth / 2 ** scale
+    return total / args.scales
+
+
+@torch.no_grad()
+def evaluate_depth(depth_net, test_batches, device, args):
+    """Median-scaled depth metrics on the held-out frames with ground truth, capped at 80 m; the
+    prediction is upsampled to the ground truth's resolution (Monodepth2's protocol)."""
+    depth_net.eval()
+    results, baselines = [], []
+    for batch in test_batches:
+        gt = batch['depth'].to(device)
+        disp = depth_net(batch['frames'][:, 0].to(device))[0].float()
+        disp = F.interpolate(disp, gt.shape[-2:], mode='bilinear', align_corners=False)
+        pred = models.disp_to_depth(disp, args.min_depth, args.max_depth)
+        results.append(evaluate.depth_metrics(pred, gt, max_depth=args.eval_max_depth, median_scaling=True))
+    depth_net.train()
+    return {k: sum(r[k] for r in results) / len(results) for k in results[0]}
+
+
+def constant_baseline(test_batches, args):
+    """What predicting one depth everywhere (median-scaled) scores on the same frames."""
+    results = [evaluate.constant_depth_baseline(b['depth'], max_depth=args.eval_max_depth) for b in test_batches]
+    return {k: sum(r[k] for r in results) / len(results) for k in results[0]}
+
+
+def save_sample(depth_net, batch, path, device):
+    """A PNG: test images above their predicted disparities (Monodepth2's magma colour map)."""
+    depth_net.eval()
+    with torch.no_grad():
+        images = batch['frames'][:, 0].to(device)
+        disp = depth_net(images)[0].float().cpu()
+    depth_net.train()
+    fig, axes = plt.subplots(2, len(images), figsize=(4 * len(images), 3), squeeze=False)
+    for i in range(len(images)):
+        axes[0, i].imshow(images[i].permute(1, 2, 0).cpu().numpy())
+        axes[1, i].imshow(disp[i, 0].numpy(), cmap='magma')
+    for ax in axes.flat:
+        ax.axis('off')
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    torch.manual_seed(args.seed)
+    device = pick_device(args.device)
+    root = data_root(args)
+    train_set = data.VideoSnippets(root, 'train', args.height, args.width, augment=True)
+    batches = forever(loader(train_set, args, device, shuffle=True))
+    depth_net = models.build_depth_net(args.arch).to(device)
+    pose_net = models.build_pose_net(args.arch).to(device)
+    params = list(depth_net.parameters()) + list(pose_net.parameters())
+    optimizer = torch.optim.Adam(params, lr=args.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, step_schedule(args.iters))
+
+    def step(batch):
+        batch = to_device(batch, device)
+        with autocast(device):
+            disps = depth_net(batch['frames_aug'][:, 0])
+            poses = predict_poses(pose_net, batch['frames_aug'])
+        loss = depth_loss([d.float() for d in disps], poses.float(), batch, args)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        lr = scheduler.get_last_lr()[0]
+        scheduler.step()
+        return loss.detach(), lr
+
+    if args.bench:
+        return benchmark(step, batches, args.bench, args.batch_size, device)
+
+    run = Run(args)
+    state = dict(iter=0, metrics={})
+    if args.resume:
+        state = run.load(device)
+        depth_net.load_state_dict(state['model'])
+        pose_net.load_state_dict(state['pose_net'])
+        optimizer.load_state_dict(state['optimizer'])
+        scheduler.load_state_dict(state['scheduler'])
+        print(f'Resuming {run.path} at iteration {state["iter"]}.')
+    test_set = data.VideoSnippets(root, 'test', args.height, args.width, frame_ids=(0,), with_depth=True)
+    test_batches = list(loader(test_set, args, device, shuffle=False))
+    if not args.resume:
+        run.log(iter=0, split='baseline', **constant_baseline(test_batches, args))
+
+    sample = {'frames': torch.cat([b['frames'] for b in test_batches[::max(1, len(test_batches) // 4)][:4]])}
+
+    def evaluate_now(iteration):
+        save_sample(depth_net, sample, run.path / f'sample_{iteration:06d}.png', device)
+        return evaluate_depth(depth_net, test_batches, device, args)
+
+    def checkpoint(iteration):
+        return dict(model=depth_net.state_dict(), pose_net=pose_net.state_dict(), optimizer=optimizer.state_dict(),
+                    scheduler=scheduler.state_dict(), task=args.task, arch=args.arch, decoder='unet',
+                    normalization='unit', height=args.height, width=args.width, args=vars(args),
+                    iter=iteration, metrics=state['metrics'])
+
+    train(args, run, step, batches, state, evaluate_now, checkpoint)
+    final = checkpoint(args.iters)
+    save_atomic({k: v for k, v in final.items() if k not in ('optimizer', 'scheduler')}, args.out)
+    print(f'Depth after {args.iters} iterations: ' + ', '.join(f'{k} {state["metrics"][k]:.3f}'
+                                                              for k in ('abs_rel', 'rmse', 'a1')))
+    print(f'Wrote {run.path} and {args.out}.')
+
+
+if __name__ == '__main__':
+    sys.exit(main())

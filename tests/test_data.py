@@ -1,0 +1,126 @@
+"""The toy world and the KITTI loaders: layout, determinism, and geometry that agrees with the renderer."""
+import filecmp
+
+import torch
+import torch.nn.functional as F
+
+import data
+import losses
+from conftest import TINY
+
+
+def test_files_are_where_kitti_keeps_them(toy_root):
+    drive = toy_root / '2011_09_26' / '2011_09_26_drive_0001_sync'
+    assert (toy_root / '2011_09_26' / 'calib_cam_to_cam.txt').is_file()
+    for sub in ('image_02/data', 'image_03/data', 'proj_depth/groundtruth/image_02'):
+        assert sorted(p.name for p in (drive / sub).iterdir()) == [f'{f:010d}.png' for f in range(TINY['frames'])]
+    images = sorted((toy_root / 'data_semantics/training/image_2').iterdir())
+    assert [p.name for p in images] == [f'{i:06d}_10.png' for i in range(TINY['labelled'])]
+    assert all((toy_root / 'data_semantics/training/semantic' / p.name).is_file() for p in images)
+    for split in ('train', 'val', 'test'):
+        for folder, frame, side in data.read_split(toy_root, split):
+            assert side == 'l' and data.image_path(toy_root, folder, frame - 1).is_file()
+            assert data.image_path(toy_root, folder, frame + 1).is_file()
+
+
+def test_same_seed_gives_identical_files(tmp_path):
+    small = dict(TINY, frames=3, test_frames=3, labelled=2)
+    data.render_toy_world(tmp_path / 'a', **small)
+    data.render_toy_world(tmp_path / 'b', **small)
+    files = sorted(p.relative_to(tmp_path / 'a') for p in (tmp_path / 'a').rglob('*') if p.is_file())
+    assert len(files) > 20
+    match, mismatch, errors = filecmp.cmpfiles(tmp_path / 'a', tmp_path / 'b', files, shallow=False)
+    assert not mismatch and not errors
+    data.render_toy_world(tmp_path / 'c', **dict(small, seed=1))
+    assert (tmp_path / 'a' / files[-1]).read_bytes() != (tmp_path / 'c' / files[-1]).read_bytes()
+
+
+def test_depth_png_round_trip(tmp_path):
+    depth = torch.rand(7, 9) * 100
+    depth[0, 0] = 0
+    data.write_depth_png(depth, tmp_path / 'd.png')
+    back = data.read_depth(tmp_path / 'd.png')[0]
+    assert back[0, 0] == 0 and (back - depth).abs().max() <= 0.5 / 256
+
+
+def test_calibration_gives_the_rig():
+    calib = data.read_calib_text(data._calib_text(data.toy_intrinsics(64, 192), 64, 192))
+    K, size = data.camera_intrinsics(calib, '02')
+    assert size == (64, 192) and torch.allclose(K, data.toy_intrinsics(64, 192))
+    assert abs(data.stereo_baseline(calib) - data.STEREO_BASELINE) < 1e-6
+
+
+def test_labels_map_to_train_ids(toy_root):
+    files = data.semantic_files(toy_root)
+    labels = torch.stack([data.read_labels(label) for _, label in files])
+    present = set(labels.unique().tolist())
+    assert present <= set(range(19)) | {255}
+    assert {0, 2, 10, 13} <= present  # road, building, sky and car appear in a dozen views
+
+
+def test_few_shot_split_is_seeded_and_disjoint():
+    train, held_out = data.few_shot_split(20, 5, seed=3)
+    assert len(train) == 5 and not set(train) & set(held_out) and len(held_out) == 15
+    assert train == data.few_shot_split(20, 5, seed=3)[0] != data.few_shot_split(20, 5, seed=4)[0]
+
+
+def _ground_truth_warp(root, size, depth_scale=1.0):
+    """Warp frame t+1 into frame t with ground-truth depth and camera motion; return the mean
+    photometric error on pixels seen in both and static, the identity error there, and their share.
+    `depth_scale` corrupts the warp, to show the test can tell."""
+    snippets = data.VideoSnippets(root, 'train', *size, frame_ids=(0, 1), with_depth=True)
+    folder, frame, _ = snippets.entries[2]
+    item = snippets[2]
+    poses = data.read_poses(root / folder / 'poses.txt')
+    T = (torch.linalg.inv(poses[frame + 1]) @ poses[frame])[None]  # frame t -> frame t+1 camera
+    depth_t = F.interpolate(item['depth'][None], size=size, mode='nearest')
+    depth_s = F.interpolate(data.read_depth(data.depth_path(root, folder, frame + 1))[None], size=size, mode='nearest')
+    K = item['K'][None]
+    inv_K = torch.linalg.inv(K)
+    target, source = item['frames'][0:1], item['frames'][1:2]
+    warped = losses.warp(source, depth_t * depth_scale, K, inv_K, T)
+    points = losses.backproject(depth_t, inv_K)
+    grid = losses.project(points, K, T, *size)
+    expected_z = (T @ points)[:, 2].view(1, 1, *size)
+    seen_z = F.grid_sample(depth_s, grid, mode='nearest', align_corners=False)
+    inside = (grid.abs() < 1).all(-1)[:, None]
+    # seen in both and static: the source sees, at the projection, the depth the motion predicts
+    valid = inside & (depth_t > 0) & ((seen_z - expected_z).abs() < 0.03 * expected_z)
+    error = (warped - target).abs().mean(1, keepdim=True)[valid].mean()
+    identity = (source - target).abs().mean(1, keepdim=True)[valid].mean()
+    return error.item(), identity.item(), valid.float().sum().item() / (depth_t > 0).sum().item()
+
+
+def test_ground_truth_warp_reproduces_the_frame(toy_root):
+    for size in [(64, 192), (32, 96)]:  # the render's resolution, and resized (scaled intrinsics)
+        error, identity, share = _ground_truth_warp(toy_root, size)
+        assert share > 0.6, f'only {share:.0%} of pixels agree with the camera motion at {size}'
+        assert error < 0.025 and error < 0.5 * identity, (size, error, identity)
+    right = _ground_truth_warp(toy_root, (64, 192))[0]
+    assert _ground_truth_warp(toy_root, (64, 192), depth_scale=1.5)[0] > 1.5 * right
+
+
+def _stereo_warp_error(root, size, focal_scale=1.0):
+    """Mean photometric error of the right image warped into the left one with ground-truth depth
+    and the baseline read from the calibration (the right camera sits at +baseline along x)."""
+    left = data.VideoSnippets(root, 'train', *size, frame_ids=(0,), with_depth=True)
+    folder, frame, _ = left.entries[2]
+    right = data.VideoSnippets(root, 'train', *size, frame_ids=(0,))
+    right.entries = [(folder, frame, 'r')]
+    item, source = left[2], right[0]['frames']
+    T = torch.eye(4)[None]
+    T[0, 0, 3] = -data.stereo_baseline(data.read_calib(root / folder.split('/')[0] / 'calib_cam_to_cam.txt'))
+    depth = F.interpolate(item['depth'][None], size=size, mode='nearest')
+    K = item['K'][None].clone()
+    K[:, 0, 0] *= focal_scale
+    warped = losses.warp(source, depth, K, torch.linalg.inv(K), T)
+    valid = depth > 0
+    error = (warped - item['frames'][:1]).abs().mean(1, keepdim=True)[valid].mean()
+    identity = (source - item['frames'][:1]).abs().mean(1, keepdim=True)[valid].mean()
+    return error.item(), identity.item()
+
+
+def test_ground_truth_stereo_warp_reproduces_the_left_image(toy_root):
+    error, identity = _stereo_warp_error(toy_root, (64, 192))
+    assert error < 0.02 and error < 0.3 * identity
+    assert _stereo_warp_error(toy_root, (64, 192), focal_scale=1.25)[0] > 1.4 * error

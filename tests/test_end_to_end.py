@@ -1,0 +1,104 @@
+"""End to end on a tiny toy world: pre-train, resume, fine-tune (frozen and not), evaluate, refuse bad input."""
+import json
+import shutil
+
+import pytest
+import torch
+
+import evaluate
+import finetune
+import pretrain
+
+SMALL = ['--height', '64', '--width', '192', '--batch-size', '2', '--workers', '0']
+
+
+def _metrics(run):
+    return [json.loads(line) for line in (run / 'metrics.jsonl').read_text().splitlines()]
+
+
+@pytest.fixture(scope='module')
+def pretrained(toy_root, tmp_path_factory):
+    """Four pre-training iterations, checkpointed at 2 and 4; returns (runs folder, exported checkpoint)."""
+    tmp = tmp_path_factory.mktemp('pretrain')
+    out = tmp / 'checkpoints' / 'depth.pt'
+    pretrain.main(['--data-root', str(toy_root), '--runs', str(tmp / 'runs'), '--out', str(out), '--iters', '4',
+                   '--eval-every', '2', '--save-every', '2', '--log-every', '1', '--name', 'depth'] + SMALL)
+    return tmp / 'runs', out
+
+
+def test_pretraining_writes_run_folder_and_checkpoint(pretrained):
+    runs, out = pretrained
+    run = runs / 'depth'
+    assert json.loads((run / 'args.json').read_text())['iters'] == 4
+    lines = _metrics(run)
+    evals = [m for m in lines if m['split'] == 'eval']
+    assert [m['iter'] for m in evals] == [2, 4] and all(0 < m['abs_rel'] < 10 for m in evals)
+    assert [m['split'] for m in lines].count('baseline') == 1
+    assert sorted(p.name for p in run.glob('sample_*.png')) == ['sample_000002.png', 'sample_000004.png']
+    checkpoint = torch.load(out, weights_only=False)
+    assert checkpoint['iter'] == 4 and checkpoint['task'] == 'depth' and checkpoint['normalization'] == 'unit'
+    assert set(checkpoint['model']) == set(torch.load(run / 'checkpoint.pt', weights_only=False)['model'])
+
+
+def test_resume_continues_the_run(pretrained, toy_root, tmp_path):
+    runs, _ = pretrained
+    copy = tmp_path / 'runs'
+    shutil.copytree(runs, copy)
+    base = ['--data-root', str(toy_root), '--runs', str(copy), '--name', 'depth', '--out', str(tmp_path / 'depth.pt'),
+            '--eval-every', '2', '--save-every', '2', '--log-every', '1'] + SMALL
+    with pytest.raises(SystemExit, match='--resume'):  # a finished run is not overwritten by accident
+        pretrain.main(base + ['--iters', '6'])
+    before = torch.load(copy / 'depth' / 'checkpoint.pt', weights_only=False)
+    pretrain.main(base + ['--iters', '6', '--resume'])
+    after = torch.load(copy / 'depth' / 'checkpoint.pt', weights_only=False)
+    assert after['iter'] == 6
+    assert after['optimizer']['state'][0]['step'] == before['optimizer']['state'][0]['step'] + 2
+    iters = [m['iter'] for m in _metrics(copy / 'depth') if m['split'] == 'train']
+    assert iters == [1, 2, 3, 4, 5, 6]
+
+
+def test_frozen_finetuning_keeps_the_encoder_bit_identical(pretrained, toy_root, tmp_path):
+    _, out = pretrained
+    finetune.main(['--data-root', str(toy_root), '--runs', str(tmp_path), '--init', str(out), '--freeze-encoder',
+                   '--train-size', '4', '--iters', '3', '--eval-every', '3', '--lr', '1e-3', '--name', 'frozen'] + SMALL)
+    depth = torch.load(out, weights_only=False)['model']
+    seg = torch.load(tmp_path / 'frozen' / 'checkpoint.pt', weights_only=False)
+    encoder = [k for k in seg['model'] if k.startswith('encoder.')]
+    assert any('running_mean' in k for k in encoder)  # BatchNorm statistics are checked too
+    assert all(torch.equal(seg['model'][k], depth[k]) for k in encoder)
+    decoder = [k for k in seg['model'] if k.startswith('decoder.') and k.endswith('weight')]
+    assert all(not torch.equal(seg['model'][k], depth[k]) for k in decoder)
+    assert seg['normalization'] == 'unit' and 0 <= seg['metrics']['miou7'] <= 1
+
+
+def test_finetuning_loss_falls_and_evaluate_reads_the_runs(pretrained, toy_root, tmp_path):
+    finetune.main(['--data-root', str(toy_root), '--runs', str(tmp_path), '--init', 'none', '--train-size', '4',
+                   '--iters', '30', '--eval-every', '30', '--log-every', '1', '--lr', '1e-3', '--name', 'none'] + SMALL)
+    losses = [m['loss'] for m in _metrics(tmp_path / 'none') if m['split'] == 'train']
+    assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
+    evaluate.main([str(tmp_path / 'none'), str(pretrained[0] / 'depth'), '--out-dir', str(tmp_path / 'results')])
+    table = (tmp_path / 'results' / 'results.md').read_text()
+    assert 'none' in table and 'depth' in table
+    assert (tmp_path / 'results' / 'curves.png').stat().st_size > 1000
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--height', '100'], 'multiples of 32'),
+    (['--init', 'depth', '--runs', 'nowhere'], 'pretrain.py --task depth'),
+    (['--data', 'kitti', '--data-root', '/no/such/folder'], '--data-root'),
+    (['--train-size', '500'], '--train-size'),
+])
+def test_bad_input_stops_with_one_clear_sentence(argv, message, toy_root, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # so checkpoints/depth.pt does not exist
+    base = SMALL + ['--data-root', str(toy_root), '--train-size', '4', '--runs', str(tmp_path)]
+    with pytest.raises(SystemExit, match=message):
+        finetune.main(base + argv)  # the flag under test comes last, so it wins
+    assert not any(tmp_path.iterdir())  # nothing was written
+
+
+def test_nan_loss_stops_without_overwriting(toy_root, tmp_path, monkeypatch):
+    monkeypatch.setattr(finetune.losses, 'nll_loss', lambda logits, labels: logits.sum() * float('nan'))
+    with pytest.raises(SystemExit, match='nan at iteration 1'):
+        finetune.main(['--data-root', str(toy_root), '--runs', str(tmp_path), '--train-size', '4', '--iters', '3',
+                       '--name', 'nan'] + SMALL)
+    assert not (tmp_path / 'nan' / 'checkpoint.pt').exists()
