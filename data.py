@@ -672,15 +672,18 @@ class VideoSnippets(torch.utils.data.Dataset):
     An item holds `frames` [F, 3, H, W] in [0, 1] for the frame offsets `frame_ids` (target first),
     `frames_aug`, the network's input (colour-jittered when augmenting; the loss compares the
     un-jittered `frames`), the 4x4 intrinsics `K` / `inv_K` scaled to (height, width), and with
-    `with_depth` the ground-truth `depth` [1, H0, W0] at its stored resolution.
-    Augmentation as Monodepth2 and the paper: horizontal flip (principal point mirrored too) and,
-    half of the time, colour jitter shared by all frames of a snippet.
+    `with_depth` the ground-truth `depth` [1, H0, W0] at its stored resolution, and with `stereo` the
+    other camera's frame t (`stereo` [3, H, W], jittered like the rest in `stereo_aug`) and `stereo_T`,
+    the 4x4 transform from this camera's frame to the other's (baseline read from the calibration).
+    Augmentation as Monodepth2 and the paper: horizontal flip (principal point mirrored, stereo
+    baseline reversed) and, half of the time, colour jitter shared by all frames of a snippet.
     """
 
-    def __init__(self, root, split, height, width, frame_ids=(0, -1, 1), augment=False, with_depth=False):
+    def __init__(self, root, split, height, width, frame_ids=(0, -1, 1), augment=False, with_depth=False,
+                 stereo=False):
         self.root, self.size, self.frame_ids = Path(root), (height, width), frame_ids
         self.entries = read_split(root, split)
-        self.augment, self.with_depth = augment, with_depth
+        self.augment, self.with_depth, self.stereo = augment, with_depth, stereo
         self.jitter = v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.1)
         self.calib = {}
         if with_depth:
@@ -693,25 +696,36 @@ class VideoSnippets(torch.utils.data.Dataset):
     def __len__(self):
         return len(self.entries)
 
-    def intrinsics(self, folder, side, size):
-        """The camera's K for an image of `size`, from its date folder's calibration, cached."""
+    def calibration(self, folder):
+        """The calibration of a drive's date folder, read once."""
         date = Path(folder).parts[0]
         if date not in self.calib:
             self.calib[date] = read_calib(self.root / date / 'calib_cam_to_cam.txt')
-        K, _ = camera_intrinsics(self.calib[date], {'l': '02', 'r': '03'}[side])
-        return scale_intrinsics(K, size, self.size)
+        return self.calib[date]
 
     def __getitem__(self, index):
         folder, frame, side = self.entries[index]
-        raw = torch.stack([read_image(image_path(self.root, folder, frame + k, side)) for k in self.frame_ids])
+        paths = [image_path(self.root, folder, frame + k, side) for k in self.frame_ids]
+        if self.stereo:  # the other camera's frame t rides along as one more image
+            paths.append(image_path(self.root, folder, frame, {'l': 'r', 'r': 'l'}[side]))
+        raw = torch.stack([read_image(p) for p in paths])
         frames = resize(raw.float() / 255, self.size)
-        K = self.intrinsics(folder, side, raw.shape[-2:])
+        K, _ = camera_intrinsics(self.calibration(folder), {'l': '02', 'r': '03'}[side])
+        K = scale_intrinsics(K, raw.shape[-2:], self.size)
+        # the other camera sits at +baseline along x from the left one: points move by -baseline
+        sign = -1.0 if side == 'l' else 1.0
         if self.augment and torch.rand(1) < 0.5:
             frames = frames.flip(-1)
             K[0, 2] = self.size[1] - 1 - K[0, 2]
+            sign = -sign
         jitter = self.augment and torch.rand(1) < 0.5
-        item = dict(frames=frames, frames_aug=self.jitter(frames) if jitter else frames,
+        frames_aug = self.jitter(frames) if jitter else frames
+        item = dict(frames=frames[:len(self.frame_ids)], frames_aug=frames_aug[:len(self.frame_ids)],
                     K=K, inv_K=torch.linalg.inv(K))
+        if self.stereo:
+            item['stereo'], item['stereo_aug'] = frames[-1], frames_aug[-1]
+            item['stereo_T'] = torch.eye(4)
+            item['stereo_T'][0, 3] = sign * stereo_baseline(self.calibration(folder))
         if self.with_depth:
             item['depth'] = read_depth(depth_path(self.root, folder, frame, side))
         return item

@@ -250,7 +250,7 @@ def parse_args(argv=None):
     parser.add_argument('--task', choices=['depth'], default='depth', help='what to pre-train')
     parser.add_argument('--supervision', choices=['mono'], default='mono',
                         help='mono: frames t-1 and t+1 of the video (Monodepth2)')
-    add_common_args(parser, iters=1500, lr=1e-4, batch_size=8, eval_every=250)
+    add_common_args(parser, iters=300, lr=1e-4, batch_size=8, eval_every=100)
     parser.add_argument('--out', default=None, help='checkpoint to export at the end (default checkpoints/<task>.pt)')
     parser.add_argument('--scales', type=int, default=4, choices=[1, 2, 3, 4], help='disparity scales in the loss')
     parser.add_argument('--smoothness', type=float, default=1e-3, help='w_sm of eq. 9 (divided by 2^scale)')

@@ -101,22 +101,17 @@ def test_ground_truth_warp_reproduces_the_frame(toy_root):
 
 
 def _stereo_warp_error(root, size, focal_scale=1.0):
-    """Mean photometric error of the right image warped into the left one with ground-truth depth
-    and the baseline read from the calibration (the right camera sits at +baseline along x)."""
-    left = data.VideoSnippets(root, 'train', *size, frame_ids=(0,), with_depth=True)
-    folder, frame, _ = left.entries[2]
-    right = data.VideoSnippets(root, 'train', *size, frame_ids=(0,))
-    right.entries = [(folder, frame, 'r')]
-    item, source = left[2], right[0]['frames']
-    T = torch.eye(4)[None]
-    T[0, 0, 3] = -data.stereo_baseline(data.read_calib(root / folder.split('/')[0] / 'calib_cam_to_cam.txt'))
+    """Mean photometric error of the other camera's image warped into this one with ground-truth
+    depth and the loader's stereo transform (baseline from the calibration)."""
+    snippets = data.VideoSnippets(root, 'train', *size, frame_ids=(0,), with_depth=True, stereo=True)
+    item = snippets[2]
     depth = F.interpolate(item['depth'][None], size=size, mode='nearest')
     K = item['K'][None].clone()
     K[:, 0, 0] *= focal_scale
-    warped = losses.warp(source, depth, K, torch.linalg.inv(K), T)
+    warped = losses.warp(item['stereo'][None], depth, K, torch.linalg.inv(K), item['stereo_T'][None])
     valid = depth > 0
     error = (warped - item['frames'][:1]).abs().mean(1, keepdim=True)[valid].mean()
-    identity = (source - item['frames'][:1]).abs().mean(1, keepdim=True)[valid].mean()
+    identity = (item['stereo'][None] - item['frames'][:1]).abs().mean(1, keepdim=True)[valid].mean()
     return error.item(), identity.item()
 
 
@@ -124,3 +119,14 @@ def test_ground_truth_stereo_warp_reproduces_the_left_image(toy_root):
     error, identity = _stereo_warp_error(toy_root, (64, 192))
     assert error < 0.02 and error < 0.3 * identity
     assert _stereo_warp_error(toy_root, (64, 192), focal_scale=1.25)[0] > 1.4 * error
+
+
+def test_flipped_stereo_reverses_the_baseline(toy_root):
+    snippets = data.VideoSnippets(toy_root, 'train', 64, 192, stereo=True, augment=True)
+    signs = set()
+    for _ in range(12):  # the toy world's principal point lies left of the centre; flips mirror it
+        item = snippets[0]
+        flipped = bool(item['K'][0, 2] > 96)
+        assert (item['stereo_T'][0, 3] > 0) == flipped
+        signs.add(flipped)
+    assert signs == {True, False}
