@@ -14,17 +14,15 @@ import argparse
 import sys
 from pathlib import Path
 
-import matplotlib
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
+import torch
 
-import data  # noqa: E402
-import evaluate  # noqa: E402
-import losses  # noqa: E402
-import models  # noqa: E402
-from pretrain import (Run, add_common_args, autocast, benchmark, check_args, cosine_schedule,  # noqa: E402
-                      data_root, forever, loader, pick_device, to_device, train)
+import data
+import evaluate
+import losses
+import models
+from pretrain import (Run, add_common_args, autocast, benchmark, check_args, cosine_schedule,
+                      data_root, forever, loader, optimisation_step, pick_device, restore, save_image_grid,
+                      to_device, train)
 
 NUM_CLASSES = len(evaluate.CITYSCAPES_CLASSES)
 
@@ -103,15 +101,8 @@ def save_sample(net, batch, path, device):
     net.eval()
     with torch.no_grad():
         pred = net(batch['image'].to(device)).argmax(1).cpu()
-    rows = [batch['image'].permute(0, 2, 3, 1), evaluate.colourise(batch['label']), evaluate.colourise(pred)]
-    fig, axes = plt.subplots(3, len(pred), figsize=(4 * len(pred), 4), squeeze=False)
-    for r, row in enumerate(rows):
-        for i in range(len(pred)):
-            axes[r, i].imshow(row[i].numpy())
-            axes[r, i].axis('off')
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save_image_grid([batch['image'].permute(0, 2, 3, 1), evaluate.colourise(batch['label']),
+                     evaluate.colourise(pred)], path)
 
 
 def main(argv=None):
@@ -138,13 +129,7 @@ def main(argv=None):
         batch = to_device(batch, device)
         with autocast(device):
             logits = net(batch['image'])
-        loss = losses.nll_loss(logits.float(), batch['label'])  # eq. 12
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        lr = scheduler.get_last_lr()[0]
-        scheduler.step()
-        return loss.detach(), lr
+        return optimisation_step(losses.nll_loss(logits.float(), batch['label']), optimizer, scheduler)  # eq. 12
 
     if args.bench:
         return benchmark(step, batches, args.bench, args.batch_size, device)
@@ -152,11 +137,7 @@ def main(argv=None):
     run = Run(args)
     state = dict(iter=0, metrics={})
     if args.resume:
-        state = run.load(device)
-        net.load_state_dict(state['model'])
-        optimizer.load_state_dict(state['optimizer'])
-        scheduler.load_state_dict(state['scheduler'])
-        print(f'Resuming {run.path} at iteration {state["iter"]}.')
+        state = restore(run, device, {'model': net}, optimizer, scheduler)
     eval_batches = list(torch.utils.data.DataLoader(eval_set, batch_size=args.batch_size))
     sample = {k: v[:4] for k, v in eval_batches[0].items()}
 

@@ -180,11 +180,46 @@ class Run:
         save_atomic(state, self.checkpoint)
 
 
+def optimisation_step(loss, optimizer, scheduler):
+    """Backward pass, parameter update, schedule advanced; returns (detached loss, learning rate used)."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    lr = scheduler.get_last_lr()[0]
+    scheduler.step()
+    return loss.detach(), lr
+
+
+def restore(run, device, networks, optimizer, scheduler):
+    """Load the run's last checkpoint into `networks` ({checkpoint key: module}), the optimiser and
+    the schedule; returns the checkpoint (its 'iter' is where training continues)."""
+    state = run.load(device)
+    for key, net in networks.items():
+        net.load_state_dict(state[key])
+    optimizer.load_state_dict(state['optimizer'])
+    scheduler.load_state_dict(state['scheduler'])
+    print(f'Resuming {run.path} at iteration {state["iter"]}.')
+    return state
+
+
 def stop_on_nan(loss, iteration, run, lr):
     """A NaN or infinite loss stops the run before anything is overwritten."""
     if not torch.isfinite(loss):
         raise SystemExit(f'the loss became {loss.item()} at iteration {iteration}: lower --lr (now {lr:g}) or '
                          f'check the input data; the last checkpoint {run.checkpoint} was left as it was.')
+
+
+def save_image_grid(rows, path, cmaps=None):
+    """A PNG of image rows (each a batch of [H, W] or [H, W, 3] tensors), one colour map per row."""
+    cmaps = cmaps or [None] * len(rows)
+    fig, axes = plt.subplots(len(rows), len(rows[0]), figsize=(4 * len(rows[0]), 1.5 * len(rows)), squeeze=False)
+    for r, (row, cmap) in enumerate(zip(rows, cmaps)):
+        for i, image in enumerate(row):
+            axes[r, i].imshow(image.cpu().numpy(), cmap=cmap)
+            axes[r, i].axis('off')
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
 
 
 def step_schedule(iters):
@@ -325,18 +360,9 @@ def save_sample(depth_net, batch, path, device):
     """A PNG: test images above their predicted disparities (Monodepth2's magma colour map)."""
     depth_net.eval()
     with torch.no_grad():
-        images = batch['frames'][:, 0].to(device)
-        disp = depth_net(images)[0].float().cpu()
+        disp = depth_net(batch['frames'][:, 0].to(device))[0].float().cpu()
     depth_net.train()
-    fig, axes = plt.subplots(2, len(images), figsize=(4 * len(images), 3), squeeze=False)
-    for i in range(len(images)):
-        axes[0, i].imshow(images[i].permute(1, 2, 0).cpu().numpy())
-        axes[1, i].imshow(disp[i, 0].numpy(), cmap='magma')
-    for ax in axes.flat:
-        ax.axis('off')
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save_image_grid([batch['frames'][:, 0].permute(0, 2, 3, 1), disp[:, 0]], path, cmaps=[None, 'magma'])
 
 
 def main(argv=None):
@@ -357,13 +383,8 @@ def main(argv=None):
         with autocast(device):
             disps = depth_net(batch['frames_aug'][:, 0])
             poses = predict_poses(pose_net, batch['frames_aug'])
-        loss = depth_loss([d.float() for d in disps], poses.float(), batch, args)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        lr = scheduler.get_last_lr()[0]
-        scheduler.step()
-        return loss.detach(), lr
+        return optimisation_step(depth_loss([d.float() for d in disps], poses.float(), batch, args),
+                                 optimizer, scheduler)
 
     if args.bench:
         return benchmark(step, batches, args.bench, args.batch_size, device)
@@ -371,12 +392,7 @@ def main(argv=None):
     run = Run(args)
     state = dict(iter=0, metrics={})
     if args.resume:
-        state = run.load(device)
-        depth_net.load_state_dict(state['model'])
-        pose_net.load_state_dict(state['pose_net'])
-        optimizer.load_state_dict(state['optimizer'])
-        scheduler.load_state_dict(state['scheduler'])
-        print(f'Resuming {run.path} at iteration {state["iter"]}.')
+        state = restore(run, device, {'model': depth_net, 'pose_net': pose_net}, optimizer, scheduler)
     test_set = data.VideoSnippets(root, 'test', args.height, args.width, frame_ids=(0,), with_depth=True)
     test_batches = list(loader(test_set, args, device, shuffle=False))
     if not args.resume:
