@@ -18,14 +18,15 @@ import json
 import math
 import os
 import shutil
+import struct
 import time
+import zlib
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torchvision.io import ImageReadMode, decode_image, decode_png, read_file, write_png
 from torchvision.transforms import v2
 from torchvision import tv_tensors
@@ -285,7 +286,8 @@ def render_view(drive, frame, K, height, width, offset=0.0):
     """Ray-cast one camera view; `offset` moves the camera along its x axis (the right camera).
 
     Rays are K^-1 [u, v, 1]: their camera-frame z is 1, so the distance along a ray *is* the depth.
-    Returns rgb uint8 [3, H, W], depth float [H, W] (0 for sky) and Cityscapes label ids uint8 [H, W].
+    Returns rgb uint8 [3, H, W], depth float [H, W] (0 for sky), Cityscapes label ids uint8 [H, W] and
+    `moving` bool [H, W], the pixels showing a moving car.
     """
     pose = drive.camera_to_world(frame)
     rot, origin = pose[:3, :3], pose[:3, 3] + offset * pose[:3, 0]
@@ -321,7 +323,9 @@ def render_view(drive, frame, K, height, width, offset=0.0):
     rgb[sky] = _sky(dirs[sky], drive)
     label[sky] = LABEL_IDS['sky']
     rgb = (rgb.clamp(0, 1) * 255).round().to(torch.uint8).T.reshape(3, height, width)
-    return rgb, depth.reshape(height, width), label.to(torch.uint8).reshape(height, width)
+    moving = (hit >= len(drive.boxes)) & (hit < len(boxes))  # objects_at appends the movers to the boxes
+    return (rgb, depth.reshape(height, width), label.to(torch.uint8).reshape(height, width),
+            moving.reshape(height, width))
 
 
 def _sky(dirs, drive):
@@ -430,11 +434,51 @@ def _calib_text(K, height, width):
     return '\n'.join(lines) + '\n'
 
 
+def write_png16(array, path):
+    """A 16-bit PNG (grey [H, W] or RGB [H, W, 3] uint16), written by hand with zlib: torchvision
+    writes only 8-bit PNGs, and Pillow cannot write 16-bit colour, which KITTI's flow maps are."""
+    array = np.ascontiguousarray(array, dtype='>u2')  # PNG stores big-endian samples
+    height, width = array.shape[:2]
+    colour_type = 2 if array.ndim == 3 else 0
+    rows = array.reshape(height, -1).view(np.uint8)
+    raw = np.concatenate([np.zeros((height, 1), np.uint8), rows], 1).tobytes()  # filter byte 0 per row
+
+    def chunk(kind, body):
+        return struct.pack('>I', len(body)) + kind + body + struct.pack('>I', zlib.crc32(kind + body))
+    header = struct.pack('>IIBBBBB', width, height, 16, colour_type, 0, 0, 0)
+    Path(path).write_bytes(b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', header) + chunk(b'IDAT', zlib.compress(raw, 6))
+                           + chunk(b'IEND', b''))
+
+
 def write_depth_png(depth, path):
-    """KITTI's depth PNG: uint16, metres * 256, 0 = no measurement. (torchvision writes only 8-bit
-    PNGs, so Pillow, which torchvision already depends on, writes this one.)"""
-    value = (depth * 256).round().clamp(0, 65535).to(torch.int32).numpy().astype(np.uint16)
-    Image.fromarray(value).save(path)
+    """KITTI's depth PNG: uint16, metres * 256, 0 = no measurement."""
+    write_png16((depth * 256).round().clamp(0, 65535).to(torch.int32).numpy(), path)
+
+
+def write_flow_png(flow, valid, path):
+    """KITTI's flow PNG (flow 2015 devkit): uint16 RGB = (u * 64 + 2^15, v * 64 + 2^15, valid)."""
+    encoded = (flow * 64 + 2 ** 15).round().clamp(0, 65535).to(torch.int32)
+    write_png16(torch.cat([encoded, valid[None].to(torch.int32)]).permute(1, 2, 0).numpy(), path)
+
+
+def static_flow(depth, moving, depth_next, T, K):
+    """Ground-truth optical flow [2, H, W] from frame t to t+1 and where it is known [H, W]: each pixel's
+    3D point (from its depth) moved by the camera motion T (frame t -> frame t+1) and projected with K.
+    Known means: not sky, not a moving car, in front of the camera and inside the next frame, and not
+    occluded there (the next frame's depth at the landing pixel agrees within 5%)."""
+    height, width = depth.shape
+    v, u = torch.meshgrid(torch.arange(height, dtype=torch.float32),
+                          torch.arange(width, dtype=torch.float32), indexing='ij')
+    points = torch.stack([(u - K[0, 2]) / K[0, 0] * depth, (v - K[1, 2]) / K[1, 1] * depth, depth])
+    moved = T[:3, :3] @ points.reshape(3, -1) + T[:3, 3:]
+    z = moved[2].reshape(height, width)
+    u_next = K[0, 0] * moved[0].reshape(height, width) / z.clamp(min=1e-6) + K[0, 2]
+    v_next = K[1, 1] * moved[1].reshape(height, width) / z.clamp(min=1e-6) + K[1, 2]
+    col, row = u_next.round().long(), v_next.round().long()
+    inside = (depth > 0) & ~moving & (z > 0.1) & (col >= 0) & (col < width) & (row >= 0) & (row < height)
+    seen = depth_next[row.clamp(0, height - 1), col.clamp(0, width - 1)]
+    valid = inside & ((seen - z).abs() < 0.05 * z)
+    return torch.stack([u_next - u, v_next - v]), valid
 
 
 def _render_drive_frames(root, drive, name, frames, K, height, width):
@@ -443,13 +487,30 @@ def _render_drive_frames(root, drive, name, frames, K, height, width):
     for sub in ('image_02/data', 'image_03/data', 'proj_depth/groundtruth/image_02'):
         (folder / sub).mkdir(parents=True, exist_ok=True)
     for f in frames:
-        rgb, depth, _ = render_view(drive, f, K, height, width)
+        rgb, depth, _, _ = render_view(drive, f, K, height, width)
         write_png(rgb, str(folder / f'image_02/data/{f:010d}.png'))
-        right, _, _ = render_view(drive, f, K, height, width, offset=STEREO_BASELINE)
+        right, _, _, _ = render_view(drive, f, K, height, width, offset=STEREO_BASELINE)
         write_png(right, str(folder / f'image_03/data/{f:010d}.png'))
         write_depth_png(depth, folder / f'proj_depth/groundtruth/image_02/{f:010d}.png')
     poses = torch.stack([drive.camera_to_world(f)[:3].flatten() for f in range(max(frames) + 1)])
     np.savetxt(folder / 'poses.txt', poses.numpy(), fmt='%.9e')
+
+
+def _render_scene_flow(root, drive, frames, K, height, width):
+    """KITTI's scene-flow layout (data_scene_flow/training: image_2/<id>_10.png and <id>_11.png, a frame
+    and the next, and flow_noc/<id>_10.png) for some frames of the held-out drive. The flow is known
+    for static pixels only (moving cars are marked invalid): it comes from depth and camera motion."""
+    folder = root / 'data_scene_flow' / 'training'
+    for sub in ('image_2', 'flow_noc'):
+        (folder / sub).mkdir(parents=True)
+    for i, f in enumerate(frames):
+        rgb, depth, _, moving = render_view(drive, f, K, height, width)
+        rgb_next, depth_next, _, _ = render_view(drive, f + 1, K, height, width)
+        T = torch.linalg.inv(drive.camera_to_world(f + 1)) @ drive.camera_to_world(f)
+        flow, valid = static_flow(depth, moving, depth_next, T, K)
+        write_png(rgb, str(folder / f'image_2/{i:06d}_10.png'))
+        write_png(rgb_next, str(folder / f'image_2/{i:06d}_11.png'))
+        write_flow_png(flow, valid, folder / f'flow_noc/{i:06d}_10.png')
 
 
 def render_toy_world(root, height=192, width=640, drives=4, frames=100, test_frames=60,
@@ -458,7 +519,8 @@ def render_toy_world(root, height=192, width=640, drives=4, frames=100, test_fra
 
     `drives` training drives of `frames` frames each, one held-out drive (its first fifth is the
     validation split, the rest the test split, with ground-truth depth), and `labelled` images with
-    Cityscapes label ids from separate drives, as KITTI's data_semantics. Each drive also gets a
+    Cityscapes label ids from separate drives, as KITTI's data_semantics, and pairs of consecutive test
+    frames with ground-truth optical flow, as KITTI's data_scene_flow. Each drive also gets a
     `poses.txt` (camera-to-world of image_02, KITTI odometry format), a toy-world extra that real raw
     KITTI replaces with GPS/IMU (oxts) data; tests use it to check geometry against the renderer.
     Deterministic for a seed. Written to a temporary folder, then renamed, so no half-written world
@@ -481,6 +543,8 @@ def render_toy_world(root, height=192, width=640, drives=4, frames=100, test_fra
             splits['train'] += lines
         else:
             splits['val'], splits['test'] = lines[:len(lines) // 5], lines[len(lines) // 5:]
+            flow_frames = range(1, n - 1)[len(lines) // 5::2]
+            _render_scene_flow(tmp, Drive(seed * 1000 + d, n), flow_frames, K, height, width)
     (tmp / 'splits').mkdir()
     for split, lines in splits.items():
         (tmp / 'splits' / f'{split}_files.txt').write_text('\n'.join(lines) + '\n')
@@ -500,7 +564,7 @@ def _render_semantics(root, count, seed, K, height, width, per_drive=10):
     label_dir.mkdir(parents=True)
     for i in range(count):
         drive = Drive(seed * 1000 + 500 + i // per_drive, per_drive * 25)
-        rgb, _, label = render_view(drive, (i % per_drive) * 25, K, height, width)
+        rgb, _, label, _ = render_view(drive, (i % per_drive) * 25, K, height, width)
         write_png(rgb, str(image_dir / f'{i:06d}_10.png'))
         write_png(label[None], str(label_dir / f'{i:06d}_10.png'))
 
@@ -587,6 +651,20 @@ def read_depth(path):
     except RuntimeError as error:
         raise RuntimeError(f'could not decode depth map {path} ({error}); the file is corrupt.') from None
     return raw.float() / 256.0
+
+
+def read_flow(path):
+    """KITTI flow PNG (uint16 RGB: u * 64 + 2^15, v * 64 + 2^15, valid) -> flow float [2, H, W] in
+    pixels and valid bool [H, W]."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f'missing flow map {path}: KITTI keeps one per pair in data_scene_flow/training/flow_noc/.')
+    try:
+        raw = decode_png(read_file(str(path)), mode=ImageReadMode.UNCHANGED).int()
+    except RuntimeError as error:
+        raise RuntimeError(f'could not decode flow map {path} ({error}); the file is corrupt.') from None
+    if raw.shape[0] != 3:
+        raise ValueError(f'{path} has {raw.shape[0]} channels; a KITTI flow map has 3 (u, v, valid).')
+    return (raw[:2].float() - 2 ** 15) / 64, raw[2] > 0
 
 
 def read_labels(path):
@@ -677,13 +755,17 @@ class VideoSnippets(torch.utils.data.Dataset):
     the 4x4 transform from this camera's frame to the other's (baseline read from the calibration).
     Augmentation as Monodepth2 and the paper: horizontal flip (principal point mirrored, stereo
     baseline reversed) and, half of the time, colour jitter shared by all frames of a snippet.
+    With `crop` (h, w) each snippet is a random crop of that size, intrinsics shifted with it. When
+    augmenting or cropping, `depth` is resized (nearest) to (height, width) and transformed with the images.
     """
 
     def __init__(self, root, split, height, width, frame_ids=(0, -1, 1), augment=False, with_depth=False,
-                 stereo=False):
+                 stereo=False, crop=None):
         self.root, self.size, self.frame_ids = Path(root), (height, width), frame_ids
         self.entries = read_split(root, split)
-        self.augment, self.with_depth, self.stereo = augment, with_depth, stereo
+        self.augment, self.with_depth, self.stereo, self.crop = augment, with_depth, stereo, crop
+        if crop and not (crop[0] <= height and crop[1] <= width):
+            raise ValueError(f'crop {crop[0]}x{crop[1]} does not fit in the {height}x{width} images.')
         self.jitter = v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.1)
         self.calib = {}
         if with_depth:
@@ -691,7 +773,8 @@ class VideoSnippets(torch.utils.data.Dataset):
             if missing:
                 raise FileNotFoundError(f'{len(missing)} of {len(self.entries)} frames of split "{split}" have no '
                                         f'ground-truth depth, e.g. {depth_path(root, *missing[0])}: list only '
-                                        f'frames with proj_depth/groundtruth in that split.')
+                                        f'frames with proj_depth/groundtruth in that split (on KITTI: '
+                                        f'`python data.py --make-splits <root> --depth-only`).')
 
     def __len__(self):
         return len(self.entries)
@@ -703,6 +786,18 @@ class VideoSnippets(torch.utils.data.Dataset):
             self.calib[date] = read_calib(self.root / date / 'calib_cam_to_cam.txt')
         return self.calib[date]
 
+    def random_crop(self, images, K, depth):
+        """A random crop of the images (and depth), with the principal point shifted into the crop, so
+        that warping with the cropped intrinsics is the same geometry (paper App. D.1)."""
+        h, w = self.crop
+        top = int(torch.randint(self.size[0] - h + 1, ()))
+        left = int(torch.randint(self.size[1] - w + 1, ()))
+        K = K.clone()
+        K[0, 2] -= left
+        K[1, 2] -= top
+        crop = lambda x: None if x is None else x[..., top:top + h, left:left + w]
+        return crop(images), K, crop(depth)
+
     def __getitem__(self, index):
         folder, frame, side = self.entries[index]
         paths = [image_path(self.root, folder, frame + k, side) for k in self.frame_ids]
@@ -712,11 +807,16 @@ class VideoSnippets(torch.utils.data.Dataset):
         frames = resize(raw.float() / 255, self.size)
         K, _ = camera_intrinsics(self.calibration(folder), {'l': '02', 'r': '03'}[side])
         K = scale_intrinsics(K, raw.shape[-2:], self.size)
+        depth = read_depth(depth_path(self.root, folder, frame, side)) if self.with_depth else None
+        if depth is not None and (self.augment or self.crop):  # depth follows the images' geometry
+            depth = F.interpolate(depth[None], self.size, mode='nearest')[0]  # nearest keeps 0 = none
+        if self.crop:
+            frames, K, depth = self.random_crop(frames, K, depth)
         # the other camera sits at +baseline along x from the left one: points move by -baseline
         sign = -1.0 if side == 'l' else 1.0
         if self.augment and torch.rand(1) < 0.5:
-            frames = frames.flip(-1)
-            K[0, 2] = self.size[1] - 1 - K[0, 2]
+            frames, depth = frames.flip(-1), None if depth is None else depth.flip(-1)
+            K[0, 2] = frames.shape[-1] - 1 - K[0, 2]
             sign = -sign
         jitter = self.augment and torch.rand(1) < 0.5
         frames_aug = self.jitter(frames) if jitter else frames
@@ -726,8 +826,8 @@ class VideoSnippets(torch.utils.data.Dataset):
             item['stereo'], item['stereo_aug'] = frames[-1], frames_aug[-1]
             item['stereo_T'] = torch.eye(4)
             item['stereo_T'][0, 3] = sign * stereo_baseline(self.calibration(folder))
-        if self.with_depth:
-            item['depth'] = read_depth(depth_path(self.root, folder, frame, side))
+        if depth is not None:
+            item['depth'] = depth
         return item
 
 
@@ -739,6 +839,16 @@ def semantic_files(root):
         raise FileNotFoundError(f'no labelled images in {image_dir}: extract KITTI\'s data_semantics '
                                 f'archive into --data-root (data_semantics/training/image_2 and semantic).')
     return [(p, p.parent.parent / 'semantic' / p.name) for p in images]
+
+
+def scene_flow_files(root):
+    """(frame 10, frame 11, flow) paths of KITTI's data_scene_flow training pairs, sorted by id."""
+    folder = Path(root) / 'data_scene_flow/training'
+    firsts = sorted((folder / 'image_2').glob('*_10.png'))
+    if not firsts:
+        raise FileNotFoundError(f'no image pairs in {folder}/image_2: extract KITTI\'s data_scene_flow archive '
+                                f'into --data-root (a toy world rendered before flow existed lacks it: render a new one).')
+    return [(p, p.with_name(p.name.replace('_10', '_11')), folder / 'flow_noc' / p.name) for p in firsts]
 
 
 def few_shot_split(count, train_size, seed):
@@ -774,10 +884,31 @@ class LabelledImages(torch.utils.data.Dataset):
         return dict(image=image.as_subclass(torch.Tensor), label=label.as_subclass(torch.Tensor))
 
 
-def make_splits(root, seed=0):
+class FlowPairs(torch.utils.data.Dataset):
+    """Consecutive frames with ground-truth flow (KITTI scene flow) for evaluating optical flow.
+
+    `frames` [2, 3, H, W] are resized to the network resolution; `flow` [2, H0, W0] (pixels) and
+    `valid` [H0, W0] stay at their stored resolution, where end-point error is measured.
+    """
+
+    def __init__(self, root, height, width):
+        self.files, self.size = scene_flow_files(root), (height, width)
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, index):
+        first, second, flow_file = self.files[index]
+        frames = resize(torch.stack([read_image(first), read_image(second)]).float() / 255, self.size)
+        flow, valid = read_flow(flow_file)
+        return dict(frames=frames, flow=flow, valid=valid)
+
+
+def make_splits(root, seed=0, depth_only=False):
     """Write <root>/splits/{train,val,test}_files.txt for a KITTI raw tree: every tenth drive is held
     out for testing (frames with ground-truth depth only), the next for validation, the rest train.
-    Frames need both neighbours, since training uses t-1 and t+1."""
+    Frames need both neighbours, since training uses t-1 and t+1. With `depth_only` every split keeps
+    only frames with ground-truth depth (for pre-training with --supervision gt)."""
     drives = sorted(p for p in Path(root).glob('*/*_sync') if (p / 'image_02/data').is_dir())
     if not drives:
         raise FileNotFoundError(f'no KITTI raw drives (<date>/<date>_drive_XXXX_sync/image_02/data) under {root}.')
@@ -788,7 +919,7 @@ def make_splits(root, seed=0):
         split = 'test' if rank % 10 == 0 else 'val' if rank % 10 == 1 else 'train'
         frames = sorted(int(p.stem) for p in (drives[d] / 'image_02/data').iterdir())
         for f in frames[1:-1]:
-            if split != 'test' or depth_path(root, folder, f).exists():
+            if not (split == 'test' or depth_only) or depth_path(root, folder, f).exists():
                 splits[split].append(f'{folder} {f} l')
     (Path(root) / 'splits').mkdir(exist_ok=True)
     for split, lines in splits.items():
@@ -806,6 +937,8 @@ def main():
     parser.add_argument('--frames', type=int, default=100, help='frames per training drive')
     parser.add_argument('--test-frames', type=int, default=60, help='frames of the held-out drive')
     parser.add_argument('--labelled', type=int, default=100, help='images with semantic labels')
+    parser.add_argument('--depth-only', action='store_true',
+                        help='with --make-splits: keep only frames with ground-truth depth in every split')
     parser.add_argument('--seed', type=int, default=0)
     args = parser.parse_args()
     if args.render_toy:
@@ -815,7 +948,7 @@ def main():
                                    args.test_frames, args.labelled, args.seed)
         print(f'Rendered the toy world into {args.render_toy} in {seconds:.1f} s.')
     elif args.make_splits:
-        counts = make_splits(args.make_splits, args.seed)
+        counts = make_splits(args.make_splits, args.seed, args.depth_only)
         print(f'Wrote {args.make_splits}/splits: ' + ', '.join(f'{k} {v} frames' for k, v in counts.items()))
     else:
         parser.print_help()

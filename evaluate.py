@@ -6,6 +6,7 @@
 - Depth: the standard KITTI error and accuracy measures (Eigen et al.), plus SILog and SI-RMSE from the
   minimal-transfer-learning paper (Sec. 2.3), optionally after per-image median scaling (monocular depth
   is only known up to scale), and the constant-depth baseline a depth network has to beat.
+- Optical flow: end-point error and KITTI's Fl outlier rate, next to the zero-flow baseline.
 - Runs: `read_run` reads `runs/<name>/` (args.json + metrics.jsonl) or a checkpoint; `results_table` and
   `plot_curves` turn runs into a Markdown table and a PNG like the paper's Fig. 2.
 
@@ -122,6 +123,20 @@ def constant_depth_baseline(gt, min_depth=1e-3, max_depth=80.0):
     return depth_metrics(torch.ones_like(gt), gt, min_depth, max_depth, median_scaling=True)
 
 
+# ---------------------------------------------------------------- optical flow
+
+def flow_metrics(pred, gt, valid):
+    """End-point error (pixels) and KITTI's outlier rate Fl (EPE > 3 px and > 5% of the true flow's
+    length), over each image's valid pixels, averaged over images. pred, gt [B,2,H,W]; valid [B,H,W]."""
+    epe = (pred - gt).norm(dim=1)
+    outlier = (epe > 3) & (epe > 0.05 * gt.norm(dim=1))
+    per_image = [(e[v].mean(), o[v].double().mean()) for e, o, v in zip(epe, outlier, valid) if v.any()]
+    if not per_image:
+        raise ValueError('no valid ground-truth flow in these images')
+    return {'epe': float(sum(p[0] for p in per_image) / len(per_image)),
+            'fl': float(sum(p[1] for p in per_image) / len(per_image))}
+
+
 # ---------------------------------------------------------------- runs
 
 def _read_jsonl(path):
@@ -182,8 +197,10 @@ METRIC_COLUMNS = {
             ('pixel acc %', 'eval', 'pixel_acc', _percent)],
     'depth': [(key, 'eval', key, _decimal) for key in ('abs_rel', 'sq_rel', 'rmse', 'rmse_log', 'a1')]
              + [('baseline abs_rel', 'baseline', 'abs_rel', _decimal)],
+    'flow': [('EPE px', 'eval', 'epe', _decimal), ('Fl %', 'eval', 'fl', _percent),
+             ('zero-flow EPE px', 'baseline', 'epe', _decimal)],
 }
-OTHER_COLUMNS = [('train loss', 'train', 'loss', _decimal)]  # tasks without a table of their own (flow)
+OTHER_COLUMNS = [('train loss', 'train', 'loss', _decimal)]  # tasks without a table of their own
 
 
 def _run_cells(run):
@@ -218,14 +235,15 @@ def _curve(run, key):
 
 
 def plot_curves(runs, path):
-    """PNG like the paper's Fig. 2: mIoU (7 classes) vs iteration per segmentation run, and abs_rel per depth run
-    with its constant-depth baseline dashed."""
+    """PNG like the paper's Fig. 2: mIoU (7 classes) vs iteration per segmentation run, abs_rel per depth run
+    and end-point error per flow run, with their baselines (constant depth, zero flow) dashed."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure  # no pyplot: no global figure state, nothing opens a window
 
     panels = [panel for panel in [('seg', 'miou7', 'Segmentation', 'mIoU (7 classes)'),
-                                  ('depth', 'abs_rel', 'Depth', 'abs_rel (lower is better)')]
-              if any(_task(run) == panel[0] for run in runs)] or [(None, None, 'No segmentation or depth runs', '')]
+                                  ('depth', 'abs_rel', 'Depth', 'abs_rel (lower is better)'),
+                                  ('flow', 'epe', 'Optical flow', 'end-point error, px (lower is better)')]
+              if any(_task(run) == panel[0] for run in runs)] or [(None, None, 'No runs with evaluations', '')]
     fig = Figure(figsize=(6 * len(panels), 4.5), layout='constrained')
     FigureCanvasAgg(fig)
     for ax, (task, key, title, ylabel) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
@@ -235,7 +253,7 @@ def plot_curves(runs, path):
                 line, = ax.plot(iters, values, marker='.', label=run['name'])
                 baseline = _last(run, 'baseline').get(key)
                 if baseline is not None:
-                    ax.axhline(baseline, ls='--', color=line.get_color(), label=f"{run['name']}: constant depth")
+                    ax.axhline(baseline, ls='--', color=line.get_color(), label=f"{run['name']}: baseline")
         ax.set(title=title, xlabel='iteration', ylabel=ylabel)
         if ax.lines:
             ax.legend()

@@ -2,7 +2,8 @@
 
 The segmentation network is the depth network with its last layer replaced by a fresh K-class 1x1
 convolution at the finest scale (Fig. 1b): `--init depth` copies the depth checkpoint's encoder and
-decoder, `--init none` starts from random weights. `--freeze-encoder` keeps the encoder's weights
+decoder, `--init flow` only the flow network's encoder, `--init imagenet` torchvision's ImageNet encoder,
+`--init none` starts from random weights. `--freeze-encoder` keeps the encoder's weights
 and its BatchNorm statistics fixed and trains the decoder only (Fig. 1d). Training minimises the
 negative log-likelihood (eq. 12) with Adam and a cosine schedule per iteration, on `--train-size`
 labelled images picked with the seed; every other labelled image is the evaluation set.
@@ -21,7 +22,7 @@ import evaluate
 import losses
 import models
 from pretrain import (Run, add_common_args, autocast, benchmark, check_args, cosine_schedule,
-                      data_root, forever, loader, optimisation_step, pick_device, restore, save_image_grid,
+                      data_root, forever, loader, open_dataset, optimisation_step, pick_device, restore, save_image_grid,
                       to_device, train)
 
 NUM_CLASSES = len(evaluate.CITYSCAPES_CLASSES)
@@ -31,7 +32,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Fine-tune a network for few-shot semantic segmentation.')
     parser.add_argument('--task', choices=['seg'], default='seg', help='the downstream task')
     parser.add_argument('--init', default='none',
-                        help='none (random weights), depth (checkpoints/depth.pt), or a checkpoint path')
+                        help='none (random weights), imagenet (torchvision\'s weights), depth or flow '
+                             '(checkpoints/<name>.pt from pretrain.py), or a checkpoint path')
     parser.add_argument('--freeze-encoder', action='store_true',
                         help='keep encoder weights and BatchNorm statistics fixed; train the decoder only')
     parser.add_argument('--train-size', type=int, default=16, help='labelled training images (the paper: 16)')
@@ -46,9 +48,7 @@ def parse_args(argv=None):
 
 
 def init_checkpoint(init):
-    """The checkpoint `--init` names, or None for random weights; a missing file says what to run."""
-    if init == 'none':
-        return None
+    """The checkpoint `--init` names (depth, flow or a path), as (path, contents)."""
     path = Path(f'checkpoints/{init}.pt') if not init.endswith('.pt') else Path(init)
     if not path.is_file():
         hint = f'run `python pretrain.py --task {init}` first' if not init.endswith('.pt') else 'check the path'
@@ -60,21 +60,35 @@ def init_checkpoint(init):
 
 
 def build_network(args):
-    """The segmentation net, initialised as --init says; image normalisation follows the weights."""
-    found = init_checkpoint(args.init)
-    if found is None:
-        return models.build_seg_net(args.arch, NUM_CLASSES, 'unit')
-    path, checkpoint = found
+    """The segmentation net, initialised as --init says; image normalisation follows the weights.
+
+    none: random weights; imagenet: torchvision's ImageNet encoder; a depth checkpoint: its encoder and
+    decoder (only the 1x1 head is new); a flow checkpoint: its encoder only, since the siamese decoder
+    reads two frames' features and has another shape.
+    """
+    if args.init in ('none', 'imagenet'):
+        net = models.build_seg_net(args.arch, NUM_CLASSES, 'unit' if args.init == 'none' else 'imagenet')
+        if args.init == 'imagenet':
+            try:
+                models.load_imagenet_weights(net.encoder, args.arch)
+            except FileNotFoundError as error:
+                raise SystemExit(f'--init imagenet: {error}') from None
+            print(f'Initialised the encoder from torchvision\'s ImageNet {args.arch} weights; the decoder is new.')
+        return net
+    path, checkpoint = init_checkpoint(args.init)
     if checkpoint.get('arch') != args.arch:
         raise SystemExit(f'--init {args.init}: {path} holds a {checkpoint.get("arch")} network; '
                          f'pass --arch {checkpoint.get("arch")}.')
     net = models.build_seg_net(args.arch, NUM_CLASSES, checkpoint['normalization'])
+    parts = ('encoder.',) if checkpoint['task'] == 'flow' else ('encoder.', 'decoder.')
     try:
-        loaded = models.load_parts(net, checkpoint['model'], ('encoder.', 'decoder.'), source=str(path))
+        loaded = models.load_parts(net, checkpoint['model'], parts, source=str(path))
     except ValueError as error:
         raise SystemExit(f'--init {args.init}: {error}') from None
-    print(f'Initialised {len(loaded)} encoder and decoder tensors from {path} '
-          f'({checkpoint["task"]}, {checkpoint["normalization"]} normalisation); the 1x1 head is new.')
+    print(f'Initialised {len(loaded)} {" and ".join(p[:-1] for p in parts)} tensors from {path} '
+          f'({checkpoint["task"]}, {checkpoint["normalization"]} normalisation); '
+          + ('the decoder does not transfer from a flow network (it reads two frames\' features) and starts '
+             'from random weights, and ' if checkpoint['task'] == 'flow' else '') + 'the 1x1 head is new.')
     return net
 
 
@@ -110,7 +124,7 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     device = pick_device(args.device)
     root = data_root(args)
-    files = data.semantic_files(root)
+    files = open_dataset(data.semantic_files, root)
     try:
         train_ids, eval_ids = data.few_shot_split(len(files), args.train_size, args.seed)
     except ValueError as error:

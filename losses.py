@@ -3,6 +3,10 @@
 Self-supervised depth (Monodepth2 recipe): SSIM and the photometric error (eq. 10), the camera
 geometry that warps a source frame into the target view (eq. 7-8), the per-pixel minimum
 reprojection loss with auto-masking, and the edge-aware smoothness prior (eq. 11).
+Optical flow (App. B.3): warping with a flow field and the photometric term of eq. 13; its
+smoothness prior (eq. 14) is the same edge-aware function as eq. 11.
+Depth from ground truth: masked L1 (eq. 15) and the scale-invariant log loss (SILog, Sect. 2.3 of
+the minimal-transfer-learning paper).
 Semantic segmentation: the negative log-likelihood (eq. 12).
 
 Geometry conventions: camera x right, y down, z forward; pixel centres at integer coordinates;
@@ -65,7 +69,7 @@ def backproject(depth, inv_K):
     v, u = torch.meshgrid(torch.arange(H, dtype=depth.dtype, device=depth.device),
                           torch.arange(W, dtype=depth.dtype, device=depth.device), indexing="ij")
     pixels = torch.stack([u.flatten(), v.flatten(), torch.ones_like(u).flatten()])  # [3,N]
-    points = (inv_K[..., :3, :3] @ pixels) * depth.view(B, 1, -1)                    # eq. 8
+    points = (inv_K[..., :3, :3] @ pixels) * depth.reshape(B, 1, -1)                  # eq. 8
     return torch.cat([points, torch.ones_like(points[:, :1])], 1)
 
 
@@ -145,6 +149,48 @@ def smoothness_loss(disp, img):
     img_y = (img[..., 1:, :] - img[..., :-1, :]).abs().mean(1, keepdim=True)
     # eq. 11
     return (grad_x * torch.exp(-img_x)).mean() + (grad_y * torch.exp(-img_y)).mean()
+
+
+def flow_warp(source, flow):
+    """Resample source [B,C,H,W] at p + flow(p): frame t+1 seen through the flow t -> t+1 lands on frame t."""
+    B, _, H, W = flow.shape
+    v, u = torch.meshgrid(torch.arange(H, dtype=flow.dtype, device=flow.device),
+                          torch.arange(W, dtype=flow.dtype, device=flow.device), indexing="ij")
+    x, y = u + flow[:, 0], v + flow[:, 1]
+    grid = torch.stack([(2 * x + 1) / W - 1, (2 * y + 1) / H - 1], -1)  # align_corners=False, as project()
+    return F.grid_sample(source, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def flow_photometric_error(pred, target, colour_weight=0.15, ssim_weight=0.15):
+    """Per-pixel eq. 13 [B,1,H,W]: colour_weight * |target - pred| + ssim_weight * (1 - SSIM), channel means.
+
+    The paper states x_hat_t = x_t o f(x_t, x_t+1) compared with x_t+1; with a flow defined on frame t's
+    pixels, backward warping reconstructs frame t from frame t+1 (flow_warp), which is what we compare.
+    Its weights (0.15 and 0.15, with 1 - SSIM not halved) differ from the 0.15 / 0.85 split of eq. 10 and
+    sum to 0.3; against lambda_sm = 5 in eq. 14 the smoothness term dominates unless flow is small.
+    """
+    # eq. 13; ssim() returns (1 - SSIM) / 2
+    return (colour_weight * (pred - target).abs().mean(1, keepdim=True)
+            + ssim_weight * 2 * ssim(pred, target).mean(1, keepdim=True))
+
+
+def l1_depth_loss(pred, gt):
+    """Mean |pred - gt| over pixels with a measurement (gt > 0) (eq. 15)."""
+    valid = gt > 0
+    return (pred[valid] - gt[valid]).abs().mean()
+
+
+def silog_loss(pred, gt, lam=0.5):
+    """Scale-invariant log loss per image [B,1,H,W] over pixels with a measurement (gt > 0), averaged
+    over images: with d = log pred - log gt, mean(d^2) - lam * mean(d)^2 (minimal-transfer paper,
+    Sect. 2.3, after Eigen et al.). lam = 1 ignores each image's global scale, lam = 0 is the squared
+    log error."""
+    valid = gt > 0
+    d = torch.where(valid, pred.clamp(min=1e-6).log() - gt.clamp(min=1e-6).log(), 0.0)
+    n = valid.sum((1, 2, 3))
+    has = n > 0  # images without any measurement do not count
+    mean_d2, mean_d = (d ** 2).sum((1, 2, 3))[has] / n[has], d.sum((1, 2, 3))[has] / n[has]
+    return (mean_d2 - lam * mean_d ** 2).mean()  # Sect. 2.3
 
 
 def nll_loss(logits, labels, ignore_index=255):

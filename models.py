@@ -183,6 +183,38 @@ class PoseNet(nn.Module):
         return pose[:, :3], pose[:, 3:]
 
 
+class FlowHead(nn.Module):
+    """Optical flow (u, v) in pixels of the input image, at each of the four decoder scales, finest first."""
+
+    def __init__(self, num_ch_dec=(16, 32, 64, 128)):
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv2d(c, 2, 3, padding=1, padding_mode='reflect') for c in num_ch_dec)
+
+    def forward(self, decoder_features):
+        return [conv(f) for conv, f in zip(self.convs, decoder_features)]
+
+
+class FlowNet(nn.Module):
+    """Siamese optical flow (paper Sect. 4, App. B.3): one encoder, with shared weights, reads frame t and
+    frame t+1; their features are concatenated at every scale and a U-Net decoder predicts the flow from
+    t to t+1 at four scales. Only the encoder has the shape of the segmentation network's, so only the
+    encoder transfers to fine-tuning."""
+
+    def __init__(self, arch='resnet18', normalization='unit'):
+        super().__init__()
+        self.encoder = ResnetEncoder(arch)
+        self.decoder = UNetDecoder([2 * c for c in self.encoder.num_ch_enc])
+        self.head = FlowHead()
+        self.normalization = normalization
+        _register_normalization(self, normalization)
+
+    def forward(self, frame_a, frame_b):
+        check_resolution(*frame_a.shape[-2:])
+        B = frame_a.shape[0]
+        features = self.encoder((torch.cat([frame_a, frame_b]) - self.mean) / self.std)  # one pass, both frames
+        return self.head(self.decoder([torch.cat([f[:B], f[B:]], 1) for f in features]))
+
+
 def build_depth_net(arch='resnet18', normalization='unit'):
     """U-Net predicting sigmoid disparity at four scales, finest first."""
     encoder = ResnetEncoder(arch)
@@ -198,6 +230,11 @@ def build_seg_net(arch='resnet18', num_classes=19, normalization='unit'):
 def build_pose_net(arch='resnet18', normalization='unit'):
     """PoseNet for self-supervised depth from video."""
     return PoseNet(arch, normalization)
+
+
+def build_flow_net(arch='resnet18', normalization='unit'):
+    """Siamese flow network for optical-flow pre-training."""
+    return FlowNet(arch, normalization)
 
 
 def load_parts(model, state_dict, prefixes=('encoder.', 'decoder.'), source='checkpoint'):

@@ -1,15 +1,24 @@
-"""Self-supervised depth pre-training from video: the Monodepth2 recipe (paper App. B.2, eq. 9-11).
+"""Pre-training: depth (self-supervised from video or stereo, or from ground truth) and optical flow.
 
-A depth network (ResNet encoder + U-Net decoder, sigmoid disparity at four scales) and a PoseNet
-are trained together: frames t-1 and t+1 are warped into frame t through the predicted depth and
-camera motion, and the per-pixel minimum photometric error, auto-masked, is minimised together with
-an edge-aware smoothness prior. The depth network's weights are what fine-tuning starts from.
+Depth, the Monodepth2 recipe (paper App. B.2, eq. 9-11): a depth network (ResNet encoder + U-Net
+decoder, sigmoid disparity at four scales) predicts frame t's depth; source views are warped into frame
+t through it and the per-pixel minimum photometric error, auto-masked, is minimised with an edge-aware
+smoothness prior. The source views are frames t-1 and t+1 with a PoseNet's camera motion (--supervision
+mono), the other stereo camera with the calibrated baseline (stereo, depth in metres), or all three
+(mono+stereo); --supervision gt instead fits the dataset's depth (masked L1, eq. 15, or SILog).
+--init imagenet starts the encoders from ImageNet ("Depth" in the paper; none is "Depth-Rand"), and
+--crop-size trains on random crops ("Depth-cropped", App. D.1).
+
+Optical flow (--task flow, App. B.3): a siamese network predicts the flow from frame t to t+1, trained
+by the photometric term of eq. 13 and the smoothness of eq. 14, evaluated by end-point error.
 
 This file also holds the parts of a training run that finetune.py shares: the common flags, the
 device, the data root, the run folder (args.json, metrics.jsonl, samples, atomic checkpoints,
 --resume), the learning-rate schedules and the --bench timing.
 
     python pretrain.py --task depth                 # toy world, rendered on first use
+    python pretrain.py --task depth --supervision stereo --init imagenet
+    python pretrain.py --task flow
     python pretrain.py --task depth --data kitti --data-root /data/kitti --height 192 --width 640
 """
 import argparse
@@ -26,6 +35,7 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from torchvision.utils import flow_to_image  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import data  # noqa: E402
@@ -104,6 +114,14 @@ def data_root(args):
         raise SystemExit(f'--data kitti needs --data-root pointing at a KITTI tree (got {args.data_root}); '
                          f'see "Real KITTI" in the README for the layout.')
     return args.data_root
+
+
+def open_dataset(make, *args, **kwargs):
+    """Build a dataset; a missing or malformed one stops the run with its one-sentence message."""
+    try:
+        return make(*args, **kwargs)
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(str(error)) from None
 
 
 def loader(dataset, args, device, shuffle):
@@ -280,24 +298,72 @@ def train(args, run, step, batches, state, evaluate_now, checkpoint):
 # Self-supervised depth (Monodepth2)
 # ------------------------------------------------------------------------------------------------
 
+SUPERVISIONS = ('mono', 'stereo', 'mono+stereo', 'gt')
+
+
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description='Pre-train a depth network self-supervised from video.')
-    parser.add_argument('--task', choices=['depth'], default='depth', help='what to pre-train')
-    parser.add_argument('--supervision', choices=['mono'], default='mono',
-                        help='mono: frames t-1 and t+1 of the video (Monodepth2)')
+    parser = argparse.ArgumentParser(description='Pre-train a network for depth (self-supervised from video or '
+                                                 'stereo, or from ground truth) or for optical flow.')
+    parser.add_argument('--task', choices=['depth', 'flow'], default='depth', help='what to pre-train')
+    parser.add_argument('--supervision', choices=SUPERVISIONS, default='mono',
+                        help='depth only. mono: frames t-1 and t+1 of the video, with a PoseNet (Monodepth2); '
+                             'stereo: the other camera\'s image, baseline from the calibration (depth in metres); '
+                             'mono+stereo: both; gt: the dataset\'s ground-truth depth (--depth-loss)')
+    parser.add_argument('--depth-loss', choices=['l1', 'silog'], default='l1',
+                        help='with --supervision gt: masked L1 (eq. 15) or the scale-invariant log loss')
+    parser.add_argument('--silog-lambda', type=float, default=0.5, help='lambda of SILog (1: scale-invariant)')
+    parser.add_argument('--init', choices=['none', 'imagenet'], default='none',
+                        help='encoder before pre-training: none (the paper\'s Depth-Rand) or torchvision\'s '
+                             'ImageNet weights (the paper\'s Depth), which also sets ImageNet normalisation')
+    parser.add_argument('--crop-size', type=int, nargs=2, metavar=('H', 'W'), default=None,
+                        help='train on random HxW crops of the --height x --width images, intrinsics shifted '
+                             'with each crop (the paper\'s Depth-cropped, App. D.1); evaluation uses whole images')
     add_common_args(parser, iters=300, lr=1e-4, batch_size=8, eval_every=100)
     parser.add_argument('--out', default=None, help='checkpoint to export at the end (default checkpoints/<task>.pt)')
-    parser.add_argument('--scales', type=int, default=4, choices=[1, 2, 3, 4], help='disparity scales in the loss')
+    parser.add_argument('--scales', type=int, default=4, choices=[1, 2, 3, 4], help='output scales in the loss')
     parser.add_argument('--smoothness', type=float, default=1e-3, help='w_sm of eq. 9 (divided by 2^scale)')
     parser.add_argument('--min-depth', type=float, default=0.1, help='depth of disparity 1 (metres)')
     parser.add_argument('--max-depth', type=float, default=100.0, help='depth of disparity 0 (metres)')
     parser.add_argument('--eval-max-depth', type=float, default=80.0, help='evaluation cap (metres)')
     parser.add_argument('--no-automask', action='store_true', help='switch auto-masking off')
+    parser.add_argument('--flow-colour-weight', type=float, default=0.15, help='lambda_co of eq. 13')
+    parser.add_argument('--flow-ssim-weight', type=float, default=0.15, help='lambda_st of eq. 13')
+    parser.add_argument('--flow-smoothness', type=float, default=5.0, help='lambda_sm of eq. 14 (divided by 2^scale)')
     args = parser.parse_args(argv)
     args.out = args.out or f'checkpoints/{args.task}.pt'
-    args.name = args.name or f'{args.task}-{args.supervision}-{args.arch}-{args.height}x{args.width}-s{args.seed}'
+    args.name = args.name or run_name(args)
     check_args(args)
+    if args.crop_size:
+        try:
+            models.check_resolution(*args.crop_size)
+        except ValueError as error:
+            raise SystemExit(f'--crop-size: {error}') from None
+        if args.crop_size[0] > args.height or args.crop_size[1] > args.width:
+            raise SystemExit(f'--crop-size {args.crop_size[0]} {args.crop_size[1]} must fit in --height '
+                             f'{args.height} x --width {args.width}.')
     return args
+
+
+def run_name(args):
+    """A run folder name that says what was trained: task, supervision, init, crop, arch, size, seed."""
+    parts = [args.task] + ([args.supervision] if args.task == 'depth' else [])
+    if args.task == 'depth' and args.supervision == 'gt':
+        parts.append(args.depth_loss)
+    parts += ['imagenet'] if args.init == 'imagenet' else []
+    parts += [f'crop{args.crop_size[0]}x{args.crop_size[1]}'] if args.crop_size else []
+    return '-'.join(parts + [args.arch, f'{args.height}x{args.width}', f's{args.seed}'])
+
+
+def init_encoders(args, *encoders):
+    """Start encoders from ImageNet weights with --init imagenet (PoseNet's conv1 repeated and halved)."""
+    if args.init == 'none':
+        return
+    try:
+        for encoder in encoders:
+            models.load_imagenet_weights(encoder, args.arch)
+    except FileNotFoundError as error:
+        raise SystemExit(f'--init imagenet: {error}') from None
+    print(f'Initialised {len(encoders)} encoder(s) from torchvision\'s ImageNet {args.arch} weights.')
 
 
 def predict_poses(pose_net, frames):
@@ -313,12 +379,26 @@ def predict_poses(pose_net, frames):
     return torch.stack([backward, forward], 1)  # [B, 2, 4, 4]
 
 
-def depth_loss(disps, poses, batch, args):
-    """Eq. 9: per scale, the auto-masked minimum reprojection error (eq. 10) of both source frames
+def source_views(batch, pose_net, supervision):
+    """The images warped into frame t and their target->source transforms: ([B,S,3,H,W], [B,S,4,4]).
+    Video frames t-1, t+1 with PoseNet motion (mono), the other camera with the calibrated baseline
+    (stereo), or all three (mono+stereo, Monodepth2's MS)."""
+    images, transforms = [], []
+    if 'mono' in supervision:
+        images.append(batch['frames'][:, 1:])
+        with autocast(batch['frames'].device):
+            transforms.append(predict_poses(pose_net, batch['frames_aug']).float())
+    if 'stereo' in supervision:
+        images.append(batch['stereo'][:, None])
+        transforms.append(batch['stereo_T'][:, None])
+    return torch.cat(images, 1), torch.cat(transforms, 1)
+
+
+def photometric_depth_loss(disps, sources, poses, batch, args):
+    """Eq. 9: per scale, the auto-masked minimum reprojection error (eq. 10) of the source views
     warped with the disparity upsampled to full resolution, plus edge-aware smoothness (eq. 11) of
     the mean-normalised disparity at its own scale, weighted 1e-3 / 2^scale; averaged over scales."""
-    frames, K, inv_K = batch['frames'], batch['K'], batch['inv_K']
-    target, sources = frames[:, 0], frames[:, 1:]
+    target, K, inv_K = batch['frames'][:, 0], batch['K'], batch['inv_K']
     B, S, _, H, W = sources.shape
     identity = None if args.no_automask else losses.identity_error(target, list(sources.unbind(1)))
     total = 0.0
@@ -334,12 +414,31 @@ def depth_loss(disps, poses, batch, args):
     return total / args.scales
 
 
+def supervised_depth_loss(disps, batch, args):
+    """Ground-truth depth: per scale, the depth upsampled to full resolution against the measured pixels,
+    by masked L1 (eq. 15) or SILog (Sect. 2.3 of the minimal-transfer paper); averaged over scales."""
+    gt = batch['depth']
+    total = 0.0
+    for disp in disps[:args.scales]:
+        depth = models.disp_to_depth(F.interpolate(disp, gt.shape[-2:], mode='bilinear', align_corners=False),
+                                     args.min_depth, args.max_depth)
+        total = total + (losses.silog_loss(depth, gt, args.silog_lambda) if args.depth_loss == 'silog'
+                         else losses.l1_depth_loss(depth, gt))
+    return total / args.scales
+
+
+def mean_metrics(results):
+    """The average of a list of metric dicts (one per test batch)."""
+    return {k: sum(r[k] for r in results) / len(results) for k in results[0]}
+
+
 @torch.no_grad()
 def evaluate_depth(depth_net, test_batches, device, args):
     """Median-scaled depth metrics on the held-out frames with ground truth, capped at 80 m; the
-    prediction is upsampled to the ground truth's resolution (Monodepth2's protocol)."""
+    prediction is upsampled to the ground truth's resolution (Monodepth2's protocol). For metric
+    supervisions (stereo, gt) `median_scale` near 1 shows the scale was learned."""
     depth_net.eval()
-    results, baselines = [], []
+    results = []
     for batch in test_batches:
         gt = batch['depth'].to(device)
         disp = depth_net(batch['frames'][:, 0].to(device))[0].float()
@@ -347,22 +446,163 @@ def evaluate_depth(depth_net, test_batches, device, args):
         pred = models.disp_to_depth(disp, args.min_depth, args.max_depth)
         results.append(evaluate.depth_metrics(pred, gt, max_depth=args.eval_max_depth, median_scaling=True))
     depth_net.train()
-    return {k: sum(r[k] for r in results) / len(results) for k in results[0]}
+    return mean_metrics(results)
 
 
 def constant_baseline(test_batches, args):
     """What predicting one depth everywhere (median-scaled) scores on the same frames."""
-    results = [evaluate.constant_depth_baseline(b['depth'], max_depth=args.eval_max_depth) for b in test_batches]
-    return {k: sum(r[k] for r in results) / len(results) for k in results[0]}
+    return mean_metrics([evaluate.constant_depth_baseline(b['depth'], max_depth=args.eval_max_depth)
+                         for b in test_batches])
 
 
-def save_sample(depth_net, batch, path, device):
+def save_depth_sample(depth_net, frames, path):
     """A PNG: test images above their predicted disparities (Monodepth2's magma colour map)."""
     depth_net.eval()
     with torch.no_grad():
-        disp = depth_net(batch['frames'][:, 0].to(device))[0].float().cpu()
+        disp = depth_net(frames[:, 0])[0].float().cpu()
     depth_net.train()
-    save_image_grid([batch['frames'][:, 0].permute(0, 2, 3, 1), disp[:, 0]], path, cmaps=[None, 'magma'])
+    save_image_grid([frames[:, 0].permute(0, 2, 3, 1).cpu(), disp[:, 0]], path, cmaps=[None, 'magma'])
+
+
+def run_pretraining(args, networks, loss_fn, batches, baseline, evaluate_now, info):
+    """What depth and flow pre-training share: Adam over all `networks` ({checkpoint key: module}, the
+    one fine-tuning starts from under 'model') with Monodepth2's step schedule, --bench, the run folder,
+    --resume, the loop, and the exported checkpoint (`info`: what else it records)."""
+    params = [p for net in networks.values() for p in net.parameters()]
+    optimizer = torch.optim.Adam(params, lr=args.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, step_schedule(args.iters))
+    step = lambda batch: optimisation_step(loss_fn(batch), optimizer, scheduler)
+    device = next(iter(params)).device
+    if args.bench:
+        return benchmark(step, batches, args.bench, args.batch_size, device)
+
+    run = Run(args)
+    state = dict(iter=0, metrics={})
+    if args.resume:
+        state = restore(run, device, networks, optimizer, scheduler)
+    else:
+        run.log(iter=0, split='baseline', **baseline())
+
+    def checkpoint(iteration):
+        return dict({key: net.state_dict() for key, net in networks.items()}, optimizer=optimizer.state_dict(),
+                    scheduler=scheduler.state_dict(), task=args.task, arch=args.arch, init=args.init,
+                    normalization=networks['model'].normalization, height=args.height, width=args.width,
+                    args=vars(args), iter=iteration, metrics=state['metrics'], **info)
+
+    train(args, run, step, batches, state, lambda it: evaluate_now(it, run.path), checkpoint)
+    final = checkpoint(args.iters)
+    save_atomic({k: v for k, v in final.items() if k not in ('optimizer', 'scheduler')}, args.out)
+    print(f'{args.task} after {args.iters} iterations: ' +
+          ', '.join(f'{k} {v:.3f}' for k, v in list(state['metrics'].items())[:4]))
+    print(f'Wrote {run.path} and {args.out}.')
+
+
+def pretrain_depth(args, root, device):
+    """Depth pre-training with the chosen supervision; evaluated on the test drive's ground truth."""
+    mono, gt = 'mono' in args.supervision, args.supervision == 'gt'
+    train_set = open_dataset(data.VideoSnippets, root, 'train', args.height, args.width,
+                             frame_ids=(0, -1, 1) if mono else (0,), augment=True, with_depth=gt,
+                             stereo='stereo' in args.supervision, crop=args.crop_size)
+    batches = forever(loader(train_set, args, device, shuffle=True))
+    normalization = 'imagenet' if args.init == 'imagenet' else 'unit'
+    networks = {'model': models.build_depth_net(args.arch, normalization)}
+    if mono:
+        networks['pose_net'] = models.build_pose_net(args.arch, normalization)
+    init_encoders(args, *(net.encoder for net in networks.values()))
+    for net in networks.values():
+        net.to(device)
+    depth_net, pose_net = networks['model'], networks.get('pose_net')
+
+    def loss_fn(batch):
+        batch = to_device(batch, device)
+        with autocast(device):
+            disps = [d.float() for d in depth_net(batch['frames_aug'][:, 0])]
+        if gt:
+            return supervised_depth_loss(disps, batch, args)
+        return photometric_depth_loss(disps, *source_views(batch, pose_net, args.supervision), batch, args)
+
+    test_set = open_dataset(data.VideoSnippets, root, 'test', args.height, args.width, frame_ids=(0,), with_depth=True)
+    test_batches = list(loader(test_set, args, device, shuffle=False))
+    sample = torch.cat([b['frames'] for b in test_batches[::max(1, len(test_batches) // 4)][:4]]).to(device)
+
+    def evaluate_now(iteration, folder):
+        save_depth_sample(depth_net, sample, folder / f'sample_{iteration:06d}.png')
+        return evaluate_depth(depth_net, test_batches, device, args)
+
+    return run_pretraining(args, networks, loss_fn, batches, lambda: constant_baseline(test_batches, args), evaluate_now,
+                    dict(decoder='unet', supervision=args.supervision))
+
+
+def flow_loss(flows, batch, args):
+    """Per scale: eq. 13 between frame t and frame t+1 warped back by the flow (upsampled to full
+    resolution; it is in full-resolution pixels at every scale), plus the edge-aware smoothness of
+    eq. 14 on the flow at its own scale, weighted lambda_sm / 2^scale; averaged over scales."""
+    target, source = batch['frames'][:, 0], batch['frames'][:, 1]
+    total = 0.0
+    for scale, flow in enumerate(flows[:args.scales]):
+        full = F.interpolate(flow, target.shape[-2:], mode='bilinear', align_corners=False)
+        photometric = losses.flow_photometric_error(losses.flow_warp(source, full), target,
+                                                    args.flow_colour_weight, args.flow_ssim_weight).mean()
+        image = F.interpolate(target, flow.shape[-2:], mode='area') if scale else target
+        total = total + photometric + args.flow_smoothness * losses.smoothness_loss(flow, image) / 2 ** scale
+    return total / args.scales
+
+
+def resize_flow(flow, size):
+    """Flow [B,2,h,w] in pixels -> [B,2,H,W]: resampled, and each component scaled with its axis."""
+    h, w = flow.shape[-2:]
+    scale = torch.tensor([size[1] / w, size[0] / h], device=flow.device).view(1, 2, 1, 1)
+    return F.interpolate(flow, size, mode='bilinear', align_corners=False) * scale
+
+
+@torch.no_grad()
+def evaluate_flow(flow_net, pairs, device):
+    """End-point error and Fl on the ground-truth flow pairs, at the ground truth's resolution."""
+    flow_net.eval()
+    results = []
+    for batch in pairs:
+        frames, gt = batch['frames'].to(device), batch['flow'].to(device)
+        flow = resize_flow(flow_net(frames[:, 0], frames[:, 1])[0].float(), gt.shape[-2:])
+        results.append(evaluate.flow_metrics(flow, gt, batch['valid'].to(device)))
+    flow_net.train()
+    return mean_metrics(results)
+
+
+def save_flow_sample(flow_net, frames, path):
+    """A PNG: first frames above their predicted flow in the usual colour wheel (torchvision's flow_to_image)."""
+    flow_net.eval()
+    with torch.no_grad():
+        flow = flow_net(frames[:, 0], frames[:, 1])[0].float().cpu()
+    flow_net.train()
+    save_image_grid([frames[:, 0].permute(0, 2, 3, 1).cpu(), flow_to_image(flow).permute(0, 2, 3, 1)], path)
+
+
+def pretrain_flow(args, root, device):
+    """Siamese optical flow, self-supervised on consecutive frames (App. B.3), evaluated by end-point error."""
+    train_set = open_dataset(data.VideoSnippets, root, 'train', args.height, args.width, frame_ids=(0, 1),
+                             augment=True, crop=args.crop_size)
+    batches = forever(loader(train_set, args, device, shuffle=True))
+    flow_net = models.build_flow_net(args.arch, 'imagenet' if args.init == 'imagenet' else 'unit')
+    init_encoders(args, flow_net.encoder)
+    flow_net.to(device)
+
+    def loss_fn(batch):
+        batch = to_device(batch, device)
+        with autocast(device):
+            flows = [f.float() for f in flow_net(batch['frames_aug'][:, 0], batch['frames_aug'][:, 1])]
+        return flow_loss(flows, batch, args)
+
+    pairs = list(loader(open_dataset(data.FlowPairs, root, args.height, args.width), args, device, shuffle=False))
+    sample = torch.cat([b['frames'] for b in pairs[::max(1, len(pairs) // 4)][:4]]).to(device)
+
+    def baseline():
+        return mean_metrics([evaluate.flow_metrics(torch.zeros_like(b['flow']), b['flow'], b['valid']) for b in pairs])
+
+    def evaluate_now(iteration, folder):
+        save_flow_sample(flow_net, sample, folder / f'sample_{iteration:06d}.png')
+        return evaluate_flow(flow_net, pairs, device)
+
+    return run_pretraining(args, {'model': flow_net}, loss_fn, batches, baseline, evaluate_now, dict(decoder='siamese-unet'))
 
 
 def main(argv=None):
@@ -370,52 +610,7 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     device = pick_device(args.device)
     root = data_root(args)
-    train_set = data.VideoSnippets(root, 'train', args.height, args.width, augment=True)
-    batches = forever(loader(train_set, args, device, shuffle=True))
-    depth_net = models.build_depth_net(args.arch).to(device)
-    pose_net = models.build_pose_net(args.arch).to(device)
-    params = list(depth_net.parameters()) + list(pose_net.parameters())
-    optimizer = torch.optim.Adam(params, lr=args.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, step_schedule(args.iters))
-
-    def step(batch):
-        batch = to_device(batch, device)
-        with autocast(device):
-            disps = depth_net(batch['frames_aug'][:, 0])
-            poses = predict_poses(pose_net, batch['frames_aug'])
-        return optimisation_step(depth_loss([d.float() for d in disps], poses.float(), batch, args),
-                                 optimizer, scheduler)
-
-    if args.bench:
-        return benchmark(step, batches, args.bench, args.batch_size, device)
-
-    run = Run(args)
-    state = dict(iter=0, metrics={})
-    if args.resume:
-        state = restore(run, device, {'model': depth_net, 'pose_net': pose_net}, optimizer, scheduler)
-    test_set = data.VideoSnippets(root, 'test', args.height, args.width, frame_ids=(0,), with_depth=True)
-    test_batches = list(loader(test_set, args, device, shuffle=False))
-    if not args.resume:
-        run.log(iter=0, split='baseline', **constant_baseline(test_batches, args))
-
-    sample = {'frames': torch.cat([b['frames'] for b in test_batches[::max(1, len(test_batches) // 4)][:4]])}
-
-    def evaluate_now(iteration):
-        save_sample(depth_net, sample, run.path / f'sample_{iteration:06d}.png', device)
-        return evaluate_depth(depth_net, test_batches, device, args)
-
-    def checkpoint(iteration):
-        return dict(model=depth_net.state_dict(), pose_net=pose_net.state_dict(), optimizer=optimizer.state_dict(),
-                    scheduler=scheduler.state_dict(), task=args.task, arch=args.arch, decoder='unet',
-                    normalization='unit', height=args.height, width=args.width, args=vars(args),
-                    iter=iteration, metrics=state['metrics'])
-
-    train(args, run, step, batches, state, evaluate_now, checkpoint)
-    final = checkpoint(args.iters)
-    save_atomic({k: v for k, v in final.items() if k not in ('optimizer', 'scheduler')}, args.out)
-    print(f'Depth after {args.iters} iterations: ' + ', '.join(f'{k} {state["metrics"][k]:.3f}'
-                                                              for k in ('abs_rel', 'rmse', 'a1')))
-    print(f'Wrote {run.path} and {args.out}.')
+    return (pretrain_flow if args.task == 'flow' else pretrain_depth)(args, root, device)
 
 
 if __name__ == '__main__':

@@ -1,14 +1,23 @@
 """Shared fixtures: one tiny toy world, rendered once per test session."""
+import json
 import sys
 from pathlib import Path
 
 import pytest
+import torch
+import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import data  # noqa: E402
 
 TINY = dict(height=64, width=192, drives=1, frames=8, test_frames=8, labelled=12, seed=0)
+SMALL = ['--height', '64', '--width', '192', '--batch-size', '2', '--workers', '0']  # training flags for it
+
+
+def read_metrics(run):
+    """The lines of a run folder's metrics.jsonl."""
+    return [json.loads(line) for line in (run / 'metrics.jsonl').read_text().splitlines()]
 
 
 @pytest.fixture(scope='session')
@@ -17,3 +26,15 @@ def toy_root(tmp_path_factory):
     root = tmp_path_factory.mktemp('toy') / 'world'
     data.render_toy_world(root, **TINY)
     return root
+
+
+@pytest.fixture
+def imagenet_resnet18(monkeypatch, tmp_path):
+    """A random ResNet-18 state dict cached where torchvision keeps its ImageNet weights, in a temporary
+    TORCH_HOME: loading it proves the weights are read, not ignored. Returns the state dict."""
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch'))
+    folder = tmp_path / 'torch' / 'hub' / 'checkpoints'
+    folder.mkdir(parents=True)
+    state = torchvision.models.resnet18().state_dict()
+    torch.save(state, folder / 'resnet18-f37072fd.pth')
+    return state

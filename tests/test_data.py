@@ -64,24 +64,37 @@ def test_few_shot_split_is_seeded_and_disjoint():
     assert train == data.few_shot_split(20, 5, seed=3)[0] != data.few_shot_split(20, 5, seed=4)[0]
 
 
-def _ground_truth_warp(root, size, depth_scale=1.0):
+def _ground_truth_warp(root, size, depth_scale=1.0, crop=None, shift_intrinsics=True):
     """Warp frame t+1 into frame t with ground-truth depth and camera motion; return the mean
     photometric error on pixels seen in both and static, the identity error there, and their share.
-    `depth_scale` corrupts the warp, to show the test can tell."""
-    snippets = data.VideoSnippets(root, 'train', *size, frame_ids=(0, 1), with_depth=True)
+    `depth_scale` corrupts the warp, to show the test can tell. With `crop` the loader's random crop is
+    used (its offset read off the principal point); `shift_intrinsics=False` undoes the shift."""
+    snippets = data.VideoSnippets(root, 'train', *size, frame_ids=(0, 1), with_depth=True, crop=crop)
     folder, frame, _ = snippets.entries[2]
+    torch.manual_seed(0)
     item = snippets[2]
+    K = item['K'][None]
+    full_K = data.VideoSnippets(root, 'train', *size, frame_ids=(0,))[2]['K']
+    left, top = (int(round(float(full_K[i, 2] - K[0, i, 2]))) for i in (0, 1))
+    shape = tuple(item['frames'].shape[-2:])
+    cut = lambda x: x[..., top:top + shape[0], left:left + shape[1]]
+    if crop:
+        assert left > 0 and top > 0, 'the seeded crop should be off the corner'
+    if not shift_intrinsics:
+        K = full_K[None]
     poses = data.read_poses(root / folder / 'poses.txt')
     T = (torch.linalg.inv(poses[frame + 1]) @ poses[frame])[None]  # frame t -> frame t+1 camera
-    depth_t = F.interpolate(item['depth'][None], size=size, mode='nearest')
-    depth_s = F.interpolate(data.read_depth(data.depth_path(root, folder, frame + 1))[None], size=size, mode='nearest')
-    K = item['K'][None]
+    depth_t = cut(F.interpolate(data.read_depth(data.depth_path(root, folder, frame))[None], size=size, mode='nearest'))
+    depth_s = cut(F.interpolate(data.read_depth(data.depth_path(root, folder, frame + 1))[None], size=size, mode='nearest'))
+    if crop:
+        assert torch.equal(item['depth'][None], depth_t)  # the loader crops depth with the images
     inv_K = torch.linalg.inv(K)
     target, source = item['frames'][0:1], item['frames'][1:2]
     warped = losses.warp(source, depth_t * depth_scale, K, inv_K, T)
-    points = losses.backproject(depth_t, inv_K)
-    grid = losses.project(points, K, T, *size)
-    expected_z = (T @ points)[:, 2].view(1, 1, *size)
+    true_K = K if shift_intrinsics else item['K'][None]  # visibility from the true geometry
+    points = losses.backproject(depth_t, torch.linalg.inv(true_K))
+    grid = losses.project(points, true_K, T, *shape)
+    expected_z = (T @ points)[:, 2].view(1, 1, *shape)
     seen_z = F.grid_sample(depth_s, grid, mode='nearest', align_corners=False)
     inside = (grid.abs() < 1).all(-1)[:, None]
     # seen in both and static: the source sees, at the projection, the depth the motion predicts
@@ -98,6 +111,52 @@ def test_ground_truth_warp_reproduces_the_frame(toy_root):
         assert error < 0.025 and error < 0.5 * identity, (size, error, identity)
     right = _ground_truth_warp(toy_root, (64, 192))[0]
     assert _ground_truth_warp(toy_root, (64, 192), depth_scale=1.5)[0] > 1.5 * right
+
+
+def test_ground_truth_warp_holds_on_random_crops(toy_root):
+    error, identity, share = _ground_truth_warp(toy_root, (64, 192), crop=(48, 96))
+    assert share > 0.5 and error < 0.025 and error < 0.5 * identity, (error, identity, share)
+    unshifted = _ground_truth_warp(toy_root, (64, 192), crop=(48, 96), shift_intrinsics=False)[0]
+    assert unshifted > 1.5 * error  # the principal point must move with the crop
+
+
+def test_flow_png_round_trip(tmp_path):
+    flow = (torch.rand(2, 5, 7) - 0.5) * 200
+    valid = torch.rand(5, 7) > 0.3
+    data.write_flow_png(flow, valid, tmp_path / 'f.png')
+    back, back_valid = data.read_flow(tmp_path / 'f.png')
+    assert torch.equal(back_valid, valid) and (back - flow).abs().max() <= 0.5 / 64
+
+
+def test_scene_flow_pairs_are_where_kitti_keeps_them(toy_root):
+    files = data.scene_flow_files(toy_root)
+    assert len(files) >= 2 and all(p.is_file() for triple in files for p in triple)
+    assert [p.name for p in files[0]] == ['000000_10.png', '000000_11.png', '000000_10.png']
+    assert files[0][2].parent.name == 'flow_noc'
+
+
+def test_ground_truth_flow_warps_the_next_frame_onto_the_first(toy_root):
+    pairs = data.FlowPairs(toy_root, 64, 192)  # the render's resolution: flow in these pixels
+    for item in pairs:
+        first, second = item['frames'][0:1], item['frames'][1:2]
+        flow, valid = item['flow'][None], item['valid']
+        assert 0.3 < valid.float().mean() < 1  # sky, moving cars and pixels leaving the view are unknown
+        assert flow[0][:, valid].norm(dim=0).max() > 2  # the camera moves: the flow is not trivial
+        error = (losses.flow_warp(second, flow) - first).abs().mean(1)[0][valid].mean()
+        identity = (second - first).abs().mean(1)[0][valid].mean()
+        assert error < 0.03 and error < 0.5 * identity, (error, identity)
+
+
+def test_depth_follows_flips_and_crops(toy_root):
+    plain = data.VideoSnippets(toy_root, 'train', 64, 192, frame_ids=(0,), with_depth=True)[0]
+    augmented = data.VideoSnippets(toy_root, 'train', 64, 192, frame_ids=(0,), with_depth=True, augment=True)
+    flipped_once = False
+    for _ in range(10):
+        item = augmented[0]
+        flipped = bool(item['K'][0, 2] > 96)
+        assert torch.equal(item['depth'], plain['depth'].flip(-1) if flipped else plain['depth'])
+        flipped_once |= flipped
+    assert flipped_once
 
 
 def _stereo_warp_error(root, size, focal_scale=1.0):

@@ -8,12 +8,7 @@ import torch
 import evaluate
 import finetune
 import pretrain
-
-SMALL = ['--height', '64', '--width', '192', '--batch-size', '2', '--workers', '0']
-
-
-def _metrics(run):
-    return [json.loads(line) for line in (run / 'metrics.jsonl').read_text().splitlines()]
+from conftest import SMALL, read_metrics
 
 
 @pytest.fixture(scope='module')
@@ -30,7 +25,7 @@ def test_pretraining_writes_run_folder_and_checkpoint(pretrained):
     runs, out = pretrained
     run = runs / 'depth'
     assert json.loads((run / 'args.json').read_text())['iters'] == 4
-    lines = _metrics(run)
+    lines = read_metrics(run)
     evals = [m for m in lines if m['split'] == 'eval']
     assert [m['iter'] for m in evals] == [2, 4] and all(0 < m['abs_rel'] < 10 for m in evals)
     assert [m['split'] for m in lines].count('baseline') == 1
@@ -53,7 +48,7 @@ def test_resume_continues_the_run(pretrained, toy_root, tmp_path):
     after = torch.load(copy / 'depth' / 'checkpoint.pt', weights_only=False)
     assert after['iter'] == 6
     assert after['optimizer']['state'][0]['step'] == before['optimizer']['state'][0]['step'] + 2
-    iters = [m['iter'] for m in _metrics(copy / 'depth') if m['split'] == 'train']
+    iters = [m['iter'] for m in read_metrics(copy / 'depth') if m['split'] == 'train']
     assert iters == [1, 2, 3, 4, 5, 6]
 
 
@@ -74,7 +69,7 @@ def test_frozen_finetuning_keeps_the_encoder_bit_identical(pretrained, toy_root,
 def test_finetuning_loss_falls_and_evaluate_reads_the_runs(pretrained, toy_root, tmp_path):
     finetune.main(['--data-root', str(toy_root), '--runs', str(tmp_path), '--init', 'none', '--train-size', '4',
                    '--iters', '30', '--eval-every', '30', '--log-every', '1', '--lr', '1e-3', '--name', 'none'] + SMALL)
-    losses = [m['loss'] for m in _metrics(tmp_path / 'none') if m['split'] == 'train']
+    losses = [m['loss'] for m in read_metrics(tmp_path / 'none') if m['split'] == 'train']
     assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
     evaluate.main([str(tmp_path / 'none'), str(pretrained[0] / 'depth'), '--out-dir', str(tmp_path / 'results')])
     table = (tmp_path / 'results' / 'results.md').read_text()

@@ -139,3 +139,46 @@ def test_nll_loss_equals_cross_entropy():
     labels[0, :2] = 255
     expected = F.cross_entropy(logits, labels, ignore_index=255)
     assert torch.allclose(losses.nll_loss(logits, labels), expected)
+
+
+def test_flow_warp_reproduces_a_known_shift():
+    source = torch.rand(1, 3, 6, 12)
+    flow = torch.zeros(1, 2, 6, 12)
+    flow[:, 0], flow[:, 1] = 3.0, 1.0  # every pixel of frame t moved 3 right and 1 down in frame t+1
+    warped = losses.flow_warp(source, flow)
+    assert torch.allclose(warped[..., :-1, :-3], source[..., 1:, 3:], atol=1e-5)
+    assert torch.allclose(losses.flow_warp(source, torch.zeros_like(flow)), source, atol=1e-6)
+
+
+def test_flow_photometric_error_is_eq_13():
+    x, y = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8)
+    assert losses.flow_photometric_error(x, x).abs().max() < 1e-6
+    error = losses.flow_photometric_error(x, y, colour_weight=0.15, ssim_weight=0.15)
+    one_minus_ssim = 2 * losses.ssim(x, y).mean(1, keepdim=True)
+    expected = 0.15 * (x - y).abs().mean(1, keepdim=True) + 0.15 * one_minus_ssim
+    assert torch.allclose(error, expected) and (error > 0).all()
+
+
+def test_smoothness_of_a_constant_flow_is_zero():
+    image = torch.rand(1, 3, 8, 8)
+    assert losses.smoothness_loss(torch.full((1, 2, 8, 8), 4.0), image) == 0
+    assert losses.smoothness_loss(torch.rand(1, 2, 8, 8), image) > 0
+
+
+def test_l1_depth_loss_counts_only_measured_pixels():
+    gt = torch.tensor([[[[0.0, 2.0], [4.0, 0.0]]]])
+    assert losses.l1_depth_loss(torch.tensor([[[[9.0, 2.0], [4.0, 9.0]]]]), gt) == 0
+    assert torch.isclose(losses.l1_depth_loss(torch.tensor([[[[9.0, 3.0], [2.0, 9.0]]]]), gt), torch.tensor(1.5))
+
+
+def test_silog_scale_invariance_and_squared_log_error():
+    gt = torch.rand(2, 1, 5, 6) * 50 + 1
+    gt[0, 0, 0, 0] = 0  # no measurement
+    pred = gt * torch.exp(0.3 * torch.randn_like(gt))
+    valid = gt > 0
+    assert torch.isclose(losses.silog_loss(pred * 3.7, gt, lam=1), losses.silog_loss(pred, gt, lam=1), atol=1e-5)
+    assert losses.silog_loss(gt * 3.7, gt, lam=1).abs() < 1e-5
+    squared_log = torch.stack([((p[v].log() - g[v].log()) ** 2).mean() for p, g, v in zip(pred, gt, valid)]).mean()
+    assert torch.isclose(losses.silog_loss(pred, gt, lam=0), squared_log)
+    # a prediction right up to a scale eta costs (1 - lambda) (log eta)^2 (Sect. 2.3)
+    assert torch.isclose(losses.silog_loss(gt * 3.7, gt, lam=0.5), torch.tensor(0.5 * math.log(3.7) ** 2))

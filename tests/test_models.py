@@ -25,6 +25,32 @@ def test_resnet50_builds_and_runs():
     assert models.build_seg_net('resnet50').eval()(x).shape == (1, 19, 64, 64)
 
 
+def test_resnet50_every_network_takes_a_training_step():
+    x, y = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
+    cases = [(models.build_depth_net('resnet50'), lambda net: net(x)[0].mean()),
+             (models.build_pose_net('resnet50'), lambda net: sum(o.abs().mean() for o in net(x, y))),
+             (models.build_flow_net('resnet50'), lambda net: net(x, y)[0].abs().mean()),
+             (models.build_seg_net('resnet50'), lambda net: net(x).logsumexp(1).mean())]
+    for net, loss_of in cases:
+        before = net.encoder.layer4[0].conv1.weight.detach().clone()
+        optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+        loss_of(net).backward()
+        optimizer.step()
+        assert not torch.equal(before, net.encoder.layer4[0].conv1.weight), type(net).__name__
+
+
+@pytest.mark.parametrize('height, width', [(64, 192), (96, 320)])
+def test_flow_net_shapes_and_its_encoder_fits_the_seg_net(height, width):
+    net = models.build_flow_net().eval()
+    flows = net(torch.rand(2, 3, height, width), torch.rand(2, 3, height, width))
+    assert [tuple(f.shape) for f in flows] == [(2, 2, height >> s, width >> s) for s in range(4)]
+    seg = models.build_seg_net()
+    loaded = models.load_parts(seg, net.state_dict(), ('encoder.',))
+    assert loaded and all(torch.equal(seg.state_dict()[k], net.state_dict()[k]) for k in loaded)
+    with pytest.raises(ValueError, match='shape'):  # the siamese decoder reads twice the channels
+        models.load_parts(seg, net.state_dict(), ('decoder.',))
+
+
 def test_encoder_feature_shapes():
     encoder = models.ResnetEncoder('resnet18')
     features = encoder(torch.rand(1, 3, 64, 96))
@@ -88,25 +114,16 @@ def test_torch_hub_dir_follows_torch_home(monkeypatch, tmp_path):
     assert torch.hub.get_dir() == os.path.join(str(tmp_path), 'hub')
 
 
-def _cache_random_resnet18(monkeypatch, tmp_path):
-    monkeypatch.setenv('TORCH_HOME', str(tmp_path))
-    folder = tmp_path / 'hub' / 'checkpoints'
-    folder.mkdir(parents=True)
-    state = torchvision.models.resnet18().state_dict()
-    torch.save(state, folder / 'resnet18-f37072fd.pth')
-    return state
-
-
-def test_load_imagenet_weights_reads_cached_file(monkeypatch, tmp_path):
-    state = _cache_random_resnet18(monkeypatch, tmp_path)
+def test_load_imagenet_weights_reads_cached_file(imagenet_resnet18):
+    state = imagenet_resnet18
     encoder = models.ResnetEncoder('resnet18')
     models.load_imagenet_weights(encoder, 'resnet18')
     loaded = encoder.state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in state.items())
 
 
-def test_load_imagenet_weights_two_images_repeats_conv1(monkeypatch, tmp_path):
-    state = _cache_random_resnet18(monkeypatch, tmp_path)
+def test_load_imagenet_weights_two_images_repeats_conv1(imagenet_resnet18):
+    state = imagenet_resnet18
     pose = models.build_pose_net()
     models.load_imagenet_weights(pose.encoder, 'resnet18')
     expected = torch.cat([state['conv1.weight']] * 2, dim=1) / 2

@@ -1,0 +1,109 @@
+"""Every pre-training on a tiny toy world: each depth supervision, ImageNet initialisation, crops,
+optical flow, and what fine-tuning takes from each."""
+import shutil
+
+import pytest
+import torch
+
+import finetune
+import pretrain
+from conftest import SMALL, read_metrics
+
+
+def _pretrain(toy_root, tmp_path, name, *flags, iters=2):
+    """A short pre-training run; returns (run folder, exported checkpoint contents)."""
+    out = tmp_path / f'{name}.pt'
+    pretrain.main(['--data-root', str(toy_root), '--runs', str(tmp_path), '--name', name, '--out', str(out),
+                   '--iters', str(iters), '--eval-every', str(iters), '--log-every', '1'] + SMALL + list(flags))
+    return tmp_path / name, torch.load(out, weights_only=False)
+
+
+@pytest.mark.parametrize('flags, networks', [
+    (['--supervision', 'stereo'], {'model'}),
+    (['--supervision', 'mono+stereo'], {'model', 'pose_net'}),
+    (['--supervision', 'gt'], {'model'}),
+    (['--supervision', 'gt', '--depth-loss', 'silog', '--silog-lambda', '0.85'], {'model'}),
+])
+def test_every_depth_supervision_trains_and_evaluates(flags, networks, toy_root, tmp_path):
+    run, checkpoint = _pretrain(toy_root, tmp_path, 'run', *flags)
+    assert checkpoint['supervision'] == flags[1] and checkpoint['task'] == 'depth'
+    assert networks == {k for k in ('model', 'pose_net') if k in checkpoint}  # a PoseNet only with video
+    evals = [m for m in read_metrics(run) if m['split'] == 'eval']
+    assert len(evals) == 1 and 0 < evals[0]['abs_rel'] < 10
+
+
+def test_ground_truth_depth_loss_falls(toy_root, tmp_path):
+    run, _ = _pretrain(toy_root, tmp_path, 'gt', '--supervision', 'gt', '--lr', '1e-3', iters=30)
+    losses = [m['loss'] for m in read_metrics(run) if m['split'] == 'train']
+    assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
+
+
+def test_ground_truth_supervision_needs_depth_for_every_training_frame(toy_root, tmp_path):
+    root = tmp_path / 'world'
+    shutil.copytree(toy_root, root)
+    next(root.rglob('proj_depth/groundtruth/image_02/0000000003.png')).unlink()
+    with pytest.raises(SystemExit, match='no ground-truth depth'):
+        _pretrain(root, tmp_path, 'gt', '--supervision', 'gt')
+    assert not (tmp_path / 'gt').exists()
+
+
+def test_imagenet_init_loads_the_cached_weights(imagenet_resnet18, toy_root, tmp_path):
+    # lr 0: the weights after one step are still the ones loaded (BatchNorm statistics do move)
+    _, checkpoint = _pretrain(toy_root, tmp_path, 'depth', '--init', 'imagenet', '--lr', '0', iters=1)
+    assert checkpoint['normalization'] == 'imagenet' and checkpoint['init'] == 'imagenet'
+    model, pose = checkpoint['model'], checkpoint['pose_net']
+    weights = [k for k in imagenet_resnet18 if not k.startswith('fc.') and 'running' not in k and 'batches' not in k]
+    assert all(torch.equal(model[f'encoder.{k}'], imagenet_resnet18[k]) for k in weights)
+    assert torch.allclose(pose['encoder.conv1.weight'], imagenet_resnet18['conv1.weight'].repeat(1, 2, 1, 1) / 2)
+
+    finetune.main(['--data-root', str(toy_root), '--runs', str(tmp_path), '--init', 'imagenet', '--freeze-encoder',
+                   '--train-size', '4', '--iters', '1', '--eval-every', '1', '--name', 'seg'] + SMALL)
+    seg = torch.load(tmp_path / 'seg' / 'checkpoint.pt', weights_only=False)
+    assert seg['normalization'] == 'imagenet'
+    assert all(torch.equal(seg['model'][f'encoder.{k}'], v) for k, v in imagenet_resnet18.items() if 'fc.' not in k)
+
+
+def test_imagenet_init_without_the_file_stops_and_names_it(monkeypatch, toy_root, tmp_path):
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'empty'))
+    with pytest.raises(SystemExit, match=r'resnet18-f37072fd\.pth in .*empty.hub.checkpoints'):
+        _pretrain(toy_root, tmp_path, 'depth', '--init', 'imagenet')
+    with pytest.raises(SystemExit, match=r'resnet18-f37072fd\.pth'):
+        finetune.main(['--data-root', str(toy_root), '--runs', str(tmp_path), '--init', 'imagenet',
+                       '--train-size', '4'] + SMALL)
+    assert not (tmp_path / 'depth').exists()
+
+
+def test_pretraining_on_crops_evaluates_on_whole_images(toy_root, tmp_path):
+    run, checkpoint = _pretrain(toy_root, tmp_path, 'crop', '--crop-size', '64', '96')
+    assert checkpoint['args']['crop_size'] == [64, 96]
+    assert [m['split'] for m in read_metrics(run)].count('eval') == 1
+    with pytest.raises(SystemExit, match='--crop-size'):
+        _pretrain(toy_root, tmp_path, 'bad', '--crop-size', '64', '100')
+
+
+def test_flow_pretraining_and_finetuning_from_its_encoder(toy_root, tmp_path, capsys):
+    run, checkpoint = _pretrain(toy_root, tmp_path, 'flow', '--task', 'flow', iters=20)
+    lines = read_metrics(run)
+    baseline = next(m for m in lines if m['split'] == 'baseline')
+    evals = [m for m in lines if m['split'] == 'eval']
+    assert baseline['epe'] > 0.5 and len(evals) == 1 and evals[0]['epe'] > 0 and 0 <= evals[0]['fl'] <= 1
+    losses = [m['loss'] for m in lines if m['split'] == 'train']
+    assert sum(losses[-5:]) < sum(losses[:5])  # the photometric loss of eq. 13 + 14 falls
+    assert checkpoint['task'] == 'flow' and (run / 'sample_000020.png').is_file()
+
+    finetune.main(['--data-root', str(toy_root), '--runs', str(tmp_path), '--init', str(tmp_path / 'flow.pt'),
+                   '--freeze-encoder', '--train-size', '4', '--iters', '1', '--eval-every', '1', '--name', 'seg'] + SMALL)
+    assert 'does not transfer' in capsys.readouterr().out
+    seg = torch.load(tmp_path / 'seg' / 'checkpoint.pt', weights_only=False)['model']
+    flow = checkpoint['model']
+    assert all(torch.equal(seg[k], flow[k]) for k in seg if k.startswith('encoder.'))
+
+
+def test_finetuning_at_another_resolution_than_pretraining(toy_root, tmp_path):
+    _, checkpoint = _pretrain(toy_root, tmp_path, 'depth', iters=1)
+    assert (checkpoint['height'], checkpoint['width']) == (64, 192)
+    finetune.main(['--data-root', str(toy_root), '--runs', str(tmp_path), '--init', str(tmp_path / 'depth.pt'),
+                   '--train-size', '4', '--iters', '1', '--eval-every', '1', '--name', 'seg']
+                  + SMALL + ['--height', '96', '--width', '128'])
+    seg = torch.load(tmp_path / 'seg' / 'checkpoint.pt', weights_only=False)
+    assert (seg['height'], seg['width']) == (96, 128) and 0 <= seg['metrics']['miou7'] <= 1
