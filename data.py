@@ -754,19 +754,20 @@ class VideoSnippets(torch.utils.data.Dataset):
     other camera's frame t (`stereo` [3, H, W], jittered like the rest in `stereo_aug`) and `stereo_T`,
     the 4x4 transform from this camera's frame to the other's (baseline read from the calibration).
     Augmentation as Monodepth2 and the paper: horizontal flip (principal point mirrored, stereo
-    baseline reversed) and, half of the time, colour jitter shared by all frames of a snippet.
+    baseline reversed) and, half of the time (unless `jitter=False`, as in fine-tuning), colour jitter
+    shared by all frames of a snippet.
     With `crop` (h, w) each snippet is a random crop of that size, intrinsics shifted with it. When
     augmenting or cropping, `depth` is resized (nearest) to (height, width) and transformed with the images.
     """
 
     def __init__(self, root, split, height, width, frame_ids=(0, -1, 1), augment=False, with_depth=False,
-                 stereo=False, crop=None):
+                 stereo=False, crop=None, jitter=True):
         self.root, self.size, self.frame_ids = Path(root), (height, width), frame_ids
         self.entries = read_split(root, split)
         self.augment, self.with_depth, self.stereo, self.crop = augment, with_depth, stereo, crop
         if crop and not (crop[0] <= height and crop[1] <= width):
             raise ValueError(f'crop {crop[0]}x{crop[1]} does not fit in the {height}x{width} images.')
-        self.jitter = v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.1)
+        self.jitter = v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.1) if jitter else None
         self.calib = {}
         if with_depth:
             missing = [e for e in self.entries if not depth_path(root, *e).exists()]
@@ -818,7 +819,7 @@ class VideoSnippets(torch.utils.data.Dataset):
             frames, depth = frames.flip(-1), None if depth is None else depth.flip(-1)
             K[0, 2] = frames.shape[-1] - 1 - K[0, 2]
             sign = -sign
-        jitter = self.augment and torch.rand(1) < 0.5
+        jitter = self.augment and self.jitter is not None and torch.rand(1) < 0.5
         frames_aug = self.jitter(frames) if jitter else frames
         item = dict(frames=frames[:len(self.frame_ids)], frames_aug=frames_aug[:len(self.frame_ids)],
                     K=K, inv_K=torch.linalg.inv(K))

@@ -14,10 +14,15 @@
 """
 import argparse
 import json
+import math
 import os
+import re
 from pathlib import Path
 
 import torch
+
+import data
+import models
 
 CITYSCAPES_CLASSES = ('road', 'sidewalk', 'building', 'wall', 'fence', 'pole', 'traffic light', 'traffic sign',
                       'vegetation', 'terrain', 'sky', 'person', 'rider', 'car', 'truck', 'bus', 'train',
@@ -123,6 +128,40 @@ def constant_depth_baseline(gt, min_depth=1e-3, max_depth=80.0):
     return depth_metrics(torch.ones_like(gt), gt, min_depth, max_depth, median_scaling=True)
 
 
+# ---------------------------------------------------------------- networks on held-out data
+
+@torch.no_grad()
+def evaluate_segmentation(net, batches, device, num_classes=len(CITYSCAPES_CLASSES)):
+    """Segmentation metrics of a network over batches of {'image', 'label'}, from one confusion matrix."""
+    net.eval()
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    for batch in batches:
+        pred = net(batch['image'].to(device)).argmax(1)
+        confusion += confusion_matrix(pred, batch['label'].to(device), num_classes).cpu()
+    return segmentation_metrics(confusion)
+
+
+@torch.no_grad()
+def evaluate_depth(net, batches, device, min_depth=0.1, max_depth=100.0, eval_max_depth=80.0, median_scaling=True):
+    """Depth metrics of a disparity network over batches of {'frames', 'depth'}, capped at eval_max_depth,
+    optionally median-scaled; the prediction is upsampled to the ground truth's resolution (Monodepth2's
+    protocol). The network's sigmoid disparity maps to depth in [min_depth, max_depth]."""
+    net.eval()
+    results = []
+    for batch in batches:
+        gt = batch['depth'].to(device)
+        disp = net(batch['frames'][:, 0].to(device))[0].float()
+        disp = torch.nn.functional.interpolate(disp, gt.shape[-2:], mode='bilinear', align_corners=False)
+        pred = models.disp_to_depth(disp, min_depth, max_depth)
+        results.append(depth_metrics(pred, gt, max_depth=eval_max_depth, median_scaling=median_scaling))
+    return mean_metrics(results)
+
+
+def mean_metrics(results):
+    """The average of a list of metric dicts (one per batch)."""
+    return {k: sum(r[k] for r in results) / len(results) for k in results[0]}
+
+
 # ---------------------------------------------------------------- optical flow
 
 def flow_metrics(pred, gt, valid):
@@ -158,7 +197,8 @@ def read_run(path):
     if path.is_dir() and (path / 'args.json').is_file():
         metrics_file = path / 'metrics.jsonl'
         metrics = _read_jsonl(metrics_file) if metrics_file.is_file() else []
-        return {'name': path.name, 'args': json.loads((path / 'args.json').read_text()), 'metrics': metrics}
+        return {'name': path.name, 'args': json.loads((path / 'args.json').read_text()), 'metrics': metrics,
+                'checkpoint': path / 'checkpoint.pt'}
     if path.is_file() and path.suffix == '.pt':
         checkpoint = torch.load(path, map_location='cpu', weights_only=False)
         args = checkpoint.get('args') or {}
@@ -167,7 +207,7 @@ def read_run(path):
             if key in checkpoint:
                 args.setdefault(key, checkpoint[key])
         metrics = [{'iter': checkpoint.get('iter'), 'split': 'eval', **(checkpoint.get('metrics') or {})}]
-        return {'name': args.get('name') or path.stem, 'args': args, 'metrics': metrics}
+        return {'name': args.get('name') or path.stem, 'args': args, 'metrics': metrics, 'checkpoint': path}
     if not path.exists():
         raise FileNotFoundError(f'{path} does not exist; expected a run folder (runs/<name>/) or a checkpoint (.pt)')
     raise ValueError(f'{path} is not a run: expected a folder holding args.json or a checkpoint file ending in .pt')
@@ -191,40 +231,92 @@ def _decimal(value):
     return '–' if value is None else f'{value:.3f}'
 
 
+DEPTH_KEYS = ('abs_rel', 'sq_rel', 'rmse', 'rmse_log', 'log10', 'a1', 'a2', 'a3', 'silog', 'si_rmse')
 # (header, split of the metrics line, key, format) of the metric columns of each task's table
 METRIC_COLUMNS = {
     'seg': [('mIoU (7 cls) %', 'eval', 'miou7', _percent), ('mIoU (19) %', 'eval', 'miou', _percent),
             ('pixel acc %', 'eval', 'pixel_acc', _percent)],
-    'depth': [(key, 'eval', key, _decimal) for key in ('abs_rel', 'sq_rel', 'rmse', 'rmse_log', 'a1')]
+    'depth': [(key, 'eval', key, _decimal) for key in DEPTH_KEYS]
              + [('baseline abs_rel', 'baseline', 'abs_rel', _decimal)],
     'flow': [('EPE px', 'eval', 'epe', _decimal), ('Fl %', 'eval', 'fl', _percent),
              ('zero-flow EPE px', 'baseline', 'epe', _decimal)],
 }
 OTHER_COLUMNS = [('train loss', 'train', 'loss', _decimal)]  # tasks without a table of their own
+SHARED_HEADER = ['task', 'init', 'decoder', 'frozen encoder', 'train size', 'arch', 'resolution HxW', 'iterations']
 
 
-def _run_cells(run):
+def _config_cells(run):
     """The columns every table shares: what was trained, how, and for how long."""
     args = run['args']
     frozen = '–' if args.get('freeze_encoder') is None else 'yes' if args['freeze_encoder'] else 'no'
+    decoder = str(args.get('decoder', '–')) + (' (reset)' if args.get('reset_decoder') else '')
     size = f"{args['height']}x{args['width']}" if 'height' in args and 'width' in args else '–'
     iters = _last(run, 'eval').get('iter', args.get('iters'))
-    return [run['name'], _task(run), str(args.get('init', '–')), frozen, str(args.get('train_size', '–')),
+    return [_task(run), str(args.get('init', '–')), decoder, frozen, str(args.get('train_size', '–')),
             str(args.get('arch', '–')), size, '–' if iters is None else str(iters)]
+
+
+def _markdown(title, header, rows):
+    return '\n'.join([f'### {title}', '', '| ' + ' | '.join(header) + ' |', '|' + ' --- |' * len(header)]
+                     + ['| ' + ' | '.join(row) + ' |' for row in rows])
 
 
 def results_table(runs):
     """Markdown: one table per task (segmentation, depth, ...), one row per run, its final metrics."""
-    shared = ['run', 'task', 'init', 'frozen encoder', 'train size', 'arch', 'resolution HxW', 'iterations']
     tables = []
     for task in dict.fromkeys(_task(run) for run in runs):
         columns = METRIC_COLUMNS.get(task, OTHER_COLUMNS)
-        header = shared + [column[0] for column in columns]
-        lines = [f'### {task}', '', '| ' + ' | '.join(header) + ' |', '|' + ' --- |' * len(header)]
-        for run in (run for run in runs if _task(run) == task):
-            metrics = [fmt(_last(run, split).get(key)) for _, split, key, fmt in columns]
-            lines.append('| ' + ' | '.join(_run_cells(run) + metrics) + ' |')
-        tables.append('\n'.join(lines))
+        rows = [[run['name']] + _config_cells(run) + [fmt(_last(run, split).get(key)) for _, split, key, fmt in columns]
+                for run in runs if _task(run) == task]
+        tables.append(_markdown(task, ['run'] + SHARED_HEADER + [c[0] for c in columns], rows))
+    return '\n\n'.join(tables) + '\n'
+
+
+# arguments that do not change what a run measures: runs differing only in these are one configuration
+NOT_CONFIGURATION = {'seed', 'name', 'runs', 'resume', 'device', 'workers', 'out', 'bench', 'log_every',
+                     'save_every', 'eval_every'}
+
+
+def group_runs(runs):
+    """Runs that differ only in seed (and bookkeeping flags), as [(label, [runs])] in first-seen order.
+    The label is the first run's name without its '-s<seed>' suffix. --init counts as configuration, with
+    any '-s<seed>' in a checkpoint path dropped (runs/seg-...-s1/checkpoint.pt seeds the run with seed 1)."""
+    groups = {}
+    for run in runs:
+        args = run['args']
+        config = {k: v for k, v in args.items() if k not in NOT_CONFIGURATION}
+        config['init'] = re.sub(r'-s\d+\b', '', str(args.get('init', '')))
+        key = json.dumps(config, sort_keys=True, default=str)
+        groups.setdefault(key, []).append(run)
+    return [(re.sub(r'-s\d+$', '', members[0]['name']), members) for members in groups.values()]
+
+
+def _mean_std(values):
+    """Mean and sample standard deviation (0 for a single value) of the values that exist."""
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return None, None
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return mean, std
+
+
+def grouped_table(runs):
+    """Markdown like the paper's tables: one row per configuration, each metric as mean ± std over its
+    seeds (sample standard deviation), with the number of seeds."""
+    groups = group_runs(runs)
+    tables = []
+    for task in dict.fromkeys(_task(run) for run in runs):
+        columns = METRIC_COLUMNS.get(task, OTHER_COLUMNS)
+        rows = []
+        for label, members in (g for g in groups if _task(g[1][0]) == task):
+            cells = []
+            for _, split, key, fmt in columns:
+                mean, std = _mean_std([_last(run, split).get(key) for run in members])
+                cells.append('–' if mean is None else f'{fmt(mean)} ± {fmt(std)}')
+            rows.append([label] + _config_cells(members[0]) + [str(len(members))] + cells)
+        tables.append(_markdown(f'{task}, mean ± std over seeds', ['configuration'] + SHARED_HEADER + ['seeds']
+                                + [c[0] for c in columns], rows))
     return '\n\n'.join(tables) + '\n'
 
 
@@ -234,37 +326,226 @@ def _curve(run, key):
     return [p[0] for p in points], [p[1] for p in points]
 
 
-def plot_curves(runs, path):
-    """PNG like the paper's Fig. 2: mIoU (7 classes) vs iteration per segmentation run, abs_rel per depth run
-    and end-point error per flow run, with their baselines (constant depth, zero flow) dashed."""
+def _figure(columns, rows=1, width=6, height=4.5):
+    """A matplotlib Figure without pyplot (no global state, no window) and its axes grid."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure  # no pyplot: no global figure state, nothing opens a window
-
-    panels = [panel for panel in [('seg', 'miou7', 'Segmentation', 'mIoU (7 classes)'),
-                                  ('depth', 'abs_rel', 'Depth', 'abs_rel (lower is better)'),
-                                  ('flow', 'epe', 'Optical flow', 'end-point error, px (lower is better)')]
-              if any(_task(run) == panel[0] for run in runs)] or [(None, None, 'No runs with evaluations', '')]
-    fig = Figure(figsize=(6 * len(panels), 4.5), layout='constrained')
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(width * columns, height * rows), layout='constrained')
     FigureCanvasAgg(fig)
-    for ax, (task, key, title, ylabel) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
-        for run in (run for run in runs if _task(run) == task):
-            iters, values = _curve(run, key)
-            if iters:
-                line, = ax.plot(iters, values, marker='.', label=run['name'])
-                baseline = _last(run, 'baseline').get(key)
-                if baseline is not None:
-                    ax.axhline(baseline, ls='--', color=line.get_color(), label=f"{run['name']}: baseline")
-        ax.set(title=title, xlabel='iteration', ylabel=ylabel)
-        if ax.lines:
-            ax.legend()
-        else:
-            ax.text(0.5, 0.5, 'no evaluations logged', ha='center', va='center', transform=ax.transAxes)
-        ax.grid(alpha=0.3)
+    return fig, fig.subplots(rows, columns, squeeze=False)
+
+
+def _save_figure(fig, path):
+    """Write a PNG through a temporary file and a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + '.tmp')
     fig.savefig(tmp, format='png', dpi=100)
     os.replace(tmp, path)
+
+
+def plot_curves(runs, path):
+    """PNG like the paper's Fig. 2: mIoU (7 classes) vs iteration per configuration (mean over its seeds,
+    ± std shaded), abs_rel for depth and end-point error for flow runs, baselines dashed."""
+    panels = [panel for panel in [('seg', 'miou7', 'Segmentation', 'mIoU (7 classes)'),
+                                  ('depth', 'abs_rel', 'Depth', 'abs_rel (lower is better)'),
+                                  ('flow', 'epe', 'Optical flow', 'end-point error, px (lower is better)')]
+              if any(_task(run) == panel[0] for run in runs)] or [(None, None, 'No runs with evaluations', '')]
+    fig, axes = _figure(len(panels))
+    for ax, (task, key, title, ylabel) in zip(axes[0], panels):
+        for label, members in (g for g in group_runs(runs) if _task(g[1][0]) == task):
+            curves = [dict(zip(*_curve(run, key))) for run in members]
+            iters = sorted(set.intersection(*(set(c) for c in curves)))
+            if not iters:
+                continue
+            stats = [_mean_std([c[i] for c in curves]) for i in iters]
+            mean = [m for m, _ in stats]
+            line, = ax.plot(iters, mean, marker='.', label=f'{label} (n={len(members)})')
+            ax.fill_between(iters, [m - s for m, s in stats], [m + s for m, s in stats], color=line.get_color(), alpha=0.2)
+            baseline = _last(members[0], 'baseline').get(key)
+            if baseline is not None:
+                ax.axhline(baseline, ls='--', color=line.get_color(), label=f'{label}: baseline')
+        ax.set(title=title, xlabel='iteration', ylabel=ylabel)
+        if ax.lines:
+            ax.legend(fontsize='small')
+        else:
+            ax.text(0.5, 0.5, 'no evaluations logged', ha='center', va='center', transform=ax.transAxes)
+        ax.grid(alpha=0.3)
+    _save_figure(fig, path)
+
+
+def _final_miou7(members):
+    return _mean_std([_last(run, 'eval').get('miou7') for run in members])
+
+
+def plot_train_size(runs, path):
+    """PNG like the paper's Fig. 3: final mIoU (7 classes) vs the number of labelled training images, one
+    line per configuration (everything but --train-size), mean ± std over seeds as error bars."""
+    series = {}
+    for label, members in group_runs([run for run in runs if _task(run) == 'seg']):
+        name = re.sub(r'-n\d+', '', label)  # the train size is the x axis, not part of the series
+        series.setdefault(name, []).append((members[0]['args'].get('train_size'), *_final_miou7(members)))
+    fig, axes = _figure(1)
+    ax = axes[0, 0]
+    for name, points in series.items():
+        points = sorted(p for p in points if p[0] is not None and p[1] is not None)
+        if points:
+            ax.errorbar([p[0] for p in points], [100 * p[1] for p in points], yerr=[100 * p[2] for p in points],
+                        marker='o', capsize=3, label=name)
+    ax.set(title='Final mIoU vs training-set size', xlabel='labelled training images', ylabel='mIoU (7 classes) %')
+    ax.set_xscale('log', base=2)
+    if ax.lines:
+        ax.legend(fontsize='small')
+    ax.grid(alpha=0.3)
+    _save_figure(fig, path)
+
+
+def plot_frozen(runs, path):
+    """PNG like the paper's Fig. 4: final mIoU (7 classes) per initialisation, frozen encoder next to
+    fine-tuned, mean ± std over seeds."""
+    bars = {}
+    for label, members in group_runs([run for run in runs if _task(run) == 'seg']):
+        args = members[0]['args']
+        name = re.sub(r'-(frozen|full)', '', label)
+        bars.setdefault(name, {})['frozen' if args.get('freeze_encoder') else 'full'] = _final_miou7(members)
+    fig, axes = _figure(1, width=max(6, 1.5 * len(bars)))
+    ax = axes[0, 0]
+    for offset, mode in ((-0.2, 'frozen'), (0.2, 'full')):
+        stats = [bars[name].get(mode, (None, None)) for name in bars]
+        ax.bar([i + offset for i in range(len(bars))], [100 * (m or 0) for m, _ in stats], width=0.4,
+               yerr=[100 * (s or 0) for _, s in stats], capsize=3, label=f'{mode} encoder')
+    ax.set_xticks(range(len(bars)), list(bars), rotation=20, ha='right', fontsize='small')
+    ax.set(title='Frozen vs fine-tuned encoder', ylabel='mIoU (7 classes) %')
+    ax.legend()
+    ax.grid(alpha=0.3, axis='y')
+    _save_figure(fig, path)
+
+
+# ---------------------------------------------------------------- checkpoints on held-out images
+
+def load_checkpoint(path):
+    """A checkpoint's contents, or one sentence on why it cannot be read."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f'{path} does not exist; a run writes runs/<name>/checkpoint.pt.')
+    try:
+        return torch.load(path, map_location='cpu', weights_only=False)
+    except Exception as error:
+        raise ValueError(f'could not read {path} ({error}); the file is damaged.') from None
+
+
+def load_network(checkpoint, source='checkpoint'):
+    """The segmentation or depth network a checkpoint holds, with its weights, in eval mode."""
+    task, decoder = checkpoint.get('task'), checkpoint.get('decoder', 'unet')
+    if task not in ('seg', 'depth') or decoder not in models.DECODERS:
+        raise ValueError(f'{source} holds a {task} network with a {decoder} decoder; only segmentation and depth '
+                         f'networks are evaluated on images.')
+    arch, normalization = checkpoint['arch'], checkpoint['normalization']
+    net = (models.build_seg_net(arch, checkpoint.get('num_classes') or len(CITYSCAPES_CLASSES), normalization, decoder)
+           if task == 'seg' else models.build_depth_net(arch, normalization, decoder))
+    try:
+        net.load_state_dict(checkpoint['model'])
+    except RuntimeError as error:
+        raise ValueError(f'{source} does not fit a {arch} {decoder} {task} network: '
+                         f'{str(error).splitlines()[-1].strip()}') from None
+    return net.eval()
+
+
+def held_out_set(checkpoint, root):
+    """The images a checkpoint was not trained on, at its resolution: the labelled images outside its
+    few-shot pick (segmentation), or the test drive's frames with ground-truth depth (depth)."""
+    args = checkpoint.get('args') or {}
+    size = (checkpoint['height'], checkpoint['width'])
+    if checkpoint['task'] == 'seg':
+        files = data.semantic_files(root)
+        _, held_out = data.few_shot_split(len(files), args.get('train_size', 16), args.get('seed', 0))
+        return data.LabelledImages(root, held_out, *size)
+    return data.VideoSnippets(root, 'test', *size, frame_ids=(0,), with_depth=True)
+
+
+def evaluate_checkpoint(path, root, device=torch.device('cpu')):
+    """Metrics of one checkpoint on its held-out images: segmentation metrics, or the depth table
+    (median-scaled for self-supervised pre-training checkpoints, metric for fine-tuned depth)."""
+    checkpoint = load_checkpoint(path)
+    net = load_network(checkpoint, str(path)).to(device)
+    batches = torch.utils.data.DataLoader(held_out_set(checkpoint, root), batch_size=4)
+    if checkpoint['task'] == 'seg':
+        return evaluate_segmentation(net, batches, device, net.head.conv.out_channels)
+    args = checkpoint.get('args') or {}
+    return evaluate_depth(net, batches, device, args.get('min_depth', 0.1), args.get('max_depth', 100.0),
+                          args.get('eval_max_depth', 80.0), median_scaling='supervision' in args)
+
+
+def _common_held_out(runs, root, count):
+    """Up to `count` items, as one batch, held out by every run (their few-shot picks differ with the seed)."""
+    sets = [held_out_set(load_checkpoint(run['checkpoint']), root) for run in runs]
+    if isinstance(sets[0], data.LabelledImages):
+        common = set.intersection(*({str(image) for image, _ in s.files} for s in sets))
+        indices = [i for i, (image, _) in enumerate(sets[0].files) if str(image) in common][:count]
+    else:
+        indices = list(range(0, len(sets[0]), max(1, len(sets[0]) // count)))[:count]
+    if not indices:
+        raise ValueError('the runs share no held-out image: compare runs with overlapping evaluation sets.')
+    return torch.utils.data.default_collate([sets[0][i] for i in indices])
+
+
+@torch.no_grad()
+def plot_qualitative(runs, root, path, count=4):
+    """PNG grid, one row per held-out image: the image, its ground truth, then each run's prediction
+    (segmentation in the Cityscapes palette; depth as disparity in magma, ground truth as 1/depth)."""
+    seg = _task(runs[0]) == 'seg'
+    batch = _common_held_out(runs, root, count)
+    images = batch['image'] if seg else batch['frames'][:, 0]
+    if seg:
+        truth = colourise(batch['label'])
+    else:
+        depth = batch['depth'][:, 0]
+        truth = torch.where(depth > 0, 1 / depth.clamp(min=1e-3), 0.0)
+    cmap = None if seg else 'magma'
+    columns = [('image', images.permute(0, 2, 3, 1), None), ('ground truth', truth, cmap)]
+    for run in runs:
+        out = load_network(load_checkpoint(run['checkpoint']), run['name'])(images)
+        columns.append((run['name'], colourise(out.argmax(1)) if seg else out[0][:, 0], cmap))
+    fig, axes = _figure(len(columns), len(images), width=3, height=1.2)
+    for c, (title, pictures, colour_map) in enumerate(columns):
+        axes[0, c].set_title(title, fontsize='small')
+        for r, picture in enumerate(pictures):
+            axes[r, c].imshow(picture.numpy(), cmap=colour_map)
+            axes[r, c].axis('off')
+    _save_figure(fig, path)
+
+
+def grad_cam(net, images, layer):
+    """Fig. 6: where a layer's activations drive the prediction. The gradient of the summed scores of each
+    pixel's predicted class, averaged over space, weighs the layer's channels; their weighted sum, ReLU'd,
+    upsampled and scaled to [0, 1] per image, is the map [B, H, W] (Grad-CAM)."""
+    captured = {}
+    hook = layer.register_forward_hook(lambda module, inputs, output: captured.update(activation=output))
+    try:
+        logits = net(images)
+    finally:
+        hook.remove()
+    activation = captured['activation']
+    score = logits.gather(1, logits.argmax(1, keepdim=True)).sum()
+    gradient, = torch.autograd.grad(score, activation)
+    cam = torch.relu((gradient.mean((2, 3), keepdim=True) * activation).sum(1, keepdim=True))
+    cam = torch.nn.functional.interpolate(cam, images.shape[-2:], mode='bilinear', align_corners=False)[:, 0]
+    return (cam / cam.amax((1, 2), keepdim=True).clamp(min=1e-12)).detach()
+
+
+def plot_grad_cam(runs, root, path, count=4, layer='layer1'):
+    """PNG like the paper's Fig. 6: Grad-CAM of a shallow encoder layer for each segmentation run (rows)
+    on the same held-out images (columns), over the images."""
+    images = _common_held_out(runs, root, count)['image']
+    fig, axes = _figure(len(images), len(runs), width=3, height=1.3)
+    for r, run in enumerate(runs):
+        net = load_network(load_checkpoint(run['checkpoint']), run['name'])
+        cam = grad_cam(net, images, getattr(net.encoder, layer))
+        for c, (image, heat) in enumerate(zip(images, cam)):
+            axes[r, c].imshow(image.permute(1, 2, 0).numpy())
+            axes[r, c].imshow(heat.numpy(), cmap='jet', alpha=0.5)
+            axes[r, c].axis('off')
+        axes[r, 0].set_title(f'{run["name"]}: Grad-CAM of encoder.{layer}', fontsize='small', loc='left')
+    _save_figure(fig, path)
 
 
 def _write_text_atomic(path, text):
@@ -273,22 +554,65 @@ def _write_text_atomic(path, text):
     os.replace(tmp, path)
 
 
+def _data_root(args, runs):
+    """--data-root, else where the first run's data came from (the toy world by default)."""
+    return args.data_root or next((r['args'].get('data_root') for r in runs if r['args'].get('data_root')), 'data/toy')
+
+
+def write_figures(runs, out_dir, images, root):
+    """The figures: training curves (Fig. 2), mIoU vs train size (Fig. 3) and frozen vs fine-tuned (Fig. 4)
+    from the metrics; with `images`, qualitative grids and Grad-CAM (Fig. 6) from the runs' checkpoints."""
+    written = [out_dir / 'curves.png']
+    plot_curves(runs, written[0])
+    seg = [run for run in runs if _task(run) == 'seg']
+    if seg:
+        written += [out_dir / 'train_size.png', out_dir / 'frozen.png']
+        plot_train_size(seg, written[-2])
+        plot_frozen(seg, written[-1])
+    if images:
+        for task in ('seg', 'depth'):
+            chosen = [run for run in runs if _task(run) == task and Path(run['checkpoint']).is_file()]
+            if chosen:
+                written.append(out_dir / f'qualitative_{task}.png')
+                plot_qualitative(chosen, root, written[-1])
+        if any(_task(run) == 'seg' for run in runs):
+            written.append(out_dir / 'grad_cam.png')
+            plot_grad_cam([run for run in seg if Path(run['checkpoint']).is_file()], root, written[-1])
+    return written
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description='Tabulate and plot run folders or checkpoints.')
-    parser.add_argument('runs', nargs='+', help='run folders (runs/<name>/) or checkpoint files (.pt)')
-    parser.add_argument('--out-dir', default='results', help='where results.md and curves.png go')
+    parser = argparse.ArgumentParser(description='Tabulate and plot run folders, or evaluate one checkpoint.')
+    parser.add_argument('runs', nargs='*', help='run folders (runs/<name>/) or checkpoint files (.pt)')
+    parser.add_argument('--out-dir', default='results', help='where results.md and the figures go')
+    parser.add_argument('--images', action='store_true',
+                        help='also draw qualitative grids and Grad-CAM maps from the runs\' checkpoints (reads the data)')
+    parser.add_argument('--checkpoint', help='evaluate this one checkpoint on its held-out images and print the metrics')
+    parser.add_argument('--data-root', default=None, help='dataset folder (default: the runs\' own, else data/toy)')
     args = parser.parse_args(argv)
+    if args.checkpoint:
+        try:
+            checkpoint_args = load_checkpoint(args.checkpoint).get('args') or {}
+            root = args.data_root or checkpoint_args.get('data_root') or 'data/toy'
+            metrics = evaluate_checkpoint(args.checkpoint, root)
+        except (ValueError, FileNotFoundError) as error:
+            parser.error(str(error))
+        print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, list)}, indent=1))
+        return metrics
+    if not args.runs:
+        parser.error('give run folders or checkpoints to tabulate, or --checkpoint PATH to evaluate one')
     try:
         runs = [read_run(path) for path in args.runs]
+        out_dir = Path(args.out_dir)
+        tables = ('## Configurations (mean ± std over seeds)\n\n' + grouped_table(runs)
+                  + '\n## Every run\n\n' + results_table(runs))
+        print(tables)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _write_text_atomic(out_dir / 'results.md', tables)
+        written = write_figures(runs, out_dir, args.images, _data_root(args, runs))
     except (ValueError, FileNotFoundError) as error:
         parser.error(str(error))
-    table = results_table(runs)
-    print(table)
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _write_text_atomic(out_dir / 'results.md', table)
-    plot_curves(runs, out_dir / 'curves.png')
-    print(f'wrote {out_dir / "results.md"} and {out_dir / "curves.png"}')
+    print('wrote ' + ', '.join(str(p) for p in [out_dir / 'results.md'] + written))
 
 
 if __name__ == '__main__':

@@ -1,17 +1,29 @@
-"""Few-shot semantic segmentation, fine-tuned from a pre-trained network (paper Sect. 4.1, App. B.2).
+"""Few-shot fine-tuning from a pre-trained network: semantic segmentation (paper Sect. 4.1, App. B.2),
+or depth (the reverse direction of the minimal-transfer paper).
 
 The segmentation network is the depth network with its last layer replaced by a fresh K-class 1x1
 convolution at the finest scale (Fig. 1b): `--init depth` copies the depth checkpoint's encoder and
 decoder, `--init flow` only the flow network's encoder, `--init imagenet` torchvision's ImageNet encoder,
-`--init none` starts from random weights. `--freeze-encoder` keeps the encoder's weights
-and its BatchNorm statistics fixed and trains the decoder only (Fig. 1d). Training minimises the
-negative log-likelihood (eq. 12) with Adam and a cosine schedule per iteration, on `--train-size`
-labelled images picked with the seed; every other labelled image is the evaluation set.
+`--init none` starts from random weights. `--reset-decoder` keeps only the encoder's initialisation
+(Table 2, "encoder only"); `--decoder deeplab` puts torchvision's DeepLabV3 head on the (dilated)
+pre-trained encoder instead, the common practice of Fig. 1a/1c. `--freeze-encoder` keeps the encoder's
+weights and its BatchNorm statistics fixed and trains the rest (Fig. 1d).
+
+Segmentation minimises the negative log-likelihood (eq. 12) on `--train-size` labelled images picked
+with the seed; every other labelled image is the evaluation set. `--task depth` instead fits
+ground-truth depth (L1 of eq. 15 or SILog) on `--train-size` frames of the training drives and is
+scored on the test drive with the full depth table. Optimisers and schedules: Adam with a cosine
+schedule per iteration by default (App. B.2), or AdamW / SGD, polynomial or linear decay, warm-up, and a
+smaller learning rate for the encoder.
 
     python finetune.py --init depth --freeze-encoder
     python finetune.py --init none
+    python finetune.py --init imagenet --decoder deeplab
+    python finetune.py --task depth --init runs/seg-depth-unet-full-n16-resnet18-64x192-s0/checkpoint.pt --loss silog
 """
 import argparse
+import math
+import re
 import sys
 from pathlib import Path
 
@@ -21,30 +33,61 @@ import data
 import evaluate
 import losses
 import models
-from pretrain import (Run, add_common_args, autocast, benchmark, check_args, cosine_schedule,
-                      data_root, forever, loader, open_dataset, optimisation_step, pick_device, restore, save_image_grid,
-                      to_device, train)
+from pretrain import (Run, add_common_args, autocast, benchmark, check_args, data_root, forever,
+                      loader, open_dataset, optimisation_step, pick_device, restore, save_depth_sample,
+                      save_image_grid, to_device, train)
 
 NUM_CLASSES = len(evaluate.CITYSCAPES_CLASSES)
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description='Fine-tune a network for few-shot semantic segmentation.')
-    parser.add_argument('--task', choices=['seg'], default='seg', help='the downstream task')
+    parser = argparse.ArgumentParser(description='Fine-tune a pre-trained network for few-shot segmentation or depth.')
+    parser.add_argument('--task', choices=['seg', 'depth'], default='seg', help='the downstream task')
     parser.add_argument('--init', default='none',
                         help='none (random weights), imagenet (torchvision\'s weights), depth or flow '
                              '(checkpoints/<name>.pt from pretrain.py), or a checkpoint path')
+    parser.add_argument('--decoder', choices=models.DECODERS, default='unet',
+                        help='unet: the pre-trained encoder-decoder, last layer replaced (Fig. 1b); deeplab: '
+                             'torchvision\'s DeepLabV3 head on the dilated encoder (Fig. 1a/1c)')
+    parser.add_argument('--reset-decoder', action='store_true',
+                        help='load only the encoder from --init; the decoder starts from random weights (Table 2)')
     parser.add_argument('--freeze-encoder', action='store_true',
-                        help='keep encoder weights and BatchNorm statistics fixed; train the decoder only')
+                        help='keep encoder weights and BatchNorm statistics fixed; train the rest only')
     parser.add_argument('--train-size', type=int, default=16, help='labelled training images (the paper: 16)')
+    parser.add_argument('--loss', choices=['l1', 'silog'], default='silog',
+                        help='--task depth: masked L1 (eq. 15) or the scale-invariant log loss (Sect. 2.3)')
+    parser.add_argument('--silog-lambda', type=float, default=0.5, help='lambda of SILog (1: scale-invariant)')
+    parser.add_argument('--min-depth', type=float, default=0.1, help='--task depth: depth of disparity 1 (m)')
+    parser.add_argument('--max-depth', type=float, default=100.0, help='--task depth: depth of disparity 0 (m)')
+    parser.add_argument('--eval-max-depth', type=float, default=80.0, help='--task depth: evaluation cap (m)')
+    parser.add_argument('--optim', choices=['adam', 'adamw', 'sgd'], default='adam', help='the optimiser')
+    parser.add_argument('--weight-decay', type=float, default=0.0, help='weight decay (decoupled for adamw)')
+    parser.add_argument('--momentum', type=float, default=0.9, help='momentum of sgd')
+    parser.add_argument('--schedule', choices=['cosine', 'poly', 'linear'], default='cosine',
+                        help='learning-rate decay per iteration: cosine (App. B.2), poly (power 0.9, DeepLab, '
+                             'App. B.4) or linear (xNet)')
+    parser.add_argument('--warmup', type=int, default=0, help='iterations of linear warm-up before the decay')
+    parser.add_argument('--encoder-lr-mult', type=float, default=1.0,
+                        help='the encoder\'s learning rate is --lr times this (e.g. 0.1 for a pre-trained encoder)')
     add_common_args(parser, iters=300, lr=3e-4, batch_size=8, eval_every=50)
     args = parser.parse_args(argv)
-    frozen = 'frozen' if args.freeze_encoder else 'full'
-    init_name = Path(args.init).stem if args.init.endswith('.pt') else args.init
-    args.name = args.name or (f'{args.task}-{init_name}-{frozen}-n{args.train_size}-{args.arch}-'
-                              f'{args.height}x{args.width}-s{args.seed}')
+    args.name = args.name or run_name(args)
     check_args(args)
+    if not 0 <= args.warmup < args.iters:
+        raise SystemExit(f'--warmup must be between 0 and --iters - 1 ({args.iters - 1}); got {args.warmup}.')
     return args
+
+
+def run_name(args):
+    """A run folder name saying what was fine-tuned, from what, how; runs differing only in seed share
+    all of it up to the seed."""
+    init = Path(args.init).stem if args.init.endswith('.pt') else args.init
+    if init == 'checkpoint':  # runs/<name>/checkpoint.pt: the run's name says more, but for its seed
+        init = re.sub(r'-s\d+$', '', Path(args.init).parent.name)
+    decoder = args.decoder + ('-reset' if args.reset_decoder else '')
+    frozen = 'frozen' if args.freeze_encoder else 'full'
+    task = args.task + (f'-{args.loss}' if args.task == 'depth' else '')
+    return f'{task}-{init}-{decoder}-{frozen}-n{args.train_size}-{args.arch}-{args.height}x{args.width}-s{args.seed}'
 
 
 def init_checkpoint(init):
@@ -59,37 +102,72 @@ def init_checkpoint(init):
         raise SystemExit(f'--init {init}: could not read {path} ({error}); the file is damaged.') from None
 
 
-def build_network(args):
-    """The segmentation net, initialised as --init says; image normalisation follows the weights.
+def transferable_parts(checkpoint, args):
+    """Which parts of a checkpoint's network carry over: the encoder always; the decoder when it is the
+    same kind and not reset (never from flow, whose decoder reads two frames); the head when the task
+    is the same too (a depth checkpoint fine-tuned for depth, a segmentation one for segmentation)."""
+    parts = ['encoder.']
+    same_decoder = checkpoint.get('decoder', 'unet') == args.decoder and checkpoint['task'] != 'flow'
+    if same_decoder and not args.reset_decoder:
+        parts.append('decoder.')
+        if checkpoint['task'] == args.task:
+            parts.append('head.')
+    return parts
 
-    none: random weights; imagenet: torchvision's ImageNet encoder; a depth checkpoint: its encoder and
-    decoder (only the 1x1 head is new); a flow checkpoint: its encoder only, since the siamese decoder
-    reads two frames' features and has another shape.
-    """
-    if args.init in ('none', 'imagenet'):
-        net = models.build_seg_net(args.arch, NUM_CLASSES, 'unit' if args.init == 'none' else 'imagenet')
-        if args.init == 'imagenet':
-            try:
-                models.load_imagenet_weights(net.encoder, args.arch)
-            except FileNotFoundError as error:
-                raise SystemExit(f'--init imagenet: {error}') from None
-            print(f'Initialised the encoder from torchvision\'s ImageNet {args.arch} weights; the decoder is new.')
-        return net
-    path, checkpoint = init_checkpoint(args.init)
-    if checkpoint.get('arch') != args.arch:
-        raise SystemExit(f'--init {args.init}: {path} holds a {checkpoint.get("arch")} network; '
-                         f'pass --arch {checkpoint.get("arch")}.')
-    net = models.build_seg_net(args.arch, NUM_CLASSES, checkpoint['normalization'])
-    parts = ('encoder.',) if checkpoint['task'] == 'flow' else ('encoder.', 'decoder.')
-    try:
-        loaded = models.load_parts(net, checkpoint['model'], parts, source=str(path))
-    except ValueError as error:
-        raise SystemExit(f'--init {args.init}: {error}') from None
-    print(f'Initialised {len(loaded)} {" and ".join(p[:-1] for p in parts)} tensors from {path} '
-          f'({checkpoint["task"]}, {checkpoint["normalization"]} normalisation); '
-          + ('the decoder does not transfer from a flow network (it reads two frames\' features) and starts '
-             'from random weights, and ' if checkpoint['task'] == 'flow' else '') + 'the 1x1 head is new.')
+
+def build_network(args):
+    """The network for --task and --decoder, initialised as --init says; image normalisation follows the
+    weights (ImageNet mean/std for ImageNet weights, else what the checkpoint was trained with)."""
+    checkpoint = None
+    if args.init not in ('none', 'imagenet'):
+        path, checkpoint = init_checkpoint(args.init)
+        if checkpoint.get('arch') != args.arch:
+            raise SystemExit(f'--init {args.init}: {path} holds a {checkpoint.get("arch")} network; '
+                             f'pass --arch {checkpoint.get("arch")}.')
+    normalization = checkpoint['normalization'] if checkpoint else 'imagenet' if args.init == 'imagenet' else 'unit'
+    net = (models.build_seg_net(args.arch, NUM_CLASSES, normalization, args.decoder) if args.task == 'seg'
+           else models.build_depth_net(args.arch, normalization, args.decoder))
+    if args.init == 'imagenet':
+        try:
+            models.load_imagenet_weights(net.encoder, args.arch)
+        except FileNotFoundError as error:
+            raise SystemExit(f'--init imagenet: {error}') from None
+        print(f'Initialised the encoder from torchvision\'s ImageNet {args.arch} weights; the rest is new.')
+    elif checkpoint:
+        parts = transferable_parts(checkpoint, args)
+        try:
+            loaded = models.load_parts(net, checkpoint['model'], parts, source=str(path))
+        except ValueError as error:
+            raise SystemExit(f'--init {args.init}: {error}') from None
+        new = [p[:-1] for p in ('decoder.', 'head.') if p not in parts]
+        why = (' (a flow network\'s decoder reads two frames\' features: it does not transfer)'
+               if checkpoint['task'] == 'flow' else '')
+        print(f'Initialised {len(loaded)} tensors of the {", ".join(p[:-1] for p in parts)} from {path} '
+              f'({checkpoint["task"]}, {checkpoint.get("decoder", "unet")} decoder, {normalization} normalisation); '
+              f'new: {", ".join(new)}{why}.')
     return net
+
+
+def make_optimizer(net, args):
+    """--optim over the trainable parameters, the encoder's at --lr x --encoder-lr-mult."""
+    encoder = [p for p in net.encoder.parameters() if p.requires_grad]
+    rest = [p for name, p in net.named_parameters() if not name.startswith('encoder.') and p.requires_grad]
+    groups = [dict(params=rest)] + ([dict(params=encoder, lr=args.lr * args.encoder_lr_mult)] if encoder else [])
+    if args.optim == 'sgd':
+        return torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    optimizer = torch.optim.AdamW if args.optim == 'adamw' else torch.optim.Adam
+    return optimizer(groups, lr=args.lr, weight_decay=args.weight_decay)
+
+
+def lr_schedule(name, iters, warmup=0):
+    """The learning-rate factor at each iteration: linear warm-up over `warmup` iterations, then cosine
+    (App. B.2), polynomial with power 0.9 (DeepLab, App. B.4) or linear decay towards 0."""
+    def factor(it):
+        if it < warmup:
+            return (it + 1) / warmup
+        t = min(it - warmup, iters - warmup) / (iters - warmup)
+        return {'cosine': 0.5 * (1 + math.cos(math.pi * t)), 'poly': (1 - t) ** 0.9, 'linear': 1 - t}[name]
+    return factor
 
 
 def set_train_mode(net, freeze_encoder):
@@ -99,18 +177,7 @@ def set_train_mode(net, freeze_encoder):
         net.encoder.eval()
 
 
-@torch.no_grad()
-def evaluate_segmentation(net, eval_batches, device):
-    """Segmentation metrics over the held-out labelled images, from one confusion matrix."""
-    net.eval()
-    confusion = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.long)
-    for batch in eval_batches:
-        pred = net(batch['image'].to(device)).argmax(1)
-        confusion += evaluate.confusion_matrix(pred, batch['label'].to(device), NUM_CLASSES)
-    return evaluate.segmentation_metrics(confusion)
-
-
-def save_sample(net, batch, path, device):
+def save_seg_sample(net, batch, path, device):
     """A PNG: images, ground truth and predictions, in the Cityscapes colours."""
     net.eval()
     with torch.no_grad():
@@ -119,31 +186,76 @@ def save_sample(net, batch, path, device):
                      evaluate.colourise(pred)], path)
 
 
+def segmentation_task(args, root, net, device):
+    """(training batches, loss of a batch, evaluation, sample) for few-shot segmentation."""
+    files = open_dataset(data.semantic_files, root)
+    train_ids, eval_ids = few_shot(len(files), args)
+    train_set = data.LabelledImages(root, train_ids, args.height, args.width, augment=True)
+    eval_set = data.LabelledImages(root, eval_ids, args.height, args.width)
+    eval_batches = list(torch.utils.data.DataLoader(eval_set, batch_size=args.batch_size))
+    sample = {k: v[:4] for k, v in eval_batches[0].items()}
+
+    def loss_fn(batch):
+        with autocast(device):
+            logits = net(batch['image'])
+        return losses.nll_loss(logits.float(), batch['label'])  # eq. 12
+
+    def evaluate_now(iteration, folder):
+        save_seg_sample(net, sample, folder / f'sample_{iteration:06d}.png', device)
+        return evaluate.evaluate_segmentation(net, eval_batches, device, NUM_CLASSES)
+    return train_set, loss_fn, evaluate_now
+
+
+def depth_task(args, root, net, device):
+    """(training set, loss of a batch, evaluation) for few-shot depth: --train-size frames of the training
+    drives with ground truth, flipped as in fine-tuning; scored, without median scaling, on the test drive."""
+    frames = open_dataset(data.VideoSnippets, root, 'train', args.height, args.width, frame_ids=(0,),
+                          augment=True, with_depth=True, jitter=False)
+    train_set = torch.utils.data.Subset(frames, few_shot(len(frames), args)[0])
+    test_set = open_dataset(data.VideoSnippets, root, 'test', args.height, args.width, frame_ids=(0,), with_depth=True)
+    test_batches = list(loader(test_set, args, device, shuffle=False))
+    sample = torch.cat([b['frames'] for b in test_batches[::max(1, len(test_batches) // 4)][:4]]).to(device)
+
+    def loss_fn(batch):
+        with autocast(device):
+            disp = net(batch['frames_aug'][:, 0])[0].float()
+        depth = models.disp_to_depth(disp, args.min_depth, args.max_depth)
+        if args.loss == 'silog':
+            return losses.silog_loss(depth, batch['depth'], lam=args.silog_lambda)  # Sect. 2.3
+        return losses.l1_depth_loss(depth, batch['depth'])  # eq. 15
+
+    def evaluate_now(iteration, folder):
+        save_depth_sample(net, sample, folder / f'sample_{iteration:06d}.png')
+        return evaluate.evaluate_depth(net, test_batches, device, args.min_depth, args.max_depth,
+                                       args.eval_max_depth, median_scaling=False)
+    return train_set, loss_fn, evaluate_now
+
+
+def few_shot(count, args):
+    """--train-size of `count` items picked with --seed, and the rest; a size that cannot work stops the run."""
+    try:
+        return data.few_shot_split(count, args.train_size, args.seed)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
+
+
 def main(argv=None):
     args = parse_args(argv)
     torch.manual_seed(args.seed)
     device = pick_device(args.device)
     root = data_root(args)
-    files = open_dataset(data.semantic_files, root)
-    try:
-        train_ids, eval_ids = data.few_shot_split(len(files), args.train_size, args.seed)
-    except ValueError as error:
-        raise SystemExit(str(error)) from None
     net = build_network(args).to(device)
     if args.freeze_encoder:
         net.encoder.requires_grad_(False)
     set_train_mode(net, args.freeze_encoder)
-    train_set = data.LabelledImages(root, train_ids, args.height, args.width, augment=True)
-    eval_set = data.LabelledImages(root, eval_ids, args.height, args.width)
+    task = segmentation_task if args.task == 'seg' else depth_task
+    train_set, loss_fn, evaluate_now = task(args, root, net, device)
     batches = forever(loader(train_set, args, device, shuffle=True))
-    optimizer = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=args.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_schedule(args.iters))
+    optimizer = make_optimizer(net, args)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(args.schedule, args.iters, args.warmup))
 
     def step(batch):
-        batch = to_device(batch, device)
-        with autocast(device):
-            logits = net(batch['image'])
-        return optimisation_step(losses.nll_loss(logits.float(), batch['label']), optimizer, scheduler)  # eq. 12
+        return optimisation_step(loss_fn(to_device(batch, device)), optimizer, scheduler)
 
     if args.bench:
         return benchmark(step, batches, args.bench, args.batch_size, device)
@@ -152,25 +264,24 @@ def main(argv=None):
     state = dict(iter=0, metrics={})
     if args.resume:
         state = restore(run, device, {'model': net}, optimizer, scheduler)
-    eval_batches = list(torch.utils.data.DataLoader(eval_set, batch_size=args.batch_size))
-    sample = {k: v[:4] for k, v in eval_batches[0].items()}
 
-    def evaluate_now(iteration):
-        save_sample(net, sample, run.path / f'sample_{iteration:06d}.png', device)
-        metrics = evaluate_segmentation(net, eval_batches, device)
+    def evaluate_and_resume(iteration):
+        metrics = evaluate_now(iteration, run.path)
         set_train_mode(net, args.freeze_encoder)
         return metrics
 
     def checkpoint(iteration):
         return dict(model=net.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                    task=args.task, arch=args.arch, decoder='unet', normalization=net.normalization,
-                    num_classes=NUM_CLASSES, height=args.height, width=args.width, args=vars(args),
-                    iter=iteration, metrics=state['metrics'])
+                    task=args.task, arch=args.arch, decoder=args.decoder, normalization=net.normalization,
+                    num_classes=NUM_CLASSES if args.task == 'seg' else None, height=args.height, width=args.width,
+                    args=vars(args), iter=iteration, metrics=state['metrics'])
 
-    train(args, run, step, batches, state, evaluate_now, checkpoint)
+    train(args, run, step, batches, state, evaluate_and_resume, checkpoint)
     m = state['metrics']
-    print(f'Segmentation after {args.iters} iterations: mIoU (7 classes) {100 * m["miou7"]:.2f}, '
-          f'mIoU {100 * m["miou"]:.2f}, pixel accuracy {100 * m["pixel_acc"]:.2f}. Wrote {run.path}.')
+    summary = (f'mIoU (7 classes) {100 * m["miou7"]:.2f}, mIoU {100 * m["miou"]:.2f}, pixel accuracy '
+               f'{100 * m["pixel_acc"]:.2f}' if args.task == 'seg' else
+               f'abs_rel {m["abs_rel"]:.3f}, rmse {m["rmse"]:.3f}, SI-RMSE {m["si_rmse"]:.3f}')
+    print(f'{args.task} after {args.iters} iterations: {summary}. Wrote {run.path}.')
 
 
 if __name__ == '__main__':

@@ -174,20 +174,20 @@ def flow_photometric_error(pred, target, colour_weight=0.15, ssim_weight=0.15):
             + ssim_weight * 2 * ssim(pred, target).mean(1, keepdim=True))
 
 
-def l1_depth_loss(pred, gt):
-    """Mean |pred - gt| over pixels with a measurement (gt > 0) (eq. 15)."""
-    valid = gt > 0
-    return (pred[valid] - gt[valid]).abs().mean()
+def l1_depth_loss(pred, target, mask=None):
+    """Mean |pred - target| over measured pixels (mask; by default target > 0) (eq. 15)."""
+    mask = target > 0 if mask is None else mask
+    return (pred[mask] - target[mask]).abs().mean()
 
 
-def silog_loss(pred, gt, lam=0.5):
-    """Scale-invariant log loss per image [B,1,H,W] over pixels with a measurement (gt > 0), averaged
-    over images: with d = log pred - log gt, mean(d^2) - lam * mean(d)^2 (minimal-transfer paper,
-    Sect. 2.3, after Eigen et al.). lam = 1 ignores each image's global scale, lam = 0 is the squared
-    log error."""
-    valid = gt > 0
-    d = torch.where(valid, pred.clamp(min=1e-6).log() - gt.clamp(min=1e-6).log(), 0.0)
-    n = valid.sum((1, 2, 3))
+def silog_loss(pred, target, mask=None, lam=0.5):
+    """Scale-invariant log loss per image [B,1,H,W] over measured pixels (mask; by default target > 0),
+    averaged over images: with d = log pred - log target, mean(d^2) - lam * mean(d)^2 (minimal-transfer
+    paper, Sect. 2.3, after Eigen et al.). lam = 1 ignores each image's global scale, lam = 0 is the
+    squared log error."""
+    mask = target > 0 if mask is None else mask
+    d = torch.where(mask, pred.clamp(min=1e-6).log() - target.clamp(min=1e-6).log(), 0.0)
+    n = mask.sum((1, 2, 3))
     has = n > 0  # images without any measurement do not count
     mean_d2, mean_d = (d ** 2).sum((1, 2, 3))[has] / n[has], d.sum((1, 2, 3))[has] / n[has]
     return (mean_d2 - lam * mean_d ** 2).mean()  # Sect. 2.3

@@ -10,8 +10,10 @@ import os
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 import torchvision
 from torchvision.models.resnet import BasicBlock, Bottleneck
+from torchvision.models.segmentation.deeplabv3 import DeepLabHead
 
 ENCODER_CHANNELS = {'resnet18': [64, 64, 128, 256, 512], 'resnet50': [64, 256, 512, 1024, 2048]}
 NORMALIZATION = {'imagenet': ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), 'unit': ((0., 0., 0.), (1., 1., 1.))}
@@ -112,6 +114,33 @@ class UNetDecoder(nn.Module):
         return outputs  # finest first: full, 1/2, 1/4, 1/8 resolution
 
 
+def dilate(encoder):
+    """DeepLabV3's output stride 8: layer3 and layer4 keep layer2's resolution and widen their view with
+    dilated 3x3 convolutions (rates 2 and 4) instead of striding. Weights keep their shapes, so pre-trained
+    encoders load unchanged. (torchvision's replace_stride_with_dilation refuses ResNet-18's BasicBlock.)"""
+    for layer, rate in ((encoder.layer3, 2), (encoder.layer4, 4)):
+        for conv in (m for m in layer.modules() if isinstance(m, nn.Conv2d)):
+            conv.stride = (1, 1)
+            if conv.kernel_size == (3, 3):
+                conv.dilation, conv.padding = (rate, rate), (rate, rate)
+    return encoder
+
+
+class DeepLabDecoder(nn.Module):
+    """The common practice of the paper's Fig. 1a/1c: torchvision's DeepLabV3 head (ASPP, then a 3x3
+    conv-BN-ReLU) on the dilated encoder's last feature map, without its final 1x1 classifier, which is the
+    task head. Its single output is at 1/8 of the input; the head's prediction is upsampled to full size."""
+    num_ch_dec = (256,)
+    upsample_output = True
+
+    def __init__(self, num_ch_enc):
+        super().__init__()
+        self.layers = nn.Sequential(*list(DeepLabHead(num_ch_enc[-1], 1).children())[:-1])
+
+    def forward(self, features):
+        return [self.layers(features[-1])]
+
+
 class DispHead(nn.Module):
     """Sigmoid disparity at each of the four decoder scales, finest first."""
 
@@ -153,7 +182,27 @@ class EncoderDecoder(nn.Module):
 
     def forward(self, x):
         check_resolution(*x.shape[-2:])
-        return self.head(self.decoder(self.encoder((x - self.mean) / self.std)))
+        out = self.head(self.decoder(self.encoder((x - self.mean) / self.std)))
+        return _upsampled(out, x.shape[-2:]) if getattr(self.decoder, 'upsample_output', False) else out
+
+
+def _upsampled(out, size):
+    """Bilinear upsampling of a prediction (or a list of them) to the input size."""
+    if isinstance(out, list):
+        return [_upsampled(o, size) for o in out]
+    return F.interpolate(out, size, mode='bilinear', align_corners=False)
+
+
+def start_at_depth(depth_net, depth, min_depth=0.1, max_depth=100.0):
+    """Set the disparity head's biases so that, before training, it predicts about `depth` metres.
+
+    Monocular video fixes no scale, but a stereo baseline does: at the sigmoid's midpoint the depth is
+    0.2 m, where a 0.54 m baseline shifts pixels by more than the image width, every warped pixel comes
+    from outside the image and the loss has no gradient. Starting at a typical scene depth keeps the
+    stereo warp inside the image."""
+    scaled = (1 / depth - 1 / max_depth) / (1 / min_depth - 1 / max_depth)  # inverse of disp_to_depth
+    for conv in depth_net.head.convs:
+        nn.init.constant_(conv.bias, torch.logit(torch.tensor(scaled)).item())
 
 
 def disp_to_depth(disp, min_depth=0.1, max_depth=100.0):
@@ -215,16 +264,29 @@ class FlowNet(nn.Module):
         return self.head(self.decoder([torch.cat([f[:B], f[B:]], 1) for f in features]))
 
 
-def build_depth_net(arch='resnet18', normalization='unit'):
-    """U-Net predicting sigmoid disparity at four scales, finest first."""
-    encoder = ResnetEncoder(arch)
-    return EncoderDecoder(encoder, UNetDecoder(encoder.num_ch_enc), DispHead(), normalization)
+DECODERS = ('unet', 'deeplab')
 
 
-def build_seg_net(arch='resnet18', num_classes=19, normalization='unit'):
-    """The same U-Net with the 1x1 segmentation head, so a depth checkpoint's trunk loads into it."""
+def _encoder_and_decoder(arch, decoder):
+    """A ResNet encoder and the decoder named: Monodepth2's U-Net, or DeepLabV3's head on a dilated encoder."""
+    _check_choice('decoder', decoder, DECODERS)
     encoder = ResnetEncoder(arch)
-    return EncoderDecoder(encoder, UNetDecoder(encoder.num_ch_enc), SegHead(num_classes), normalization)
+    if decoder == 'deeplab':
+        return dilate(encoder), DeepLabDecoder(encoder.num_ch_enc)
+    return encoder, UNetDecoder(encoder.num_ch_enc)
+
+
+def build_depth_net(arch='resnet18', normalization='unit', decoder='unet'):
+    """Sigmoid disparity: at four scales, finest first, from the U-Net; one, upsampled, from DeepLab."""
+    encoder, trunk = _encoder_and_decoder(arch, decoder)
+    head = DispHead() if decoder == 'unet' else DispHead(trunk.num_ch_dec)
+    return EncoderDecoder(encoder, trunk, head, normalization)
+
+
+def build_seg_net(arch='resnet18', num_classes=19, normalization='unit', decoder='unet'):
+    """The same networks with a fresh 1x1 segmentation head, so a depth checkpoint's trunk loads into it."""
+    encoder, trunk = _encoder_and_decoder(arch, decoder)
+    return EncoderDecoder(encoder, trunk, SegHead(num_classes, trunk.num_ch_dec[0]), normalization)
 
 
 def build_pose_net(arch='resnet18', normalization='unit'):

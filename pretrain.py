@@ -23,7 +23,6 @@ device, the data root, the run folder (args.json, metrics.jsonl, samples, atomic
 """
 import argparse
 import json
-import math
 import os
 import resource
 import sys
@@ -245,11 +244,6 @@ def step_schedule(iters):
     return lambda it: 1.0 if it < 0.75 * iters else 0.1
 
 
-def cosine_schedule(iters):
-    """Cosine decay per iteration (paper App. B.2)."""
-    return lambda it: 0.5 * (1 + math.cos(math.pi * min(it, iters) / iters))
-
-
 def peak_memory_mb(device):
     if device.type == 'cuda':
         return torch.cuda.max_memory_allocated(device) / 2 ** 20
@@ -299,6 +293,7 @@ def train(args, run, step, batches, state, evaluate_now, checkpoint):
 # ------------------------------------------------------------------------------------------------
 
 SUPERVISIONS = ('mono', 'stereo', 'mono+stereo', 'gt')
+METRIC_START_DEPTH = 10.0  # metres: where depth networks with a metric supervision start (models.start_at_depth)
 
 
 def parse_args(argv=None):
@@ -422,36 +417,14 @@ def supervised_depth_loss(disps, batch, args):
     for disp in disps[:args.scales]:
         depth = models.disp_to_depth(F.interpolate(disp, gt.shape[-2:], mode='bilinear', align_corners=False),
                                      args.min_depth, args.max_depth)
-        total = total + (losses.silog_loss(depth, gt, args.silog_lambda) if args.depth_loss == 'silog'
+        total = total + (losses.silog_loss(depth, gt, lam=args.silog_lambda) if args.depth_loss == 'silog'
                          else losses.l1_depth_loss(depth, gt))
     return total / args.scales
 
 
-def mean_metrics(results):
-    """The average of a list of metric dicts (one per test batch)."""
-    return {k: sum(r[k] for r in results) / len(results) for k in results[0]}
-
-
-@torch.no_grad()
-def evaluate_depth(depth_net, test_batches, device, args):
-    """Median-scaled depth metrics on the held-out frames with ground truth, capped at 80 m; the
-    prediction is upsampled to the ground truth's resolution (Monodepth2's protocol). For metric
-    supervisions (stereo, gt) `median_scale` near 1 shows the scale was learned."""
-    depth_net.eval()
-    results = []
-    for batch in test_batches:
-        gt = batch['depth'].to(device)
-        disp = depth_net(batch['frames'][:, 0].to(device))[0].float()
-        disp = F.interpolate(disp, gt.shape[-2:], mode='bilinear', align_corners=False)
-        pred = models.disp_to_depth(disp, args.min_depth, args.max_depth)
-        results.append(evaluate.depth_metrics(pred, gt, max_depth=args.eval_max_depth, median_scaling=True))
-    depth_net.train()
-    return mean_metrics(results)
-
-
 def constant_baseline(test_batches, args):
     """What predicting one depth everywhere (median-scaled) scores on the same frames."""
-    return mean_metrics([evaluate.constant_depth_baseline(b['depth'], max_depth=args.eval_max_depth)
+    return evaluate.mean_metrics([evaluate.constant_depth_baseline(b['depth'], max_depth=args.eval_max_depth)
                          for b in test_batches])
 
 
@@ -509,6 +482,8 @@ def pretrain_depth(args, root, device):
     if mono:
         networks['pose_net'] = models.build_pose_net(args.arch, normalization)
     init_encoders(args, *(net.encoder for net in networks.values()))
+    if args.supervision != 'mono':  # metric supervision: start where the scale is meaningful
+        models.start_at_depth(networks['model'], METRIC_START_DEPTH, args.min_depth, args.max_depth)
     for net in networks.values():
         net.to(device)
     depth_net, pose_net = networks['model'], networks.get('pose_net')
@@ -527,7 +502,10 @@ def pretrain_depth(args, root, device):
 
     def evaluate_now(iteration, folder):
         save_depth_sample(depth_net, sample, folder / f'sample_{iteration:06d}.png')
-        return evaluate_depth(depth_net, test_batches, device, args)
+        metrics = evaluate.evaluate_depth(depth_net, test_batches, device, args.min_depth, args.max_depth,
+                                          args.eval_max_depth, median_scaling=True)
+        depth_net.train()
+        return metrics
 
     return run_pretraining(args, networks, loss_fn, batches, lambda: constant_baseline(test_batches, args), evaluate_now,
                     dict(decoder='unet', supervision=args.supervision))
@@ -565,7 +543,7 @@ def evaluate_flow(flow_net, pairs, device):
         flow = resize_flow(flow_net(frames[:, 0], frames[:, 1])[0].float(), gt.shape[-2:])
         results.append(evaluate.flow_metrics(flow, gt, batch['valid'].to(device)))
     flow_net.train()
-    return mean_metrics(results)
+    return evaluate.mean_metrics(results)
 
 
 def save_flow_sample(flow_net, frames, path):
@@ -596,7 +574,8 @@ def pretrain_flow(args, root, device):
     sample = torch.cat([b['frames'] for b in pairs[::max(1, len(pairs) // 4)][:4]]).to(device)
 
     def baseline():
-        return mean_metrics([evaluate.flow_metrics(torch.zeros_like(b['flow']), b['flow'], b['valid']) for b in pairs])
+        return evaluate.mean_metrics([evaluate.flow_metrics(torch.zeros_like(b['flow']), b['flow'], b['valid'])
+                                      for b in pairs])
 
     def evaluate_now(iteration, folder):
         save_flow_sample(flow_net, sample, folder / f'sample_{iteration:06d}.png')

@@ -168,11 +168,11 @@ def test_results_table(runs):
     assert 'seg_depth_frozen' in seg_part and 'depth_mono' in depth_part
     row = next(line for line in seg_part.splitlines() if line.startswith('| seg_depth_frozen'))
     cells = [cell.strip() for cell in row.strip('|').split('|')]
-    assert cells == ['seg_depth_frozen', 'seg', 'depth', 'yes', '16', 'resnet18', '96x320', '200',
+    assert cells == ['seg_depth_frozen', 'seg', 'depth', '–', 'yes', '16', 'resnet18', '96x320', '200',
                      '63.21', '41.00', '85.00']
     row = next(line for line in depth_part.splitlines() if line.startswith('| depth_mono'))
-    assert [cell.strip() for cell in row.strip('|').split('|')][-6:] == \
-        ['0.123', '1.500', '6.250', '0.200', '0.875', '0.350']
+    cells = [cell.strip() for cell in row.strip('|').split('|')]
+    assert cells[-11:] == ['0.123', '1.500', '6.250', '0.200', '–', '0.875', '–', '–', '–', '–', '0.350']
 
 
 def test_plot_curves(runs, tmp_path):
@@ -190,7 +190,8 @@ def test_cli(runs, tmp_path, capsys):
     table = (out_dir / 'results.md').read_text()
     assert table in printed and '63.21' in table and 'curves.png' in printed
     assert matplotlib.image.imread(out_dir / 'curves.png').shape[0] > 100
-    assert sorted(p.name for p in out_dir.iterdir()) == ['curves.png', 'results.md']  # no temp files left
+    assert sorted(p.name for p in out_dir.iterdir()) == ['curves.png', 'frozen.png', 'results.md',
+                                                         'train_size.png']  # no temp files left
 
 
 def test_cli_bad_path(runs, tmp_path, capsys):
@@ -201,3 +202,89 @@ def test_cli_bad_path(runs, tmp_path, capsys):
     error = capsys.readouterr().err
     assert 'stray.log is not a run' in error
     assert not (tmp_path / 'results').exists()
+
+
+def _seg_runs(tmp_path, init, frozen, miou7s, train_size=16):
+    """Hand-made segmentation run folders, one per seed, ending at the given mIoU (7 classes)."""
+    folders = []
+    for seed, miou7 in enumerate(miou7s):
+        name = f"seg-{init}-unet-{'frozen' if frozen else 'full'}-n{train_size}-resnet18-64x192-s{seed}"
+        args = dict(task='seg', init=init, decoder='unet', freeze_encoder=frozen, train_size=train_size,
+                    arch='resnet18', height=64, width=192, iters=100, seed=seed, name=name, runs=str(tmp_path))
+        folders.append(_write_run(tmp_path / name, args, [
+            {'iter': 50, 'split': 'eval', 'miou7': miou7 / 2, 'miou': 0.1, 'pixel_acc': 0.5},
+            {'iter': 100, 'split': 'eval', 'miou7': miou7, 'miou': 0.2, 'pixel_acc': 0.8}]))
+    return folders
+
+
+def test_runs_differing_only_in_seed_are_grouped_with_mean_and_std(tmp_path):
+    paths = (_seg_runs(tmp_path, 'depth', False, [0.60, 0.70, 0.80]) + _seg_runs(tmp_path, 'none', False, [0.5, 0.5])
+             + _seg_runs(tmp_path, 'depth', True, [0.4]))
+    runs = [evaluate.read_run(p) for p in paths]
+    groups = evaluate.group_runs(runs)
+    assert [(label, len(members)) for label, members in groups] == [
+        ('seg-depth-unet-full-n16-resnet18-64x192', 3), ('seg-none-unet-full-n16-resnet18-64x192', 2),
+        ('seg-depth-unet-frozen-n16-resnet18-64x192', 1)]
+    table = evaluate.grouped_table(runs)
+    row = next(line for line in table.splitlines() if line.startswith('| seg-depth-unet-full'))
+    cells = [cell.strip() for cell in row.strip('|').split('|')]
+    assert cells[9] == '3' and cells[10] == '70.00 ± 10.00'  # sample std of 0.6, 0.7, 0.8
+    assert '50.00 ± 0.00' in table
+
+
+def test_train_size_and_frozen_figures_are_readable_pngs(tmp_path):
+    paths = []
+    for size, base in ((4, 0.3), (16, 0.5), (64, 0.7)):
+        for init, bonus in (('depth', 0.1), ('none', 0.0)):
+            paths += _seg_runs(tmp_path, init, False, [base + bonus, base + bonus + 0.02], train_size=size)
+    paths += _seg_runs(tmp_path, 'depth', True, [0.55, 0.57]) + _seg_runs(tmp_path, 'none', True, [0.2, 0.25])
+    runs = [evaluate.read_run(p) for p in paths]
+    for plot, name in ((evaluate.plot_train_size, 'fig3.png'), (evaluate.plot_frozen, 'fig4.png'),
+                       (evaluate.plot_curves, 'fig2.png')):
+        plot(runs, tmp_path / name)
+        image = matplotlib.image.imread(tmp_path / name)
+        assert image.ndim == 3 and image.shape[0] > 200 and image.std() > 0.01
+
+
+@pytest.fixture
+def trained_runs(toy_root, tmp_path):
+    """Two hand-made segmentation runs and one depth run, with checkpoints of (random) networks."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import models
+    folders = []
+    for name, task, seed in (('seg-a-s0', 'seg', 0), ('seg-b-s1', 'seg', 1), ('depth-c-s0', 'depth', 0)):
+        torch.manual_seed(seed)
+        net = models.build_seg_net() if task == 'seg' else models.build_depth_net()
+        args = dict(task=task, init='none', arch='resnet18', height=64, width=192, seed=seed, train_size=4,
+                    name=name, data_root=str(toy_root))
+        folder = _write_run(tmp_path / name, args, [{'iter': 1, 'split': 'eval', 'miou7': 0.1}])
+        torch.save(dict(model=net.state_dict(), task=task, arch='resnet18', decoder='unet', normalization='unit',
+                        num_classes=19 if task == 'seg' else None, height=64, width=192, args=args), folder / 'checkpoint.pt')
+        folders.append(folder)
+    return folders
+
+
+def test_qualitative_grids_and_grad_cam_from_run_checkpoints(trained_runs, tmp_path, capsys):
+    out_dir = tmp_path / 'results'
+    evaluate.main([str(p) for p in trained_runs] + ['--out-dir', str(out_dir), '--images'])
+    for name in ('qualitative_seg.png', 'qualitative_depth.png', 'grad_cam.png'):
+        image = matplotlib.image.imread(out_dir / name)
+        assert image.ndim == 3 and image.shape[0] > 150 and image.std() > 0.01, name
+
+
+def test_grad_cam_highlights_where_the_prediction_comes_from():
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import models
+    net = models.build_seg_net(num_classes=3).eval()
+    images = torch.rand(2, 3, 64, 64)
+    cam = evaluate.grad_cam(net, images, net.encoder.layer1)
+    assert cam.shape == (2, 64, 64) and cam.min() >= 0 and torch.allclose(cam.amax((1, 2)), torch.ones(2))
+
+
+def test_evaluate_one_checkpoint(trained_runs, capsys):
+    metrics = evaluate.main(['--checkpoint', str(trained_runs[0] / 'checkpoint.pt')])
+    assert 0 <= metrics['miou7'] <= 1 and '"pixel_acc"' in capsys.readouterr().out
+    depth = evaluate.main(['--checkpoint', str(trained_runs[2] / 'checkpoint.pt')])
+    assert depth['abs_rel'] > 0 and depth['median_scale'] == 1.0  # fine-tuned depth is scored in metres
+    with pytest.raises(SystemExit):
+        evaluate.main(['--checkpoint', str(trained_runs[0] / 'missing.pt')])

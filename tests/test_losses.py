@@ -169,6 +169,8 @@ def test_l1_depth_loss_counts_only_measured_pixels():
     gt = torch.tensor([[[[0.0, 2.0], [4.0, 0.0]]]])
     assert losses.l1_depth_loss(torch.tensor([[[[9.0, 2.0], [4.0, 9.0]]]]), gt) == 0
     assert torch.isclose(losses.l1_depth_loss(torch.tensor([[[[9.0, 3.0], [2.0, 9.0]]]]), gt), torch.tensor(1.5))
+    only_first = torch.tensor([[[[False, True], [False, False]]]])
+    assert losses.l1_depth_loss(torch.tensor([[[[9.0, 3.0], [2.0, 9.0]]]]), gt, only_first) == 1
 
 
 def test_silog_scale_invariance_and_squared_log_error():

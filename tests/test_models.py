@@ -51,6 +51,25 @@ def test_flow_net_shapes_and_its_encoder_fits_the_seg_net(height, width):
         models.load_parts(seg, net.state_dict(), ('decoder.',))
 
 
+def test_start_at_depth_sets_the_initial_prediction():
+    net = models.build_depth_net()
+    models.start_at_depth(net, 10.0, min_depth=0.1, max_depth=100.0)
+    for disp in net.eval()(torch.rand(2, 3, 64, 96)):
+        depth = models.disp_to_depth(disp, 0.1, 100.0)
+        assert 5 < depth.median() < 20  # weights add a little spread around the 10 m the biases aim at
+
+
+@pytest.mark.parametrize('arch', ['resnet18', 'resnet50'])
+def test_deeplab_decoder_on_a_dilated_encoder(arch):
+    seg = models.build_seg_net(arch, num_classes=5, decoder='deeplab').eval()
+    x = torch.rand(2, 3, 64, 96)
+    assert seg.encoder(x)[-1].shape[-2:] == (8, 12)  # output stride 8: layer3 and layer4 dilated, not strided
+    assert seg(x).shape == (2, 5, 64, 96)  # logits upsampled to the input
+    assert models.build_depth_net(arch, decoder='deeplab').eval()(x)[0].shape == (2, 1, 64, 96)
+    plain = models.ResnetEncoder(arch).state_dict()  # dilation changes no weight: U-Net encoders load as they are
+    seg.encoder.load_state_dict(plain, strict=True)
+
+
 def test_encoder_feature_shapes():
     encoder = models.ResnetEncoder('resnet18')
     features = encoder(torch.rand(1, 3, 64, 96))

@@ -38,6 +38,13 @@ def test_ground_truth_depth_loss_falls(toy_root, tmp_path):
     assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
 
 
+def test_stereo_loss_falls(toy_root, tmp_path):
+    # the metric baseline needs a sensible starting depth (models.start_at_depth), else no gradient flows
+    run, _ = _pretrain(toy_root, tmp_path, 'stereo', '--supervision', 'stereo', '--lr', '1e-3', iters=40)
+    losses = [m['loss'] for m in read_metrics(run) if m['split'] == 'train']
+    assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
+
+
 def test_ground_truth_supervision_needs_depth_for_every_training_frame(toy_root, tmp_path):
     root = tmp_path / 'world'
     shutil.copytree(toy_root, root)

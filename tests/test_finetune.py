@@ -1,0 +1,104 @@
+"""Fine-tuning setups on a tiny toy world: decoders, reset decoder, depth as the downstream task,
+optimisers and schedules."""
+import math
+
+import pytest
+import torch
+
+import finetune
+import models
+import pretrain
+from conftest import SMALL, read_metrics
+
+
+@pytest.fixture(scope='module')
+def depth_checkpoint(toy_root, tmp_path_factory):
+    """A depth network after two pre-training iterations."""
+    tmp = tmp_path_factory.mktemp('depth')
+    pretrain.main(['--data-root', str(toy_root), '--runs', str(tmp), '--out', str(tmp / 'depth.pt'), '--iters', '2',
+                   '--eval-every', '2'] + SMALL)
+    return tmp / 'depth.pt'
+
+
+def _finetune(toy_root, tmp_path, name, *flags, iters=1):
+    """A short fine-tuning run; returns (run folder, its checkpoint)."""
+    finetune.main(['--data-root', str(toy_root), '--runs', str(tmp_path), '--name', name, '--train-size', '4',
+                   '--iters', str(iters), '--eval-every', str(iters), '--log-every', '1'] + SMALL + list(flags))
+    return tmp_path / name, torch.load(tmp_path / name / 'checkpoint.pt', weights_only=False)
+
+
+def _same(state, reference, prefix):
+    keys = [k for k in state if k.startswith(prefix) and k in reference and state[k].dtype.is_floating_point]
+    assert keys, prefix
+    return [torch.equal(state[k], reference[k]) for k in keys]
+
+
+@pytest.mark.parametrize('flags', [['--decoder', 'deeplab'], ['--reset-decoder'], []])
+def test_decoders_load_what_they_should(flags, depth_checkpoint, toy_root, tmp_path):
+    _, checkpoint = _finetune(toy_root, tmp_path, 'seg', '--init', str(depth_checkpoint), '--freeze-encoder',
+                              '--lr', '1e-3', *flags)
+    depth = torch.load(depth_checkpoint, weights_only=False)['model']
+    seg = checkpoint['model']
+    assert all(_same(seg, depth, 'encoder.'))  # loaded, and frozen: bit-identical, BatchNorm statistics too
+    if '--decoder' in flags:
+        assert not any(k in depth for k in seg if k.startswith('decoder.'))  # DeepLab's decoder is its own
+    else:
+        assert not any(_same(seg, depth, 'decoder.'))  # reset, or loaded and then trained one step
+    assert checkpoint['decoder'] == (flags[1] if flags[:1] == ['--decoder'] else 'unet')
+
+
+def test_reset_decoder_starts_from_random_weights(depth_checkpoint, toy_root, tmp_path):
+    # lr 0: what is in the checkpoint after one step is what was loaded
+    _, loaded = _finetune(toy_root, tmp_path, 'kept', '--init', str(depth_checkpoint), '--lr', '0')
+    _, reset = _finetune(toy_root, tmp_path, 'reset', '--init', str(depth_checkpoint), '--lr', '0', '--reset-decoder')
+    depth = torch.load(depth_checkpoint, weights_only=False)['model']
+    assert all(_same(loaded['model'], depth, 'decoder.')) and not any(_same(reset['model'], depth, 'decoder.'))
+    assert all(_same(reset['model'], depth, 'encoder.conv1'))
+
+
+def test_depth_finetuning_with_silog_reduces_its_loss(toy_root, tmp_path):
+    run, checkpoint = _finetune(toy_root, tmp_path, 'depth', '--task', 'depth', '--loss', 'silog', '--lr', '1e-3',
+                                iters=25)
+    losses = [m['loss'] for m in read_metrics(run) if m['split'] == 'train']
+    assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
+    evals = [m for m in read_metrics(run) if m['split'] == 'eval']
+    assert {'abs_rel', 'rmse', 'silog', 'si_rmse', 'a3'} <= set(evals[-1]) and evals[-1]['median_scale'] == 1.0
+    assert checkpoint['task'] == 'depth'
+
+
+def test_segmentation_checkpoint_seeds_depth_finetuning(depth_checkpoint, toy_root, tmp_path, capsys):
+    _, seg = _finetune(toy_root, tmp_path, 'seg', '--init', str(depth_checkpoint), '--lr', '1e-3')
+    _, depth = _finetune(toy_root, tmp_path, 'depth', '--task', 'depth', '--init',
+                         str(tmp_path / 'seg' / 'checkpoint.pt'), '--loss', 'l1', '--lr', '0')
+    assert 'new: head' in capsys.readouterr().out
+    assert all(_same(depth['model'], seg['model'], 'decoder.'))  # the segmentation trunk, head replaced
+    assert depth['model']['head.convs.0.weight'].shape[0] == 1
+
+
+def test_learning_rate_schedules():
+    for name, end in (('cosine', 0.0), ('poly', 0.0), ('linear', 0.0)):
+        factor = finetune.lr_schedule(name, iters=100, warmup=10)
+        assert [round(factor(i), 6) for i in (0, 4, 9)] == [0.1, 0.5, 1.0]  # linear warm-up
+        assert factor(10) == 1.0 and factor(100) == pytest.approx(end, abs=1e-9)
+        assert all(factor(i) >= factor(i + 1) for i in range(10, 100))
+    assert finetune.lr_schedule('cosine', 100)(50) == pytest.approx(0.5)
+    assert finetune.lr_schedule('poly', 100)(50) == pytest.approx(0.5 ** 0.9)
+
+
+@pytest.mark.parametrize('optim, kind', [('adam', torch.optim.Adam), ('adamw', torch.optim.AdamW),
+                                         ('sgd', torch.optim.SGD)])
+def test_optimisers_and_a_smaller_encoder_learning_rate(optim, kind):
+    args = finetune.parse_args(['--optim', optim, '--lr', '1e-3', '--encoder-lr-mult', '0.1', '--weight-decay', '1e-4'])
+    net = models.build_seg_net()
+    optimizer = finetune.make_optimizer(net, args)
+    assert type(optimizer) is kind
+    decoder_group, encoder_group = optimizer.param_groups
+    assert decoder_group['lr'] == 1e-3 and math.isclose(encoder_group['lr'], 1e-4)
+    assert len(encoder_group['params']) == len(list(net.encoder.parameters()))
+    net.encoder.requires_grad_(False)  # a frozen encoder has no group at all
+    assert len(finetune.make_optimizer(net, args).param_groups) == 1
+
+
+def test_runs_differing_only_in_seed_share_a_name_but_the_seed():
+    names = [finetune.parse_args(['--seed', s, '--init', f'runs/seg-x-s{s}/checkpoint.pt']).name for s in '01']
+    assert names[0][:-1] == names[1][:-1] and names[0].endswith('-s0')
