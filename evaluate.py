@@ -249,7 +249,8 @@ def _config_cells(run):
     """The columns every table shares: what was trained, how, and for how long."""
     args = run['args']
     frozen = '–' if args.get('freeze_encoder') is None else 'yes' if args['freeze_encoder'] else 'no'
-    decoder = str(args.get('decoder', '–')) + (' (reset)' if args.get('reset_decoder') else '')
+    decoder = '–' if 'decoder' not in args else models.describe_decoder(
+        args['decoder'], models.xnet_options(args), args.get('decoder_init', 'none'), args.get('reset_decoder', False))
     size = f"{args['height']}x{args['width']}" if 'height' in args and 'width' in args else '–'
     iters = _last(run, 'eval').get('iter', args.get('iters'))
     return [_task(run), str(args.get('init', '–')), decoder, frozen, str(args.get('train_size', '–')),
@@ -440,8 +441,9 @@ def load_network(checkpoint, source='checkpoint'):
         raise ValueError(f'{source} holds a {task} network with a {decoder} decoder; only segmentation and depth '
                          f'networks are evaluated on images.')
     arch, normalization = checkpoint['arch'], checkpoint['normalization']
-    net = (models.build_seg_net(arch, checkpoint.get('num_classes') or len(CITYSCAPES_CLASSES), normalization, decoder)
-           if task == 'seg' else models.build_depth_net(arch, normalization, decoder))
+    xnet = checkpoint.get('xnet')
+    net = (models.build_seg_net(arch, checkpoint.get('num_classes') or len(CITYSCAPES_CLASSES), normalization, decoder, xnet)
+           if task == 'seg' else models.build_depth_net(arch, normalization, decoder, xnet))
     try:
         net.load_state_dict(checkpoint['model'])
     except RuntimeError as error:

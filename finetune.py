@@ -33,9 +33,9 @@ import data
 import evaluate
 import losses
 import models
-from pretrain import (Run, add_common_args, autocast, benchmark, check_args, data_root, forever,
-                      loader, open_dataset, optimisation_step, pick_device, restore, save_depth_sample,
-                      save_image_grid, to_device, train)
+from pretrain import (Run, add_common_args, add_decoder_args, autocast, benchmark, check_args, data_root,
+                      forever, init_checkpoint, init_decoder_backbone, loader, open_dataset, optimisation_step,
+                      pick_device, restore, save_depth_sample, save_image_grid, to_device, train)
 
 NUM_CLASSES = len(evaluate.CITYSCAPES_CLASSES)
 
@@ -46,9 +46,7 @@ def parse_args(argv=None):
     parser.add_argument('--init', default='none',
                         help='none (random weights), imagenet (torchvision\'s weights), depth or flow '
                              '(checkpoints/<name>.pt from pretrain.py), or a checkpoint path')
-    parser.add_argument('--decoder', choices=models.DECODERS, default='unet',
-                        help='unet: the pre-trained encoder-decoder, last layer replaced (Fig. 1b); deeplab: '
-                             'torchvision\'s DeepLabV3 head on the dilated encoder (Fig. 1a/1c)')
+    add_decoder_args(parser)
     parser.add_argument('--reset-decoder', action='store_true',
                         help='load only the encoder from --init; the decoder starts from random weights (Table 2)')
     parser.add_argument('--freeze-encoder', action='store_true',
@@ -84,22 +82,10 @@ def run_name(args):
     init = Path(args.init).stem if args.init.endswith('.pt') else args.init
     if init == 'checkpoint':  # runs/<name>/checkpoint.pt: the run's name says more, but for its seed
         init = re.sub(r'-s\d+$', '', Path(args.init).parent.name)
-    decoder = args.decoder + ('-reset' if args.reset_decoder else '')
+    decoder = models.describe_decoder(args.decoder, models.xnet_options(args), args.decoder_init, args.reset_decoder)
     frozen = 'frozen' if args.freeze_encoder else 'full'
     task = args.task + (f'-{args.loss}' if args.task == 'depth' else '')
     return f'{task}-{init}-{decoder}-{frozen}-n{args.train_size}-{args.arch}-{args.height}x{args.width}-s{args.seed}'
-
-
-def init_checkpoint(init):
-    """The checkpoint `--init` names (depth, flow or a path), as (path, contents)."""
-    path = Path(f'checkpoints/{init}.pt') if not init.endswith('.pt') else Path(init)
-    if not path.is_file():
-        hint = f'run `python pretrain.py --task {init}` first' if not init.endswith('.pt') else 'check the path'
-        raise SystemExit(f'--init {init}: {path} does not exist; {hint}.')
-    try:
-        return path, torch.load(path, map_location='cpu', weights_only=False)
-    except Exception as error:
-        raise SystemExit(f'--init {init}: could not read {path} ({error}); the file is damaged.') from None
 
 
 def transferable_parts(checkpoint, args):
@@ -107,7 +93,8 @@ def transferable_parts(checkpoint, args):
     same kind and not reset (never from flow, whose decoder reads two frames); the head when the task
     is the same too (a depth checkpoint fine-tuned for depth, a segmentation one for segmentation)."""
     parts = ['encoder.']
-    same_decoder = checkpoint.get('decoder', 'unet') == args.decoder and checkpoint['task'] != 'flow'
+    same_decoder = (checkpoint.get('decoder', 'unet') == args.decoder and checkpoint['task'] != 'flow'
+                    and checkpoint.get('xnet') == models.xnet_options(args))  # xNet variants differ in shape
     if same_decoder and not args.reset_decoder:
         parts.append('decoder.')
         if checkpoint['task'] == args.task:
@@ -125,8 +112,9 @@ def build_network(args):
             raise SystemExit(f'--init {args.init}: {path} holds a {checkpoint.get("arch")} network; '
                              f'pass --arch {checkpoint.get("arch")}.')
     normalization = checkpoint['normalization'] if checkpoint else 'imagenet' if args.init == 'imagenet' else 'unit'
-    net = (models.build_seg_net(args.arch, NUM_CLASSES, normalization, args.decoder) if args.task == 'seg'
-           else models.build_depth_net(args.arch, normalization, args.decoder))
+    xnet = models.xnet_options(args)
+    net = (models.build_seg_net(args.arch, NUM_CLASSES, normalization, args.decoder, xnet) if args.task == 'seg'
+           else models.build_depth_net(args.arch, normalization, args.decoder, xnet))
     if args.init == 'imagenet':
         try:
             models.load_imagenet_weights(net.encoder, args.arch)
@@ -144,7 +132,8 @@ def build_network(args):
                if checkpoint['task'] == 'flow' else '')
         print(f'Initialised {len(loaded)} tensors of the {", ".join(p[:-1] for p in parts)} from {path} '
               f'({checkpoint["task"]}, {checkpoint.get("decoder", "unet")} decoder, {normalization} normalisation); '
-              f'new: {", ".join(new)}{why}.')
+              f'new: {", ".join(new) or "nothing"}{why}.')
+    init_decoder_backbone(net, args)
     return net
 
 
@@ -272,7 +261,8 @@ def main(argv=None):
 
     def checkpoint(iteration):
         return dict(model=net.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                    task=args.task, arch=args.arch, decoder=args.decoder, normalization=net.normalization,
+                    task=args.task, arch=args.arch, decoder=args.decoder, xnet=models.xnet_options(args),
+                    normalization=net.normalization,
                     num_classes=NUM_CLASSES if args.task == 'seg' else None, height=args.height, width=args.width,
                     args=vars(args), iter=iteration, metrics=state['metrics'])
 

@@ -5,6 +5,10 @@ Monodepth2's decoder trunk are pre-trained for depth (DispHead, sigmoid disparit
 then reused for segmentation by replacing only the last layer with a fresh K-class 1x1 convolution
 (SegHead, Fig. 1b). The encoder is torchvision's own ResNet class, so its state-dict keys are
 torchvision's and weights move freely between torchvision, this code and other code.
+
+The other decoders the papers compare: DeepLabV3's head on a dilated encoder (the common practice,
+Fig. 1a/1c), and xNet's reversed decoder, a second ResNet run as the decoder so that it can be pre-trained
+too (Re-Shape modules, input mixed with the image or the stem, Post Feature Pyramid).
 """
 import os
 
@@ -102,7 +106,7 @@ class UNetDecoder(nn.Module):
             self.reduce.append(conv_block(in_channels, self.num_ch_dec[i]))
             self.fuse.append(conv_block(self.num_ch_dec[i] + skip_channels, self.num_ch_dec[i]))
 
-    def forward(self, features):
+    def forward(self, features, image=None):
         x, outputs = features[-1], []
         for i in range(4, -1, -1):
             x = nn.functional.interpolate(self.reduce[i](x), scale_factor=2, mode='nearest')
@@ -137,16 +141,97 @@ class DeepLabDecoder(nn.Module):
         super().__init__()
         self.layers = nn.Sequential(*list(DeepLabHead(num_ch_enc[-1], 1).children())[:-1])
 
-    def forward(self, features):
+    def forward(self, features, image=None):
         return [self.layers(features[-1])]
 
 
-class DispHead(nn.Module):
-    """Sigmoid disparity at each of the four decoder scales, finest first."""
+class Reshape(nn.Module):
+    """xNet's Re-Shape (RS) module (Sect. 3.1): a LayerNorm over channels and a two-layer MLP at every pixel,
+    then PixelShuffle by `factor`: [B, C, h, w] -> [B, out_channels, factor*h, factor*w]. A coarse map with
+    many channels becomes a fine one with few, without any interpolation."""
 
-    def __init__(self, num_ch_dec=(16, 32, 64, 128)):
+    def __init__(self, in_channels, out_channels, factor=1):
         super().__init__()
-        self.convs = nn.ModuleList(nn.Conv2d(c, 1, 3, padding=1, padding_mode='reflect') for c in num_ch_dec)
+        self.norm = nn.LayerNorm(in_channels)
+        self.mlp = nn.Sequential(nn.Linear(in_channels, in_channels), nn.GELU(),
+                                 nn.Linear(in_channels, out_channels * factor ** 2))
+        self.shuffle = nn.PixelShuffle(factor)
+
+    def forward(self, x):
+        return self.shuffle(self.mlp(self.norm(x.permute(0, 2, 3, 1))).permute(0, 3, 1, 2))
+
+
+class PostFeaturePyramid(nn.Module):
+    """xNet's PFP (Sect. 3.1): each decoder stage's output re-shaped by RS to the first stage's resolution
+    (1/4), concatenated over channels and fused by another RS."""
+
+    def __init__(self, stage_channels, channels):
+        super().__init__()
+        self.reshapes = nn.ModuleList(Reshape(c, channels, 2 ** i) for i, c in enumerate(stage_channels))
+        self.fuse = Reshape(len(stage_channels) * channels, channels)
+
+    def forward(self, stages):
+        return self.fuse(torch.cat([rs(x) for rs, x in zip(self.reshapes, stages)], 1))
+
+
+XNET_MIXES = ('stem', 'image', 'none')
+XNET_DEFAULTS = dict(mix='stem', pfp=True, pyramid=False)  # xNet itself
+
+
+class XNetDecoder(nn.Module):
+    """xNet's reversed decoder (Sect. 3, Fig. 2-3): a second ResNet (stem and four stages, torchvision's keys
+    under `backbone.`) run as a decoder from high to low resolution, so that pre-trained weights load into it.
+
+    Its input is the encoder's last map re-shaped by RS and mixed into the image by element-wise
+    multiplication: with the stem's output (mix 'stem', xNet) or with the normalised RGB image before the
+    stem (mix 'image', xNet-I); mix 'none' feeds the re-shaped map to the first stage as it is. `pyramid`
+    adds the encoder's map of the same resolution to the input of stages 2-4 (eq. 2), the connections
+    xNet removes. The prediction comes from the Post Feature Pyramid (`pfp`) or, without it, from the last
+    stage re-shaped to 1/4; the head's output is upsampled to the input size.
+    """
+    upsample_output = True
+
+    def __init__(self, num_ch_enc, arch='resnet18', mix='stem', pfp=True, pyramid=False, channels=64):
+        super().__init__()
+        _check_choice('xnet mix', mix, XNET_MIXES)
+        self.backbone = ResnetEncoder(arch)
+        stages = self.backbone.num_ch_enc[1:]
+        if pyramid and list(num_ch_enc[1:4]) != list(stages[:3]):
+            raise ValueError('pyramid connections add encoder maps to decoder stages: their channels must match.')
+        self.mix, self.pyramid = mix, pyramid
+        stem_channels = self.backbone.num_ch_enc[0]
+        self.reshape_in = Reshape(num_ch_enc[-1], 3, 32) if mix == 'image' else Reshape(num_ch_enc[-1], stem_channels, 8)
+        self.post = PostFeaturePyramid(stages, channels) if pfp else Reshape(stages[-1], channels, 8)
+        self.num_ch_dec = (channels,)
+
+    def stem(self, x):
+        b = self.backbone
+        return b.maxpool(b.relu(b.bn1(b.conv1(x))))
+
+    def forward(self, features, image):
+        code = self.reshape_in(features[-1])  # RS: 1/32 -> the decoder's input resolution
+        if self.mix == 'stem':
+            x = self.stem(image) * code  # xNet
+        elif self.mix == 'image':
+            x = self.stem(image * code)  # xNet-I
+        else:
+            x = code
+        stages = []
+        for i, layer in enumerate((self.backbone.layer1, self.backbone.layer2, self.backbone.layer3,
+                                   self.backbone.layer4)):
+            x = layer(x + features[i] if self.pyramid and i else x)  # eq. 2: E_i + D_{i-1}(F)
+            stages.append(x)
+        return [self.post(stages if isinstance(self.post, PostFeaturePyramid) else stages[-1])]
+
+
+class DispHead(nn.Module):
+    """Sigmoid disparity at each of the decoder's scales (Monodepth2's four, finest first); 3x3 convolutions,
+    or linear (1x1) ones as xNet's prediction head."""
+
+    def __init__(self, num_ch_dec=(16, 32, 64, 128), kernel_size=3):
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv2d(c, 1, kernel_size, padding=kernel_size // 2, padding_mode='reflect')
+                                   for c in num_ch_dec)
 
     def forward(self, decoder_features):
         return [torch.sigmoid(conv(f)) for conv, f in zip(self.convs, decoder_features)]
@@ -182,7 +267,8 @@ class EncoderDecoder(nn.Module):
 
     def forward(self, x):
         check_resolution(*x.shape[-2:])
-        out = self.head(self.decoder(self.encoder((x - self.mean) / self.std)))
+        x = (x - self.mean) / self.std
+        out = self.head(self.decoder(self.encoder(x), x))  # xNet's decoder also reads the image
         return _upsampled(out, x.shape[-2:]) if getattr(self.decoder, 'upsample_output', False) else out
 
 
@@ -264,29 +350,54 @@ class FlowNet(nn.Module):
         return self.head(self.decoder([torch.cat([f[:B], f[B:]], 1) for f in features]))
 
 
-DECODERS = ('unet', 'deeplab')
+DECODERS = ('unet', 'deeplab', 'xnet')
 
 
-def _encoder_and_decoder(arch, decoder):
-    """A ResNet encoder and the decoder named: Monodepth2's U-Net, or DeepLabV3's head on a dilated encoder."""
+def _encoder_and_decoder(arch, decoder, xnet=None):
+    """A ResNet encoder and the decoder named: Monodepth2's U-Net, DeepLabV3's head on a dilated encoder, or
+    xNet's reversed ResNet (`xnet`: its options, XNET_DEFAULTS where not given)."""
     _check_choice('decoder', decoder, DECODERS)
     encoder = ResnetEncoder(arch)
     if decoder == 'deeplab':
         return dilate(encoder), DeepLabDecoder(encoder.num_ch_enc)
+    if decoder == 'xnet':
+        return encoder, XNetDecoder(encoder.num_ch_enc, arch, **dict(XNET_DEFAULTS, **(xnet or {})))
     return encoder, UNetDecoder(encoder.num_ch_enc)
 
 
-def build_depth_net(arch='resnet18', normalization='unit', decoder='unet'):
-    """Sigmoid disparity: at four scales, finest first, from the U-Net; one, upsampled, from DeepLab."""
-    encoder, trunk = _encoder_and_decoder(arch, decoder)
-    head = DispHead() if decoder == 'unet' else DispHead(trunk.num_ch_dec)
+def build_depth_net(arch='resnet18', normalization='unit', decoder='unet', xnet=None):
+    """Sigmoid disparity: at four scales, finest first, from the U-Net; one, upsampled, from DeepLab and xNet
+    (whose prediction head is linear, 1x1)."""
+    encoder, trunk = _encoder_and_decoder(arch, decoder, xnet)
+    head = DispHead() if decoder == 'unet' else DispHead(trunk.num_ch_dec, 1 if decoder == 'xnet' else 3)
     return EncoderDecoder(encoder, trunk, head, normalization)
 
 
-def build_seg_net(arch='resnet18', num_classes=19, normalization='unit', decoder='unet'):
+def build_seg_net(arch='resnet18', num_classes=19, normalization='unit', decoder='unet', xnet=None):
     """The same networks with a fresh 1x1 segmentation head, so a depth checkpoint's trunk loads into it."""
-    encoder, trunk = _encoder_and_decoder(arch, decoder)
+    encoder, trunk = _encoder_and_decoder(arch, decoder, xnet)
     return EncoderDecoder(encoder, trunk, SegHead(num_classes, trunk.num_ch_dec[0]), normalization)
+
+
+def xnet_options(flags):
+    """xNet's options from a run's flags (an argparse namespace, or its dict from args.json), as build_* take
+    them and checkpoints record them; None for the other decoders."""
+    flags = flags if isinstance(flags, dict) else vars(flags)
+    if flags.get('decoder') != 'xnet':
+        return None
+    return dict(mix=flags.get('xnet_mix', 'stem'), pfp=not flags.get('no_pfp', False),
+                pyramid=flags.get('xnet_pyramid', False))
+
+
+def describe_decoder(decoder, xnet=None, decoder_init='none', reset=False):
+    """A short name for a decoder configuration, for run names and tables: 'unet', 'unet-reset', 'deeplab',
+    'xnet-stem-from-depth', 'xnet-none-fp-nopfp', ..."""
+    if decoder != 'xnet':
+        return decoder + ('-reset' if reset else '')
+    xnet = dict(XNET_DEFAULTS, **(xnet or {}))
+    init = os.path.splitext(os.path.basename(decoder_init))[0]  # a checkpoint path: its file name
+    return '-'.join(['xnet', xnet['mix']] + (['fp'] if xnet['pyramid'] else []) + ([] if xnet['pfp'] else ['nopfp'])
+                    + (['reset'] if reset else []) + ([f'from-{init}'] if init != 'none' else []))
 
 
 def build_pose_net(arch='resnet18', normalization='unit'):

@@ -75,6 +75,59 @@ def add_common_args(parser, iters, lr, batch_size, eval_every):
                              'peak memory, and exit (no run folder is written)')
 
 
+def add_decoder_args(parser):
+    """The decoder flags of both scripts: which decoder, and xNet's options (enough for its Table 1 ablation)."""
+    parser.add_argument('--decoder', choices=models.DECODERS, default='unet',
+                        help='unet: Monodepth2\'s U-Net (the paper, Fig. 1b); deeplab: torchvision\'s DeepLabV3 '
+                             'head on the dilated encoder (Fig. 1a/1c); xnet: a reversed ResNet as the decoder')
+    parser.add_argument('--decoder-init', default='none',
+                        help='xnet: the reversed decoder\'s ResNet: none (random), imagenet (torchvision\'s '
+                             'weights), depth or flow (the encoder of checkpoints/<name>.pt), or a checkpoint path')
+    parser.add_argument('--xnet-mix', choices=models.XNET_MIXES, default='stem',
+                        help='xnet: multiply the re-shaped encoder output into the stem\'s output (xNet), into '
+                             'the RGB image (image: xNet-I), or feed it alone to the first stage (none)')
+    parser.add_argument('--xnet-pyramid', action='store_true',
+                        help='xnet: add pyramid connections, encoder maps into the decoder stages (eq. 2)')
+    parser.add_argument('--no-pfp', action='store_true',
+                        help='xnet: predict from the last stage instead of the Post Feature Pyramid')
+
+
+def init_checkpoint(init, flag='--init'):
+    """The checkpoint a flag names (depth, flow or a path), as (path, contents)."""
+    path = Path(f'checkpoints/{init}.pt') if not init.endswith('.pt') else Path(init)
+    if not path.is_file():
+        hint = f'run `python pretrain.py --task {init}` first' if not init.endswith('.pt') else 'check the path'
+        raise SystemExit(f'{flag} {init}: {path} does not exist; {hint}.')
+    try:
+        return path, torch.load(path, map_location='cpu', weights_only=False)
+    except Exception as error:
+        raise SystemExit(f'{flag} {init}: could not read {path} ({error}); the file is damaged.') from None
+
+
+def init_decoder_backbone(net, args):
+    """--decoder-init: start xNet's reversed decoder from a pre-trained ResNet: torchvision's ImageNet
+    weights, or the encoder of a checkpoint (`depth`: a depth-pretrained network used as the decoder, where
+    the two papers meet). The backbone's keys are torchvision's, so it loads strictly."""
+    if args.decoder_init == 'none':
+        return
+    backbone = net.decoder.backbone
+    if args.decoder_init == 'imagenet':
+        try:
+            models.load_imagenet_weights(backbone, args.arch)
+        except FileNotFoundError as error:
+            raise SystemExit(f'--decoder-init imagenet: {error}') from None
+        print(f'Initialised the reversed decoder from torchvision\'s ImageNet {args.arch} weights.')
+        return
+    path, checkpoint = init_checkpoint(args.decoder_init, '--decoder-init')
+    state = {k[len('encoder.'):]: v for k, v in checkpoint.get('model', {}).items() if k.startswith('encoder.')}
+    try:
+        backbone.load_state_dict(state)
+    except RuntimeError:
+        raise SystemExit(f'--decoder-init {args.decoder_init}: {path} holds no {args.arch} encoder to load into '
+                         f'the reversed decoder; pass a checkpoint trained with --arch {args.arch}.') from None
+    print(f'Initialised the reversed decoder from the encoder of {path} ({checkpoint.get("task")}).')
+
+
 def check_args(args):
     """Stop early, with one sentence, on flags that cannot work."""
     try:
@@ -84,6 +137,9 @@ def check_args(args):
     for flag in ('batch_size', 'iters', 'eval_every', 'save_every', 'log_every'):
         if getattr(args, flag) < 1:
             raise SystemExit(f'--{flag.replace("_", "-")} must be at least 1.')
+    xnet_flags = args.decoder_init != 'none' or args.xnet_mix != 'stem' or args.xnet_pyramid or args.no_pfp
+    if args.decoder != 'xnet' and xnet_flags:
+        raise SystemExit('--decoder-init, --xnet-mix, --xnet-pyramid and --no-pfp apply to --decoder xnet only.')
 
 
 def pick_device(name):
@@ -314,6 +370,7 @@ def parse_args(argv=None):
                         help='train on random HxW crops of the --height x --width images, intrinsics shifted '
                              'with each crop (the paper\'s Depth-cropped, App. D.1); evaluation uses whole images')
     add_common_args(parser, iters=300, lr=1e-4, batch_size=8, eval_every=100)
+    add_decoder_args(parser)
     parser.add_argument('--out', default=None, help='checkpoint to export at the end (default checkpoints/<task>.pt)')
     parser.add_argument('--scales', type=int, default=4, choices=[1, 2, 3, 4], help='output scales in the loss')
     parser.add_argument('--smoothness', type=float, default=1e-3, help='w_sm of eq. 9 (divided by 2^scale)')
@@ -328,6 +385,8 @@ def parse_args(argv=None):
     args.out = args.out or f'checkpoints/{args.task}.pt'
     args.name = args.name or run_name(args)
     check_args(args)
+    if args.task == 'flow' and args.decoder != 'unet':
+        raise SystemExit('--decoder applies to --task depth; the flow network has its own siamese U-Net decoder.')
     if args.crop_size:
         try:
             models.check_resolution(*args.crop_size)
@@ -346,6 +405,8 @@ def run_name(args):
         parts.append(args.depth_loss)
     parts += ['imagenet'] if args.init == 'imagenet' else []
     parts += [f'crop{args.crop_size[0]}x{args.crop_size[1]}'] if args.crop_size else []
+    if args.decoder != 'unet':
+        parts.append(models.describe_decoder(args.decoder, models.xnet_options(args), args.decoder_init))
     return '-'.join(parts + [args.arch, f'{args.height}x{args.width}', f's{args.seed}'])
 
 
@@ -396,8 +457,8 @@ def photometric_depth_loss(disps, sources, poses, batch, args):
     target, K, inv_K = batch['frames'][:, 0], batch['K'], batch['inv_K']
     B, S, _, H, W = sources.shape
     identity = None if args.no_automask else losses.identity_error(target, list(sources.unbind(1)))
-    total = 0.0
-    for scale, disp in enumerate(disps[:args.scales]):
+    total, disps = 0.0, disps[:args.scales]
+    for scale, disp in enumerate(disps):
         depth = models.disp_to_depth(F.interpolate(disp, (H, W), mode='bilinear', align_corners=False),
                                      args.min_depth, args.max_depth)
         warped = losses.warp(sources.flatten(0, 1), depth.repeat_interleave(S, 0),  # all sources at once
@@ -406,20 +467,19 @@ def photometric_depth_loss(disps, sources, poses, batch, args):
         image = F.interpolate(target, disp.shape[-2:], mode='area') if scale else target
         smooth = losses.smoothness_loss(losses.mean_normalised(disp), image)
         total = total + reprojection + args.smoothness * smooth / 2 ** scale
-    return total / args.scales
+    return total / len(disps)
 
 
 def supervised_depth_loss(disps, batch, args):
     """Ground-truth depth: per scale, the depth upsampled to full resolution against the measured pixels,
     by masked L1 (eq. 15) or SILog (Sect. 2.3 of the minimal-transfer paper); averaged over scales."""
-    gt = batch['depth']
-    total = 0.0
-    for disp in disps[:args.scales]:
+    gt, total, disps = batch['depth'], 0.0, disps[:args.scales]
+    for disp in disps:
         depth = models.disp_to_depth(F.interpolate(disp, gt.shape[-2:], mode='bilinear', align_corners=False),
                                      args.min_depth, args.max_depth)
         total = total + (losses.silog_loss(depth, gt, lam=args.silog_lambda) if args.depth_loss == 'silog'
                          else losses.l1_depth_loss(depth, gt))
-    return total / args.scales
+    return total / len(disps)
 
 
 def constant_baseline(test_batches, args):
@@ -478,10 +538,12 @@ def pretrain_depth(args, root, device):
                              stereo='stereo' in args.supervision, crop=args.crop_size)
     batches = forever(loader(train_set, args, device, shuffle=True))
     normalization = 'imagenet' if args.init == 'imagenet' else 'unit'
-    networks = {'model': models.build_depth_net(args.arch, normalization)}
+    networks = {'model': models.build_depth_net(args.arch, normalization, args.decoder, models.xnet_options(args))}
     if mono:
         networks['pose_net'] = models.build_pose_net(args.arch, normalization)
     init_encoders(args, *(net.encoder for net in networks.values()))
+    if args.decoder == 'xnet':
+        init_decoder_backbone(networks['model'], args)
     if args.supervision != 'mono':  # metric supervision: start where the scale is meaningful
         models.start_at_depth(networks['model'], METRIC_START_DEPTH, args.min_depth, args.max_depth)
     for net in networks.values():
@@ -508,7 +570,7 @@ def pretrain_depth(args, root, device):
         return metrics
 
     return run_pretraining(args, networks, loss_fn, batches, lambda: constant_baseline(test_batches, args), evaluate_now,
-                    dict(decoder='unet', supervision=args.supervision))
+                    dict(decoder=args.decoder, xnet=models.xnet_options(args), supervision=args.supervision))
 
 
 def flow_loss(flows, batch, args):

@@ -27,8 +27,11 @@ def _finetune(toy_root, tmp_path, name, *flags, iters=1):
     return tmp_path / name, torch.load(tmp_path / name / 'checkpoint.pt', weights_only=False)
 
 
-def _same(state, reference, prefix):
-    keys = [k for k in state if k.startswith(prefix) and k in reference and state[k].dtype.is_floating_point]
+def _same(state, reference, prefix, statistics=True):
+    """Per tensor under `prefix`: equal in both state dicts? (BatchNorm statistics only if `statistics`:
+    they move in a training step even at lr 0.)"""
+    keys = [k for k in state if k.startswith(prefix) and k in reference and state[k].dtype.is_floating_point
+            and (statistics or 'running_' not in k)]
     assert keys, prefix
     return [torch.equal(state[k], reference[k]) for k in keys]
 
@@ -102,3 +105,49 @@ def test_optimisers_and_a_smaller_encoder_learning_rate(optim, kind):
 def test_runs_differing_only_in_seed_share_a_name_but_the_seed():
     names = [finetune.parse_args(['--seed', s, '--init', f'runs/seg-x-s{s}/checkpoint.pt']).name for s in '01']
     assert names[0][:-1] == names[1][:-1] and names[0].endswith('-s0')
+
+
+def test_xnet_with_a_frozen_encoder_and_a_depth_pretrained_decoder(depth_checkpoint, toy_root, tmp_path, capsys):
+    _, checkpoint = _finetune(toy_root, tmp_path, 'xnet', '--init', str(depth_checkpoint), '--decoder', 'xnet',
+                              '--decoder-init', str(depth_checkpoint), '--freeze-encoder', '--lr', '0')
+    depth = torch.load(depth_checkpoint, weights_only=False)['model']
+    seg = checkpoint['model']
+    assert all(_same(seg, depth, 'encoder.'))  # frozen: bit-identical, BatchNorm statistics too
+    as_decoder = {'decoder.backbone.' + k[len('encoder.'):]: v for k, v in depth.items() if k.startswith('encoder.')}
+    assert all(_same(seg, as_decoder, 'decoder.backbone.', statistics=False))  # lr 0: what --decoder-init loaded
+    assert 'reversed decoder from the encoder of' in capsys.readouterr().out
+    assert checkpoint['decoder'] == 'xnet' and checkpoint['xnet'] == dict(mix='stem', pfp=True, pyramid=False)
+
+
+def test_xnet_decoder_trains_while_the_frozen_encoder_stays(toy_root, tmp_path):
+    _, before = _finetune(toy_root, tmp_path, 'a', '--decoder', 'xnet', '--xnet-mix', 'image', '--freeze-encoder',
+                          '--lr', '0')
+    _, after = _finetune(toy_root, tmp_path, 'b', '--decoder', 'xnet', '--xnet-mix', 'image', '--freeze-encoder',
+                         '--lr', '1e-3')
+    assert all(_same(after['model'], before['model'], 'encoder.'))  # same seed, same start; frozen
+    assert not any(_same(after['model'], before['model'], 'decoder.reshape_in.mlp'))
+
+
+def test_xnet_depth_pretraining_then_fine_tuning_transfers_the_whole_decoder(toy_root, tmp_path, capsys):
+    out = tmp_path / 'xnet-depth.pt'
+    pretrain.main(['--data-root', str(toy_root), '--runs', str(tmp_path), '--out', str(out), '--iters', '2',
+                   '--eval-every', '2', '--decoder', 'xnet', '--no-pfp', '--xnet-pyramid'] + SMALL)
+    depth = torch.load(out, weights_only=False)
+    assert depth['xnet'] == dict(mix='stem', pfp=False, pyramid=True) and len(depth['metrics']) > 0
+    _, seg = _finetune(toy_root, tmp_path, 'seg', '--init', str(out), '--decoder', 'xnet', '--no-pfp',
+                       '--xnet-pyramid', '--lr', '0')
+    assert all(_same(seg['model'], depth['model'], 'decoder.', statistics=False))
+    assert 'new: head' in capsys.readouterr().out
+    _, other = _finetune(toy_root, tmp_path, 'other', '--init', str(out), '--decoder', 'xnet', '--lr', '0')
+    key = 'decoder.backbone.layer1.0.conv1.weight'
+    assert not torch.equal(other['model'][key], depth['model'][key])  # another variant: its decoder is new
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--xnet-mix', 'image'], 'apply to --decoder xnet only'),
+    (['--decoder', 'xnet', '--decoder-init', 'missing/nothing.pt'], 'does not exist'),
+])
+def test_xnet_flags_that_cannot_work_stop_with_a_sentence(flags, message, toy_root, tmp_path):
+    with pytest.raises(SystemExit, match=message):
+        _finetune(toy_root, tmp_path, 'bad', *flags)
+    assert not (tmp_path / 'bad').exists()

@@ -155,3 +155,52 @@ def test_load_imagenet_weights_missing_file_names_it(monkeypatch, tmp_path):
     with pytest.raises(FileNotFoundError, match='resnet18-f37072fd.pth') as info:
         models.load_imagenet_weights(models.ResnetEncoder('resnet18'), 'resnet18')
     assert os.path.join(str(tmp_path), 'hub', 'checkpoints') in str(info.value)
+
+
+@pytest.mark.parametrize('factor', [1, 2, 8, 32])
+def test_reshape_module_trades_channels_for_resolution(factor):
+    rs = models.Reshape(512, 3, factor)
+    x = torch.rand(2, 512, 2, 6)
+    y = rs(x)
+    assert y.shape == (2, 3, 2 * factor, 6 * factor)
+    # PixelShuffle: output pixel (i*f + a, j*f + b) comes from input pixel (i, j) alone
+    x2 = x.clone()
+    x2[:, :, 1, 4] += 1
+    changed = (rs(x2) - y).abs().sum(1) > 0
+    assert changed[:, factor:2 * factor, 4 * factor:5 * factor].all() and changed.sum() == 2 * factor ** 2
+
+
+def test_reversed_decoder_loads_a_torchvision_resnet_strictly():
+    net = models.build_seg_net(decoder='xnet')
+    reference = torchvision.models.resnet18().state_dict()
+    net.decoder.backbone.load_state_dict(reference, strict=True)
+    assert torch.equal(net.state_dict()['decoder.backbone.layer3.1.conv2.weight'], reference['layer3.1.conv2.weight'])
+
+
+@pytest.mark.parametrize('mix', ['stem', 'image'])  # xNet and xNet-I
+@pytest.mark.parametrize('height, width', [(64, 192), (96, 320)])
+def test_xnet_forward_and_backward(mix, height, width):
+    x = torch.rand(2, 3, height, width)
+    seg = models.build_seg_net(num_classes=5, decoder='xnet', xnet=dict(mix=mix))
+    logits = seg(x)
+    assert logits.shape == (2, 5, height, width)
+    logits.logsumexp(1).mean().backward()
+    grads = {name: p.grad for name, p in seg.named_parameters()}
+    for part in ('encoder.layer4', 'decoder.reshape_in', 'decoder.backbone.conv1', 'decoder.backbone.layer4',
+                 'decoder.post'):  # the image reaches the decoder's stem, the encoder its input
+        assert any(g is not None and g.abs().sum() > 0 for k, g in grads.items() if k.startswith(part)), part
+    disp = models.build_depth_net(decoder='xnet', xnet=dict(mix=mix)).eval()(x)
+    assert len(disp) == 1 and disp[0].shape == (2, 1, height, width) and 0 <= disp[0].min() <= disp[0].max() <= 1
+
+
+@pytest.mark.parametrize('options', [dict(mix='none', pfp=False, pyramid=True), dict(mix='none', pfp=True, pyramid=True),
+                                     dict(mix='none', pfp=True, pyramid=False)])
+def test_xnet_ablation_variants(options):
+    x = torch.rand(1, 3, 64, 96)
+    net = models.build_seg_net(num_classes=3, decoder='xnet', xnet=options)
+    assert net(x).shape == (1, 3, 64, 96)
+    assert isinstance(net.decoder.post, models.PostFeaturePyramid) == options['pfp']
+    # the pyramid connections change what the decoder computes from the same weights
+    other = models.build_seg_net(num_classes=3, decoder='xnet', xnet=dict(options, pyramid=not options['pyramid']))
+    other.load_state_dict(net.state_dict())
+    assert not torch.allclose(net.eval()(x), other.eval()(x))
