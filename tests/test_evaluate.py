@@ -288,3 +288,17 @@ def test_evaluate_one_checkpoint(trained_runs, capsys):
     assert depth['abs_rel'] > 0 and depth['median_scale'] == 1.0  # fine-tuned depth is scored in metres
     with pytest.raises(SystemExit):
         evaluate.main(['--checkpoint', str(trained_runs[0] / 'missing.pt')])
+
+
+def test_an_xnet_checkpoint_is_rebuilt_as_the_variant_it_holds():
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import models
+    xnet = dict(mix='image', pfp=False, pyramid=True)
+    net = models.build_seg_net(num_classes=19, decoder='xnet', xnet=xnet).eval()
+    checkpoint = dict(model=net.state_dict(), task='seg', arch='resnet18', decoder='xnet', xnet=xnet,
+                      normalization='unit', num_classes=19)
+    rebuilt = evaluate.load_network(checkpoint)
+    x = torch.rand(1, 3, 64, 96)
+    assert torch.equal(rebuilt(x), net(x))
+    with pytest.raises(ValueError, match='does not fit'):  # the same weights read as another variant
+        evaluate.load_network(dict(checkpoint, xnet=dict(xnet, pfp=True)))
