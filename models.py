@@ -198,7 +198,7 @@ class XNetDecoder(nn.Module):
         stages = self.backbone.num_ch_enc[1:]
         if pyramid and list(num_ch_enc[1:4]) != list(stages[:3]):
             raise ValueError('pyramid connections add encoder maps to decoder stages: their channels must match.')
-        self.mix, self.pyramid = mix, pyramid
+        self.mix, self.pyramid, self.pfp = mix, pyramid, pfp
         stem_channels = self.backbone.num_ch_enc[0]
         self.reshape_in = Reshape(num_ch_enc[-1], 3, 32) if mix == 'image' else Reshape(num_ch_enc[-1], stem_channels, 8)
         self.post = PostFeaturePyramid(stages, channels) if pfp else Reshape(stages[-1], channels, 8)
@@ -221,7 +221,7 @@ class XNetDecoder(nn.Module):
                                    self.backbone.layer4)):
             x = layer(x + features[i] if self.pyramid and i else x)  # eq. 2: E_i + D_{i-1}(F)
             stages.append(x)
-        return [self.post(stages if isinstance(self.post, PostFeaturePyramid) else stages[-1])]
+        return [self.post(stages if self.pfp else stages[-1])]
 
 
 class DispHead(nn.Module):
