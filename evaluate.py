@@ -19,7 +19,9 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
 import torch
+from torchvision.io import write_png
 
 import data
 import models
@@ -304,7 +306,7 @@ def _mean_std(values):
 
 def grouped_table(runs):
     """Markdown like the paper's tables: one row per configuration, each metric as mean ± std over its
-    seeds (sample standard deviation), with the number of seeds."""
+    seeds (sample standard deviation), with the number of seeds; a single seed's value stands alone."""
     groups = group_runs(runs)
     tables = []
     for task in dict.fromkeys(_task(run) for run in runs):
@@ -314,11 +316,66 @@ def grouped_table(runs):
             cells = []
             for _, split, key, fmt in columns:
                 mean, std = _mean_std([_last(run, split).get(key) for run in members])
-                cells.append('–' if mean is None else f'{fmt(mean)} ± {fmt(std)}')
+                cells.append('–' if mean is None else fmt(mean) if len(members) == 1 else f'{fmt(mean)} ± {fmt(std)}')
             rows.append([label] + _config_cells(members[0]) + [str(len(members))] + cells)
         tables.append(_markdown(f'{task}, mean ± std over seeds', ['configuration'] + SHARED_HEADER + ['seeds']
                                 + [c[0] for c in columns], rows))
     return '\n\n'.join(tables) + '\n'
+
+
+def _final_miou7(members):
+    """Mean and std over seeds of the runs' last mIoU (7 classes), fractions."""
+    return _mean_std([_last(run, 'eval').get('miou7') for run in members])
+
+
+def init_name(init):
+    """An --init value as finetune.py names runs after it: 'depth' for checkpoints/depth.pt, the run's name
+    without its seed for runs/<name>/checkpoint.pt, the value itself for none, imagenet, depth or flow."""
+    path = Path(str(init))
+    if path.suffix != '.pt':
+        return str(init)
+    return re.sub(r'-s\d+$', '', path.parent.name) if path.stem == 'checkpoint' else path.stem
+
+
+def _seeds(count):
+    return 'one seed' if count == 1 else f'mean of {count} seeds'
+
+
+def _headline(depth, random, setting):
+    """'mIoU (7 classes), frozen encoder: depth 64.0 vs random 29.0 (+35.0), mean of 3 seeds', or None
+    when either side has no final mIoU."""
+    (depth_mean, _), (random_mean, _) = _final_miou7(depth), _final_miou7(random)
+    if depth_mean is None or random_mean is None:
+        return None
+    name = init_name(depth[0]['args']['init'])
+    seeds = ('' if len(depth) == len(random) == 1 else f', {_seeds(len(depth))}' if len(depth) == len(random)
+             else f', {name} {_seeds(len(depth))}, random {_seeds(len(random))}')
+    return (f'mIoU (7 classes), {setting}: {name} {100 * depth_mean:.1f} vs random {100 * random_mean:.1f} '
+            f'({100 * (depth_mean - random_mean):+.1f}){seeds}')
+
+
+def headlines(runs):
+    """The main result in one line per pair of segmentation configurations that differ only in --init, a
+    depth checkpoint against none (random weights): frozen-encoder pairs first, then fine-tuned ones. A
+    setting with several pairs (other train sizes, decoders, ...) names the depth configuration."""
+    settings = {}
+    for label, members in group_runs([run for run in runs if _task(run) == 'seg']):
+        config = {k: v for k, v in members[0]['args'].items() if k not in NOT_CONFIGURATION | {'init'}}
+        settings.setdefault(json.dumps(config, sort_keys=True, default=str), []).append((label, members))
+    pairs = []
+    for groups in settings.values():
+        inits = [(init_name(members[0]['args'].get('init')), label, members) for label, members in groups]
+        pairs += [(label, depth, random) for name, label, depth in inits if name.startswith('depth')
+                  for other, _, random in inits if other == 'none']
+    pairs.sort(key=lambda pair: not pair[1][0]['args'].get('freeze_encoder'))  # stable: frozen first
+    lines = []
+    for label, depth, random in pairs:
+        frozen = bool(depth[0]['args'].get('freeze_encoder'))
+        setting = 'frozen encoder' if frozen else 'fine-tuned encoder'
+        if sum(bool(p[1][0]['args'].get('freeze_encoder')) == frozen for p in pairs) > 1:
+            setting += f' ({label})'
+        lines.append(_headline(depth, random, setting))
+    return [line for line in lines if line]
 
 
 def _curve(run, key):
@@ -346,26 +403,27 @@ def _save_figure(fig, path):
 
 
 def plot_curves(runs, path):
-    """PNG like the paper's Fig. 2: mIoU (7 classes) vs iteration per configuration (mean over its seeds,
-    ± std shaded), abs_rel for depth and end-point error for flow runs, baselines dashed."""
-    panels = [panel for panel in [('seg', 'miou7', 'Segmentation', 'mIoU (7 classes)'),
-                                  ('depth', 'abs_rel', 'Depth', 'abs_rel (lower is better)'),
-                                  ('flow', 'epe', 'Optical flow', 'end-point error, px (lower is better)')]
-              if any(_task(run) == panel[0] for run in runs)] or [(None, None, 'No runs with evaluations', '')]
+    """PNG like the paper's Fig. 2: mIoU (7 classes, %) vs iteration per configuration (mean over its seeds,
+    ± std shaded), abs_rel for depth and end-point error for flow runs, baselines dashed. Returns the figure."""
+    # (task, key, title, y label, factor from the logged value to the plotted one)
+    panels = [panel for panel in [('seg', 'miou7', 'Segmentation', 'mIoU (7 classes) %', 100),
+                                  ('depth', 'abs_rel', 'Depth', 'abs_rel (lower is better)', 1),
+                                  ('flow', 'epe', 'Optical flow', 'end-point error, px (lower is better)', 1)]
+              if any(_task(run) == panel[0] for run in runs)] or [(None, None, 'No runs with evaluations', '', 1)]
     fig, axes = _figure(len(panels))
-    for ax, (task, key, title, ylabel) in zip(axes[0], panels):
+    for ax, (task, key, title, ylabel, factor) in zip(axes[0], panels):
         for label, members in (g for g in group_runs(runs) if _task(g[1][0]) == task):
             curves = [dict(zip(*_curve(run, key))) for run in members]
             iters = sorted(set.intersection(*(set(c) for c in curves)))
             if not iters:
                 continue
-            stats = [_mean_std([c[i] for c in curves]) for i in iters]
+            stats = [_mean_std([factor * c[i] for c in curves]) for i in iters]
             mean = [m for m, _ in stats]
             line, = ax.plot(iters, mean, marker='.', label=f'{label} (n={len(members)})')
             ax.fill_between(iters, [m - s for m, s in stats], [m + s for m, s in stats], color=line.get_color(), alpha=0.2)
             baseline = _last(members[0], 'baseline').get(key)
             if baseline is not None:
-                ax.axhline(baseline, ls='--', color=line.get_color(), label=f'{label}: baseline')
+                ax.axhline(factor * baseline, ls='--', color=line.get_color(), label=f'{label}: baseline')
         ax.set(title=title, xlabel='iteration', ylabel=ylabel)
         if ax.lines:
             ax.legend(fontsize='small')
@@ -373,37 +431,38 @@ def plot_curves(runs, path):
             ax.text(0.5, 0.5, 'no evaluations logged', ha='center', va='center', transform=ax.transAxes)
         ax.grid(alpha=0.3)
     _save_figure(fig, path)
-
-
-def _final_miou7(members):
-    return _mean_std([_last(run, 'eval').get('miou7') for run in members])
+    return fig
 
 
 def plot_train_size(runs, path):
     """PNG like the paper's Fig. 3: final mIoU (7 classes) vs the number of labelled training images, one
-    line per configuration (everything but --train-size), mean ± std over seeds as error bars."""
+    line per configuration (everything but --train-size) measured at two sizes or more, mean ± std over
+    seeds as error bars. Returns the figure, or None (and writes nothing) when no configuration has two."""
     series = {}
     for label, members in group_runs([run for run in runs if _task(run) == 'seg']):
         name = re.sub(r'-n\d+', '', label)  # the train size is the x axis, not part of the series
-        series.setdefault(name, []).append((members[0]['args'].get('train_size'), *_final_miou7(members)))
+        point = (members[0]['args'].get('train_size'), *_final_miou7(members))
+        if point[0] is not None and point[1] is not None:
+            series.setdefault(name, []).append(point)
+    series = {name: sorted(points) for name, points in series.items() if len(points) > 1}
+    if not series:
+        return None
     fig, axes = _figure(1)
     ax = axes[0, 0]
     for name, points in series.items():
-        points = sorted(p for p in points if p[0] is not None and p[1] is not None)
-        if points:
-            ax.errorbar([p[0] for p in points], [100 * p[1] for p in points], yerr=[100 * p[2] for p in points],
-                        marker='o', capsize=3, label=name)
+        ax.errorbar([p[0] for p in points], [100 * p[1] for p in points], yerr=[100 * p[2] for p in points],
+                    marker='o', capsize=3, label=name)
     ax.set(title='Final mIoU vs training-set size', xlabel='labelled training images', ylabel='mIoU (7 classes) %')
     ax.set_xscale('log', base=2)
-    if ax.lines:
-        ax.legend(fontsize='small')
+    ax.legend(fontsize='small')
     ax.grid(alpha=0.3)
     _save_figure(fig, path)
+    return fig
 
 
 def plot_frozen(runs, path):
     """PNG like the paper's Fig. 4: final mIoU (7 classes) per initialisation, frozen encoder next to
-    fine-tuned, mean ± std over seeds."""
+    fine-tuned, mean ± std over seeds; a setting without runs leaves its slot empty. Returns the figure."""
     bars = {}
     for label, members in group_runs([run for run in runs if _task(run) == 'seg']):
         args = members[0]['args']
@@ -412,14 +471,17 @@ def plot_frozen(runs, path):
     fig, axes = _figure(1, width=max(6, 1.5 * len(bars)))
     ax = axes[0, 0]
     for offset, mode in ((-0.2, 'frozen'), (0.2, 'full')):
-        stats = [bars[name].get(mode, (None, None)) for name in bars]
-        ax.bar([i + offset for i in range(len(bars))], [100 * (m or 0) for m, _ in stats], width=0.4,
-               yerr=[100 * (s or 0) for _, s in stats], capsize=3, label=f'{mode} encoder')
+        drawn = [(i, *bars[name][mode]) for i, name in enumerate(bars) if bars[name].get(mode, (None,))[0] is not None]
+        if drawn:
+            ax.bar([i + offset for i, _, _ in drawn], [100 * m for _, m, _ in drawn], width=0.4,
+                   yerr=[100 * s for _, _, s in drawn], capsize=3, label=f'{mode} encoder')
     ax.set_xticks(range(len(bars)), list(bars), rotation=20, ha='right', fontsize='small')
     ax.set(title='Frozen vs fine-tuned encoder', ylabel='mIoU (7 classes) %')
-    ax.legend()
+    if ax.containers:
+        ax.legend()
     ax.grid(alpha=0.3, axis='y')
     _save_figure(fig, path)
+    return fig
 
 
 # ---------------------------------------------------------------- checkpoints on held-out images
@@ -464,6 +526,14 @@ def held_out_set(checkpoint, root):
     return data.VideoSnippets(root, 'test', *size, frame_ids=(0,), with_depth=True)
 
 
+def depth_settings(checkpoint):
+    """(min_depth, max_depth, median_scaling) of a depth checkpoint: the depths its sigmoid disparity maps
+    to, and whether its scale comes from the ground truth (pre-training checkpoints) or is metric
+    (fine-tuned depth)."""
+    args = checkpoint.get('args') or {}
+    return args.get('min_depth', 0.1), args.get('max_depth', 100.0), 'supervision' in args
+
+
 def evaluate_checkpoint(path, root, device=torch.device('cpu')):
     """Metrics of one checkpoint on its held-out images: segmentation metrics, or the depth table
     (median-scaled for self-supervised pre-training checkpoints, metric for fine-tuned depth)."""
@@ -472,9 +542,9 @@ def evaluate_checkpoint(path, root, device=torch.device('cpu')):
     batches = torch.utils.data.DataLoader(held_out_set(checkpoint, root), batch_size=4)
     if checkpoint['task'] == 'seg':
         return evaluate_segmentation(net, batches, device, net.head.conv.out_channels)
-    args = checkpoint.get('args') or {}
-    return evaluate_depth(net, batches, device, args.get('min_depth', 0.1), args.get('max_depth', 100.0),
-                          args.get('eval_max_depth', 80.0), median_scaling='supervision' in args)
+    min_depth, max_depth, median_scaling = depth_settings(checkpoint)
+    eval_max_depth = (checkpoint.get('args') or {}).get('eval_max_depth', 80.0)
+    return evaluate_depth(net, batches, device, min_depth, max_depth, eval_max_depth, median_scaling)
 
 
 def _common_held_out(runs, root, count):
@@ -487,33 +557,74 @@ def _common_held_out(runs, root, count):
         indices = list(range(0, len(sets[0]), max(1, len(sets[0]) // count)))[:count]
     if not indices:
         raise ValueError('the runs share no held-out image: compare runs with overlapping evaluation sets.')
-    return torch.utils.data.default_collate([sets[0][i] for i in indices])
+    batch = torch.utils.data.default_collate([sets[0][i] for i in indices])
+    for key in ('image', 'frames'):  # resampling overshoots [0, 1] a little; the figures draw these as RGB
+        if key in batch:
+            batch[key] = batch[key].clamp(0, 1)
+    return batch
+
+
+def _median_scaled(depth, gt):
+    """Each predicted depth map [B, H, W] times median(gt) / median(prediction) over its pixels with ground
+    truth, as the evaluation of self-supervised depth does."""
+    scales = [g[g > 0].median() / d[g > 0].median() if (g > 0).any() else torch.tensor(1.0)
+              for d, g in zip(depth, gt)]
+    return depth * torch.stack(scales).view(-1, 1, 1)
+
+
+def _predicted_map(run, images, gt_depth):
+    """One run's prediction on the images: train ids [B, H, W], or inverse depth in 1/m at the ground
+    truth's resolution (median-scaled where the evaluation median-scales)."""
+    checkpoint = load_checkpoint(run['checkpoint'])
+    out = load_network(checkpoint, run['name'])(images)
+    if checkpoint['task'] == 'seg':
+        return out.argmax(1)
+    min_depth, max_depth, median_scaling = depth_settings(checkpoint)
+    disp = torch.nn.functional.interpolate(out[0], gt_depth.shape[-2:], mode='bilinear', align_corners=False)
+    depth = models.disp_to_depth(disp[:, 0], min_depth, max_depth)
+    return 1 / (_median_scaled(depth, gt_depth) if median_scaling else depth)
+
+
+def _class_legend(fig, label_maps):
+    """A legend of the Cityscapes classes that appear in the label maps, in their palette colours."""
+    from matplotlib.patches import Patch
+    present = torch.unique(torch.cat([m.flatten() for m in label_maps])).tolist()
+    handles = [Patch(color=[c / 255 for c in CITYSCAPES_PALETTE[i]], label=CITYSCAPES_CLASSES[i])
+               for i in present if i < len(CITYSCAPES_CLASSES)]
+    fig.legend(handles=handles, loc='outside right upper', fontsize='small', title='classes')
 
 
 @torch.no_grad()
 def plot_qualitative(runs, root, path, count=4):
-    """PNG grid, one row per held-out image: the image, its ground truth, then each run's prediction
-    (segmentation in the Cityscapes palette; depth as disparity in magma, ground truth as 1/depth)."""
+    """PNG grid, one row per held-out image: the image, its ground truth, then each run's prediction.
+    Segmentation in the Cityscapes palette with a legend of the classes shown; depth as inverse depth
+    (1/m, ground truth and predictions on one magma scale with its colour bar; predictions median-scaled
+    where the evaluation median-scales, pixels without ground truth black). Returns the figure."""
     seg = _task(runs[0]) == 'seg'
     batch = _common_held_out(runs, root, count)
     images = batch['image'] if seg else batch['frames'][:, 0]
-    if seg:
-        truth = colourise(batch['label'])
-    else:
-        depth = batch['depth'][:, 0]
-        truth = torch.where(depth > 0, 1 / depth.clamp(min=1e-3), 0.0)
-    cmap = None if seg else 'magma'
-    columns = [('image', images.permute(0, 2, 3, 1), None), ('ground truth', truth, cmap)]
-    for run in runs:
-        out = load_network(load_checkpoint(run['checkpoint']), run['name'])(images)
-        columns.append((run['name'], colourise(out.argmax(1)) if seg else out[0][:, 0], cmap))
-    fig, axes = _figure(len(columns), len(images), width=3, height=1.2)
-    for c, (title, pictures, colour_map) in enumerate(columns):
+    gt_depth = None if seg else batch['depth'][:, 0]
+    truth = batch['label'] if seg else torch.where(gt_depth > 0, 1 / gt_depth.clamp(min=1e-3), 0.0)
+    maps = [truth] + [_predicted_map(run, images, gt_depth) for run in runs]
+    titles = ['ground truth'] + [run['name'] for run in runs]
+    fig, axes = _figure(len(maps) + 1, len(images), width=3, height=1.2)
+    vmax = None if seg else float(torch.cat([m.flatten() for m in maps]).quantile(0.99))
+    for c, (title, pictures) in enumerate([('image', images.permute(0, 2, 3, 1))] + list(zip(titles, maps))):
         axes[0, c].set_title(title, fontsize='small')
         for r, picture in enumerate(pictures):
-            axes[r, c].imshow(picture.numpy(), cmap=colour_map)
+            if c == 0:
+                axes[r, c].imshow(picture.numpy())
+            elif seg:
+                axes[r, c].imshow(colourise(picture).numpy())
+            else:
+                shown = axes[r, c].imshow(picture.numpy(), cmap='magma', vmin=0, vmax=vmax)
             axes[r, c].axis('off')
+    if seg:
+        _class_legend(fig, maps)
+    else:
+        fig.colorbar(shown, ax=axes[:, 1:], label='inverse depth, 1/m', shrink=0.8)
     _save_figure(fig, path)
+    return fig
 
 
 def grad_cam(net, images, layer):
@@ -550,6 +661,75 @@ def plot_grad_cam(runs, root, path, count=4, layer='layer1'):
     _save_figure(fig, path)
 
 
+# ---------------------------------------------------------------- predictions on your own images
+
+IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg')
+
+
+def image_files(path):
+    """The images to predict on: the file itself, or a folder's PNG and JPEG files, sorted by name."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f'{path} does not exist; give an image (.png, .jpg) or a folder of them.')
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise ValueError(f'{path} holds no .png or .jpg images.')
+        return files
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise ValueError(f'{path} is not an image: give a .png or .jpg file, or a folder of them.')
+    return [path]
+
+
+@torch.no_grad()
+def predict(net, checkpoint, image):
+    """A network's prediction for one uint8 image [3, H, W] at the image's own size: depth in metres
+    [H, W] float32, or train ids [H, W] uint8. The network sees the image resized to the checkpoint's
+    resolution; its disparity, or its logits before the argmax, are upsampled back bilinearly."""
+    size = image.shape[-2:]
+    out = net(data.resize(image[None].float() / 255, (checkpoint['height'], checkpoint['width'])))
+    if checkpoint['task'] == 'seg':
+        logits = torch.nn.functional.interpolate(out, size, mode='bilinear', align_corners=False)
+        return logits.argmax(1)[0].to(torch.uint8)
+    disp = torch.nn.functional.interpolate(out[0], size, mode='bilinear', align_corners=False)
+    min_depth, max_depth, _ = depth_settings(checkpoint)
+    return models.disp_to_depth(disp[0, 0], min_depth, max_depth).float()
+
+
+def _magma(disp):
+    """Disparity [H, W] as an RGB picture [H, W, 3] uint8 in magma, its 95th percentile brightest
+    (Monodepth2's test_simple.py)."""
+    from matplotlib import colormaps
+    disp = disp.numpy()
+    low, high = disp.min(), np.percentile(disp, 95)
+    rgba = colormaps['magma'](np.clip((disp - low) / max(high - low, 1e-12), 0, 1))
+    return torch.from_numpy((rgba[..., :3] * 255).round().astype(np.uint8))
+
+
+def write_prediction(prediction, task, out_dir, stem):
+    """<stem>_depth.png (magma of disparity) and <stem>_depth.npy (metres, float32), or <stem>_seg.png
+    (Cityscapes palette) and <stem>_seg.npy (train ids, uint8), all [H, W]."""
+    picture = colourise(prediction) if task == 'seg' else _magma(1 / prediction)
+    write_png(picture.permute(2, 0, 1).contiguous(), str(out_dir / f'{stem}_{task}.png'))
+    np.save(out_dir / f'{stem}_{task}.npy', prediction.numpy())
+
+
+def predict_images(checkpoint_path, source, out_dir):
+    """Run a segmentation or depth checkpoint on an image or a folder of images and write each
+    prediction into out_dir; returns the number of images."""
+    checkpoint = load_checkpoint(checkpoint_path)
+    net = load_network(checkpoint, str(checkpoint_path))
+    files = image_files(source)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for file in files:
+        try:
+            image = data.read_image(file)
+        except RuntimeError:
+            raise ValueError(f'{file} is not a PNG or JPEG image that can be decoded.') from None
+        write_prediction(predict(net, checkpoint, image), checkpoint['task'], out_dir, file.stem)
+    return len(files)
+
+
 def _write_text_atomic(path, text):
     tmp = path.with_name(path.name + '.tmp')
     tmp.write_text(text)
@@ -562,15 +742,19 @@ def _data_root(args, runs):
 
 
 def write_figures(runs, out_dir, images, root):
-    """The figures: training curves (Fig. 2), mIoU vs train size (Fig. 3) and frozen vs fine-tuned (Fig. 4)
-    from the metrics; with `images`, qualitative grids and Grad-CAM (Fig. 6) from the runs' checkpoints."""
+    """The figures: training curves (Fig. 2), frozen vs fine-tuned (Fig. 4) and, where some configuration
+    was trained on two train sizes or more, mIoU vs train size (Fig. 3) from the metrics; with `images`,
+    qualitative grids and Grad-CAM (Fig. 6) from the runs' checkpoints. Returns the paths written."""
     written = [out_dir / 'curves.png']
     plot_curves(runs, written[0])
     seg = [run for run in runs if _task(run) == 'seg']
     if seg:
-        written += [out_dir / 'train_size.png', out_dir / 'frozen.png']
-        plot_train_size(seg, written[-2])
+        written.append(out_dir / 'frozen.png')
         plot_frozen(seg, written[-1])
+        if plot_train_size(seg, out_dir / 'train_size.png'):
+            written.append(out_dir / 'train_size.png')
+        else:
+            print('train_size.png not written: every configuration has a single --train-size.')
     if images:
         for task in ('seg', 'depth'):
             chosen = [run for run in runs if _task(run) == task and Path(run['checkpoint']).is_file()]
@@ -584,14 +768,29 @@ def write_figures(runs, out_dir, images, root):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description='Tabulate and plot run folders, or evaluate one checkpoint.')
+    parser = argparse.ArgumentParser(description='Tabulate and plot run folders, evaluate one checkpoint, '
+                                                 'or predict with it on your own images.')
     parser.add_argument('runs', nargs='*', help='run folders (runs/<name>/) or checkpoint files (.pt)')
-    parser.add_argument('--out-dir', default='results', help='where results.md and the figures go')
+    parser.add_argument('--out-dir', default=None, help='where results.md and the figures go (default: results), '
+                                                        'or the predictions (default: predictions)')
     parser.add_argument('--images', action='store_true',
                         help='also draw qualitative grids and Grad-CAM maps from the runs\' checkpoints (reads the data)')
     parser.add_argument('--checkpoint', help='evaluate this one checkpoint on its held-out images and print the metrics')
+    parser.add_argument('--predict', metavar='IMAGE_OR_FOLDER',
+                        help='with --checkpoint: predict depth or segmentation for this image or every .png/.jpg '
+                             'in this folder, at their own size')
     parser.add_argument('--data-root', default=None, help='dataset folder (default: the runs\' own, else data/toy)')
     args = parser.parse_args(argv)
+    if args.predict:
+        if not args.checkpoint:
+            parser.error('--predict needs --checkpoint PATH, the network to predict with')
+        out_dir = Path(args.out_dir or 'predictions')
+        try:
+            count = predict_images(args.checkpoint, args.predict, out_dir)
+        except (ValueError, FileNotFoundError) as error:
+            parser.error(str(error))
+        print(f'wrote the predictions for {count} image{"s" if count > 1 else ""} to {out_dir}')
+        return
     if args.checkpoint:
         try:
             checkpoint_args = load_checkpoint(args.checkpoint).get('args') or {}
@@ -605,16 +804,19 @@ def main(argv=None):
         parser.error('give run folders or checkpoints to tabulate, or --checkpoint PATH to evaluate one')
     try:
         runs = [read_run(path) for path in args.runs]
-        out_dir = Path(args.out_dir)
+        out_dir = Path(args.out_dir or 'results')
+        headline = '\n'.join(headlines(runs))
         tables = ('## Configurations (mean ± std over seeds)\n\n' + grouped_table(runs)
                   + '\n## Every run\n\n' + results_table(runs))
         print(tables)
         out_dir.mkdir(parents=True, exist_ok=True)
-        _write_text_atomic(out_dir / 'results.md', tables)
+        _write_text_atomic(out_dir / 'results.md', (headline + '\n\n' if headline else '') + tables)
         written = write_figures(runs, out_dir, args.images, _data_root(args, runs))
     except (ValueError, FileNotFoundError) as error:
         parser.error(str(error))
     print('wrote ' + ', '.join(str(p) for p in [out_dir / 'results.md'] + written))
+    if headline:
+        print(headline)
 
 
 if __name__ == '__main__':

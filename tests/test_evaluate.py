@@ -190,8 +190,9 @@ def test_cli(runs, tmp_path, capsys):
     table = (out_dir / 'results.md').read_text()
     assert table in printed and '63.21' in table and 'curves.png' in printed
     assert matplotlib.image.imread(out_dir / 'curves.png').shape[0] > 100
-    assert sorted(p.name for p in out_dir.iterdir()) == ['curves.png', 'frozen.png', 'results.md',
-                                                         'train_size.png']  # no temp files left
+    # one train size: no Fig. 3, and one line saying so; no temp files left
+    assert sorted(p.name for p in out_dir.iterdir()) == ['curves.png', 'frozen.png', 'results.md']
+    assert 'train_size.png not written' in printed
 
 
 def test_cli_bad_path(runs, tmp_path, capsys):
@@ -229,7 +230,78 @@ def test_runs_differing_only_in_seed_are_grouped_with_mean_and_std(tmp_path):
     row = next(line for line in table.splitlines() if line.startswith('| seg-depth-unet-full'))
     cells = [cell.strip() for cell in row.strip('|').split('|')]
     assert cells[9] == '3' and cells[10] == '70.00 ± 10.00'  # sample std of 0.6, 0.7, 0.8
-    assert '50.00 ± 0.00' in table
+    assert '50.00 ± 0.00' in table  # two seeds that agree
+    row = next(line for line in table.splitlines() if line.startswith('| seg-depth-unet-frozen'))
+    cells = [cell.strip() for cell in row.strip('|').split('|')]
+    assert cells[9:12] == ['1', '40.00', '20.00'] and '±' not in row  # one seed: its values alone
+
+
+def test_curves_plot_segmentation_in_percent(runs, tmp_path):
+    fig = evaluate.plot_curves([evaluate.read_run(p) for p in runs], tmp_path / 'curves.png')
+    seg_axes = fig.axes[0]
+    assert seg_axes.get_ylabel() == 'mIoU (7 classes) %'
+    assert list(seg_axes.lines[0].get_ydata()) == pytest.approx([30.0, 63.214])
+    assert list(fig.axes[1].lines[0].get_ydata()) == pytest.approx([0.2, 0.1234])  # depth stays as logged
+
+
+def test_frozen_figure_draws_only_the_bars_that_exist(tmp_path):
+    paths = (_seg_runs(tmp_path, 'depth', True, [0.6, 0.7]) + _seg_runs(tmp_path, 'depth', False, [0.8])
+             + _seg_runs(tmp_path, 'none', True, [0.3]))  # no fine-tuned run from random weights
+    fig = evaluate.plot_frozen([evaluate.read_run(p) for p in paths], tmp_path / 'frozen.png')
+    ax = fig.axes[0]
+    assert sorted(bar.get_height() for bar in ax.patches) == pytest.approx([30.0, 65.0, 80.0])
+    assert [t.get_text() for t in ax.get_xticklabels()] == ['seg-depth-unet-n16-resnet18-64x192',
+                                                            'seg-none-unet-n16-resnet18-64x192']
+
+
+def test_train_size_figure_needs_two_sizes_of_one_configuration(tmp_path):
+    one_size = _seg_runs(tmp_path, 'depth', False, [0.5]) + _seg_runs(tmp_path, 'none', False, [0.3], train_size=4)
+    assert evaluate.plot_train_size([evaluate.read_run(p) for p in one_size], tmp_path / 'fig3.png') is None
+    assert not (tmp_path / 'fig3.png').exists()
+    two_sizes = one_size + _seg_runs(tmp_path, 'depth', False, [0.7], train_size=64)
+    fig = evaluate.plot_train_size([evaluate.read_run(p) for p in two_sizes], tmp_path / 'fig3.png')
+    assert (tmp_path / 'fig3.png').is_file()
+    series, = fig.axes[0].containers  # only the depth configuration has two sizes
+    line = series.lines[0]
+    assert list(line.get_xdata()) == [16, 64] and list(line.get_ydata()) == pytest.approx([50.0, 70.0])
+
+
+def test_init_name():
+    assert evaluate.init_name('none') == 'none' and evaluate.init_name('depth') == 'depth'
+    assert evaluate.init_name('checkpoints/depth-stereo.pt') == 'depth-stereo'
+    assert evaluate.init_name('runs/depth-mono-s2/checkpoint.pt') == 'depth-mono'
+
+
+def test_headline_compares_depth_with_random_init_in_the_same_setting(tmp_path, capsys):
+    paths = (_seg_runs(tmp_path, 'depth', False, [0.75]) + _seg_runs(tmp_path, 'none', False, [0.5, 0.4])
+             + _seg_runs(tmp_path, 'depth', True, [0.6, 0.7, 0.8]) + _seg_runs(tmp_path, 'none', True, [0.3, 0.28, 0.26])
+             + _seg_runs(tmp_path, 'imagenet', True, [0.9])  # not part of the comparison
+             + _seg_runs(tmp_path, 'depth', True, [0.5], train_size=4))  # no random-init partner
+    expected = ['mIoU (7 classes), frozen encoder: depth 70.0 vs random 28.0 (+42.0), mean of 3 seeds',
+                'mIoU (7 classes), fine-tuned encoder: depth 75.0 vs random 45.0 (+30.0), '
+                'depth one seed, random mean of 2 seeds']
+    assert evaluate.headlines([evaluate.read_run(p) for p in paths]) == expected
+    out_dir = tmp_path / 'results'
+    evaluate.main([str(p) for p in paths] + ['--out-dir', str(out_dir)])
+    assert capsys.readouterr().out.strip().splitlines()[-2:] == expected  # the last thing printed
+    assert (out_dir / 'results.md').read_text().startswith('\n'.join(expected) + '\n\n## Configurations')
+
+
+def test_headline_names_the_configuration_when_a_setting_has_several_pairs(tmp_path):
+    paths = []
+    for size in (4, 16):
+        paths += _seg_runs(tmp_path, 'depth', True, [0.5], size) + _seg_runs(tmp_path, 'none', True, [0.25], size)
+    lines = evaluate.headlines([evaluate.read_run(p) for p in paths])
+    assert lines == [f'mIoU (7 classes), frozen encoder (seg-depth-unet-frozen-n{size}-resnet18-64x192): '
+                     f'depth 50.0 vs random 25.0 (+25.0)' for size in (4, 16)]
+
+
+def test_no_headline_without_a_pair(runs, tmp_path, capsys):
+    loaded = [evaluate.read_run(p) for p in runs]
+    assert evaluate.headlines(loaded) == []
+    evaluate.main([str(p) for p in runs] + ['--out-dir', str(tmp_path / 'results')])
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith('wrote ')
+    assert (tmp_path / 'results' / 'results.md').read_text().startswith('## Configurations')
 
 
 def test_train_size_and_frozen_figures_are_readable_pngs(tmp_path):
