@@ -1,7 +1,9 @@
 """Tests for evaluate.py: metrics on hand-computed examples, run folders -> table, figure and CLI."""
 import json
+import logging
 import math
 import sys
+import warnings
 from pathlib import Path
 
 import matplotlib.image
@@ -336,12 +338,50 @@ def trained_runs(toy_root, tmp_path):
     return folders
 
 
-def test_qualitative_grids_and_grad_cam_from_run_checkpoints(trained_runs, tmp_path, capsys):
+def _overexposed(get_item, key):
+    """A dataset's __getitem__ whose images (under `key`) overshoot [0, 1], as resampled real photos can."""
+    def overexposed(self, index):
+        item = get_item(self, index)
+        return dict(item, **{key: item[key] * 1.2 - 0.1})
+    return overexposed
+
+
+def test_qualitative_grids_and_grad_cam_from_run_checkpoints_quietly(trained_runs, tmp_path, caplog, monkeypatch):
+    import data
+    monkeypatch.setattr(data.LabelledImages, '__getitem__', _overexposed(data.LabelledImages.__getitem__, 'image'))
+    monkeypatch.setattr(data.VideoSnippets, '__getitem__', _overexposed(data.VideoSnippets.__getitem__, 'frames'))
     out_dir = tmp_path / 'results'
-    evaluate.main([str(p) for p in trained_runs] + ['--out-dir', str(out_dir), '--images'])
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        warnings.filterwarnings('ignore', message='The image decoding and encoding capabilities of TorchVision')
+        evaluate.main([str(p) for p in trained_runs] + ['--out-dir', str(out_dir), '--images'])
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []  # matplotlib logs
     for name in ('qualitative_seg.png', 'qualitative_depth.png', 'grad_cam.png'):
         image = matplotlib.image.imread(out_dir / name)
         assert image.ndim == 3 and image.shape[0] > 150 and image.std() > 0.01, name
+
+
+def test_segmentation_grid_has_a_legend_of_the_classes_shown(trained_runs, toy_root, tmp_path):
+    runs = [evaluate.read_run(p) for p in trained_runs[:2]]
+    fig = evaluate.plot_qualitative(runs, toy_root, tmp_path / 'seg.png')
+    batch = evaluate._common_held_out(runs, toy_root, 4)
+    with torch.no_grad():
+        predictions = [evaluate.load_network(torch.load(run['checkpoint'], weights_only=False))(batch['image'])
+                       for run in runs]
+    shown = set(batch['label'].unique().tolist()) | {i for p in predictions for i in p.argmax(1).unique().tolist()}
+    legend, = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == [evaluate.CITYSCAPES_CLASSES[i] for i in sorted(shown)
+                                                          if i < 19]
+    colours = [tuple(round(255 * c) for c in patch.get_facecolor()[:3]) for patch in legend.get_patches()]
+    assert colours == [evaluate.CITYSCAPES_PALETTE[i] for i in sorted(shown) if i < 19]
+
+
+def test_depth_grid_has_a_colour_bar_in_inverse_metres(trained_runs, toy_root, tmp_path):
+    fig = evaluate.plot_qualitative([evaluate.read_run(trained_runs[2])], toy_root, tmp_path / 'depth.png')
+    colour_bar = fig.axes[-1]
+    assert colour_bar.get_ylabel() == 'inverse depth, 1/m'
+    truth, prediction = (fig.axes[i].images[0] for i in (1, 2))  # first row: image, ground truth, prediction
+    assert truth.get_clim() == prediction.get_clim() and truth.get_clim()[0] == 0  # one shared scale
 
 
 def test_grad_cam_highlights_where_the_prediction_comes_from():
