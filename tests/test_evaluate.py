@@ -7,8 +7,10 @@ import warnings
 from pathlib import Path
 
 import matplotlib.image
+import numpy as np
 import pytest
 import torch
+import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import evaluate  # noqa: E402
@@ -414,3 +416,96 @@ def test_an_xnet_checkpoint_is_rebuilt_as_the_variant_it_holds():
     assert torch.equal(rebuilt(x), net(x))
     with pytest.raises(ValueError, match='does not fit'):  # the same weights read as another variant
         evaluate.load_network(dict(checkpoint, xnet=dict(xnet, pfp=True)))
+
+
+@pytest.fixture
+def own_images(tmp_path):
+    """A folder of two seeded images of different sizes (one PNG, one JPEG) and a stray text file."""
+    folder = tmp_path / 'photos'
+    folder.mkdir()
+    generator = torch.Generator().manual_seed(0)
+    torchvision.io.write_png(torch.randint(0, 256, (3, 48, 80), dtype=torch.uint8, generator=generator),
+                             str(folder / 'b_wide.png'))
+    torchvision.io.write_jpeg(torch.randint(0, 256, (3, 100, 36), dtype=torch.uint8, generator=generator),
+                              str(folder / 'a_tall.jpg'))
+    (folder / 'notes.txt').write_text('not an image')
+    return folder
+
+
+def _checkpoint(tmp_path, task, normalization='unit', **args):
+    """A checkpoint of a seeded random 64x64 network, in the format pretrain.py and finetune.py write."""
+    import models
+    torch.manual_seed(0)
+    net = (models.build_seg_net(normalization=normalization) if task == 'seg'
+           else models.build_depth_net(normalization=normalization))
+    path = tmp_path / f'{task}.pt'
+    torch.save(dict(model=net.state_dict(), task=task, arch='resnet18', decoder='unet', normalization=normalization,
+                    num_classes=19 if task == 'seg' else None, height=64, width=64, args=args), path)
+    return path, net.eval()
+
+
+def _network_output(net, image):
+    """Computed here, apart from evaluate.py: the image at 64x64 through the network, back at its own size."""
+    small = torch.nn.functional.interpolate(image[None].float() / 255, (64, 64), mode='bilinear',
+                                            align_corners=False, antialias=True)
+    with torch.no_grad():
+        out = net(small)
+    out = out if isinstance(out, torch.Tensor) else out[0]
+    return torch.nn.functional.interpolate(out, image.shape[-2:], mode='bilinear', align_corners=False)[0]
+
+
+def test_predict_depth_on_a_folder_of_own_images(own_images, tmp_path, capsys):
+    import data
+    checkpoint, net = _checkpoint(tmp_path, 'depth', min_depth=0.5, max_depth=50.0)
+    out_dir = tmp_path / 'predictions'
+    evaluate.main(['--checkpoint', str(checkpoint), '--predict', str(own_images), '--out-dir', str(out_dir)])
+    assert sorted(p.name for p in out_dir.iterdir()) == ['a_tall_depth.npy', 'a_tall_depth.png',
+                                                         'b_wide_depth.npy', 'b_wide_depth.png']
+    assert 'for 2 images' in capsys.readouterr().out
+    for stem in ('a_tall', 'b_wide'):
+        image = data.read_image(next(own_images.glob(stem + '.*')))
+        depth = np.load(out_dir / f'{stem}_depth.npy')
+        assert depth.dtype == np.float32 and depth.shape == tuple(image.shape[1:])
+        disp = _network_output(net, image)[0]
+        expected = 1 / (1 / 50.0 + (1 / 0.5 - 1 / 50.0) * disp)  # the checkpoint's own depth range
+        torch.testing.assert_close(torch.from_numpy(depth), expected, rtol=1e-5, atol=1e-5)
+        picture = data.read_image(out_dir / f'{stem}_depth.png')
+        assert picture.shape == image.shape
+        nearest = np.unravel_index(depth.argmin(), depth.shape)  # largest disparity: magma's brightest colour
+        assert picture[:, nearest[0], nearest[1]].tolist() == [252, 253, 191]
+
+
+def test_predict_segmentation_on_one_image(own_images, tmp_path):
+    import data
+    checkpoint, net = _checkpoint(tmp_path, 'seg', normalization='imagenet')
+    out_dir = tmp_path / 'mine'
+    evaluate.main(['--checkpoint', str(checkpoint), '--predict', str(own_images / 'b_wide.png'), '--out-dir', str(out_dir)])
+    assert sorted(p.name for p in out_dir.iterdir()) == ['b_wide_seg.npy', 'b_wide_seg.png']
+    ids = np.load(out_dir / 'b_wide_seg.npy')
+    expected = _network_output(net, data.read_image(own_images / 'b_wide.png')).argmax(0)
+    assert ids.dtype == np.uint8 and ids.shape == (48, 80) and ids.max() < 19
+    assert torch.equal(torch.from_numpy(ids).long(), expected)
+    picture = data.read_image(out_dir / 'b_wide_seg.png')
+    palette = torch.tensor(evaluate.CITYSCAPES_PALETTE, dtype=torch.uint8)
+    assert torch.equal(picture.permute(1, 2, 0), palette[expected])
+
+
+def test_predict_stops_with_one_sentence_on_bad_input(own_images, tmp_path, capsys):
+    depth, _ = _checkpoint(tmp_path, 'depth')
+    flow = tmp_path / 'flow.pt'
+    torch.save(dict(model={}, task='flow', arch='resnet18', normalization='unit'), flow)
+    (tmp_path / 'empty').mkdir()
+    corrupt = tmp_path / 'corrupt.png'
+    corrupt.write_bytes(b'not a png')
+    cases = [(['--checkpoint', str(depth), '--predict', str(tmp_path / 'missing.png')], 'missing.png does not exist'),
+             (['--checkpoint', str(depth), '--predict', str(tmp_path / 'empty')], 'holds no .png or .jpg images'),
+             (['--checkpoint', str(depth), '--predict', str(own_images / 'notes.txt')], 'notes.txt is not an image'),
+             (['--checkpoint', str(depth), '--predict', str(corrupt)], 'corrupt.png is not a PNG or JPEG image'),
+             (['--checkpoint', str(flow), '--predict', str(own_images)], 'holds a flow network'),
+             (['--checkpoint', str(tmp_path / 'none.pt'), '--predict', str(own_images)], 'none.pt does not exist'),
+             (['--predict', str(own_images)], '--predict needs --checkpoint')]
+    for argv, message in cases:
+        with pytest.raises(SystemExit):
+            evaluate.main(argv + ['--out-dir', str(tmp_path / 'out')])
+        error = capsys.readouterr().err
+        assert message in error and 'Traceback' not in error, argv
