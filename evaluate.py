@@ -1,4 +1,4 @@
-"""Measuring: segmentation and depth metrics, and the CLI that turns run folders into a table and a figure.
+"""Measuring: segmentation and depth metrics, and the CLI that turns run folders into tables and figures.
 
 - Segmentation: a confusion matrix over the 19 Cityscapes train ids, and from it per-class IoU, mIoU, pixel
   accuracy and mean class accuracy. Like the depth pre-training paper (App. B.2) we also report mIoU over 7
@@ -7,10 +7,13 @@
   minimal-transfer-learning paper (Sec. 2.3), optionally after per-image median scaling (monocular depth
   is only known up to scale), and the constant-depth baseline a depth network has to beat.
 - Optical flow: end-point error and KITTI's Fl outlier rate, next to the zero-flow baseline.
-- Runs: `read_run` reads `runs/<name>/` (args.json + metrics.jsonl) or a checkpoint; `results_table` and
-  `plot_curves` turn runs into a Markdown table and a PNG like the paper's Fig. 2.
+- Runs: `read_run` reads `runs/<name>/` (args.json + metrics.jsonl) or a checkpoint; `grouped_table`,
+  `results_table` and the `plot_*` functions turn runs into Markdown tables and PNGs like the paper's
+  figures, and `headlines` into the one-line answer: depth pre-training against random weights.
+- Your own images: `predict` runs a segmentation or depth checkpoint on any image at its own size.
 
     python evaluate.py runs/* [--out-dir results]
+    python evaluate.py --checkpoint CKPT --predict IMAGE_OR_FOLDER [--out-dir predictions]
 """
 import argparse
 import json
@@ -348,8 +351,10 @@ def _headline(depth, random, setting):
     if depth_mean is None or random_mean is None:
         return None
     name = init_name(depth[0]['args']['init'])
-    seeds = ('' if len(depth) == len(random) == 1 else f', {_seeds(len(depth))}' if len(depth) == len(random)
-             else f', {name} {_seeds(len(depth))}, random {_seeds(len(random))}')
+    if len(depth) != len(random):
+        seeds = f', {name} {_seeds(len(depth))}, random {_seeds(len(random))}'
+    else:
+        seeds = f', {_seeds(len(depth))}' if len(depth) > 1 else ''
     return (f'mIoU (7 classes), {setting}: {name} {100 * depth_mean:.1f} vs random {100 * random_mean:.1f} '
             f'({100 * (depth_mean - random_mean):+.1f}){seeds}')
 
@@ -608,7 +613,7 @@ def plot_qualitative(runs, root, path, count=4):
     maps = [truth] + [_predicted_map(run, images, gt_depth) for run in runs]
     titles = ['ground truth'] + [run['name'] for run in runs]
     fig, axes = _figure(len(maps) + 1, len(images), width=3, height=1.2)
-    vmax = None if seg else float(torch.cat([m.flatten() for m in maps]).quantile(0.99))
+    vmax = None if seg else float(np.percentile(torch.cat([m.flatten() for m in maps]).numpy(), 99))
     for c, (title, pictures) in enumerate([('image', images.permute(0, 2, 3, 1))] + list(zip(titles, maps))):
         axes[0, c].set_title(title, fontsize='small')
         for r, picture in enumerate(pictures):
