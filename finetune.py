@@ -33,9 +33,9 @@ import data
 import evaluate
 import losses
 import models
-from pretrain import (Run, add_common_args, add_decoder_args, autocast, benchmark, check_args, data_root,
-                      forever, init_checkpoint, init_decoder_backbone, loader, open_dataset, optimisation_step,
-                      pick_device, restore, save_depth_sample, save_image_grid, to_device, train)
+from pretrain import (Run, add_common_args, add_decoder_args, autocast, benchmark, check_args, constant_baseline,
+                      data_root, forever, init_checkpoint, init_decoder_backbone, loader, metrics_line, open_dataset,
+                      optimisation_step, pick_device, restore, save_depth_sample, save_image_grid, to_device, train)
 
 NUM_CLASSES = len(evaluate.CITYSCAPES_CLASSES)
 
@@ -192,7 +192,18 @@ def segmentation_task(args, root, net, device):
     def evaluate_now(iteration, folder):
         save_seg_sample(net, sample, folder / f'sample_{iteration:06d}.png', device)
         return evaluate.evaluate_segmentation(net, eval_batches, device, NUM_CLASSES)
-    return train_set, loss_fn, evaluate_now
+    labels = data.LabelledImages(root, train_ids, args.height, args.width)  # unflipped: no random draws
+    return train_set, loss_fn, evaluate_now, majority_baseline(labels, eval_batches)
+
+
+def majority_baseline(labelled, eval_batches):
+    """What labelling every pixel with the training images' most frequent class scores on the evaluation set."""
+    counts = sum(torch.bincount(labelled[i]['label'].flatten(), minlength=256)[:NUM_CLASSES]
+                 for i in range(len(labelled)))
+    majority = int(counts.argmax())
+    confusion = sum(evaluate.confusion_matrix(torch.full_like(b['label'], majority), b['label'], NUM_CLASSES)
+                    for b in eval_batches)
+    return evaluate.segmentation_metrics(confusion)
 
 
 def depth_task(args, root, net, device):
@@ -217,7 +228,7 @@ def depth_task(args, root, net, device):
         save_depth_sample(net, sample, folder / f'sample_{iteration:06d}.png')
         return evaluate.evaluate_depth(net, test_batches, device, args.min_depth, args.max_depth,
                                        args.eval_max_depth, median_scaling=False)
-    return train_set, loss_fn, evaluate_now
+    return train_set, loss_fn, evaluate_now, constant_baseline(test_batches, args)
 
 
 def few_shot(count, args):
@@ -232,13 +243,13 @@ def main(argv=None):
     args = parse_args(argv)
     torch.manual_seed(args.seed)
     device = pick_device(args.device)
+    net = build_network(args).to(device)  # a missing --init checkpoint stops the run before any rendering
     root = data_root(args)
-    net = build_network(args).to(device)
     if args.freeze_encoder:
         net.encoder.requires_grad_(False)
     set_train_mode(net, args.freeze_encoder)
     task = segmentation_task if args.task == 'seg' else depth_task
-    train_set, loss_fn, evaluate_now = task(args, root, net, device)
+    train_set, loss_fn, evaluate_now, baseline = task(args, root, net, device)
     batches = forever(loader(train_set, args, device, shuffle=True))
     optimizer = make_optimizer(net, args)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(args.schedule, args.iters, args.warmup))
@@ -266,12 +277,8 @@ def main(argv=None):
                     num_classes=NUM_CLASSES if args.task == 'seg' else None, height=args.height, width=args.width,
                     args=vars(args), iter=iteration, metrics=state['metrics'])
 
-    train(args, run, step, batches, state, evaluate_and_resume, checkpoint)
-    m = state['metrics']
-    summary = (f'mIoU (7 classes) {100 * m["miou7"]:.2f}, mIoU {100 * m["miou"]:.2f}, pixel accuracy '
-               f'{100 * m["pixel_acc"]:.2f}' if args.task == 'seg' else
-               f'abs_rel {m["abs_rel"]:.3f}, rmse {m["rmse"]:.3f}, SI-RMSE {m["si_rmse"]:.3f}')
-    print(f'{args.task} after {args.iters} iterations: {summary}. Wrote {run.path}.')
+    train(args, run, step, batches, state, evaluate_and_resume, checkpoint, baseline)
+    print(f'{args.task} after {args.iters} iterations: {metrics_line(state["metrics"], baseline)}. Wrote {run.path}.')
 
 
 if __name__ == '__main__':

@@ -288,7 +288,8 @@ def save_image_grid(rows, path, cmaps=None):
     fig, axes = plt.subplots(len(rows), len(rows[0]), figsize=(4 * len(rows[0]), 1.5 * len(rows)), squeeze=False)
     for r, (row, cmap) in enumerate(zip(rows, cmaps)):
         for i, image in enumerate(row):
-            axes[r, i].imshow(image.cpu().numpy(), cmap=cmap)
+            image = image.float().cpu().numpy()
+            axes[r, i].imshow(image if cmap else image.clip(0, 1), cmap=cmap)  # jittered colours overshoot
             axes[r, i].axis('off')
     fig.tight_layout()
     fig.savefig(path, dpi=80)
@@ -323,8 +324,11 @@ def benchmark(step, batches, steps, batch_size, device):
           f'peak memory {peak_memory_mb(device):.0f} MB')
 
 
-def train(args, run, step, batches, state, evaluate_now, checkpoint):
-    """The loop both scripts share: step, log, evaluate, checkpoint, with a tqdm bar."""
+def train(args, run, step, batches, state, evaluate_now, checkpoint, baseline):
+    """The loop both scripts share: step, log, evaluate, checkpoint, with a tqdm bar. The baseline (what a
+    trivial prediction scores) is logged once and printed next to every evaluation."""
+    if not args.resume:
+        run.log(iter=0, split='baseline', **baseline)
     bar = tqdm(range(state['iter'], args.iters), initial=state['iter'], total=args.iters, dynamic_ncols=True)
     start = time.perf_counter()
     for it in bar:
@@ -339,9 +343,25 @@ def train(args, run, step, batches, state, evaluate_now, checkpoint):
             metrics = evaluate_now(done)
             run.log(iter=done, split='eval', **metrics)
             state['metrics'] = metrics
+            bar.write(f'iteration {done}: {metrics_line(metrics, baseline)}')
         if done % args.save_every == 0 or done == args.iters:
             run.save(checkpoint(done))
     return state
+
+
+# The measures printed after each evaluation: key -> (label, shown in %).
+SUMMARY = {'miou7': ('mIoU(7)', True), 'miou': ('mIoU(19)', True), 'pixel_acc': ('pixel acc', True),
+           'abs_rel': ('abs_rel', False), 'rmse': ('rmse', False), 'a1': ('δ<1.25', False),
+           'si_rmse': ('SI-RMSE', False), 'epe': ('EPE px', False), 'fl': ('Fl', True)}
+
+
+def metrics_line(metrics, baseline):
+    """One line: each headline measure, with the baseline's value in brackets."""
+    def show(value, percent):
+        return f'{100 * value:.1f} %' if percent else f'{value:.3f}'
+    return ', '.join(f'{label} {show(metrics[key], percent)}'
+                     + (f' (baseline {show(baseline[key], percent)})' if key in baseline else '')
+                     for key, (label, percent) in SUMMARY.items() if key in metrics)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -513,8 +533,6 @@ def run_pretraining(args, networks, loss_fn, batches, baseline, evaluate_now, in
     state = dict(iter=0, metrics={})
     if args.resume:
         state = restore(run, device, networks, optimizer, scheduler)
-    else:
-        run.log(iter=0, split='baseline', **baseline())
 
     def checkpoint(iteration):
         return dict({key: net.state_dict() for key, net in networks.items()}, optimizer=optimizer.state_dict(),
@@ -522,21 +540,18 @@ def run_pretraining(args, networks, loss_fn, batches, baseline, evaluate_now, in
                     normalization=networks['model'].normalization, height=args.height, width=args.width,
                     args=vars(args), iter=iteration, metrics=state['metrics'], **info)
 
-    train(args, run, step, batches, state, lambda it: evaluate_now(it, run.path), checkpoint)
+    reference = baseline()
+    train(args, run, step, batches, state, lambda it: evaluate_now(it, run.path), checkpoint, reference)
     final = checkpoint(args.iters)
     save_atomic({k: v for k, v in final.items() if k not in ('optimizer', 'scheduler')}, args.out)
-    print(f'{args.task} after {args.iters} iterations: ' +
-          ', '.join(f'{k} {v:.3f}' for k, v in list(state['metrics'].items())[:4]))
+    print(f'{args.task} after {args.iters} iterations: {metrics_line(state["metrics"], reference)}')
     print(f'Wrote {run.path} and {args.out}.')
 
 
-def pretrain_depth(args, root, device):
-    """Depth pre-training with the chosen supervision; evaluated on the test drive's ground truth."""
+def pretrain_depth(args, device):
+    """Depth pre-training with the chosen supervision; evaluated on the test drive's ground truth. The
+    networks (and their ImageNet weights) come first, so a missing file stops the run before any rendering."""
     mono, gt = 'mono' in args.supervision, args.supervision == 'gt'
-    train_set = open_dataset(data.VideoSnippets, root, 'train', args.height, args.width,
-                             frame_ids=(0, -1, 1) if mono else (0,), augment=True, with_depth=gt,
-                             stereo='stereo' in args.supervision, crop=args.crop_size)
-    batches = forever(loader(train_set, args, device, shuffle=True))
     normalization = 'imagenet' if args.init == 'imagenet' else 'unit'
     networks = {'model': models.build_depth_net(args.arch, normalization, args.decoder, models.xnet_options(args))}
     if mono:
@@ -548,6 +563,11 @@ def pretrain_depth(args, root, device):
         models.start_at_depth(networks['model'], METRIC_START_DEPTH, args.min_depth, args.max_depth)
     for net in networks.values():
         net.to(device)
+    root = data_root(args)
+    train_set = open_dataset(data.VideoSnippets, root, 'train', args.height, args.width,
+                             frame_ids=(0, -1, 1) if mono else (0,), augment=True, with_depth=gt,
+                             stereo='stereo' in args.supervision, crop=args.crop_size)
+    batches = forever(loader(train_set, args, device, shuffle=True))
     depth_net, pose_net = networks['model'], networks.get('pose_net')
 
     def loss_fn(batch):
@@ -617,14 +637,15 @@ def save_flow_sample(flow_net, frames, path):
     save_image_grid([frames[:, 0].permute(0, 2, 3, 1).cpu(), flow_to_image(flow).permute(0, 2, 3, 1)], path)
 
 
-def pretrain_flow(args, root, device):
+def pretrain_flow(args, device):
     """Siamese optical flow, self-supervised on consecutive frames (App. B.3), evaluated by end-point error."""
-    train_set = open_dataset(data.VideoSnippets, root, 'train', args.height, args.width, frame_ids=(0, 1),
-                             augment=True, crop=args.crop_size)
-    batches = forever(loader(train_set, args, device, shuffle=True))
     flow_net = models.build_flow_net(args.arch, 'imagenet' if args.init == 'imagenet' else 'unit')
     init_encoders(args, flow_net.encoder)
     flow_net.to(device)
+    root = data_root(args)
+    train_set = open_dataset(data.VideoSnippets, root, 'train', args.height, args.width, frame_ids=(0, 1),
+                             augment=True, crop=args.crop_size)
+    batches = forever(loader(train_set, args, device, shuffle=True))
 
     def loss_fn(batch):
         batch = to_device(batch, device)
@@ -650,8 +671,7 @@ def main(argv=None):
     args = parse_args(argv)
     torch.manual_seed(args.seed)
     device = pick_device(args.device)
-    root = data_root(args)
-    return (pretrain_flow if args.task == 'flow' else pretrain_depth)(args, root, device)
+    return (pretrain_flow if args.task == 'flow' else pretrain_depth)(args, device)
 
 
 if __name__ == '__main__':

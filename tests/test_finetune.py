@@ -151,3 +151,20 @@ def test_xnet_flags_that_cannot_work_stop_with_a_sentence(flags, message, toy_ro
     with pytest.raises(SystemExit, match=message):
         _finetune(toy_root, tmp_path, 'bad', *flags)
     assert not (tmp_path / 'bad').exists()
+
+
+def test_each_evaluation_is_printed_next_to_the_majority_class_baseline(toy_root, tmp_path, capsys):
+    run, _ = _finetune(toy_root, tmp_path, 'seg', iters=2)
+    output = capsys.readouterr()
+    printed = output.out + output.err
+    baseline = next(m for m in read_metrics(run) if m['split'] == 'baseline')
+    # one class everywhere: its IoU is its pixel share at most, every other class scores zero
+    assert baseline['pixel_acc'] > 0.2 and sum(v > 0 for v in baseline['per_class_iou']) == 1
+    assert 'iteration 2: mIoU(7) ' in printed and f'(baseline {100 * baseline["miou7"]:.1f} %)' in printed
+
+
+def test_a_missing_init_checkpoint_stops_before_rendering(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match=r'checkpoints/depth\.pt does not exist; run `python pretrain\.py'):
+        finetune.main(['--init', 'depth', '--data-root', str(tmp_path / 'world')])
+    assert not (tmp_path / 'world').exists()
