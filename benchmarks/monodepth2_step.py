@@ -1,0 +1,187 @@
+"""The depth training step side by side with Monodepth2's own, on the same batches, interleaved.
+
+The project's step is built as `pretrain.py --task depth --bench` builds it (ResNet-18 depth network and
+PoseNet, source_views, photometric_depth_loss, optimisation_step with Adam and the step schedule).
+Monodepth2's step is composed from its own networks and layers (`pip install monodepth2`: its
+ResnetEncoder, DepthDecoder, PoseDecoder, BackprojectDepth, Project3D, SSIM, get_smooth_loss) the way
+its trainer does it for frames 0/-1/+1 and four scales: depth from frame 0, one pose-encoder pass per
+pair (-1, 0) and (0, +1), every scale upsampled to full resolution and warped, SSIM 0.85 / L1 0.15,
+auto-masking against the unwarped sources (with its tie-breaking noise), the per-pixel minimum,
+edge-aware smoothness 1e-3 / 2^scale of the mean-normalised disparity, Adam. Monodepth2 is used here
+only to measure against; the project does not depend on it.
+
+Both steps get the same tensors: a few batches of a small toy world rendered at the benchmark size into
+a temporary folder and read by the project's loader (Monodepth2's loader would hand it the smaller
+images for the smoothness term, so those are prepared outside its timed step). The steps alternate
+(project, Monodepth2, project, ...) so that load from other processes hits both alike.
+
+    python benchmarks/monodepth2_step.py                          # 96 x 320, batch 8, 6 steps each
+    python benchmarks/monodepth2_step.py --steps 10 --threads 2 --profile
+"""
+import argparse
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import data  # noqa: E402
+import models  # noqa: E402
+import pretrain  # noqa: E402
+
+
+def import_monodepth2():
+    """Monodepth2's `networks` and `layers` modules, or a one-sentence exit when it is not installed."""
+    try:
+        import layers
+        import networks
+        networks.DepthDecoder, layers.BackprojectDepth  # noqa: B018 (the right package, not a namesake)
+    except (ImportError, AttributeError):
+        raise SystemExit('Monodepth2 is not installed: pip install monodepth2 (used only by this benchmark).')
+    return networks, layers
+
+
+def toy_batches(height, width, batch_size, count, seed):
+    """`count` training batches of a small toy world rendered at height x width, as pretrain.py loads them."""
+    root = Path(tempfile.mkdtemp(prefix='bench-toy-')) / 'world'
+    data.render_toy_world(root, height, width, drives=1, frames=batch_size * count + 2, test_frames=3,
+                          labelled=0, seed=seed)
+    dataset = data.VideoSnippets(root, 'train', height, width, frame_ids=(0, -1, 1), augment=True)
+    loader = torch.utils.data.DataLoader(dataset, batch_size, shuffle=True, drop_last=True,
+                                         generator=torch.Generator().manual_seed(seed))
+    return list(loader)[:count]
+
+
+def project_step(args):
+    """The project's training step on a batch, built as pretrain_depth builds it for --bench."""
+    depth_net = models.build_depth_net(args.arch, 'unit')
+    pose_net = models.build_pose_net(args.arch, 'unit')
+    params = [*depth_net.parameters(), *pose_net.parameters()]
+    optimizer = torch.optim.Adam(params, lr=args.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, pretrain.step_schedule(args.iters))
+    device = torch.device('cpu')
+
+    def loss_fn(batch):
+        batch = pretrain.to_device(batch, device)
+        with pretrain.autocast(device):
+            disps = [d.float() for d in depth_net(batch['frames_aug'][:, 0])]
+        return pretrain.photometric_depth_loss(disps, *pretrain.source_views(batch, pose_net, args.supervision),
+                                               batch, args)
+
+    return lambda batch: pretrain.optimisation_step(loss_fn(batch), optimizer, scheduler)
+
+
+def monodepth2_step(networks, layers, batch_size, height, width, lr=1e-4, scales=4, smoothness=1e-3):
+    """Monodepth2's training step (its trainer's process_batch, compute_losses and update, monocular,
+    separate_resnet pose, pairs), composed from its own networks and layers."""
+    encoder = networks.ResnetEncoder(18, False)
+    depth = networks.DepthDecoder(encoder.num_ch_enc, range(scales))
+    pose_encoder = networks.ResnetEncoder(18, False, num_input_images=2)
+    pose = networks.PoseDecoder(pose_encoder.num_ch_enc, num_input_features=1, num_frames_to_predict_for=2)
+    backproject, project3d = layers.BackprojectDepth(batch_size, height, width), layers.Project3D(batch_size, height, width)
+    ssim = layers.SSIM()
+    modules = (encoder, depth, pose_encoder, pose)
+    optimizer = torch.optim.Adam([p for m in modules for p in m.parameters()], lr)
+
+    def reprojection(pred, target):
+        return 0.85 * ssim(pred, target).mean(1, True) + 0.15 * (target - pred).abs().mean(1, True)
+
+    def step(inputs):
+        outputs = depth(encoder(inputs['color_aug', 0]))
+        target = inputs['color', 0, 0]
+        poses = {}
+        for f in (-1, 1):
+            pair = [inputs['color_aug', min(f, 0)], inputs['color_aug', max(f, 0)]]  # temporal order
+            axisangle, translation = pose([pose_encoder(torch.cat(pair, 1))])
+            poses[f] = layers.transformation_from_parameters(axisangle[:, 0], translation[:, 0], invert=f < 0)
+        total = 0
+        for scale in range(scales):
+            disp = outputs['disp', scale]
+            _, d = layers.disp_to_depth(F.interpolate(disp, [height, width], mode='bilinear', align_corners=False),
+                                        0.1, 100.0)
+            points = backproject(d, inputs['inv_K'])
+            warped = [F.grid_sample(inputs['color', f, 0], project3d(points, inputs['K'], poses[f]),
+                                    padding_mode='border') for f in (-1, 1)]
+            errors = torch.cat([reprojection(w, target) for w in warped], 1)
+            identity = torch.cat([reprojection(inputs['color', f, 0], target) for f in (-1, 1)], 1)
+            identity = identity + torch.randn(identity.shape) * 0.00001
+            loss = torch.min(torch.cat((identity, errors), 1), 1)[0].mean()
+            norm_disp = disp / (disp.mean(2, True).mean(3, True) + 1e-7)
+            loss = loss + smoothness * layers.get_smooth_loss(norm_disp, inputs['color', 0, scale]) / 2 ** scale
+            total = total + loss
+        total = total / scales
+        optimizer.zero_grad()
+        total.backward()
+        optimizer.step()
+        return total.detach()
+
+    return step
+
+
+def monodepth2_inputs(batch, scales=4):
+    """A project batch in Monodepth2's input dictionary, with the smaller target images its loader provides."""
+    frames, aug = batch['frames'], batch['frames_aug']
+    inputs = {'K': batch['K'], 'inv_K': batch['inv_K']}
+    for i, f in enumerate((0, -1, 1)):
+        inputs['color', f, 0], inputs['color_aug', f] = frames[:, i], aug[:, i]
+    for s in range(1, scales):
+        inputs['color', 0, s] = F.interpolate(frames[:, 0], scale_factor=0.5 ** s, mode='area')
+    return inputs
+
+
+def profile(name, step, batch, rows):
+    """Per-operator self CPU time of one step (after a warm-up step)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+    step(batch)
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        step(batch)
+    print(f'--- {name}: per-operator self CPU time, one step')
+    print(prof.key_averages().table(sort_by='self_cpu_time_total', row_limit=rows))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--height', type=int, default=96)
+    parser.add_argument('--width', type=int, default=320)
+    parser.add_argument('--batch-size', type=int, default=8)
+    parser.add_argument('--steps', type=int, default=6, help='timed steps of each, after one warm-up each')
+    parser.add_argument('--threads', type=int, default=torch.get_num_threads(), help='torch intra-op threads')
+    parser.add_argument('--batches', type=int, default=2, help='distinct batches, fed to both in turn')
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--profile', action='store_true', help='print per-operator profiles instead of timing')
+    parser.add_argument('--rows', type=int, default=25, help='operators per profile table')
+    options = parser.parse_args(argv)
+    networks, layers = import_monodepth2()
+    warnings.filterwarnings('ignore', category=UserWarning)  # Monodepth2's old torchvision arguments
+    torch.set_num_threads(options.threads)
+    torch.manual_seed(options.seed)
+    args = pretrain.parse_args(['--task', 'depth', '--height', str(options.height), '--width', str(options.width),
+                                '--batch-size', str(options.batch_size)])
+    batches = toy_batches(options.height, options.width, options.batch_size, options.batches, options.seed)
+    steps = {'project': (project_step(args), batches),
+             'monodepth2': (monodepth2_step(networks, layers, options.batch_size, options.height, options.width),
+                            [monodepth2_inputs(b) for b in batches])}
+    if options.profile:
+        for name, (step, inputs) in steps.items():
+            profile(name, step, inputs[0], options.rows)
+        return
+    seconds = {name: 0.0 for name in steps}
+    for i in range(options.steps + 1):  # the first round warms up
+        for name, (step, inputs) in steps.items():
+            start = time.perf_counter()
+            step(inputs[i % len(inputs)])
+            seconds[name] += (time.perf_counter() - start) if i else 0.0
+    speed = {name: options.steps * options.batch_size / s for name, s in seconds.items()}
+    print(f'{options.height}x{options.width}, batch {options.batch_size}, {options.steps} steps each, '
+          f'{options.threads} threads: ' + ', '.join(f'{n} {v:.2f} images/s' for n, v in speed.items()) +
+          f'; project / monodepth2 = {speed["project"] / speed["monodepth2"]:.2f}x')
+
+
+if __name__ == '__main__':
+    main()
