@@ -279,13 +279,17 @@ def _upsampled(out, size):
     return F.interpolate(out, size, mode='bilinear', align_corners=False)
 
 
-def start_at_depth(depth_net, depth, min_depth=0.1, max_depth=100.0):
+START_DEPTH = 10.0  # metres: where every depth network starts (start_at_depth), a typical scene depth
+
+
+def start_at_depth(depth_net, depth=START_DEPTH, min_depth=0.1, max_depth=100.0):
     """Set the disparity head's biases so that, before training, it predicts about `depth` metres.
 
-    Monocular video fixes no scale, but a stereo baseline does: at the sigmoid's midpoint the depth is
-    0.2 m, where a 0.54 m baseline shifts pixels by more than the image width, every warped pixel comes
-    from outside the image and the loss has no gradient. Starting at a typical scene depth keeps the
-    stereo warp inside the image."""
+    At the sigmoid's midpoint the depth is 0.2 m. With a stereo baseline (0.54 m) that shifts pixels by
+    more than the image width: every warped pixel comes from outside the image and the loss has no
+    gradient. From video, the scale is free but sticky: the network keeps the scale it starts at, so from
+    0.2 m and a near-zero translation it explains a scene tens of metres deep by squeezing the near road
+    against the 0.1 m floor. Starting at a typical scene depth avoids both."""
     scaled = (1 / depth - 1 / max_depth) / (1 / min_depth - 1 / max_depth)  # inverse of disp_to_depth
     for conv in depth_net.head.convs:
         nn.init.constant_(conv.bias, torch.logit(torch.tensor(scaled)).item())
@@ -295,6 +299,15 @@ def disp_to_depth(disp, min_depth=0.1, max_depth=100.0):
     """Map sigmoid disparity in [0,1] to depth in [min_depth, max_depth] (Monodepth2)."""
     scaled_disp = 1 / max_depth + (1 / min_depth - 1 / max_depth) * disp
     return 1 / scaled_disp
+
+
+# Monodepth2 multiplies all six pose outputs by 0.01 so that the first warps stay near the identity. We keep
+# that for the rotation (radians per frame are small), not for the translation: scaled by 0.01 it can grow
+# only about 0.0003 m per Adam step at lr 1e-4, so after a few hundred steps it is still ~50 times smaller
+# than the true ~1 m per frame, and the depth network must shrink the scene as much, against its 0.1 m floor.
+# Unscaled, it starts at a few millimetres (still the identity next to a depth of START_DEPTH metres) and
+# reaches the scene's scale within the first hundred steps.
+POSE_ROTATION_SCALE = 0.01
 
 
 class PoseNet(nn.Module):
@@ -313,9 +326,8 @@ class PoseNet(nn.Module):
     def forward(self, frame_a, frame_b):
         """Return (axisangle [B,3], translation [B,3]) of the motion from frame_a to frame_b."""
         x = torch.cat([(frame_a - self.mean) / self.std, (frame_b - self.mean) / self.std], 1)
-        # Small outputs at initialisation keep early warps close to the identity.
-        pose = 0.01 * self.decoder(self.encoder(x)[-1]).mean(dim=(2, 3))
-        return pose[:, :3], pose[:, 3:]
+        pose = self.decoder(self.encoder(x)[-1]).mean(dim=(2, 3))
+        return POSE_ROTATION_SCALE * pose[:, :3], pose[:, 3:]
 
 
 class FlowHead(nn.Module):

@@ -369,7 +369,6 @@ def metrics_line(metrics, baseline):
 # ------------------------------------------------------------------------------------------------
 
 SUPERVISIONS = ('mono', 'stereo', 'mono+stereo', 'gt')
-METRIC_START_DEPTH = 10.0  # metres: where depth networks with a metric supervision start (models.start_at_depth)
 
 
 def parse_args(argv=None):
@@ -559,8 +558,7 @@ def pretrain_depth(args, device):
     init_encoders(args, *(net.encoder for net in networks.values()))
     if args.decoder == 'xnet':
         init_decoder_backbone(networks['model'], args)
-    if args.supervision != 'mono':  # metric supervision: start where the scale is meaningful
-        models.start_at_depth(networks['model'], METRIC_START_DEPTH, args.min_depth, args.max_depth)
+    models.start_at_depth(networks['model'], models.START_DEPTH, args.min_depth, args.max_depth)
     for net in networks.values():
         net.to(device)
     root = data_root(args)

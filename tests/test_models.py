@@ -204,3 +204,15 @@ def test_xnet_ablation_variants(options):
     other = models.build_seg_net(num_classes=3, decoder='xnet', xnet=dict(options, pyramid=not options['pyramid']))
     other.load_state_dict(net.state_dict())
     assert not torch.allclose(net.eval()(x), other.eval()(x))
+
+
+def test_pose_net_scales_rotation_by_a_hundredth_and_leaves_translation_in_metres():
+    pose = models.build_pose_net().eval()
+    last = pose.decoder[-1]
+    torch.nn.init.zeros_(last.weight)
+    with torch.no_grad():
+        last.bias.copy_(torch.tensor([1.0, 2.0, 3.0, 0.5, -1.0, 2.0]))
+    x = torch.rand(2, 3, 64, 64)
+    axisangle, translation = pose(x, x)
+    assert torch.allclose(axisangle, torch.tensor([[0.01, 0.02, 0.03]] * 2))
+    assert torch.allclose(translation, torch.tensor([[0.5, -1.0, 2.0]] * 2))
