@@ -58,23 +58,23 @@ LANE_CENTRE, ROAD_EDGE, CURB, SETBACK = 1.75, 5.5, 8.0, 10.5
 _NOISE_TABLE = torch.rand(1 << 16, generator=torch.Generator().manual_seed(0))
 
 
+_LATTICE_HASH = torch.tensor([1619, 31337, 6971])  # a lattice point's key: its coordinates times these
+_CORNER_KEYS = torch.tensor([dx * 1619 + dy * 31337 + dz * 6971 for dx in (0, 1) for dy in (0, 1) for dz in (0, 1)])
+
+
 def value_noise(p, salt=0):
     """Smooth 3-D value noise in [0, 1] at points p [N, 3]: random values on the integer lattice
-    (looked up in a fixed table by a hash of the lattice point), blended with smoothstep weights."""
+    (looked up in a fixed table by a hash of the lattice point), blended with smoothstep weights
+    (trilinear interpolation of the cell's 8 corners, along x, then y, then z)."""
     base = torch.floor(p)
     w = p - base
     w = w * w * (3 - 2 * w)
-    i = base.long()
-    key = i[:, 0] * 1619 + i[:, 1] * 31337 + i[:, 2] * 6971 + salt * 1013
-    out = torch.zeros(p.shape[0])
-    for dx in (0, 1):
-        for dy in (0, 1):
-            for dz in (0, 1):
-                corner = _NOISE_TABLE[(key + dx * 1619 + dy * 31337 + dz * 6971) & 0xFFFF]
-                weight = ((w[:, 0] if dx else 1 - w[:, 0]) * (w[:, 1] if dy else 1 - w[:, 1])
-                          * (w[:, 2] if dz else 1 - w[:, 2]))
-                out += weight * corner
-    return out
+    key = (base.long() * _LATTICE_HASH).sum(1) + salt * 1013
+    corners = _NOISE_TABLE.index_select(0, ((key[:, None] + _CORNER_KEYS) & 0xFFFF).flatten())
+    corners = corners.view(-1, 2, 2, 2)  # [N, dx, dy, dz]
+    along_x = torch.lerp(corners[:, 0], corners[:, 1], w[:, 0, None, None])
+    along_y = torch.lerp(along_x[:, 0], along_x[:, 1], w[:, 1, None])
+    return torch.lerp(along_y[:, 0], along_y[:, 1], w[:, 2])
 
 
 NOISE_SCALES = (4.0, 1.0, 0.25, 0.06)  # metres: texture detail at several scales
@@ -142,6 +142,7 @@ class Drive:
         self.urban = r(0.3, 0.95)  # share of the roadside lined with buildings
         self.boxes, self.spheres, self.movers = [], [], []
         self._populate(r)
+        self.tables = object_table(self.boxes), object_table(self.spheres)
 
     # -- scene generation ------------------------------------------------------------------------
     def _place(self, s, u):
@@ -226,60 +227,97 @@ class Drive:
         return pose
 
     def objects_at(self, frame):
-        """Static boxes plus the moving cars at their positions for this frame."""
-        boxes = list(self.boxes)
+        """Every object at a frame as one table (see object_table): the static boxes, then the moving
+        cars at their positions for this frame, then the spheres."""
+        movers = []
         for m in self.movers:
             x, z, yaw = self._place(m['s0'] + m['v'] * frame, m['u'])
-            boxes.append(dict(centre=torch.tensor([x, CAMERA_HEIGHT - 0.75, z]),
-                              half=torch.tensor([0.9, 0.75, 2.1]), yaw=yaw, label=LABEL_IDS['car'],
-                              colour=m['colour']))
-        return boxes, self.spheres
+            movers.append(dict(centre=torch.tensor([x, CAMERA_HEIGHT - 0.75, z]),
+                               half=torch.tensor([0.9, 0.75, 2.1]), yaw=yaw, label=LABEL_IDS['car'],
+                               colour=m['colour']))
+        tables = self.tables[0], object_table(movers), self.tables[1]
+        return {key: torch.cat([table[key] for table in tables]) for key in tables[0]}
 
 
-def _ray_box(origin, dirs, box):
-    """Distance along each ray to an oriented box (inf where missed), by the slab method."""
-    rot = rot_y(box['yaw'])
-    o = (origin - box['centre']) @ rot  # into the box frame (row vectors: x R = R^T x)
-    d = dirs @ rot
-    d = torch.where(d.abs() < 1e-9, torch.full_like(d, 1e-9), d)
-    t1, t2 = (-box['half'] - o) / d, (box['half'] - o) / d
-    near = torch.minimum(t1, t2).amax(1)
-    far = torch.maximum(t1, t2).amin(1)
-    return torch.where((near <= far) & (near > 0.05), near, math.inf)
+def object_table(objects):
+    """Objects (the dicts of Drive.boxes and Drive.spheres) as one table of tensors, row k for
+    objects[k]: centre [M, 3], half extents [M, 3] (a sphere's: its radius), rot [M, 3, 3] (object to
+    world axes; the identity for spheres), radius [M] (0 for boxes), colour [M, 3], label [M].
+    With it a view casts and shades all its objects at once."""
+    rows = [(o['centre'].tolist(), o['half'].tolist() if 'half' in o else [o['radius']] * 3,
+             rot_y(o['yaw']).tolist() if 'yaw' in o else torch.eye(3).tolist(), o.get('radius', 0.0),
+             o['colour'].tolist(), o['label']) for o in objects]
+    centre, half, rot, radius, colour, label = zip(*rows) if rows else ([],) * 6
+    return dict(centre=torch.tensor(centre).reshape(-1, 3), half=torch.tensor(half).reshape(-1, 3),
+                rot=torch.tensor(rot).reshape(-1, 3, 3), radius=torch.tensor(radius).reshape(-1),
+                colour=torch.tensor(colour).reshape(-1, 3), label=torch.tensor(label, dtype=torch.long).reshape(-1))
 
 
-def _ray_sphere(origin, dirs, sphere):
-    """Distance along each ray to a sphere (inf where missed)."""
-    oc = origin - sphere['centre']
-    a = (dirs * dirs).sum(1)
-    b = 2 * dirs @ oc
-    disc = b * b - 4 * a * (oc @ oc - sphere['radius'] ** 2)
+NEAR = 0.05  # metres: the closest a ray can hit anything
+_CORNER_SIGNS = torch.tensor([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)],
+                             dtype=torch.float32)
+_EDGES = torch.tensor([(a, b) for a in range(8) for b in range(a + 1, 8) if bin(a ^ b).count('1') == 1])
+
+
+def _screen_windows(objects, origin, rot, K, height, width):
+    """The pixel rectangle each object can cover, [M, 4] as (v0, v1, u0, u1); empty where it is out of
+    view. It bounds the projection of the object's bounding box cut to the part in front of the camera
+    (z >= NEAR): the corners there and the points where edges cross that plane. Casting only these
+    rays, not the whole image per object, makes rendering fast."""
+    corners = objects['centre'][:, None] + (_CORNER_SIGNS * objects['half'][:, None]) @ objects['rot'].mT
+    cam = (corners - origin) @ rot  # world -> camera frame, [M, 8, 3]
+    a, b = cam[:, _EDGES[:, 0]], cam[:, _EDGES[:, 1]]
+    s = (NEAR - a[..., 2]) / (b[..., 2] - a[..., 2])  # where an edge crosses z = NEAR
+    points = torch.cat([cam, a + s[..., None] * (b - a)], 1)
+    front = torch.cat([cam[..., 2] >= NEAR, (s > 0) & (s < 1)], 1)
+    z = points[..., 2].clamp(min=NEAR)
+    u = K[0, 0] * points[..., 0] / z + K[0, 2]
+    v = K[1, 1] * points[..., 1] / z + K[1, 2]
+    lowest = lambda x: torch.where(front, x, math.inf).amin(1).trunc() - 1
+    highest = lambda x: torch.where(front, x, -math.inf).amax(1).trunc() + 2
+    window = torch.stack([lowest(v), highest(v), lowest(u), highest(u)], 1)
+    window = torch.minimum(window.clamp(min=0), torch.tensor([height, height, width, width])).long()
+    seen = front.any(1) & (cam[..., 2].amin(1) <= 150) & (window[:, 0] < window[:, 1]) & (window[:, 2] < window[:, 3])
+    return window * seen[:, None]
+
+
+def _window_pixels(windows, width):
+    """Every (object, pixel) pair inside the objects' windows, as object indices and flat pixel indices."""
+    rows, cols = windows[:, 1] - windows[:, 0], windows[:, 3] - windows[:, 2]
+    sizes = rows * cols
+    obj = torch.repeat_interleave(torch.arange(len(windows)), sizes)
+    i = torch.arange(len(obj)) - (sizes.cumsum(0) - sizes)[obj]  # position inside its window
+    return obj, (windows[obj, 0] + i // cols[obj]) * width + windows[obj, 2] + i % cols[obj]
+
+
+def _intersect(o, d, half, radius):
+    """Distance along rays (origin o [P, 3], direction d [P, 3], in each one's object frame) to a box of
+    half extents `half` (slab method) or, where radius > 0, a sphere at the origin; inf where missed."""
+    d_safe = torch.where(d.abs() < 1e-9, 1e-9, d)
+    t1, t2 = (-half - o) / d_safe, (half - o) / d_safe
+    near, far = torch.minimum(t1, t2).amax(1), torch.maximum(t1, t2).amin(1)
+    box = torch.where((near <= far) & (near > NEAR), near, math.inf)
+    a, b = (d * d).sum(1), 2 * (d * o).sum(1)
+    disc = b * b - 4 * a * ((o * o).sum(1) - radius ** 2)
     t = (-b - disc.clamp(min=0).sqrt()) / (2 * a)
-    return torch.where((disc > 0) & (t > 0.05), t, math.inf)
+    sphere = torch.where((disc > 0) & (t > NEAR), t, math.inf)
+    return torch.where(radius > 0, sphere, box)
 
 
-def _corners(obj):
-    """The eight corners of an object's bounding box, in world coordinates."""
-    signs = torch.tensor([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], dtype=torch.float32)
-    if 'radius' in obj:
-        return obj['centre'] + signs * obj['radius']
-    return obj['centre'] + (signs * obj['half']) @ rot_y(obj['yaw']).T
-
-
-def _screen_window(obj, origin, rot, K, height, width):
-    """The pixel rectangle (v0, v1, u0, u1) an object can cover, or None when it is out of view.
-    Casting only these rays, not the whole image, makes rendering fast."""
-    cam = (_corners(obj) - origin) @ rot  # world -> camera frame
-    z = cam[:, 2]
-    if z.max() < 0.1 or z.min() > 150:
-        return None
-    if z.min() < 0.1:  # straddles the camera plane: may cover anything
-        return 0, height, 0, width
-    u = K[0, 0] * cam[:, 0] / z + K[0, 2]
-    v = K[1, 1] * cam[:, 1] / z + K[1, 2]
-    u0, u1 = max(int(u.min()) - 1, 0), min(int(u.max()) + 2, width)
-    v0, v1 = max(int(v.min()) - 1, 0), min(int(v.max()) + 2, height)
-    return (v0, v1, u0, u1) if u0 < u1 and v0 < v1 else None
+def _cast(origin, dirs, objects, windows, width, road):
+    """Nearest surface along each ray (dirs [N, 3], world frame): distance [N] and hit [N], the row of
+    `objects` it hits or -1 for the road (whose distances `road` holds, inf for sky). An object must be
+    strictly closer than the road; between objects at the same distance the first one wins."""
+    obj, pix = _window_pixels(windows, width)
+    row = lambda x: x.index_select(0, obj)  # each pair's object's entry
+    local_origin = ((origin - objects['centre'])[:, None] @ objects['rot'])[:, 0]  # x R = R^T x
+    local_dirs = torch.bmm(dirs.index_select(0, pix)[:, None], row(objects['rot']))[:, 0]
+    t = _intersect(row(local_origin), local_dirs, row(objects['half']), row(objects['radius']))
+    best = road.scatter_reduce(0, pix, t, 'amin')
+    wins = (t == best.index_select(0, pix)) & (t < road.index_select(0, pix))
+    none = len(objects['label'])
+    hit = torch.full(road.shape, none).scatter_reduce(0, pix[wins], obj[wins], 'amin')
+    return best, torch.where(hit == none, -1, hit)
 
 
 def render_view(drive, frame, K, height, width, offset=0.0):
@@ -294,36 +332,25 @@ def render_view(drive, frame, K, height, width, offset=0.0):
     v, u = torch.meshgrid(torch.arange(height, dtype=torch.float32),
                           torch.arange(width, dtype=torch.float32), indexing='ij')
     rays = torch.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], torch.ones_like(u)], -1)
-    dirs = rays @ rot.T  # [H, W, 3] in the world frame
-    boxes, spheres = drive.objects_at(frame)
-    objects = boxes + spheres
-
-    best = (CAMERA_HEIGHT - origin[1]) / dirs[..., 1].clamp(min=1e-6)
-    best = torch.where((dirs[..., 1] > 1e-6) & (best < 400), best, math.inf)  # the far road is sky
-    hit = torch.full((height, width), -1, dtype=torch.long)  # -1 = ground, k = objects[k]
-    for k, obj in enumerate(objects):
-        window = _screen_window(obj, origin, rot, K, height, width)
-        if window is None:
-            continue
-        v0, v1, u0, u1 = window
-        d = dirs[v0:v1, u0:u1].reshape(-1, 3)
-        t = (_ray_sphere if 'radius' in obj else _ray_box)(origin, d, obj).reshape(v1 - v0, u1 - u0)
-        closer = t < best[v0:v1, u0:u1]
-        best[v0:v1, u0:u1][closer] = t[closer]
-        hit[v0:v1, u0:u1][closer] = k
-
-    best, hit, dirs = best.flatten(), hit.flatten(), dirs.reshape(-1, 3)
+    dirs = (rays @ rot.T).reshape(-1, 3)  # in the world frame
+    road = (CAMERA_HEIGHT - origin[1]) / dirs[:, 1].clamp(min=1e-6)
+    road = torch.where((dirs[:, 1] > 1e-6) & (road < 400), road, math.inf)  # the far road is sky
+    objects = drive.objects_at(frame)
+    windows = _screen_windows(objects, origin, rot, K, height, width)
+    best, hit = _cast(origin, dirs, objects, windows, width, road)
     sky = torch.isinf(best)
     depth = torch.where(sky, 0.0, best)
-    points = origin + dirs * depth[:, None]
-    footprint = depth / K[0, 0]  # metres covered by one pixel at that depth
-    albedo, normal, label = _shade_inputs(drive, points, footprint, hit, objects)
-    light = drive.ambient + drive.diffuse * (normal @ -drive.sun).clamp(min=0)
-    rgb = albedo * light[:, None] * drive.tint
+    rgb, label = torch.empty(len(dirs), 3), torch.full_like(hit, LABEL_IDS['sky'])
     rgb[sky] = _sky(dirs[sky], drive)
-    label[sky] = LABEL_IDS['sky']
+    solid = (~sky).nonzero()[:, 0]  # shade only what is not sky
+    points = origin + dirs[solid] * depth[solid, None]
+    footprint = depth[solid] / K[0, 0]  # metres covered by one pixel at that depth
+    albedo, normal, label[solid] = _shade_inputs(drive, points, footprint, hit[solid], objects)
+    light = drive.ambient + drive.diffuse * (normal @ -drive.sun).clamp(min=0)
+    rgb[solid] = albedo * light[:, None] * drive.tint
     rgb = (rgb.clamp(0, 1) * 255).round().to(torch.uint8).T.reshape(3, height, width)
-    moving = (hit >= len(drive.boxes)) & (hit < len(boxes))  # objects_at appends the movers to the boxes
+    movers = len(drive.boxes), len(drive.boxes) + len(drive.movers)  # rows of the moving cars
+    moving = (hit >= movers[0]) & (hit < movers[1])
     return (rgb, depth.reshape(height, width), label.to(torch.uint8).reshape(height, width),
             moving.reshape(height, width))
 
@@ -339,37 +366,23 @@ def _sky(dirs, drive):
 
 
 def _shade_inputs(drive, points, footprint, hit, objects):
-    """Per hit point: albedo (procedural texture), surface normal, and Cityscapes label id."""
-    n = points.shape[0]
-    local, face, colour = torch.zeros(n, 3), torch.zeros(n, 3), torch.zeros(n, 3)
-    label, half_height = torch.zeros(n, dtype=torch.long), torch.ones(n)
-    salt, sphere = torch.zeros(n, 1), torch.zeros(n, dtype=torch.bool)
-    for k in hit.unique().tolist():
-        if k < 0:
-            continue
-        obj, sel = objects[k], hit == k
-        if 'radius' in obj:
-            local[sel] = points[sel] - obj['centre']
-            face[sel], sphere[sel] = local[sel] / obj['radius'], True
-        else:
-            rot = rot_y(obj['yaw'])
-            q = (points[sel] - obj['centre']) @ rot  # coordinates in the box's own frame
-            axis = (q.abs() / obj['half']).argmax(1)
-            local[sel], face[sel] = q, F.one_hot(axis, 3).float() * torch.sign(q)
-            half_height[sel] = obj['half'][1]
-        colour[sel], label[sel] = obj['colour'], obj['label']
-        salt[sel] = 17.0 * k  # decorrelates the textures of different objects
+    """Per hit point: albedo (procedural texture), surface normal, and Cityscapes label id. Textures
+    use coordinates in each object's own frame, so they move with it."""
     ground = hit < 0
-    local[ground] = points[ground]
-    octaves = noise_octaves(local + salt, footprint)
-    albedo = _object_texture(colour, label, local, face, octaves, half_height, sphere)
-    albedo[ground], label[ground] = _ground_texture(drive, points[ground], octaves[ground])
-    normal = face  # boxes: face normal in the box frame; rotate to the world below
-    for k in hit.unique().tolist():
-        if k >= 0 and 'yaw' in objects[k]:
-            sel = hit == k
-            normal[sel] = face[sel] @ rot_y(objects[k]['yaw']).T
+    row = lambda x: x.index_select(0, hit.clamp(min=0))  # each point's object's entry
+    rot, half = row(objects['rot']), row(objects['half'])
+    local = torch.bmm((points - row(objects['centre']))[:, None], rot)[:, 0]  # x R = R^T x
+    sphere = (row(objects['radius']) > 0) & ~ground
+    box_face = F.one_hot((local.abs() / half).argmax(1), 3).float() * torch.sign(local)
+    face = torch.where(sphere[:, None], local / half, box_face)  # a sphere's half extents: its radius
+    normal = torch.bmm(face[:, None], rot.mT)[:, 0]  # R f: back to the world's axes
     normal[ground] = torch.tensor([0.0, -1.0, 0.0])
+    local[ground] = points[ground]
+    salt = torch.where(ground, 0.0, 17.0 * hit)[:, None]  # decorrelates the textures of different objects
+    octaves = noise_octaves(local + salt, footprint)
+    half_height, label = torch.where(sphere, 1.0, half[:, 1]), row(objects['label'])
+    albedo = _object_texture(row(objects['colour']), label, local, face, octaves, half_height, sphere)
+    albedo[ground], label[ground] = _ground_texture(drive, points[ground], octaves[ground])
     return albedo, normal, label
 
 
