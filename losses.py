@@ -12,34 +12,59 @@ Semantic segmentation: the negative log-likelihood (eq. 12).
 Geometry conventions: camera x right, y down, z forward; pixel centres at integer coordinates;
 K and inv_K are [B,4,4] (or [4,4]); a pose T maps target-frame points to the source frame.
 """
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 
 C1, C2 = 0.01 ** 2, 0.03 ** 2
 
 
+def box_mean(x):
+    """3x3 means [B,C,H,W] over the reflection-padded image: three shifted columns summed, then three
+    shifted rows. Separable sums of slices cost less, forward and backward, than a depthwise convolution
+    or avg_pool2d on CPU, where the loss's full-resolution images are memory-bound."""
+    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    rows = padded[..., :-2] + padded[..., 1:-1] + padded[..., 2:]
+    return (rows[..., :-2, :] + rows[..., 1:-1, :] + rows[..., 2:, :]) / 9
+
+
+class Target(NamedTuple):
+    """An image that several others are compared with, and its SSIM statistics (3x3 mean and variance)."""
+    image: torch.Tensor
+    mean: torch.Tensor
+    variance: torch.Tensor
+
+
+def as_target(y):
+    """y [B,C,H,W] as a Target; its statistics are computed once however many images it is compared with."""
+    if isinstance(y, Target):
+        return y
+    mu_y, yy = box_mean(torch.cat([y, y * y], 1)).chunk(2, 1)
+    return Target(y, mu_y, yy - mu_y ** 2)
+
+
 def ssim(x, y):
     """Per-pixel, per-channel dissimilarity (1 - SSIM) / 2 in [0, 1], same shape as x.
 
-    Local statistics are 3x3 means over reflection-padded images; the five maps (means, second
-    moments) are filtered in one depthwise convolution with a box kernel, which on CPU runs about
-    twice as fast as avg_pool2d, forward and backward.
+    Local statistics are 3x3 means (box_mean) over reflection-padded images; y is the image compared
+    against, or its Target, whose statistics do not depend on x.
     """
-    C = x.shape[1]
-    stacked = F.pad(torch.cat([x, y, x * x, y * y, x * y], 1), (1, 1, 1, 1), mode="reflect")
-    box = torch.full((5 * C, 1, 3, 3), 1 / 9, dtype=x.dtype, device=x.device)
-    mu_x, mu_y, xx, yy, xy = F.conv2d(stacked, box, groups=5 * C).chunk(5, 1)
-    sigma_x, sigma_y, sigma_xy = xx - mu_x ** 2, yy - mu_y ** 2, xy - mu_x * mu_y
+    y, mu_y, sigma_y = as_target(y)
+    mu_x, xx, xy = box_mean(torch.cat([x, x * x, x * y], 1)).chunk(3, 1)
+    sigma_x, sigma_xy = xx - mu_x ** 2, xy - mu_x * mu_y
     num = (2 * mu_x * mu_y + C1) * (2 * sigma_xy + C2)
     den = (mu_x ** 2 + mu_y ** 2 + C1) * (sigma_x + sigma_y + C2)
     return ((1 - num / den) / 2).clamp(0, 1)
 
 
 def photometric_error(pred, target, alpha=0.85):
-    """Per-pixel photometric error [B,1,H,W]: alpha * SSIM term + (1 - alpha) * L1, channel means."""
+    """Per-pixel photometric error [B,1,H,W]: alpha * SSIM term + (1 - alpha) * L1, channel means.
+    target: an image or its Target."""
+    target = as_target(target)
     # eq. 10, with Monodepth2's weighting (alpha on the SSIM term)
     return (alpha * ssim(pred, target).mean(1, keepdim=True)
-            + (1 - alpha) * (pred - target).abs().mean(1, keepdim=True))
+            + (1 - alpha) * (pred - target.image).abs().mean(1, keepdim=True))
 
 
 def pose_to_matrix(axisangle, translation, invert=False):
@@ -95,7 +120,7 @@ def warp(source, depth, K, inv_K, T):
 
 
 def identity_error(target, sources):
-    """Photometric errors of the unwarped sources against the target, [B,S,H,W].
+    """Photometric errors of the unwarped sources against the target (an image or its Target), [B,S,H,W].
 
     These do not depend on depth, so the caller computes them once per batch for auto-masking.
     """
@@ -103,14 +128,14 @@ def identity_error(target, sources):
 
 
 def _errors(target, images):
-    """Photometric errors of several images against one target, in one batched call: [B,S,H,W]."""
-    B = target.shape[0]
-    errors = photometric_error(torch.cat(images), target.repeat(len(images), 1, 1, 1))
-    return errors.view(len(images), B, *errors.shape[2:]).transpose(0, 1)
+    """Photometric errors of several images against one target: [B,S,H,W], the target's statistics shared."""
+    target = as_target(target)
+    return torch.cat([photometric_error(image, target) for image in images], 1)
 
 
 def min_reprojection(target, warped, identity=None):
-    """Per-pixel minimum reprojection error [B,1,H,W] and auto-mask [B,1,H,W] (Monodepth2).
+    """Per-pixel minimum reprojection error [B,1,H,W] and auto-mask [B,1,H,W] (Monodepth2) of the
+    warped images against the target (an image or its Target).
 
     Taking the minimum over sources ignores pixels occluded in one of them. With `identity`
     (from identity_error) a pixel counts only where a warped source beats every unwarped source

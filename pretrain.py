@@ -473,7 +473,7 @@ def photometric_depth_loss(disps, sources, poses, batch, args):
     """Eq. 9: per scale, the auto-masked minimum reprojection error (eq. 10) of the source views
     warped with the disparity upsampled to full resolution, plus edge-aware smoothness (eq. 11) of
     the mean-normalised disparity at its own scale, weighted 1e-3 / 2^scale; averaged over scales."""
-    target, K, inv_K = batch['frames'][:, 0], batch['K'], batch['inv_K']
+    target, K, inv_K = losses.as_target(batch['frames'][:, 0]), batch['K'], batch['inv_K']  # SSIM statistics once
     B, S, _, H, W = sources.shape
     identity = None if args.no_automask else losses.identity_error(target, list(sources.unbind(1)))
     total, disps = 0.0, disps[:args.scales]
@@ -483,7 +483,7 @@ def photometric_depth_loss(disps, sources, poses, batch, args):
         warped = losses.warp(sources.flatten(0, 1), depth.repeat_interleave(S, 0),  # all sources at once
                              K.repeat_interleave(S, 0), inv_K.repeat_interleave(S, 0), poses.flatten(0, 1))
         reprojection, _ = losses.reprojection_loss(target, list(warped.view(B, S, 3, H, W).unbind(1)), identity)
-        image = F.interpolate(target, disp.shape[-2:], mode='area') if scale else target
+        image = F.interpolate(target.image, disp.shape[-2:], mode='area') if scale else target.image
         smooth = losses.smoothness_loss(losses.mean_normalised(disp), image)
         total = total + reprojection + args.smoothness * smooth / 2 ** scale
     return total / len(disps)

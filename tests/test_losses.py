@@ -40,6 +40,31 @@ def test_photometric_error():
     assert err.shape == (2, 1, 8, 10) and (err > 0).all()
 
 
+def test_box_mean_is_the_3x3_mean_of_the_reflection_padded_image():
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 5, 7)
+    expected = F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), 3, stride=1)
+    assert torch.allclose(losses.box_mean(x), expected, atol=1e-6)
+    # corner (0, 0): reflection repeats row 1 and column 1 across the border
+    rows, cols = [1, 0, 1], [1, 0, 1]
+    assert torch.isclose(losses.box_mean(x)[0, 0, 0, 0], x[0, 0][rows][:, cols].mean())
+
+
+def test_target_statistics_are_shared_and_change_nothing():
+    torch.manual_seed(0)
+    x, y = torch.rand(2, 3, 6, 8), torch.rand(2, 3, 6, 8)
+    target = losses.as_target(y)
+    mean = F.avg_pool2d(F.pad(y, (1, 1, 1, 1), mode="reflect"), 3, stride=1)
+    square = F.avg_pool2d(F.pad(y * y, (1, 1, 1, 1), mode="reflect"), 3, stride=1)
+    assert torch.allclose(target.mean, mean, atol=1e-6) and torch.allclose(target.variance, square - mean ** 2, atol=1e-6)
+    assert losses.as_target(target) is target
+    assert torch.equal(losses.ssim(x, target), losses.ssim(x, y))
+    assert torch.equal(losses.photometric_error(x, target), losses.photometric_error(x, y))
+    errors = losses.identity_error(target, [x, y])
+    assert errors.shape == (2, 2, 6, 8) and torch.equal(errors[:, :1], losses.photometric_error(x, y))
+    assert errors[:, 1].abs().max() < 1e-6
+
+
 def test_pose_to_matrix():
     t = torch.tensor([[1.0, 2.0, 3.0]])
     T = losses.pose_to_matrix(torch.zeros(1, 3), t)
@@ -184,3 +209,52 @@ def test_silog_scale_invariance_and_squared_log_error():
     assert torch.isclose(losses.silog_loss(pred, gt, lam=0), squared_log)
     # a prediction right up to a scale eta costs (1 - lambda) (log eta)^2 (Sect. 2.3)
     assert torch.isclose(losses.silog_loss(gt * 3.7, gt, lam=0.5), torch.tensor(0.5 * math.log(3.7) ** 2))
+
+
+def _reference_depth_loss(disps, sources, poses, target, K, inv_K):
+    """Eq. 9 written out as Monodepth2 does it, with its default constants: SSIM from avg_pool2d, every
+    source warped on its own, every scale's disparity upsampled to full resolution."""
+    pool = lambda t: F.avg_pool2d(F.pad(t, (1, 1, 1, 1), mode="reflect"), 3, stride=1)
+
+    def error(x, y):
+        mu_x, mu_y = pool(x), pool(y)
+        sigma_x, sigma_y, sigma_xy = pool(x * x) - mu_x ** 2, pool(y * y) - mu_y ** 2, pool(x * y) - mu_x * mu_y
+        ssim = ((2 * mu_x * mu_y + 0.01 ** 2) * (2 * sigma_xy + 0.03 ** 2)
+                / ((mu_x ** 2 + mu_y ** 2 + 0.01 ** 2) * (sigma_x + sigma_y + 0.03 ** 2)))
+        return (0.85 * ((1 - ssim) / 2).clamp(0, 1).mean(1, keepdim=True)
+                + 0.15 * (x - y).abs().mean(1, keepdim=True))
+
+    identity = torch.cat([error(s, target) for s in sources.unbind(1)], 1).min(1, keepdim=True).values
+    total = 0
+    for scale, disp in enumerate(disps):
+        up = F.interpolate(disp, target.shape[-2:], mode="bilinear", align_corners=False)
+        depth = 1 / (1 / 100 + (1 / 0.1 - 1 / 100) * up)
+        warped = [losses.warp(s, depth, K, inv_K, T) for s, T in zip(sources.unbind(1), poses.unbind(1))]
+        best = torch.cat([error(w, target) for w in warped], 1).min(1, keepdim=True).values
+        image = F.interpolate(target, disp.shape[-2:], mode="area")
+        d = disp / (disp.mean((2, 3), keepdim=True) + 1e-7)
+        smooth = ((d[..., 1:] - d[..., :-1]).abs()
+                  * torch.exp(-(image[..., 1:] - image[..., :-1]).abs().mean(1, keepdim=True))).mean() + \
+                 ((d[..., 1:, :] - d[..., :-1, :]).abs()
+                  * torch.exp(-(image[..., 1:, :] - image[..., :-1, :]).abs().mean(1, keepdim=True))).mean()
+        total = total + torch.where(best < identity, best, identity).mean() + 1e-3 * smooth / 2 ** scale
+    return total / len(disps)
+
+
+def test_photometric_depth_loss_is_monodepth2s_recipe_value_and_gradients():
+    import pretrain
+    torch.manual_seed(0)
+    B, H, W = 2, 32, 64
+    K = intrinsics(40.0, 40.0, 31.5, 15.5).expand(B, 4, 4)
+    frames = torch.rand(B, 3, 3, H, W)
+    batch = dict(frames=frames, K=K, inv_K=torch.inverse(K))
+    disps = [torch.rand(B, 1, H // 2 ** s, W // 2 ** s, requires_grad=True) for s in range(4)]
+    poses = torch.stack([losses.pose_to_matrix(0.05 * torch.randn(B, 3), 0.3 * torch.randn(B, 3))
+                         for _ in range(2)], 1).requires_grad_()
+    loss = pretrain.photometric_depth_loss(disps, frames[:, 1:], poses, batch, pretrain.parse_args([]))
+    expected = _reference_depth_loss(disps, frames[:, 1:], poses, frames[:, 0], K, torch.inverse(K))
+    assert torch.isclose(loss, expected, rtol=1e-5, atol=0)
+    grads = torch.autograd.grad(loss, disps + [poses])
+    expected_grads = torch.autograd.grad(expected, disps + [poses])
+    for g, e in zip(grads, expected_grads):
+        assert torch.allclose(g, e, rtol=1e-4, atol=1e-5 * e.abs().max())
