@@ -1,6 +1,7 @@
 """The toy world and the KITTI loaders: layout, determinism, and geometry that agrees with the renderer."""
 import filecmp
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -26,13 +27,56 @@ def test_files_are_where_kitti_keeps_them(toy_root):
 def test_same_seed_gives_identical_files(tmp_path):
     small = dict(TINY, frames=3, test_frames=3, labelled=2)
     data.render_toy_world(tmp_path / 'a', **small)
-    data.render_toy_world(tmp_path / 'b', **small)
+    data.render_toy_world(tmp_path / 'b', **small, threads=2)  # whatever the threads
     files = sorted(p.relative_to(tmp_path / 'a') for p in (tmp_path / 'a').rglob('*') if p.is_file())
     assert len(files) > 20
     match, mismatch, errors = filecmp.cmpfiles(tmp_path / 'a', tmp_path / 'b', files, shallow=False)
     assert not mismatch and not errors
     data.render_toy_world(tmp_path / 'c', **dict(small, seed=1))
     assert (tmp_path / 'a' / files[-1]).read_bytes() != (tmp_path / 'c' / files[-1]).read_bytes()
+
+
+def test_render_uses_its_threads_and_restores_torchs(tmp_path, monkeypatch):
+    seen, render_view = [], data.render_view
+    monkeypatch.setattr(data, 'render_view', lambda *args, **kw: seen.append(torch.get_num_threads())
+                        or render_view(*args, **kw))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        data.render_toy_world(tmp_path / 'a', height=48, width=160, drives=1, frames=3, test_frames=3, labelled=1)
+        assert set(seen) == {1} and torch.get_num_threads() == 3
+        monkeypatch.setattr(data, '_render_semantics', lambda *args: 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            data.render_toy_world(tmp_path / 'b', height=48, width=160, drives=1, frames=3, test_frames=3, labelled=1)
+        assert torch.get_num_threads() == 3 and not (tmp_path / 'b').exists()
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_progress_bar_counts_every_view_by_stage(tmp_path, capsys):
+    data.render_toy_world(tmp_path / 'w', height=48, width=160, drives=2, frames=3, test_frames=4, labelled=2)
+    err = capsys.readouterr().err
+    total = 2 * (2 * 3 + 4) + 2  # left and right per drive frame, one per labelled image
+    assert f'{total}/{total}' in err
+    assert all(stage in err for stage in ('drive 1/3', 'drive 3/3', 'labelled images'))
+
+
+def test_screen_windows_lose_no_hits(monkeypatch):
+    """Casting rays only inside each object's screen window (the box cut at the near plane) gives
+    exactly what casting every ray at every object gives, also for objects beside the camera, except
+    beyond data.FAR, where objects are left out."""
+    K = data.toy_intrinsics(48, 160)
+    views = [(data.Drive(seed, 60), frame, offset) for seed, frame, offset in
+             [(0, 0, 0.0), (1, 25, data.STEREO_BASELINE), (2, 59, 0.0)]]
+    fast = [data.render_view(drive, frame, K, 48, 160, offset) for drive, frame, offset in views]
+    everywhere = lambda objects, *args: torch.tensor([[0, 48, 0, 160]]).repeat(len(objects['label']), 1)
+    monkeypatch.setattr(data, '_screen_windows', everywhere)
+    for (drive, frame, offset), view in zip(views, fast):
+        slow = data.render_view(drive, frame, K, 48, 160, offset)
+        near = slow[1] <= data.FAR
+        assert near.float().mean() > 0.95
+        assert all(torch.equal(a[..., near], b[..., near]) for a, b in zip(view, slow))
+        assert (view[2] == data.LABEL_IDS['building']).any() and (view[1] > 0).all(0).any()
 
 
 def test_depth_png_round_trip(tmp_path):
