@@ -52,9 +52,10 @@ def ssim(x, y):
     """
     y, mu_y, sigma_y = as_target(y)
     mu_x, xx, xy = box_mean(torch.cat([x, x * x, x * y], 1)).chunk(3, 1)
-    sigma_x, sigma_xy = xx - mu_x ** 2, xy - mu_x * mu_y
-    num = (2 * mu_x * mu_y + C1) * (2 * sigma_xy + C2)
-    den = (mu_x ** 2 + mu_y ** 2 + C1) * (sigma_x + sigma_y + C2)
+    mu_xx, mu_xy = mu_x ** 2, mu_x * mu_y
+    sigma_x, sigma_xy = xx - mu_xx, xy - mu_xy
+    num = (2 * mu_xy + C1) * (2 * sigma_xy + C2)
+    den = (mu_xx + mu_y ** 2 + C1) * (sigma_x + sigma_y + C2)
     return ((1 - num / den) / 2).clamp(0, 1)
 
 
@@ -111,12 +112,39 @@ def project(points, K, T, height, width, eps=1e-7):
     return grid.view(-1, 2, height, width).permute(0, 2, 3, 1)
 
 
+def view_rays(K, inv_K, T, height, width):
+    """The part of eq. 8 that does not depend on depth, for S source views T [B,S,4,4] (target->source).
+
+    K T [z K^-1 p; 1] = z (K R K^-1 p) + K t: the viewing ray of target pixel p turned into the source
+    view, plus the translation. Returns rays [B,S,H*W,3] and shift [B,S,1,3]: a target pixel at depth z
+    lands on source pixel c[:2] / c[2], with c = z * ray + shift (warp_views).
+    """
+    P = (K.unsqueeze(-3) @ T)[..., :3, :]                                           # [B,S,3,4]
+    unit_depth = torch.ones(1, 1, height, width, dtype=T.dtype, device=T.device)
+    rays = P[..., :3] @ backproject(unit_depth, inv_K)[..., :3, :].unsqueeze(-3)   # K R K^-1 p: [B,S,3,N]
+    return rays.transpose(-1, -2).contiguous(), P[..., 3:].transpose(-1, -2)
+
+
+def warp_views(sources, depth, rays, eps=1e-7):
+    """Resample S sources [B,S,C,H,W] into the target view from target depth [B,1,H,W] and their
+    view_rays (computed once for every depth map of a batch): [B,S,C,H,W].
+
+    As in project(): depths clamped to eps, pixels normalised for grid_sample(align_corners=False).
+    """
+    B, S, C, H, W = sources.shape
+    rays, shift = rays
+    cam = depth.view(B, 1, H * W, 1) * rays + shift
+    pix = cam[..., :2] / cam[..., 2:].clamp(min=eps)                              # eq. 8: pi(P) = P[:2] / P[2]
+    grid = (2 * pix + 1) / torch.tensor([W, H], dtype=pix.dtype, device=pix.device) - 1
+    # eq. 7: x_hat = x o pi^-1
+    warped = F.grid_sample(sources.flatten(0, 1), grid.view(B * S, H, W, 2), mode="bilinear",
+                           padding_mode="border", align_corners=False)
+    return warped.view(B, S, C, H, W)
+
+
 def warp(source, depth, K, inv_K, T):
     """Resample source [B,C,H,W] into the target view from target depth and T (target->source)."""
-    height, width = depth.shape[-2:]
-    grid = project(backproject(depth, inv_K), K, T, height, width)
-    # eq. 7: x_hat = x o pi^-1
-    return F.grid_sample(source, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return warp_views(source[:, None], depth, view_rays(K, inv_K, T[:, None], *depth.shape[-2:]))[:, 0]
 
 
 def identity_error(target, sources):

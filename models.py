@@ -91,8 +91,10 @@ def load_imagenet_weights(encoder, arch):
 
 
 def conv_block(in_channels, out_channels):
-    """3x3 convolution with reflection padding (no border artefacts in the depth map) and ELU."""
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, padding=1, padding_mode='reflect'), nn.ELU())
+    """3x3 convolution with reflection padding (no border artefacts in the depth map) and ELU (in place: the
+    convolution's output is not needed for its gradient)."""
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, padding=1, padding_mode='reflect'),
+                         nn.ELU(inplace=True))
 
 
 class UNetDecoder(nn.Module):

@@ -474,15 +474,15 @@ def photometric_depth_loss(disps, sources, poses, batch, args):
     warped with the disparity upsampled to full resolution, plus edge-aware smoothness (eq. 11) of
     the mean-normalised disparity at its own scale, weighted 1e-3 / 2^scale; averaged over scales."""
     target, K, inv_K = losses.as_target(batch['frames'][:, 0]), batch['K'], batch['inv_K']  # SSIM statistics once
-    B, S, _, H, W = sources.shape
+    H, W = sources.shape[-2:]
     identity = None if args.no_automask else losses.identity_error(target, list(sources.unbind(1)))
+    rays = losses.view_rays(K, inv_K, poses, H, W)  # the same for every scale's depth
     total, disps = 0.0, disps[:args.scales]
     for scale, disp in enumerate(disps):
         depth = models.disp_to_depth(F.interpolate(disp, (H, W), mode='bilinear', align_corners=False),
                                      args.min_depth, args.max_depth)
-        warped = losses.warp(sources.flatten(0, 1), depth.repeat_interleave(S, 0),  # all sources at once
-                             K.repeat_interleave(S, 0), inv_K.repeat_interleave(S, 0), poses.flatten(0, 1))
-        reprojection, _ = losses.reprojection_loss(target, list(warped.view(B, S, 3, H, W).unbind(1)), identity)
+        warped = losses.warp_views(sources, depth, rays)  # all sources at once
+        reprojection, _ = losses.reprojection_loss(target, list(warped.unbind(1)), identity)
         image = F.interpolate(target.image, disp.shape[-2:], mode='area') if scale else target.image
         smooth = losses.smoothness_loss(losses.mean_normalised(disp), image)
         total = total + reprojection + args.smoothness * smooth / 2 ** scale

@@ -104,6 +104,22 @@ def test_warp_translation_shifts_by_fx_tx_over_z():
     assert not torch.allclose(warped[..., shift:], source[..., :W - shift], atol=1e-2)
 
 
+def test_warp_views_is_eq_8_step_by_step_for_each_source():
+    torch.manual_seed(0)
+    B, S, H, W = 2, 3, 6, 10
+    K = intrinsics(8.0, 7.0, 4.5, 2.5).expand(B, 4, 4)
+    inv_K = torch.inverse(K)
+    depth, sources = 1 + 5 * torch.rand(B, 1, H, W), torch.rand(B, S, 3, H, W)
+    T = torch.stack([losses.pose_to_matrix(0.05 * torch.randn(B, 3), 0.2 * torch.randn(B, 3)) for _ in range(S)], 1)
+    rays, shift = losses.view_rays(K, inv_K, T, H, W)
+    assert rays.shape == (B, S, H * W, 3) and shift.shape == (B, S, 1, 3)
+    warped = losses.warp_views(sources, depth, (rays, shift))
+    for s in range(S):
+        grid = losses.project(losses.backproject(depth, inv_K), K, T[:, s], H, W)
+        expected = F.grid_sample(sources[:, s], grid, padding_mode="border", align_corners=False)
+        assert torch.allclose(warped[:, s], expected, atol=1e-5)
+
+
 def test_min_reprojection_picks_best_source_per_pixel():
     torch.manual_seed(0)
     H, W = 6, 12
