@@ -13,12 +13,15 @@ only to measure against; the project does not depend on it.
 Both steps get the same tensors: a few batches of a small toy world rendered at the benchmark size into
 a temporary folder and read by the project's loader (Monodepth2's loader would hand it the smaller
 images for the smoothness term, so those are prepared outside its timed step). The steps alternate
-(project, Monodepth2, project, ...) so that load from other processes hits both alike.
+(project, Monodepth2, project, ...) so that load from other processes hits both alike; speeds are taken from
+the median step. On a machine shared with other jobs, OMP_WAIT_POLICY=PASSIVE keeps busy-waiting threads from
+dominating the timings.
 
     python benchmarks/monodepth2_step.py                          # 96 x 320, batch 8, 6 steps each
     python benchmarks/monodepth2_step.py --steps 10 --threads 2 --profile
 """
 import argparse
+import statistics
 import sys
 import tempfile
 import time
@@ -171,15 +174,18 @@ def main(argv=None):
         for name, (step, inputs) in steps.items():
             profile(name, step, inputs[0], options.rows)
         return
-    seconds = {name: 0.0 for name in steps}
+    seconds = {name: [] for name in steps}
     for i in range(options.steps + 1):  # the first round warms up
         for name, (step, inputs) in steps.items():
             start = time.perf_counter()
             step(inputs[i % len(inputs)])
-            seconds[name] += (time.perf_counter() - start) if i else 0.0
-    speed = {name: options.steps * options.batch_size / s for name, s in seconds.items()}
+            if i:
+                seconds[name].append(time.perf_counter() - start)
+    for name, times in seconds.items():
+        print(f'{name}: ' + ' '.join(f'{t:.2f}' for t in times) + ' s/step')
+    speed = {name: options.batch_size / statistics.median(times) for name, times in seconds.items()}
     print(f'{options.height}x{options.width}, batch {options.batch_size}, {options.steps} steps each, '
-          f'{options.threads} threads: ' + ', '.join(f'{n} {v:.2f} images/s' for n, v in speed.items()) +
+          f'{options.threads} threads, median step: ' + ', '.join(f'{n} {v:.2f} images/s' for n, v in speed.items()) +
           f'; project / monodepth2 = {speed["project"] / speed["monodepth2"]:.2f}x')
 
 
