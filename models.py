@@ -289,17 +289,13 @@ def _upsampled(out, size):
     return F.interpolate(out, size, mode='bilinear', align_corners=False)
 
 
-START_DEPTH = 10.0  # metres: where every depth network starts (start_at_depth), a typical scene depth
-
-
-def start_at_depth(depth_net, depth=START_DEPTH, min_depth=0.1, max_depth=100.0):
+def start_at_depth(depth_net, depth, min_depth=0.1, max_depth=100.0):
     """Set the disparity head's biases so that, before training, it predicts about `depth` metres.
 
     At the sigmoid's midpoint the depth is 0.2 m. With a stereo baseline (0.54 m) that shifts pixels by
     more than the image width: every warped pixel comes from outside the image and the loss has no
-    gradient. From video, the scale is free but sticky: the network keeps the scale it starts at, so from
-    0.2 m and a near-zero translation it explains a scene tens of metres deep by squeezing the near road
-    against the 0.1 m floor. Starting at a typical scene depth avoids both."""
+    gradient. From video the scale is free, but the network keeps roughly the one it starts at: from
+    0.2 m it squeezes the near road of a driving scene against the 0.1 m floor (pretrain.py chooses)."""
     scaled = (1 / depth - 1 / max_depth) / (1 / min_depth - 1 / max_depth)  # inverse of disp_to_depth
     for conv in depth_net.head.convs:
         nn.init.constant_(conv.bias, torch.logit(torch.tensor(scaled)).item())
@@ -311,13 +307,10 @@ def disp_to_depth(disp, min_depth=0.1, max_depth=100.0):
     return 1 / scaled_disp
 
 
-# Monodepth2 multiplies all six pose outputs by 0.01 so that the first warps stay near the identity. We keep
-# that for the rotation (radians per frame are small), not for the translation: scaled by 0.01 it can grow
-# only about 0.0003 m per Adam step at lr 1e-4, so after a few hundred steps it is still ~50 times smaller
-# than the true ~1 m per frame, and the depth network must shrink the scene as much, against its 0.1 m floor.
-# Unscaled, it starts at a few millimetres (still the identity next to a depth of START_DEPTH metres) and
-# reaches the scene's scale within the first hundred steps.
-POSE_ROTATION_SCALE = 0.01
+# Monodepth2 multiplies the six pose outputs by 0.01 so that the first warps stay near the identity. We keep
+# that for the rotation (radians per frame are small) but use 0.1 for the translation: at 0.01 it grows by
+# at most ~0.0003 per Adam step at lr 1e-4, too slowly to reach the scene's scale in a few hundred steps.
+POSE_SCALE = dict(rotation=0.01, translation=0.1)
 
 
 class PoseNet(nn.Module):
@@ -333,11 +326,20 @@ class PoseNet(nn.Module):
             nn.Conv2d(256, 6, 1))
         _register_normalization(self, normalization)
 
+    def start_moving_forward(self, speed):
+        """Set the translation's bias so that, before training, the camera moves `speed` forward per frame:
+        from frame_a to frame_b the scene comes closer (-z). A random PoseNet predicts nearly the same
+        motion for every input and learns that average first; started at rest, it settles in a sideways
+        motion that a lopsided depth map explains about as well (the camera drives on the right lane, so
+        the right side is nearer), and stays there for hundreds of steps."""
+        with torch.no_grad():
+            self.decoder[-1].bias[3:] = torch.tensor([0.0, 0.0, -speed]) / POSE_SCALE['translation']
+
     def forward(self, frame_a, frame_b):
         """Return (axisangle [B,3], translation [B,3]) of the motion from frame_a to frame_b."""
         x = torch.cat([(frame_a - self.mean) / self.std, (frame_b - self.mean) / self.std], 1)
         pose = self.decoder(self.encoder(x)[-1]).mean(dim=(2, 3))
-        return POSE_ROTATION_SCALE * pose[:, :3], pose[:, 3:]
+        return POSE_SCALE['rotation'] * pose[:, :3], POSE_SCALE['translation'] * pose[:, 3:]
 
 
 class FlowHead(nn.Module):

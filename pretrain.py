@@ -369,6 +369,11 @@ def metrics_line(metrics, baseline):
 # ------------------------------------------------------------------------------------------------
 
 SUPERVISIONS = ('mono', 'stereo', 'mono+stereo', 'gt')
+# Where the depth network starts (models.start_at_depth), and the PoseNet with it (start_moving_forward).
+METRIC_START_DEPTH = 10.0  # metres, a typical depth of a driving scene: the stereo warp stays in the image
+VIDEO_START_DEPTH = 1.0  # video fixes no scale: near the sigmoid's midpoint, yet the near road (~1/15 of the
+                         # median depth) stays above the 0.1 m floor
+FRAMES_TO_MEDIAN_DEPTH = 15  # a car filmed at 10 Hz covers the median depth of its view in about 15 frames
 
 
 def parse_args(argv=None):
@@ -558,7 +563,10 @@ def pretrain_depth(args, device):
     init_encoders(args, *(net.encoder for net in networks.values()))
     if args.decoder == 'xnet':
         init_decoder_backbone(networks['model'], args)
-    models.start_at_depth(networks['model'], models.START_DEPTH, args.min_depth, args.max_depth)
+    start = VIDEO_START_DEPTH if args.supervision == 'mono' else METRIC_START_DEPTH
+    models.start_at_depth(networks['model'], start, args.min_depth, args.max_depth)
+    if mono:
+        networks['pose_net'].start_moving_forward(start / FRAMES_TO_MEDIAN_DEPTH)
     for net in networks.values():
         net.to(device)
     root = data_root(args)

@@ -4,6 +4,7 @@ import pytest
 import torch
 import torchvision
 
+import data
 import models
 
 
@@ -206,7 +207,7 @@ def test_xnet_ablation_variants(options):
     assert not torch.allclose(net.eval()(x), other.eval()(x))
 
 
-def test_pose_net_scales_rotation_by_a_hundredth_and_leaves_translation_in_metres():
+def test_pose_net_scales_rotation_by_a_hundredth_and_translation_by_a_tenth():
     pose = models.build_pose_net().eval()
     last = pose.decoder[-1]
     torch.nn.init.zeros_(last.weight)
@@ -215,4 +216,18 @@ def test_pose_net_scales_rotation_by_a_hundredth_and_leaves_translation_in_metre
     x = torch.rand(2, 3, 64, 64)
     axisangle, translation = pose(x, x)
     assert torch.allclose(axisangle, torch.tensor([[0.01, 0.02, 0.03]] * 2))
-    assert torch.allclose(translation, torch.tensor([[0.5, -1.0, 2.0]] * 2))
+    assert torch.allclose(translation, torch.tensor([[0.05, -0.1, 0.2]] * 2))
+
+
+def test_pose_net_starts_moving_forward_as_the_toy_camera_does(toy_root):
+    pose = models.build_pose_net().eval()
+    torch.nn.init.zeros_(pose.decoder[-1].weight)
+    torch.nn.init.zeros_(pose.decoder[-1].bias)
+    pose.start_moving_forward(0.25)
+    x = torch.rand(1, 3, 64, 64)
+    axisangle, translation = pose(x, x)
+    assert torch.equal(axisangle, torch.zeros(1, 3))
+    assert torch.allclose(translation, torch.tensor([[0.0, 0.0, -0.25]]))
+    # the same sign as the renderer's camera: frame t's points seen from frame t+1 come closer
+    poses = data.read_poses(next(toy_root.rglob('poses.txt')))
+    assert (torch.linalg.inv(poses[3]) @ poses[2])[2, 3] < -0.5
