@@ -479,7 +479,8 @@ def plot_frozen(runs, path):
         drawn = [(i, *bars[name][mode]) for i, name in enumerate(bars) if bars[name].get(mode, (None,))[0] is not None]
         if drawn:
             ax.bar([i + offset for i, _, _ in drawn], [100 * m for _, m, _ in drawn], width=0.4,
-                   yerr=[100 * s for _, _, s in drawn], capsize=3, label=f'{mode} encoder')
+                   yerr=[100 * s for _, _, s in drawn], capsize=3 if any(s for _, _, s in drawn) else 0,
+                   label=f'{mode} encoder')  # no caps on the zero spread of single seeds
     ax.set_xticks(range(len(bars)), list(bars), rotation=20, ha='right', fontsize='small')
     ax.set(title='Frozen vs fine-tuned encoder', ylabel='mIoU (7 classes) %')
     if ax.containers:
