@@ -397,7 +397,12 @@ def test_grad_cam_highlights_where_the_prediction_comes_from():
 
 def test_evaluate_one_checkpoint(trained_runs, capsys):
     metrics = evaluate.main(['--checkpoint', str(trained_runs[0] / 'checkpoint.pt')])
-    assert 0 <= metrics['miou7'] <= 1 and '"pixel_acc"' in capsys.readouterr().out
+    checkpoint = evaluate.load_checkpoint(trained_runs[0] / 'checkpoint.pt')
+    held_out = evaluate.held_out_set(checkpoint, checkpoint['args']['data_root'])
+    assert len(held_out) == 12 - 4  # every labelled image outside the run's 4-image pick
+    batches = torch.utils.data.DataLoader(held_out, batch_size=3)
+    expected = evaluate.evaluate_segmentation(evaluate.load_network(checkpoint), batches, torch.device('cpu'))
+    assert metrics['miou7'] == pytest.approx(expected['miou7']) and '"pixel_acc"' in capsys.readouterr().out
     depth = evaluate.main(['--checkpoint', str(trained_runs[2] / 'checkpoint.pt')])
     assert depth['abs_rel'] > 0 and depth['median_scale'] == 1.0  # fine-tuned depth is scored in metres
     with pytest.raises(SystemExit):
