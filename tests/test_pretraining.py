@@ -35,9 +35,12 @@ def test_every_depth_supervision_trains_and_evaluates(flags, networks, toy_root,
 def test_video_supervision_starts_at_its_own_scale(toy_root, tmp_path):
     # from 0.2 m (the sigmoid's midpoint) the median scale would be about 75 and the near road under the
     # 0.1 m floor; from 10 m (metric supervisions) about 1
-    run, _ = _pretrain(toy_root, tmp_path, 'mono', '--supervision', 'mono')
+    run, checkpoint = _pretrain(toy_root, tmp_path, 'mono', '--supervision', 'mono')
     evaluation = next(m for m in read_metrics(run) if m['split'] == 'eval')
     assert 5 < evaluation['median_scale'] < 40
+    # and the PoseNet started moving forward at 1/15 of the 1 m start per frame (two Adam steps of 1e-4 since)
+    translation_bias = 0.1 * checkpoint['pose_net']['decoder.6.bias'][3:]
+    assert torch.allclose(translation_bias, torch.tensor([0.0, 0.0, -1 / 15]), atol=1e-4)
 
 
 def test_ground_truth_depth_loss_falls(toy_root, tmp_path):
