@@ -180,9 +180,12 @@ def open_dataset(make, *args, **kwargs):
 
 
 def loader(dataset, args, device, shuffle):
-    """A DataLoader with seeded shuffling; workers stay alive between epochs."""
+    """A DataLoader with seeded shuffling; workers stay alive between epochs. Training drops the last
+    incomplete batch, unless the set is smaller than one batch: then that one batch is all there is
+    (dropping it would leave forever() cycling through empty epochs)."""
     return torch.utils.data.DataLoader(
-        dataset, batch_size=args.batch_size if shuffle else 1, shuffle=shuffle, drop_last=shuffle,
+        dataset, batch_size=args.batch_size if shuffle else 1, shuffle=shuffle,
+        drop_last=shuffle and len(dataset) >= args.batch_size,
         num_workers=args.workers if shuffle else 0, persistent_workers=shuffle and args.workers > 0,
         pin_memory=device.type == 'cuda', generator=torch.Generator().manual_seed(args.seed))
 

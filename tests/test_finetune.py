@@ -168,3 +168,10 @@ def test_a_missing_init_checkpoint_stops_before_rendering(tmp_path, monkeypatch)
     with pytest.raises(SystemExit, match=r'checkpoints/depth\.pt does not exist; run `python pretrain\.py'):
         finetune.main(['--init', 'depth', '--data-root', str(tmp_path / 'world')])
     assert not (tmp_path / 'world').exists()
+
+
+def test_a_training_set_smaller_than_the_batch_trains_on_what_there_is(toy_root, tmp_path):
+    finetune.main(['--data-root', str(toy_root), '--runs', str(tmp_path), '--name', 'tiny', '--train-size', '2',
+                   '--iters', '2', '--eval-every', '2', '--log-every', '1', '--height', '64', '--width', '192',
+                   '--batch-size', '4', '--workers', '0'])
+    assert [m['iter'] for m in read_metrics(tmp_path / 'tiny') if m['split'] == 'train'] == [1, 2]
