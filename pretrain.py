@@ -183,6 +183,9 @@ def loader(dataset, args, device, shuffle):
     """A DataLoader with seeded shuffling; workers stay alive between epochs. Training drops the last
     incomplete batch, unless the set is smaller than one batch: then that one batch is all there is
     (dropping it would leave forever() cycling through empty epochs)."""
+    if shuffle and len(dataset) < args.batch_size:
+        print(f'The training set holds {len(dataset)} items, fewer than --batch-size {args.batch_size}: '
+              f'each batch is all {len(dataset)} of them.')
     return torch.utils.data.DataLoader(
         dataset, batch_size=args.batch_size if shuffle else 1, shuffle=shuffle,
         drop_last=shuffle and len(dataset) >= args.batch_size,

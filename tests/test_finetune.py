@@ -170,8 +170,9 @@ def test_a_missing_init_checkpoint_stops_before_rendering(tmp_path, monkeypatch)
     assert not (tmp_path / 'world').exists()
 
 
-def test_a_training_set_smaller_than_the_batch_trains_on_what_there_is(toy_root, tmp_path):
+def test_a_training_set_smaller_than_the_batch_trains_on_what_there_is(toy_root, tmp_path, capsys):
     finetune.main(['--data-root', str(toy_root), '--runs', str(tmp_path), '--name', 'tiny', '--train-size', '2',
                    '--iters', '2', '--eval-every', '2', '--log-every', '1', '--height', '64', '--width', '192',
                    '--batch-size', '4', '--workers', '0'])
     assert [m['iter'] for m in read_metrics(tmp_path / 'tiny') if m['split'] == 'train'] == [1, 2]
+    assert 'holds 2 items, fewer than --batch-size 4: each batch is all 2 of them' in capsys.readouterr().out
