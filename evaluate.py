@@ -545,7 +545,8 @@ def evaluate_checkpoint(path, root, device=torch.device('cpu')):
     (median-scaled for self-supervised pre-training checkpoints, metric for fine-tuned depth)."""
     checkpoint = load_checkpoint(path)
     net = load_network(checkpoint, str(path)).to(device)
-    batches = torch.utils.data.DataLoader(held_out_set(checkpoint, root), batch_size=4)
+    # one image per batch: each depth metric is then an average over images, as the run's own log is
+    batches = torch.utils.data.DataLoader(held_out_set(checkpoint, root), batch_size=1)
     if checkpoint['task'] == 'seg':
         return evaluate_segmentation(net, batches, device, net.head.conv.out_channels)
     min_depth, max_depth, median_scaling = depth_settings(checkpoint)

@@ -5,6 +5,7 @@ import shutil
 import pytest
 import torch
 
+import evaluate
 import finetune
 import pretrain
 from conftest import SMALL, read_metrics
@@ -125,3 +126,11 @@ def test_finetuning_at_another_resolution_than_pretraining(toy_root, tmp_path):
                   + SMALL + ['--height', '96', '--width', '128'])
     seg = torch.load(tmp_path / 'seg' / 'checkpoint.pt', weights_only=False)
     assert (seg['height'], seg['width']) == (96, 128) and 0 <= seg['metrics']['miou7'] <= 1
+
+
+def test_evaluating_the_checkpoint_reproduces_the_runs_logged_depth_metrics(toy_root, tmp_path):
+    run, _ = _pretrain(toy_root, tmp_path, 'mono', '--supervision', 'mono', '--eval-every', '2')
+    logged = [m for m in read_metrics(run) if m['split'] == 'eval'][-1]
+    metrics = evaluate.main(['--checkpoint', str(run / 'checkpoint.pt'), '--data-root', str(toy_root)])
+    assert metrics['abs_rel'] == pytest.approx(logged['abs_rel'], rel=1e-6)
+    assert metrics['rmse'] == pytest.approx(logged['rmse'], rel=1e-6)
