@@ -683,56 +683,89 @@ def scale_intrinsics(K, size, new_size):
     return out
 
 
-def read_image(path):
-    """An RGB image as uint8 [3, H, W] (PNG or JPEG), with a clear error for a missing or corrupt file."""
+# What each file the readers decode must be: (what it is, PNG colour type, bit depth, where KITTI
+# keeps it, what the format is). Colour type 0 is single-channel, 2 is RGB; None: any (images).
+PNG_KINDS = {
+    'image': ('image', None, None, 'check --data-root and that the KITTI archives are extracted in their '
+              'original layout', None),
+    'depth': ('depth map', 0, 16, "KITTI's depth archive keeps one per frame in proj_depth/groundtruth/image_0x/",
+              'KITTI depth maps are 16-bit single-channel PNGs (metres x 256, 0 = no measurement): use the '
+              'maps of data_depth_annotated (proj_depth/groundtruth/), not images'),
+    'labels': ('label map', 0, 8, 'KITTI semantics keeps one per image in data_semantics/training/semantic/',
+               "label maps are 8-bit single-channel PNGs of Cityscapes label ids (KITTI's instance/ PNGs "
+               'are 16-bit: use the semantic/ folder)'),
+    'flow': ('flow map', 2, 16, 'KITTI keeps one per pair in data_scene_flow/training/flow_noc/',
+             'KITTI flow maps are 16-bit 3-channel PNGs (u, v, valid): use those of data_scene_flow/training/flow_noc/'),
+}
+_PNG_LAYOUTS = {0: 'single-channel', 2: '3-channel (RGB)', 3: 'palette', 4: '2-channel (grey + alpha)',
+                6: '4-channel (RGBA)'}
+
+
+def check_png(path, kind):
+    """(height, width) of an image, depth, label or flow PNG (`kind`, a key of PNG_KINDS), read from its
+    header without decoding; a missing file, a file that is not a PNG, or a PNG of another bit depth or
+    channel count stops with one sentence naming the file."""
+    what, colour, bits, where, form = PNG_KINDS[kind]
     if not Path(path).is_file():
-        raise FileNotFoundError(f'missing image {path}: check --data-root and that the KITTI archives '
-                                f'are extracted in their original layout.')
+        raise FileNotFoundError(f'no such file: {what} {path}; {where}.')
+    with open(path, 'rb') as f:
+        head = f.read(26)
+    if len(head) < 26 or head[:8] != b'\x89PNG\r\n\x1a\n' or head[12:16] != b'IHDR':
+        raise ValueError(f'{what} {path} is not a PNG file and cannot be decoded: re-extract it from its archive.')
+    width, height, found_bits, found_colour = struct.unpack('>IIBB', head[16:26])
+    if colour is not None and (found_colour, found_bits) != (colour, bits):
+        layout = _PNG_LAYOUTS.get(found_colour, f'colour type {found_colour}')
+        raise ValueError(f'{what} {path} holds {found_bits}-bit {layout} pixels, but {form}.')
+    return height, width
+
+
+def read_png(path, kind):
+    """A depth, label or flow PNG (`kind`, a key of PNG_KINDS), checked by check_png and decoded as
+    stored: uint8 or uint16 [C, H, W]; a file that cannot be decoded stops with one sentence."""
+    check_png(path, kind)
+    try:
+        return decode_png(read_file(str(path)), mode=ImageReadMode.UNCHANGED)
+    except RuntimeError:
+        raise ValueError(f'{PNG_KINDS[kind][0]} {path} cannot be decoded: the file is truncated or corrupt; '
+                         f're-extract it from its archive.') from None
+
+
+def read_image(path):
+    """An RGB image as uint8 [3, H, W] (PNG or JPEG), with one sentence for a missing or corrupt file."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f'no such file: image {path}; {PNG_KINDS["image"][3]}.')
     try:
         return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
-    except RuntimeError as error:
-        raise RuntimeError(f'could not decode {path} ({error}); the file is corrupt: '
-                           f're-extract it from its archive.') from None
+    except RuntimeError:
+        raise ValueError(f'{path} is not a PNG or JPEG image that can be decoded: the file is truncated or '
+                         f'corrupt; re-extract it from its archive.') from None
 
 
 def read_depth(path):
     """KITTI ground-truth depth PNG (uint16, metres * 256, 0 = none) -> float [1, H, W] metres."""
-    try:
-        raw = decode_png(read_file(str(path)), mode=ImageReadMode.UNCHANGED)
-    except RuntimeError as error:
-        raise RuntimeError(f'could not decode depth map {path} ({error}); the file is corrupt.') from None
-    return raw.float() / 256.0
+    return read_png(path, 'depth').float() / 256.0
 
 
 def read_flow(path):
     """KITTI flow PNG (uint16 RGB: u * 64 + 2^15, v * 64 + 2^15, valid) -> flow float [2, H, W] in
     pixels and valid bool [H, W]."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f'missing flow map {path}: KITTI keeps one per pair in data_scene_flow/training/flow_noc/.')
-    try:
-        raw = decode_png(read_file(str(path)), mode=ImageReadMode.UNCHANGED).int()
-    except RuntimeError as error:
-        raise RuntimeError(f'could not decode flow map {path} ({error}); the file is corrupt.') from None
-    if raw.shape[0] != 3:
-        raise ValueError(f'{path} has {raw.shape[0]} channels; a KITTI flow map has 3 (u, v, valid).')
+    raw = read_png(path, 'flow').int()
     return (raw[:2].float() - 2 ** 15) / 64, raw[2] > 0
 
 
 def read_labels(path):
-    """A Cityscapes label-id PNG -> int64 [H, W] of the 19 train ids, 255 = ignore."""
-    ids = read_image_gray(path).long()
-    return _TRAIN_ID_LOOKUP[ids]
+    """A Cityscapes label-id PNG (8-bit, single channel) -> int64 [H, W] of the 19 train ids, 255 = ignore."""
+    return _TRAIN_ID_LOOKUP[read_png(path, 'labels')[0].long()]
 
 
-def read_image_gray(path):
-    """A single-channel 8-bit PNG as uint8 [H, W]."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f'missing label map {path}: KITTI semantics keeps one per image in '
-                                f'data_semantics/training/semantic/.')
-    try:
-        return decode_png(read_file(str(path)), mode=ImageReadMode.GRAY)[0]
-    except RuntimeError as error:
-        raise RuntimeError(f'could not decode {path} ({error}); the file is corrupt.') from None
+def check_pair(image_file, other_file, kind):
+    """Check the headers of an image PNG and of its label or flow map (`kind`), which must line up
+    pixel for pixel: a different size stops with one sentence giving both sizes and both files."""
+    (h, w), (oh, ow) = check_png(image_file, 'image'), check_png(other_file, kind)
+    if (h, w) != (oh, ow):
+        raise ValueError(f'{PNG_KINDS[kind][0]} {other_file} is {ow}x{oh} but its image {image_file} is {w}x{h}: '
+                         f'they must match pixel for pixel, so one of them belongs to another frame or '
+                         f'download; replace it with its true partner.')
 
 
 _TRAIN_ID_LOOKUP = torch.full((256,), 255, dtype=torch.long)
@@ -747,10 +780,13 @@ def read_split(root, split):
         raise FileNotFoundError(f'no split file {path}: put the split lists (lines "<date>/<drive> '
                                 f'<frame> l") in <data-root>/splits/, e.g. with `python data.py --make-splits <data-root>`.')
     entries = []
-    for line in path.read_text().split('\n'):
+    for number, line in enumerate(path.read_text().split('\n'), 1):
         if line.strip():
-            folder, frame, side = line.split()
-            entries.append((folder, int(frame), side))
+            fields = line.split()
+            if len(fields) != 3 or not fields[1].isdigit() or fields[2] not in ('l', 'r'):
+                raise ValueError(f'line {number} of split file {path} reads "{line.strip()}", but each line must '
+                                 f'be "<date>/<drive> <frame> l|r" (e.g. "2011_09_26/2011_09_26_drive_0002_sync 5 l").')
+            entries.append((fields[0], int(fields[1]), fields[2]))
     return entries
 
 
@@ -827,6 +863,8 @@ class VideoSnippets(torch.utils.data.Dataset):
                                         f'ground-truth depth, e.g. {depth_path(root, *missing[0])}: list only '
                                         f'frames with proj_depth/groundtruth in that split (on KITTI: '
                                         f'`python data.py --make-splits <root> --depth-only`).')
+            if self.entries:  # a map of the wrong format stops here, not inside a DataLoader worker
+                check_png(depth_path(root, *self.entries[0]), 'depth')
 
     def __len__(self):
         return len(self.entries)
@@ -917,11 +955,15 @@ class LabelledImages(torch.utils.data.Dataset):
 
     Image and label are transformed together by torchvision.transforms.v2 (the label as a Mask, so it
     is resized with nearest neighbours); augmentation is the paper's: horizontal flip only.
+    Every pair's PNG headers are checked when the set is built (a missing label, a label map of the
+    wrong format or size stops there with one sentence, not later inside a DataLoader worker).
     """
 
     def __init__(self, root, indices, height, width, augment=False):
         files = semantic_files(root)
         self.files = [files[i] for i in indices]
+        for image_file, label_file in self.files:
+            check_pair(image_file, label_file, 'labels')
         steps = [v2.Resize((height, width), antialias=True)] + ([v2.RandomHorizontalFlip()] if augment else [])
         self.transform = v2.Compose(steps)
 
@@ -940,11 +982,14 @@ class FlowPairs(torch.utils.data.Dataset):
     """Consecutive frames with ground-truth flow (KITTI scene flow) for evaluating optical flow.
 
     `frames` [2, 3, H, W] are resized to the network resolution; `flow` [2, H0, W0] (pixels) and
-    `valid` [H0, W0] stay at their stored resolution, where end-point error is measured.
+    `valid` [H0, W0] stay at their stored resolution, where end-point error is measured. Every flow
+    map's header is checked against its first frame's when the set is built.
     """
 
     def __init__(self, root, height, width):
         self.files, self.size = scene_flow_files(root), (height, width)
+        for first, _, flow_file in self.files:
+            check_pair(first, flow_file, 'flow')
 
     def __len__(self):
         return len(self.files)
