@@ -1,12 +1,16 @@
 """The toy world and the KITTI loaders: layout, determinism, and geometry that agrees with the renderer."""
 import filecmp
+import re
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 import data
 import losses
+import pretrain
 from conftest import TINY
 
 
@@ -233,3 +237,153 @@ def test_flipped_stereo_reverses_the_baseline(toy_root):
         assert (item['stereo_T'][0, 3] > 0) == flipped
         signs.add(flipped)
     assert signs == {True, False}
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad files: one sentence naming the file and what is wrong (issue 10, item 6)
+# ----------------------------------------------------------------------------------------------
+
+REALDATA = Path(__file__).resolve().parents[2] / 'shared' / 'realdata'
+
+
+def _rgb(path, height=10, width=12):
+    """A small 8-bit RGB PNG at `path` (folders made)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data._write_rgb(torch.randint(0, 256, (3, height, width), dtype=torch.uint8), path)
+    return path
+
+
+def _semantics(root, image_size=(10, 12), label_size=(10, 12), label16=False):
+    """A one-image data_semantics layout under root: image_2/000000_10.png and its semantic/ label."""
+    folder = root / 'data_semantics/training'
+    image = _rgb(folder / 'image_2/000000_10.png', *image_size)
+    label = folder / 'semantic/000000_10.png'
+    label.parent.mkdir(parents=True)
+    if label16:  # as KITTI's instance/ PNGs: label id * 256 + instance
+        data.write_png16(np.full(label_size, 26 * 256 + 2, np.int32), label)
+    else:
+        data._write_rgb(torch.full((1, *label_size), data.LABEL_IDS['road'], dtype=torch.uint8), label)
+    return image, label
+
+
+def test_label_map_of_another_size_stops_with_both_sizes_and_files(tmp_path):
+    image, label = _semantics(tmp_path, image_size=(370, 1224), label_size=(375, 1242))
+    for build in (lambda: data.LabelledImages(tmp_path, [0], 64, 192),
+                  lambda: pretrain.open_dataset(data.LabelledImages, tmp_path, [0], 64, 192)):
+        with pytest.raises((ValueError, SystemExit)) as caught:
+            build()
+        message = str(caught.value)
+        assert all(s in message for s in (str(image), str(label), '1224x370', '1242x375'))
+        assert '\n' not in message
+
+
+def test_rgb_png_read_as_depth_stops_with_the_format(tmp_path):
+    depth = _rgb(tmp_path / '2011_09_26/2011_09_26_drive_0001_sync/proj_depth/groundtruth/image_02/0000000001.png')
+    with pytest.raises(ValueError, match='16-bit single-channel') as caught:
+        data.read_depth(depth)
+    assert str(depth) in str(caught.value) and '8-bit 3-channel' in str(caught.value)
+    (tmp_path / 'splits').mkdir()
+    (tmp_path / 'splits/train_files.txt').write_text('2011_09_26/2011_09_26_drive_0001_sync 1 l\n')
+    with pytest.raises(ValueError, match='16-bit single-channel') as caught:  # when the set is built
+        data.VideoSnippets(tmp_path, 'train', 64, 192, with_depth=True)
+    assert str(depth) in str(caught.value)
+
+
+def test_16_bit_label_map_points_to_the_semantic_folder(tmp_path):
+    image, label = _semantics(tmp_path, label16=True)
+    for read in (lambda: data.read_labels(label), lambda: data.LabelledImages(tmp_path, [0], 8, 8)):
+        with pytest.raises(ValueError, match='16-bit single-channel') as caught:
+            read()
+        assert str(label) in str(caught.value) and 'instance/' in str(caught.value) and 'semantic/' in str(caught.value)
+
+
+def test_missing_files_are_told_apart_from_corrupt_ones(tmp_path):
+    missing = tmp_path / 'none.png'
+    for read in (data.read_depth, data.read_labels, data.read_flow, data.read_image):
+        with pytest.raises(FileNotFoundError, match='no such file') as caught:
+            read(missing)
+        assert str(missing) in str(caught.value)
+    junk = tmp_path / 'junk.png'
+    junk.write_bytes(b'not a png at all, just text')
+    truncated = tmp_path / 'truncated.png'
+    data.write_depth_png(torch.rand(40, 50) * 80, tmp_path / 'whole.png')
+    truncated.write_bytes((tmp_path / 'whole.png').read_bytes()[:60])
+    for read, path, words in [(data.read_depth, junk, 'not a PNG'), (data.read_depth, truncated, 'cannot be decoded'),
+                              (data.read_image, junk, 'not a PNG or JPEG image')]:
+        with pytest.raises(ValueError, match=words) as caught:
+            read(path)
+        assert str(path) in str(caught.value)
+
+
+def test_bad_split_line_gives_file_line_and_format(tmp_path):
+    (tmp_path / 'splits').mkdir()
+    split = tmp_path / 'splits/train_files.txt'
+    for text in ['2011_09_26/2011_09_26_drive_0001_sync 1 l\n2011_09_26/2011_09_26_drive_0001_sync 2\n',
+                 '2011_09_26/2011_09_26_drive_0001_sync 1 l\n2011_09_26/2011_09_26_drive_0001_sync 2 left\n',
+                 '2011_09_26/2011_09_26_drive_0001_sync 1 l\n2011_09_26/2011_09_26_drive_0001_sync two l\n']:
+        split.write_text(text)
+        with pytest.raises(ValueError) as caught:
+            data.read_split(tmp_path, 'train')
+        message = str(caught.value)
+        assert str(split) in message and 'line 2' in message and '<date>/<drive> <frame> l|r' in message
+
+
+def test_flow_map_of_the_wrong_format_or_size_stops(tmp_path):
+    folder = tmp_path / 'data_scene_flow/training'
+    first = _rgb(folder / 'image_2/000000_10.png')
+    _rgb(folder / 'image_2/000000_11.png')
+    flow = _rgb(folder / 'flow_noc/000000_10.png')  # an image where the flow map should be
+    with pytest.raises(ValueError, match='16-bit 3-channel') as caught:
+        data.FlowPairs(tmp_path, 8, 8)
+    assert str(flow) in str(caught.value)
+    data.write_flow_png(torch.zeros(2, 11, 12), torch.ones(11, 12, dtype=torch.bool), flow)
+    with pytest.raises(ValueError, match='12x11') as caught:
+        data.FlowPairs(tmp_path, 8, 8)
+    assert str(flow) in str(caught.value) and str(first) in str(caught.value) and '12x10' in str(caught.value)
+
+
+@pytest.mark.skipif(not REALDATA.exists(), reason='the real KITTI sample files are not here')
+def test_real_kitti_files_through_every_reader(tmp_path):
+    kitti = REALDATA / 'kitti'
+    # raw drive 0002: the real folders linked into a root that also holds a split file
+    (tmp_path / '2011_09_26').symlink_to(kitti / '2011_09_26', target_is_directory=True)
+    (tmp_path / 'splits').mkdir()
+    (tmp_path / 'splits/train_files.txt').write_text(
+        ''.join(f'2011_09_26/2011_09_26_drive_0002_sync {f} l\n' for f in range(1, 9)))
+    snippets = data.VideoSnippets(tmp_path, 'train', 64, 192, stereo=True)
+    item = snippets[0]
+    assert item['frames'].shape == (3, 3, 64, 192) and 0.4 < item['stereo_T'][0, 3].abs() < 0.6  # 0.54 m rig
+    assert data.read_image(data.image_path(tmp_path, '2011_09_26/2011_09_26_drive_0002_sync', 5)).shape == (3, 375, 1242)
+    # annotated depth (drive unknown): uint16 metres * 256, about a fifth of the pixels measured
+    for depth_file in sorted((REALDATA / 'kitti_depth_metric3d_demo/depth').glob('*.png')):
+        depth = data.read_depth(depth_file)
+        assert depth.shape == (1, 375, 1242) and 0.1 < (depth > 0).float().mean() < 0.3 and depth.max() < 100
+    rgb = REALDATA / 'kitti_depth_metric3d_demo/rgb/0000000005.png'
+    with pytest.raises(ValueError, match=re.escape(str(rgb)) + '.*16-bit single-channel'):
+        data.read_depth(rgb)
+    # data_semantics: the true pairs load, the mismatched image beside its label stops
+    labelled = data.LabelledImages(kitti, [0, 1], 64, 192)
+    labels = torch.stack([data.read_labels(label) for _, label in labelled.files])
+    assert labels.shape == (2, 375, 1242) and {0, 2, 13} <= set(labels.unique().tolist()) <= set(range(19)) | {255}
+    assert labelled[0]['label'].shape == (64, 192)
+    label = kitti / 'data_semantics/training/semantic/000000_10.png'
+    mismatched = kitti / '_misc/caiochaves_image_2_000000_10_MISMATCHED.png'
+    (tmp_path / 'data_semantics/training/image_2').mkdir(parents=True)
+    (tmp_path / 'data_semantics/training/image_2/000000_10.png').symlink_to(mismatched)
+    (tmp_path / 'data_semantics/training/semantic').symlink_to(label.parent, target_is_directory=True)
+    with pytest.raises(ValueError, match='1242x375 but its image .* is 1224x370') as caught:
+        data.LabelledImages(tmp_path, [0], 64, 192)
+    assert 'semantic/000000_10.png' in str(caught.value) and 'image_2/000000_10.png' in str(caught.value)
+    # Cityscapes ids: labelIds read, the 16-bit instanceIds stop with the way out
+    gt = REALDATA / 'cityscapes/gtFine/val/frankfurt/frankfurt_000000_000294_gtFine_'
+    assert data.read_labels(f'{gt}labelIds.png').shape == (128, 256)
+    with pytest.raises(ValueError, match='semantic/') as caught:
+        data.read_labels(f'{gt}instanceIds.png')
+    assert f'{gt}instanceIds.png' in str(caught.value)
+    # scene flow pair 000000: 16-bit RGB flow, about a sixth of the pixels valid
+    pair = data.FlowPairs(kitti, 64, 192)[0]
+    assert pair['frames'].shape == (2, 3, 64, 192) and pair['flow'].shape == (2, 375, 1242)
+    assert 0.1 < pair['valid'].float().mean() < 0.25 and pair['flow'][:, pair['valid']].abs().max() < 300
+    image = kitti / 'data_scene_flow/training/image_2/000000_10.png'
+    with pytest.raises(ValueError, match=re.escape(str(image)) + '.*16-bit 3-channel'):
+        data.read_flow(image)
