@@ -35,7 +35,8 @@ import losses
 import models
 from pretrain import (Run, add_common_args, add_decoder_args, autocast, benchmark, check_args, constant_baseline,
                       data_root, forever, init_checkpoint, init_decoder_backbone, loader, metrics_line, open_dataset,
-                      optimisation_step, pick_device, restore, save_depth_sample, save_image_grid, to_device, train)
+                      optimisation_step, pick_device, restore, sample_frames, save_depth_sample, save_image_grid,
+                      to_device, train)
 
 NUM_CLASSES = len(evaluate.CITYSCAPES_CLASSES)
 
@@ -213,8 +214,8 @@ def depth_task(args, root, net, device):
                           augment=True, with_depth=True, jitter=False)
     train_set = torch.utils.data.Subset(frames, few_shot(len(frames), args)[0])
     test_set = open_dataset(data.VideoSnippets, root, 'test', args.height, args.width, frame_ids=(0,), with_depth=True)
-    test_batches = list(loader(test_set, args, device, shuffle=False))
-    sample = torch.cat([b['frames'] for b in test_batches[::max(1, len(test_batches) // 4)][:4]]).to(device)
+    test_batches = loader(test_set, args, device, shuffle=False)  # read anew at each evaluation: memory stays flat
+    sample = sample_frames(test_set, device)
 
     def loss_fn(batch):
         with autocast(device):

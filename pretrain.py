@@ -193,6 +193,12 @@ def loader(dataset, args, device, shuffle):
         pin_memory=device.type == 'cuda', generator=torch.Generator().manual_seed(args.seed))
 
 
+def sample_frames(dataset, device, count=4):
+    """The frames of `count` evenly spaced items of a dataset, [count, S, 3, H, W]: the PNG samples' inputs."""
+    picks = range(0, len(dataset), max(1, len(dataset) // count))[:count]
+    return torch.stack([dataset[i]['frames'] for i in picks]).to(device)
+
+
 def forever(batches):
     """Cycle through a DataLoader epoch after epoch."""
     while True:
@@ -591,8 +597,8 @@ def pretrain_depth(args, device):
         return photometric_depth_loss(disps, *source_views(batch, pose_net, args.supervision), batch, args)
 
     test_set = open_dataset(data.VideoSnippets, root, 'test', args.height, args.width, frame_ids=(0,), with_depth=True)
-    test_batches = list(loader(test_set, args, device, shuffle=False))
-    sample = torch.cat([b['frames'] for b in test_batches[::max(1, len(test_batches) // 4)][:4]]).to(device)
+    test_batches = loader(test_set, args, device, shuffle=False)  # read anew at each evaluation: memory stays flat
+    sample = sample_frames(test_set, device)
 
     def evaluate_now(iteration, folder):
         save_depth_sample(depth_net, sample, folder / f'sample_{iteration:06d}.png')
@@ -665,8 +671,8 @@ def pretrain_flow(args, device):
             flows = [f.float() for f in flow_net(batch['frames_aug'][:, 0], batch['frames_aug'][:, 1])]
         return flow_loss(flows, batch, args)
 
-    pairs = list(loader(open_dataset(data.FlowPairs, root, args.height, args.width), args, device, shuffle=False))
-    sample = torch.cat([b['frames'] for b in pairs[::max(1, len(pairs) // 4)][:4]]).to(device)
+    pair_set = open_dataset(data.FlowPairs, root, args.height, args.width)
+    pairs, sample = loader(pair_set, args, device, shuffle=False), sample_frames(pair_set, device)
 
     def baseline():
         return evaluate.mean_metrics([evaluate.flow_metrics(torch.zeros_like(b['flow']), b['flow'], b['valid'])
