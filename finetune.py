@@ -180,8 +180,8 @@ def segmentation_task(args, root, net, device):
     """(training batches, loss of a batch, evaluation, sample) for few-shot segmentation."""
     files = open_dataset(data.semantic_files, root)
     train_ids, eval_ids = few_shot(len(files), args)
-    train_set = data.LabelledImages(root, train_ids, args.height, args.width, augment=True)
-    eval_set = data.LabelledImages(root, eval_ids, args.height, args.width)
+    train_set = open_dataset(data.LabelledImages, root, train_ids, args.height, args.width, augment=True)
+    eval_set = open_dataset(data.LabelledImages, root, eval_ids, args.height, args.width)
     eval_batches = list(torch.utils.data.DataLoader(eval_set, batch_size=args.batch_size))
     sample = {k: v[:4] for k, v in eval_batches[0].items()}
 
