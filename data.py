@@ -1018,6 +1018,11 @@ def make_splits(root, seed=0, depth_only=False):
         for f in frames[1:-1]:
             if not (split == 'test' or depth_only) or depth_path(root, folder, f).exists():
                 splits[split].append(f'{folder} {f} l')
+    empty = [split for split, lines in splits.items() if not lines]
+    if empty:  # before writing anything: existing split files stay as they were
+        raise ValueError(f'{root}: the {" and ".join(empty)} split would be empty ({len(drives)} drive(s) found; every '
+                         f'tenth drive is test, the next val, the rest train): add drives, or write the split files '
+                         f'yourself into {Path(root) / "splits"} ("<date>/<drive> <frame> l" per line).')
     (Path(root) / 'splits').mkdir(exist_ok=True)
     for split, lines in splits.items():
         (Path(root) / 'splits' / f'{split}_files.txt').write_text('\n'.join(lines) + '\n')
@@ -1047,7 +1052,10 @@ def main():
                                    args.test_frames, args.labelled, args.seed, args.threads)
         print(f'Rendered the toy world into {args.render_toy} in {seconds:.1f} s.')
     elif args.make_splits:
-        counts = make_splits(args.make_splits, args.seed, args.depth_only)
+        try:
+            counts = make_splits(args.make_splits, args.seed, args.depth_only)
+        except (FileNotFoundError, ValueError) as error:
+            raise SystemExit(str(error)) from None
         print(f'Wrote {args.make_splits}/splits: ' + ', '.join(f'{k} {v} frames' for k, v in counts.items()))
     else:
         parser.print_help()

@@ -1,6 +1,7 @@
 """The toy world and the KITTI loaders: layout, determinism, and geometry that agrees with the renderer."""
 import filecmp
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -387,3 +388,12 @@ def test_real_kitti_files_through_every_reader(tmp_path):
     image = kitti / 'data_scene_flow/training/image_2/000000_10.png'
     with pytest.raises(ValueError, match=re.escape(str(image)) + '.*16-bit 3-channel'):
         data.read_flow(image)
+
+
+def test_make_splits_refuses_to_write_an_empty_split(toy_root, tmp_path):
+    root = tmp_path / 'world'
+    shutil.copytree(toy_root, root)  # two drives: one for test, one for val, none left to train on
+    before = (root / 'splits' / 'train_files.txt').read_text()
+    with pytest.raises(ValueError, match=r'the train split would be empty \(2 drive\(s\) found'):
+        data.make_splits(root)
+    assert (root / 'splits' / 'train_files.txt').read_text() == before
