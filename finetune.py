@@ -193,14 +193,12 @@ def segmentation_task(args, root, net, device):
     def evaluate_now(iteration, folder):
         save_seg_sample(net, sample, folder / f'sample_{iteration:06d}.png', device)
         return evaluate.evaluate_segmentation(net, eval_batches, device, NUM_CLASSES)
-    labels = data.LabelledImages(root, train_ids, args.height, args.width)  # unflipped: no random draws
-    return train_set, loss_fn, evaluate_now, majority_baseline(labels, eval_batches)
+    return train_set, loss_fn, evaluate_now, majority_baseline([files[i][1] for i in train_ids], eval_batches)
 
 
-def majority_baseline(labelled, eval_batches):
-    """What labelling every pixel with the training images' most frequent class scores on the evaluation set."""
-    counts = sum(torch.bincount(labelled[i]['label'].flatten(), minlength=256)[:NUM_CLASSES]
-                 for i in range(len(labelled)))
+def majority_baseline(label_files, eval_batches):
+    """What labelling every pixel with the training labels' most frequent class scores on the evaluation set."""
+    counts = sum(torch.bincount(data.read_labels(path).flatten(), minlength=256)[:NUM_CLASSES] for path in label_files)
     majority = int(counts.argmax())
     confusion = sum(evaluate.confusion_matrix(torch.full_like(b['label'], majority), b['label'], NUM_CLASSES)
                     for b in eval_batches)
