@@ -7,7 +7,8 @@ experiments use on a GPU machine is exercised on a laptop.
 
 Contents, top to bottom:
   1. the toy world: procedural textures, scene generation, ray casting, rendering to the KITTI layout;
-  2. reading the KITTI layout: calibration, images, depth, labels, split files;
+  2. reading the KITTI layout: calibration, images, depth (annotated maps and velodyne scans), labels,
+     split files;
   3. datasets: video snippets for self-supervised depth, labelled images for few-shot segmentation.
 
 Coordinates: camera x right, y down, z forward; depth is the z coordinate in metres; pixel centres sit
@@ -448,6 +449,67 @@ def _calib_text(K, height, width):
     return '\n'.join(lines) + '\n'
 
 
+# The velodyne (an HDL-64E) as KITTI mounts it. Its axes are x forward, y left, z up, so R takes them
+# to camera 0's axes by a permutation: camera x = -y, camera y = -z, camera z = x. T is where the
+# scanner sits in camera 0's frame: 0.27 m behind and 0.08 m above it (2011_09_26's T, rounded).
+VELO_R = ((0, -1, 0), (0, 0, -1), (1, 0, 0))
+VELO_T = (-0.004, -0.076, -0.272)
+VELO_ELEVATIONS = torch.linspace(2.0, -24.9, 64)  # degrees: the HDL-64E's 64 beams, top to bottom
+VELO_AZIMUTH_STEP = 0.35  # degrees between two firings of a beam, fixed like a real scanner's
+VELO_RANGE = 120.0  # metres: farther surfaces give no return (the HDL-64E's range)
+
+
+def _calib_velo_text():
+    """calib_velo_to_cam.txt as KITTI writes it."""
+    fmt = lambda values: ' '.join(f'{float(x):.6e}' for x in values)
+    return (f'calib_time: 15-Mar-2012 11:37:16\nR: {fmt(sum(VELO_R, ()))}\nT: {fmt(VELO_T)}\n'
+            f'delta_f: {fmt([0, 0])}\ndelta_c: {fmt([0, 0])}\n')
+
+
+def velodyne_scan(depth, calib_dir):
+    """A toy velodyne scan of a rendered depth map of camera 02 [H, W]: float32 [N, 4] points (x forward,
+    y left, z up, reflectance) in the velodyne's frame, as KITTI's .bin files hold them.
+
+    The 64 beams (VELO_ELEVATIONS) fire every VELO_AZIMUTH_STEP degrees, seen from camera 02's centre.
+    A beam direction that meets the image at (u, v) takes the rendered depth of the pixel
+    read_velodyne_depth will put it on (column round(u) - 1, row round(v) - 1, the devkit's rule), so
+    that the two ground truths agree pixel for pixel; it is back-projected with that depth and moved to
+    the velodyne's frame by the inverse of velodyne_to_image's chain, read from the calibration files
+    in `calib_dir`. Sky and surfaces beyond VELO_RANGE give no return. A coarse ring of points outside
+    the camera's view (behind the car and beyond its sides), as a 360-degree scan holds, exercises the
+    reader's rules for dropping points. Density in pixels falls as the render grows, as a real
+    scanner's angular resolution is fixed (0.35 degrees is about 1.1 px at 96 x 320).
+    """
+    height, width = depth.shape
+    projection = velodyne_to_image(calib_dir, '02')[0]
+    K = torch.from_numpy(read_calib(Path(calib_dir) / 'calib_cam_to_cam.txt')['P_rect_02'].reshape(3, 4)[:, :3])
+    rigid = torch.linalg.solve(K, projection)  # [rotation | translation]: velodyne -> camera 02
+    (fx, cx), (fy, cy) = K[0, [0, 2]].tolist(), K[1, [1, 2]].tolist()
+    # the firings whose u can land on a column (round(u) - 1 in [0, W - 1]), then all 64 beams of each
+    first, last = (math.degrees(math.atan((u - cx) / fx)) / VELO_AZIMUTH_STEP for u in (0.5, width + 0.5))
+    azimuth = torch.arange(math.floor(first), math.ceil(last) + 1, dtype=torch.float64) * VELO_AZIMUTH_STEP
+    azimuth, elevation = torch.deg2rad(azimuth), torch.deg2rad(VELO_ELEVATIONS.double())[:, None]
+    u = (fx * azimuth.tan() + cx).expand(len(elevation), -1)  # camera 02: x right, y down, z forward
+    v = cy - fy * elevation.tan() / azimuth.cos()
+    col, row = u.round() - 1, v.round() - 1
+    inside = (col >= 0) & (col < width) & (row >= 0) & (row < height)
+    u, v, col, row = u[inside], v[inside], col[inside].long(), row[inside].long()
+    z = depth.double()[row, col]
+    in_camera = torch.stack([(u - cx) / fx * z, (v - cy) / fy * z, z], 1)
+    velo = torch.linalg.solve(rigid[:, :3], (in_camera - rigid[:, 3]).T).T
+    # keep returns within range, and only those the float32 file leaves on their own pixel
+    stored = torch.cat([velo.float().double(), torch.ones(len(velo), 1, dtype=torch.float64)], 1) @ projection.T
+    same = ((stored[:, 0] / stored[:, 2]).round() - 1 == col) & ((stored[:, 1] / stored[:, 2]).round() - 1 == row)
+    velo = velo[(z > 0) & (velo.norm(dim=1) <= VELO_RANGE) & same]
+    # the rest of the 360 degrees, every 4 degrees on three beams at 10 m: all outside the image
+    around = torch.deg2rad(torch.arange(60.0, 301.0, 4.0, dtype=torch.float64))
+    tilt = torch.deg2rad(torch.tensor([-2.0, -8.0, -14.0], dtype=torch.float64))[:, None]
+    ring = 10 * torch.stack([around.cos() * tilt.cos(), around.sin() * tilt.cos(),
+                             tilt.sin().expand(-1, len(around))], -1).reshape(-1, 3)
+    points = torch.cat([velo, ring]).float()
+    return torch.cat([points, torch.full((len(points), 1), 0.5)], 1)  # the toy scanner has no reflectance
+
+
 def write_png16(array, path):
     """A 16-bit PNG (grey [H, W] or RGB [H, W, 3] uint16), written by hand with zlib: torchvision
     writes only 8-bit PNGs, and Pillow cannot write 16-bit colour, which KITTI's flow maps are."""
@@ -501,12 +563,15 @@ def _write_rgb(image, path):
     write_png(image, str(path), compression_level=1)
 
 
-def _render_drive_frames(root, drive, name, frames, K, height, width, bar, keep=()):
-    """Write left and right images (and left ground-truth depth) of some frames of a drive; return the
-    left views of the frames in `keep`, as {frame: (rgb, depth, moving)}."""
+def _render_drive_frames(root, drive, name, frames, K, height, width, bar, keep=(), velodyne=False):
+    """Write left and right images (and left ground-truth depth) of some frames of a drive, and with
+    `velodyne` a velodyne scan of each (velodyne_scan of the left depth); return the left views of the
+    frames in `keep`, as {frame: (rgb, depth, moving)}."""
     folder = root / TOY_DATE / name
     for sub in ('image_02/data', 'image_03/data', 'proj_depth/groundtruth/image_02'):
         (folder / sub).mkdir(parents=True, exist_ok=True)
+    if velodyne:
+        (folder / 'velodyne_points/data').mkdir(parents=True, exist_ok=True)
     kept = {}
     for f in frames:
         rgb, depth, _, moving = render_view(drive, f, K, height, width)
@@ -514,6 +579,8 @@ def _render_drive_frames(root, drive, name, frames, K, height, width, bar, keep=
         _write_rgb(rgb, folder / f'image_02/data/{f:010d}.png')
         _write_rgb(right, folder / f'image_03/data/{f:010d}.png')
         write_depth_png(depth, folder / f'proj_depth/groundtruth/image_02/{f:010d}.png')
+        if velodyne:
+            velodyne_scan(depth, root / TOY_DATE).numpy().tofile(folder / f'velodyne_points/data/{f:010d}.bin')
         if f in keep:
             kept[f] = rgb, depth, moving
         bar.update(2)
@@ -526,7 +593,8 @@ def _render_scene_flow(root, drive, frames, views, K):
     """KITTI's scene-flow layout (data_scene_flow/training: image_2/<id>_10.png and <id>_11.png, a frame
     and the next, and flow_noc/<id>_10.png) for some frames of the held-out drive, from its left views
     already rendered (`views`: frame -> rgb, depth, moving). The flow is known for static pixels only
-    (moving cars are marked invalid): it comes from depth and camera motion."""
+    (moving cars are marked invalid): it comes from depth and camera motion. Pair i is id i (0, 1, ...),
+    the first ids of the raw-data mapping (RAW_MAPPING), which names its frame `frames[i]`."""
     folder = root / 'data_scene_flow' / 'training'
     for sub in ('image_2', 'flow_noc'):
         (folder / sub).mkdir(parents=True)
@@ -547,7 +615,9 @@ def render_toy_world(root, height=TOY_SIZE[0], width=TOY_SIZE[1], drives=4, fram
     """Render the toy world into `root`, in KITTI's layout (see DESIGN.md), and return seconds taken.
 
     `drives` training drives of `frames` frames each, one held-out drive (its first fifth is the
-    validation split, the rest the test split, with ground-truth depth), and `labelled` images with
+    validation split, the rest the test split, with ground-truth depth and, as KITTI raw has, a velodyne
+    scan per frame in velodyne_points/data/ with calib_velo_to_cam.txt beside the date's calibration; the
+    training drives get no scans, to keep the world small), and `labelled` images with
     Cityscapes label ids from separate drives, as KITTI's data_semantics, and pairs of consecutive test
     frames with ground-truth optical flow, as KITTI's data_scene_flow. Each drive also gets a
     `poses.txt` (camera-to-world of image_02, KITTI odometry format), a toy-world extra that real raw
@@ -577,10 +647,13 @@ def render_toy_world(root, height=TOY_SIZE[0], width=TOY_SIZE[1], drives=4, fram
 
 
 def _render_world(root, height, width, drives, frames, test_frames, labelled, seed):
-    """The body of render_toy_world: calibration, drives, scene flow, split files, labelled images."""
+    """The body of render_toy_world: calibration, drives, scene flow, split files, labelled images.
+    Only the held-out drive (val + test) gets velodyne scans: they are test ground truth (the Eigen
+    protocol's), and leaving them out of the training drives keeps the world small."""
     K = toy_intrinsics(height, width)
     (root / TOY_DATE).mkdir(parents=True)
     (root / TOY_DATE / 'calib_cam_to_cam.txt').write_text(_calib_text(K, height, width))
+    (root / TOY_DATE / 'calib_velo_to_cam.txt').write_text(_calib_velo_text())
     splits = {'train': [], 'val': [], 'test': []}
     with tqdm(total=2 * (drives * frames + test_frames) + labelled, unit='view') as bar:
         for d in range(drives + 1):
@@ -596,8 +669,9 @@ def _render_world(root, height, width, drives, frames, test_frames, labelled, se
             splits['val'], splits['test'] = lines[:len(lines) // 5], lines[len(lines) // 5:]
             flow_frames = range(1, n - 1)[len(lines) // 5::2]
             keep = set(flow_frames) | {f + 1 for f in flow_frames}
-            views = _render_drive_frames(root, drive, name, range(n), K, height, width, bar, keep)
+            views = _render_drive_frames(root, drive, name, range(n), K, height, width, bar, keep, velodyne=True)
             _render_scene_flow(root, drive, flow_frames, views, K)
+            _append_raw_mapping(root, [f'{TOY_DATE} {name} {f:010d}' for f in flow_frames])  # ids 0..k-1
         bar.set_description('toy world: labelled images')
         _render_semantics(root, labelled, seed, K, height, width, bar)
     (root / 'splits').mkdir()
@@ -606,18 +680,36 @@ def _render_world(root, height, width, drives, frames, test_frames, labelled, se
 
 
 def _render_semantics(root, count, seed, K, height, width, bar, per_drive=10):
-    """KITTI data_semantics: images and label-id maps, 10 per separate drive, 25 m apart."""
+    """KITTI data_semantics: images and label-id maps, 10 per separate drive, 25 m apart. As in KITTI,
+    whose labelled images and scene-flow pairs share one id space, they are numbered after the scene-flow
+    pairs, and the raw-data mapping names their drives (drive 501 on: like drive d + 1, from seed offset
+    500 + d), which are not written as raw drives, as for a user who downloaded only part of raw KITTI."""
     image_dir = root / 'data_semantics/training/image_2'
     label_dir = root / 'data_semantics/training/semantic'
     image_dir.mkdir(parents=True)
     label_dir.mkdir(parents=True)
+    first = _append_raw_mapping(root, [f'{TOY_DATE} {TOY_DATE}_drive_{501 + i // per_drive:04d}_sync '
+                                       f'{(i % per_drive) * 25:010d}' for i in range(count)])
     for i in range(count):
         if i % per_drive == 0:
             drive = Drive(seed * 1000 + 500 + i // per_drive, per_drive * 25)
         rgb, _, label, _ = render_view(drive, (i % per_drive) * 25, K, height, width)
-        _write_rgb(rgb, image_dir / f'{i:06d}_10.png')
-        _write_rgb(label[None], label_dir / f'{i:06d}_10.png')
+        _write_rgb(rgb, image_dir / f'{first + i:06d}_10.png')
+        _write_rgb(label[None], label_dir / f'{first + i:06d}_10.png')
         bar.update(1)
+
+
+RAW_MAPPING = 'data_scene_flow/devkit/mapping/train_mapping.txt'  # KITTI's devkit_scene_flow.zip, extracted
+
+
+def _append_raw_mapping(root, lines):
+    """Append lines "<date> <drive folder> <frame:010d>" to the toy world's copy of the scene-flow devkit's
+    mapping (line i: the raw frame of training id i, see read_raw_mapping); return the id of the first."""
+    path = root / RAW_MAPPING
+    path.parent.mkdir(parents=True, exist_ok=True)
+    before = path.read_text().splitlines() if path.exists() else []
+    path.write_text(''.join(line + '\n' for line in before + lines))
+    return len(before)
 
 
 def ensure_toy_world(root, **render_args):
@@ -819,6 +911,88 @@ def depth_path(root, folder, frame, side='l'):
     return candidates[0]
 
 
+def velodyne_path(root, folder, frame):
+    """Where KITTI raw keeps a frame's velodyne scan (the Eigen split's ground truth)."""
+    return Path(root) / folder / 'velodyne_points' / 'data' / f'{frame:010d}.bin'
+
+
+def _calib_entry(calib, key, path, count):
+    """calib[key] as a float64 array of `count` numbers; a missing or short entry stops with one sentence."""
+    if key not in calib or calib[key].size != count:
+        raise ValueError(f'calibration file {path} has no "{key}:" line of {count} numbers, which the velodyne '
+                         f'projection needs: it is not KITTI\'s calibration text (or not for this camera); '
+                         f'replace it with the one from the date\'s calibration archive.')
+    return calib[key]
+
+
+def velodyne_to_image(calib_dir, camera='02'):
+    """(3x4 float64 matrix taking homogeneous velodyne points to camera `camera`'s image, (height,
+    width) of its rectified images), from <calib_dir>/calib_cam_to_cam.txt and calib_velo_to_cam.txt:
+    P_rect_xx @ R_rect_00 (as 4x4) @ [R | T]. [R | T] takes the velodyne's frame to camera 0's,
+    R_rect_00 rectifies camera 0 (every rectified camera shares its orientation), and P_rect_xx projects
+    from there, its fourth column holding camera xx's offset along the rig."""
+    cam_file, velo_file = Path(calib_dir) / 'calib_cam_to_cam.txt', Path(calib_dir) / 'calib_velo_to_cam.txt'
+    cam = read_calib(cam_file)
+    if not velo_file.is_file():
+        raise FileNotFoundError(f'no calibration file at {velo_file}: KITTI raw keeps calib_velo_to_cam.txt beside '
+                                f'calib_cam_to_cam.txt in each date folder (<root>/<date>/); extract the '
+                                f'calibration archive there.')
+    velo = read_calib_text(velo_file.read_text())
+    velo_to_cam = np.eye(4)
+    velo_to_cam[:3, :3] = _calib_entry(velo, 'R', velo_file, 9).reshape(3, 3)
+    velo_to_cam[:3, 3] = _calib_entry(velo, 'T', velo_file, 3)
+    rectify = np.eye(4)
+    rectify[:3, :3] = _calib_entry(cam, 'R_rect_00', cam_file, 9).reshape(3, 3)
+    P = _calib_entry(cam, f'P_rect_{camera}', cam_file, 12).reshape(3, 4)
+    width, height = _calib_entry(cam, f'S_rect_{camera}', cam_file, 2)
+    return torch.from_numpy(P @ rectify @ velo_to_cam), (int(round(height)), int(round(width)))
+
+
+def read_velodyne_depth(calib_dir, velo_path, camera='02'):
+    """A velodyne scan (.bin) projected into camera `camera`'s image: float32 [H, W] depth in metres at
+    the camera's native size (S_rect_xx), 0 where no point lands.
+
+    This is the Eigen split's ground truth, made by the rule the field uses, that of Monodepth2's
+    export_gt_depth (kitti_utils.generate_depth_map with vel_depth=True), so that scores compare with
+    published Eigen tables:
+      - the .bin holds float32 points (x forward, y left, z up, reflectance); the reflectance is
+        replaced by 1, making the points homogeneous;
+      - they are taken to the image by velodyne_to_image (P_rect_xx @ R_rect_00 @ [R | T]), in float64;
+      - points behind the scanner (x < 0) are dropped, which keeps most of what lies behind the camera
+        out of the image;
+      - u, v are the first two projective coordinates divided by the third; a point lands on column
+        round(u) - 1, row round(v) - 1, because the devkit's MATLAB code counts pixels from 1; points
+        landing outside the image are dropped;
+      - the depth stored is the point's forward coordinate x in the velodyne's frame (vel_depth=True),
+        not the camera's z: Eigen's ground truth was made that way. On KITTI the scanner sits 0.27 m
+        behind the cameras, so these depths are about 0.27 m more than the camera's z;
+      - where several points land on one pixel the nearest (smallest depth) wins, as the nearer surface
+        hides the farther; negative depths would be set to 0 (with x >= 0 kept, none arise).
+    A missing file, a truncated scan or a calibration file without a needed entry stops with one sentence.
+    """
+    velo_path = Path(velo_path)
+    if not velo_path.is_file():
+        raise FileNotFoundError(f'no velodyne scan at {velo_path}: KITTI raw keeps one per frame in '
+                                f'<drive>/velodyne_points/data/; extract the drive\'s raw archive (synced+rectified) there.')
+    size = velo_path.stat().st_size
+    if size % 16:
+        raise ValueError(f'velodyne scan {velo_path} holds {size} bytes, not a whole number of 16-byte points '
+                         f'(x, y, z, reflectance as float32): the file is truncated or corrupt; re-extract it '
+                         f'from its archive.')
+    projection, (height, width) = velodyne_to_image(calib_dir, camera)
+    points = torch.from_numpy(np.fromfile(velo_path, dtype='<f4').reshape(-1, 4))
+    points = points[points[:, 0] >= 0].double()
+    points[:, 3] = 1.0
+    image = points @ projection.T
+    col = (image[:, 0] / image[:, 2]).round() - 1
+    row = (image[:, 1] / image[:, 2]).round() - 1
+    inside = (col >= 0) & (col < width) & (row >= 0) & (row < height)  # false for NaN too
+    pixel = (row[inside] * width + col[inside]).long()
+    depth = torch.zeros(height * width).scatter_reduce(0, pixel, points[inside, 0].float(), 'amin',
+                                                       include_self=False)
+    return depth.clamp(min=0).view(height, width)
+
+
 def resize(image, size):
     """Bilinear, antialiased resize of float images [..., C, H, W] (pixel centres move as in
     scale_intrinsics)."""
@@ -1001,32 +1175,94 @@ class FlowPairs(torch.utils.data.Dataset):
         return dict(frames=frames, flow=flow, valid=valid)
 
 
-def make_splits(root, seed=0, depth_only=False):
+def read_raw_mapping(path):
+    """KITTI's raw-data mapping of the scene-flow devkit (devkit_scene_flow.zip: devkit/mapping/train_mapping.txt).
+    Line i (0-based) gives the raw frame of training image i as "<date> <drive folder> <frame>", e.g.
+    "2011_09_26 2011_09_26_drive_0009_sync 0000000384" for 000010_10.png, or is empty when that image's
+    drive is not in public raw KITTI. data_scene_flow and data_semantics share these 200 ids (the same images).
+    Returns {id: ('<date>/<drive folder>', frame)}."""
+    frames = {}
+    for i, line in enumerate(Path(path).read_text().splitlines()):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 3 or not fields[1].startswith(fields[0] + '_drive_') or not fields[2].isdigit():
+            raise ValueError(f'{path}, line {i + 1}: expected "<date> <drive folder> <frame>" (e.g. "2011_09_26 '
+                             f'2011_09_26_drive_0009_sync 0000000384") or an empty line, got {line.strip()!r}.')
+        frames[i] = f'{fields[0]}/{fields[1]}', int(fields[2])
+    return frames
+
+
+def labelled_drives(root, mapping=None):
+    """{'<date>/<drive folder>': [ids]}: the raw drives holding the frame of a data_semantics or
+    data_scene_flow training image under `root`, by the raw-data mapping (default <root>/RAW_MAPPING;
+    `mapping` overrides), whether that drive is under `root` or not. Images whose mapping line is empty (or
+    missing) have no raw drive."""
+    root = Path(root)
+    present = {}  # id -> the folders holding an image with it
+    for sub in ('data_semantics', 'data_scene_flow'):
+        for p in (root / sub / 'training/image_2').glob('*_10.png'):
+            if p.name[:-len('_10.png')].isdigit():
+                present.setdefault(int(p.name[:-len('_10.png')]), []).append(sub)
+    if not present and mapping is None:
+        return {}
+    path = Path(mapping) if mapping is not None else root / RAW_MAPPING
+    if not path.is_file():
+        if mapping is not None:
+            raise FileNotFoundError(f'no mapping file {path} (--mapping): give the train_mapping.txt of KITTI\'s '
+                                    f'devkit_scene_flow.zip (devkit/mapping/train_mapping.txt).')
+        holders = ' and '.join(sorted({sub for subs in present.values() for sub in subs}))
+        raise ValueError(f'{root} holds {holders} training images but no {path}, which names the raw drive of '
+                         f'each image so that make_splits can keep those drives out of train and val: extract '
+                         f'KITTI\'s devkit_scene_flow.zip into {root / "data_scene_flow"}/ (it holds '
+                         f'devkit/mapping/train_mapping.txt) or pass --mapping FILE.')
+    frames = read_raw_mapping(path)
+    drives = {}
+    for i in sorted(present):
+        if i in frames:
+            drives.setdefault(frames[i][0], []).append(i)
+    return drives
+
+
+def make_splits(root, seed=0, depth_only=False, mapping=None):
     """Write <root>/splits/{train,val,test}_files.txt for a KITTI raw tree: every tenth drive is held
     out for testing (frames with ground-truth depth only), the next for validation, the rest train.
     Frames need both neighbours, since training uses t-1 and t+1. With `depth_only` every split keeps
-    only frames with ground-truth depth (for pre-training with --supervision gt)."""
+    only frames with ground-truth depth (for pre-training with --supervision gt).
+
+    A drive holding the frame of a data_semantics or data_scene_flow training image (labelled_drives,
+    by the devkit's mapping; `mapping` overrides its path) is kept out of train and val, whole (its
+    neighbouring frames are near copies): segmentation or flow on those images after pre-training on
+    their drive would leak. It may still be drawn as the test drive (testing depth on it does not leak).
+    Returns the frame count of each split and 'kept_out': {drive folder: ids of its images} of the
+    drives kept out."""
     drives = sorted(p for p in Path(root).glob('*/*_sync') if (p / 'image_02/data').is_dir())
     if not drives:
         raise FileNotFoundError(f'no KITTI raw drives (<date>/<date>_drive_XXXX_sync/image_02/data) under {root}.')
+    labelled = labelled_drives(root, mapping)
     order = torch.randperm(len(drives), generator=torch.Generator().manual_seed(seed)).tolist()
-    splits = {'train': [], 'val': [], 'test': []}
+    splits, kept_out = {'train': [], 'val': [], 'test': []}, {}
     for rank, d in enumerate(order):
         folder = drives[d].relative_to(root).as_posix()
         split = 'test' if rank % 10 == 0 else 'val' if rank % 10 == 1 else 'train'
+        if split != 'test' and folder in labelled:
+            kept_out[folder] = labelled[folder]
+            continue
         frames = sorted(int(p.stem) for p in (drives[d] / 'image_02/data').iterdir())
         for f in frames[1:-1]:
             if not (split == 'test' or depth_only) or depth_path(root, folder, f).exists():
                 splits[split].append(f'{folder} {f} l')
     empty = [split for split, lines in splits.items() if not lines]
     if empty:  # before writing anything: existing split files stay as they were
+        why = (f'; {len(kept_out)} of them kept out of train and val, as they hold frames of data_semantics or '
+               f'data_scene_flow training images' if kept_out else '')
         raise ValueError(f'{root}: the {" and ".join(empty)} split would be empty ({len(drives)} drive(s) found; every '
-                         f'tenth drive is test, the next val, the rest train): add drives, or write the split files '
+                         f'tenth drive is test, the next val, the rest train{why}): add drives, or write the split files '
                          f'yourself into {Path(root) / "splits"} ("<date>/<drive> <frame> l" per line).')
     (Path(root) / 'splits').mkdir(exist_ok=True)
     for split, lines in splits.items():
         (Path(root) / 'splits' / f'{split}_files.txt').write_text('\n'.join(lines) + '\n')
-    return {split: len(lines) for split, lines in splits.items()}
+    return dict({split: len(lines) for split, lines in splits.items()}, kept_out=kept_out)
 
 
 def main():
@@ -1041,6 +1277,9 @@ def main():
     parser.add_argument('--labelled', type=int, default=100, help='images with semantic labels')
     parser.add_argument('--depth-only', action='store_true',
                         help='with --make-splits: keep only frames with ground-truth depth in every split')
+    parser.add_argument('--mapping', metavar='FILE',
+                        help='with --make-splits: KITTI\'s scene-flow devkit train_mapping.txt (default: '
+                             f'ROOT/{RAW_MAPPING}); drives of data_semantics/data_scene_flow images stay out of train and val')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--threads', type=int, default=1,
                         help='torch threads for rendering (more only help on idle cores: see render_toy_world)')
@@ -1053,10 +1292,15 @@ def main():
         print(f'Rendered the toy world into {args.render_toy} in {seconds:.1f} s.')
     elif args.make_splits:
         try:
-            counts = make_splits(args.make_splits, args.seed, args.depth_only)
+            counts = make_splits(args.make_splits, args.seed, args.depth_only, args.mapping)
         except (FileNotFoundError, ValueError) as error:
             raise SystemExit(str(error)) from None
+        kept_out = counts.pop('kept_out')
         print(f'Wrote {args.make_splits}/splits: ' + ', '.join(f'{k} {v} frames' for k, v in counts.items()))
+        if kept_out:
+            print(f'Kept {len(kept_out)} drive(s) out of train and val, as they hold the raw frames of '
+                  f'data_semantics/data_scene_flow training images: '
+                  + ', '.join(f'{folder} (ids {" ".join(f"{i:06d}" for i in ids)})' for folder, ids in sorted(kept_out.items())))
     else:
         parser.print_help()
 

@@ -1,5 +1,6 @@
 """The toy world and the KITTI loaders: layout, determinism, and geometry that agrees with the renderer."""
 import filecmp
+import math
 import re
 import shutil
 from pathlib import Path
@@ -21,7 +22,8 @@ def test_files_are_where_kitti_keeps_them(toy_root):
     for sub in ('image_02/data', 'image_03/data', 'proj_depth/groundtruth/image_02'):
         assert sorted(p.name for p in (drive / sub).iterdir()) == [f'{f:010d}.png' for f in range(TINY['frames'])]
     images = sorted((toy_root / 'data_semantics/training/image_2').iterdir())
-    assert [p.name for p in images] == [f'{i:06d}_10.png' for i in range(TINY['labelled'])]
+    first = len(data.scene_flow_files(toy_root))  # as in KITTI, one id space: labelled ids follow the flow pairs'
+    assert [p.name for p in images] == [f'{first + i:06d}_10.png' for i in range(TINY['labelled'])]
     assert all((toy_root / 'data_semantics/training/semantic' / p.name).is_file() for p in images)
     for split in ('train', 'val', 'test'):
         for folder, frame, side in data.read_split(toy_root, split):
@@ -392,8 +394,235 @@ def test_real_kitti_files_through_every_reader(tmp_path):
 
 def test_make_splits_refuses_to_write_an_empty_split(toy_root, tmp_path):
     root = tmp_path / 'world'
-    shutil.copytree(toy_root, root)  # two drives: one for test, one for val, none left to train on
+    shutil.copytree(toy_root, root)  # two drives: one for test, one for val (and kept out), none left to train on
     before = (root / 'splits' / 'train_files.txt').read_text()
-    with pytest.raises(ValueError, match=r'the train split would be empty \(2 drive\(s\) found'):
+    with pytest.raises(ValueError, match=r'the train and val split would be empty \(2 drive\(s\) found.*1 of them '
+                                         r'kept out of train and val'):
         data.make_splits(root)
     assert (root / 'splits' / 'train_files.txt').read_text() == before
+
+
+# ----------------------------------------------------------------------------------------------
+# make_splits keeps the drives of data_semantics / data_scene_flow images out of train and val
+# ----------------------------------------------------------------------------------------------
+
+def _raw_tree(root, drives=12, frames=4):
+    """A fake KITTI raw tree of `drives` drives with empty image and depth files (make_splits reads names only)."""
+    for d in range(1, drives + 1):
+        for sub in ('image_02/data', 'proj_depth/groundtruth/image_02'):
+            folder = root / f'2011_09_26/2011_09_26_drive_{d:04d}_sync' / sub
+            folder.mkdir(parents=True)
+            for f in range(frames):
+                (folder / f'{f:010d}.png').touch()
+
+
+def _split_drives(root):
+    return {split: {folder for folder, _, _ in data.read_split(root, split)} for split in ('train', 'val', 'test')}
+
+
+def _mapping_line(folder, frame):
+    date, drive = folder.split('/')
+    return f'{date} {drive} {frame:010d}'
+
+
+def _labelled_tree(root):
+    """A raw tree, its split drives without labelled images, and labelled images whose mapping (at the devkit's
+    place) points id 2 (data_semantics) at a train drive, id 0 (data_scene_flow) at a val drive and id 4 at the
+    test drive; id 1 has an empty line, id 3 a drive that was not downloaded, id 5 (no image) another train drive."""
+    _raw_tree(root)
+    data.make_splits(root)
+    plain = _split_drives(root)
+    train, val, test = sorted(plain['train']), sorted(plain['val']), sorted(plain['test'])
+    for i, sub in ((0, 'data_scene_flow'), (1, 'data_semantics'), (2, 'data_semantics'), (3, 'data_semantics'),
+                   (4, 'data_scene_flow')):
+        _rgb(root / sub / f'training/image_2/{i:06d}_10.png')
+    lines = [_mapping_line(val[0], 2), '', _mapping_line(train[0], 1), '2011_09_26 2011_09_26_drive_0093_sync 0000000010',
+             _mapping_line(test[0], 1), _mapping_line(train[1], 1)]
+    mapping = root / data.RAW_MAPPING
+    mapping.parent.mkdir(parents=True)
+    mapping.write_text('\n'.join(lines) + '\n')
+    return plain, train, val, test
+
+
+def test_make_splits_keeps_drives_of_labelled_images_out_of_train_and_val(tmp_path):
+    plain, train, val, test = _labelled_tree(tmp_path)
+    assert len(train) >= 2 and len(val) == 2  # 12 drives: 2 test, 2 val, 8 train
+    counts = data.make_splits(tmp_path)
+    splits = _split_drives(tmp_path)
+    assert counts['kept_out'] == {train[0]: [2], val[0]: [0]}
+    assert train[0] not in splits['train'] | splits['val'] and val[0] not in splits['train'] | splits['val']
+    assert splits['train'] == plain['train'] - {train[0]} and splits['val'] == plain['val'] - {val[0]}
+    assert splits['test'] == plain['test']  # the test drive may hold such a frame: testing depth there does not leak
+    assert counts['train'] == 2 * (len(train) - 1)  # the whole drive goes, not just the mapped frame
+
+
+def test_make_splits_takes_the_mapping_from_the_command_line(tmp_path, monkeypatch, capsys):
+    plain, train, val, test = _labelled_tree(tmp_path)
+    elsewhere = tmp_path / 'train_mapping.txt'
+    (tmp_path / data.RAW_MAPPING).rename(elsewhere)
+    monkeypatch.setattr('sys.argv', ['data.py', '--make-splits', str(tmp_path), '--mapping', str(elsewhere)])
+    data.main()
+    assert 'Kept 2 drive(s) out of train and val' in capsys.readouterr().out
+    assert train[0] not in _split_drives(tmp_path)['train']
+
+
+def test_make_splits_without_the_mapping_stops_and_writes_nothing(tmp_path, monkeypatch):
+    _labelled_tree(tmp_path)
+    (tmp_path / data.RAW_MAPPING).unlink()
+    before = {p.name: p.read_text() for p in (tmp_path / 'splits').iterdir()}
+    with pytest.raises(ValueError) as caught:
+        data.make_splits(tmp_path)
+    message = str(caught.value)
+    assert all(s in message for s in ('data_scene_flow and data_semantics', str(tmp_path / data.RAW_MAPPING),
+                                      'devkit_scene_flow.zip', str(tmp_path / 'data_scene_flow'), '--mapping FILE'))
+    assert '\n' not in message
+    assert {p.name: p.read_text() for p in (tmp_path / 'splits').iterdir()} == before
+    monkeypatch.setattr('sys.argv', ['data.py', '--make-splits', str(tmp_path)])
+    with pytest.raises(SystemExit, match='devkit_scene_flow.zip'):
+        data.main()
+    with pytest.raises(FileNotFoundError, match='no mapping file'):
+        data.make_splits(tmp_path, mapping=tmp_path / 'missing.txt')
+
+
+def test_make_splits_names_a_malformed_mapping_line(tmp_path):
+    _labelled_tree(tmp_path)
+    mapping = tmp_path / data.RAW_MAPPING
+    lines = mapping.read_text().split('\n')
+    lines[2] = lines[2].split(' ', 1)[1]  # the date left out
+    mapping.write_text('\n'.join(lines))
+    before = (tmp_path / 'splits/train_files.txt').read_text()
+    with pytest.raises(ValueError, match=re.escape(f'{mapping}, line 3: expected "<date> <drive folder> <frame>"')):
+        data.make_splits(tmp_path)
+    assert (tmp_path / 'splits/train_files.txt').read_text() == before
+
+
+def test_toy_world_mapping_names_the_frames_of_its_flow_pairs(toy_root):
+    mapping = data.read_raw_mapping(toy_root / data.RAW_MAPPING)
+    flow = data.scene_flow_files(toy_root)
+    labelled = data.semantic_files(toy_root)
+    ids = lambda files: [int(files_[0].name[:6]) for files_ in files]
+    assert ids(flow) == list(range(len(flow))) and ids(labelled) == list(range(len(flow), len(flow) + len(labelled)))
+    assert sorted(mapping) == list(range(len(flow) + len(labelled)))
+    for i, (first, _, _) in enumerate(flow):  # each pair's first image is the named raw frame, pixel for pixel
+        folder, frame = mapping[i]
+        assert torch.equal(data.read_image(first), data.read_image(data.image_path(toy_root, folder, frame)))
+    held_out = f'2011_09_26/2011_09_26_drive_{TINY["drives"] + 1:04d}_sync'
+    assert {mapping[i][0] for i in range(len(flow))} == {held_out}
+    drives = data.labelled_drives(toy_root)
+    assert drives.pop(held_out) == list(range(len(flow)))
+    assert drives and not any((toy_root / folder).exists() for folder in drives)  # labelled images: separate drives
+
+
+def _velodyne_calib(folder, T=(0.1, -0.2, -0.5), drop=None):
+    """A hand-written calibration: camera 02 (40 x 20, f = 100, principal point (20, 10)) at camera 0,
+    R_rect_00 = identity, and a velodyne with KITTI's axes (x forward, y left, z up) at T in camera 0's
+    frame, i.e. camera (X, Y, Z) = (-y + 0.1, -z - 0.2, x - 0.5). `drop` leaves one line out."""
+    folder.mkdir(exist_ok=True)
+    cam = ['S_rect_02: 40 20', 'R_rect_00: 1 0 0 0 1 0 0 0 1', 'P_rect_02: 100 0 20 0 0 100 10 0 0 0 1 0']
+    velo = ['calib_time: 15-Mar-2012 11:37:16', 'R: 0 -1 0 0 0 -1 1 0 0', 'T: ' + ' '.join(map(str, T))]
+    (folder / 'calib_cam_to_cam.txt').write_text(''.join(line + '\n' for line in cam if line.split(':')[0] != drop))
+    (folder / 'calib_velo_to_cam.txt').write_text(''.join(line + '\n' for line in velo if line.split(':')[0] != drop))
+    return folder
+
+
+def _write_scan(path, points):
+    """A KITTI .bin: float32 x, y, z, reflectance per point (a reflectance other than 1, which the reader replaces)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.array([p + (0.3,) for p in points], dtype=np.float32).tofile(path)
+    return path
+
+
+def test_velodyne_points_land_where_the_devkit_puts_them(tmp_path):
+    calib = _velodyne_calib(tmp_path / 'calib')
+    # velodyne (x, y, z) = (Z + 0.5, 0.1 - X, -0.2 - Y) for camera (X, Y, Z); u = 100 X / Z + 20, v = 100 Y / Z + 10
+    scan = _write_scan(data.velodyne_path(tmp_path, '2011_09_26/drive', 3), [
+        (10.5, -0.97, 0.24),     # camera (1.07, -0.44, 10): u = 30.7, v = 5.6 -> column 30, row 5
+        (5.5, 0.59, -0.455),     # camera (-0.49, 0.255, 5): u = 10.2, v = 15.1 -> column 9, row 14 ...
+        (8.5, 0.884, -0.608),    # ... and camera (-0.784, 0.408, 8) on the same pixel, farther: hidden
+        (-5.0, 0.65, -0.2),      # behind the scanner (camera (-0.55, 0, -5.5) would land on u = 30, v = 10): dropped
+        (7.0, -0.55, -0.2),      # camera (0.65, 0, 6.5): u = 30, v = 10 -> column 29, row 9
+        (4.5, -1.1, -0.2),       # camera (1.2, 0, 4): u = 50, beyond the right edge: dropped
+        (3.5, 0.691, -0.266),    # camera (-0.591, 0.066, 3): u = 0.3 -> column round(0.3) - 1 = -1: dropped
+    ])
+    assert scan == tmp_path / '2011_09_26/drive/velodyne_points/data/0000000003.bin'
+    depth = data.read_velodyne_depth(calib, scan)
+    assert depth.shape == (20, 40) and depth.dtype == torch.float32
+    expected = torch.zeros(20, 40)
+    expected[5, 30], expected[14, 9], expected[9, 29] = 10.5, 5.5, 7.0  # the velodyne's x, not the camera's z
+    assert torch.equal(depth, expected)
+
+
+def test_velodyne_depth_matches_the_annotated_depth_of_the_toy_world(toy_root):
+    folder = data.read_split(toy_root, 'test')[0][0]
+    date = toy_root / folder.split('/')[0]
+    assert not (toy_root / folder.replace('0002', '0001') / 'velodyne_points').exists()  # scans: held-out drive only
+    calib = data.read_calib(date / 'calib_cam_to_cam.txt')
+    T = data.read_calib_text((date / 'calib_velo_to_cam.txt').read_text())['T']
+    K, (height, width) = data.camera_intrinsics(calib)
+    f, cx, cy = K[0, 0].item(), K[0, 2].item(), K[1, 2].item()
+    # Where the scan must cover every pixel: within 20 degrees of the optical axis the firings are
+    # f * step / cos^2 apart in u and the beams at most f * step / (cos^2(elevation) cos(azimuth)) apart in
+    # v, both under a pixel, so every pixel below the top beam (+2 degrees) and above the image's bottom
+    # (the -24.9 degree beam lies below it) gets a point, unless it shows sky or lies beyond the range.
+    side = math.radians(20)
+    elevations = data.VELO_ELEVATIONS
+    step_el = math.radians((elevations[0] - elevations[-1]).item() / (len(elevations) - 1))
+    lowest = math.atan((height + 0.5 - cy) / f)  # the steepest beam that still meets the image
+    assert f * math.radians(data.VELO_AZIMUTH_STEP) / math.cos(side) ** 2 < 1
+    assert f * step_el / (math.cos(lowest) ** 2 * math.cos(side)) < 1
+    assert cy + f * math.tan(math.radians(-elevations[-1].item())) > height
+    near = 100.0  # metres of depth: at most 20 degrees aside and `lowest` down, within the scanner's range
+    assert near * math.hypot(1, math.tan(side), math.tan(lowest)) + np.linalg.norm(T) < data.VELO_RANGE
+    cols = torch.arange(width)
+    rows = torch.arange(height)
+    window = (((cols + 0.5 >= cx - f * math.tan(side)) & (cols + 1.5 <= cx + f * math.tan(side)))[None]
+              & (rows + 0.5 >= cy - f * math.tan(math.radians(elevations[0].item())))[:, None])
+    for frame in range(TINY['test_frames']):
+        velodyne = data.read_velodyne_depth(date, data.velodyne_path(toy_root, folder, frame))
+        annotated = data.read_depth(data.depth_path(toy_root, folder, frame))[0]
+        both = (velodyne > 0) & (annotated > 0)
+        # same surface, depth measured from 0.27 m further back, within the PNG's 1/256 m steps
+        assert ((velodyne - annotated)[both] + T[2]).abs().max() <= 1 / 512 + 1e-4
+        must = window & (annotated > 0) & (annotated <= near)
+        assert must.sum() > 0.2 * window.sum() and (velodyne[must] > 0).all()
+
+
+def test_bad_velodyne_inputs_stop_with_one_sentence(tmp_path):
+    calib = _velodyne_calib(tmp_path / 'calib')
+    missing = data.velodyne_path(tmp_path, '2011_09_26/drive', 7)
+    with pytest.raises(FileNotFoundError, match='no velodyne scan at ' + re.escape(str(missing))):
+        data.read_velodyne_depth(calib, missing)
+    scan = _write_scan(tmp_path / 'scan.bin', [(10.5, -0.97, 0.24)] * 4)
+    truncated = tmp_path / 'truncated.bin'
+    truncated.write_bytes(scan.read_bytes()[:-5])
+    with pytest.raises(ValueError, match=re.escape(str(truncated)) + ' holds 59 bytes, not a whole number of '
+                                         '16-byte points .* truncated or corrupt; re-extract'):
+        data.read_velodyne_depth(calib, truncated)
+    (calib / 'calib_velo_to_cam.txt').unlink()
+    with pytest.raises(FileNotFoundError, match='no calibration file at ' + re.escape(str(calib / 'calib_velo_to_cam.txt'))):
+        data.read_velodyne_depth(calib, scan)
+    for key, file in [('R', 'calib_velo_to_cam'), ('T', 'calib_velo_to_cam'), ('R_rect_00', 'calib_cam_to_cam'),
+                      ('P_rect_02', 'calib_cam_to_cam'), ('S_rect_02', 'calib_cam_to_cam')]:
+        short = _velodyne_calib(tmp_path / key, drop=key)
+        with pytest.raises(ValueError, match=re.escape(f'{short / file}.txt has no "{key}:" line')):
+            data.read_velodyne_depth(short, scan)
+    with pytest.raises(ValueError, match='no "P_rect_03:" line'):  # a camera the file does not describe
+        data.read_velodyne_depth(_velodyne_calib(tmp_path / 'whole'), scan, camera='03')
+
+
+@pytest.mark.skipif(not REALDATA.exists(), reason='the real KITTI sample files are not here')
+def test_real_velodyne_scan_projects_onto_the_road_ahead():
+    date = REALDATA / 'kitti' / '2011_09_26'
+    scan = data.velodyne_path(date.parent, '2011_09_26/2011_09_26_drive_0002_sync', 5)
+    depth = data.read_velodyne_depth(date, scan)
+    assert depth.shape == (375, 1242) and depth.dtype == torch.float32
+    assert 0.03 < (depth > 0).float().mean() < 0.06 and depth.max() < 120  # a 64-beam scan covers ~4%
+    assert not (depth[:100] > 0).any()  # nothing above the top beam (+2 degrees)
+    # the bottom rows see the road just ahead: a flat road 1.65 m below the camera at row v lies at
+    # z = fy * 1.65 / (v - cy); velodyne depth is that plus 0.27 m, give or take the road's shape
+    K, _ = data.camera_intrinsics(data.read_calib(date / 'calib_cam_to_cam.txt'))
+    rows = torch.arange(335, 375.0)[:, None].expand(-1, 1242)
+    road = depth[335:] > 0
+    flat = K[1, 1] * 1.65 / (rows[road] + 1 - K[1, 2])
+    assert road.sum() > 1000 and ((depth[335:][road] > 3) & (depth[335:][road] < 20)).all()
+    assert 0.95 < (depth[335:][road] / flat).median() < 1.15
