@@ -865,12 +865,14 @@ for _label_id, _train_id in LABEL_TO_TRAIN_ID.items():
     _TRAIN_ID_LOOKUP[_label_id] = _train_id
 
 
-def read_split(root, split):
-    """Lines '<date>/<drive folder> <frame> <l|r>' of <root>/splits/<split>_files.txt."""
-    path = Path(root) / 'splits' / f'{split}_files.txt'
+def read_split(root, split, split_dir=None):
+    """Lines '<date>/<drive folder> <frame> <l|r>' of <split_dir>/<split>_files.txt (default split_dir:
+    <root>/splits). Monodepth2's split folders (splits/eigen_zhou, splits/eigen, ...) are read as they are."""
+    path = Path(split_dir or Path(root) / 'splits') / f'{split}_files.txt'
     if not path.is_file():
-        raise FileNotFoundError(f'no split file {path}: put the split lists (lines "<date>/<drive> '
-                                f'<frame> l") in <data-root>/splits/, e.g. with `python data.py --make-splits <data-root>`.')
+        raise FileNotFoundError(f'no split file {path}: put the split lists (lines "<date>/<drive> <frame> l") in '
+                                f'<data-root>/splits/ (e.g. `python data.py --make-splits <data-root>`), or point '
+                                f'--split / --eval-split at a folder holding {split}_files.txt.')
     entries = []
     for number, line in enumerate(path.read_text().split('\n'), 1):
         if line.strip():
@@ -1019,17 +1021,19 @@ class VideoSnippets(torch.utils.data.Dataset):
     shared by all frames of a snippet.
     With `crop` (h, w) each snippet is a random crop of that size, intrinsics shifted with it. When
     augmenting or cropping, `depth` is resized (nearest) to (height, width) and transformed with the images.
+    The split is read from `split_dir` (default <root>/splits); every frame an item needs must exist.
     """
 
     def __init__(self, root, split, height, width, frame_ids=(0, -1, 1), augment=False, with_depth=False,
-                 stereo=False, crop=None, jitter=True):
+                 stereo=False, crop=None, jitter=True, split_dir=None):
         self.root, self.size, self.frame_ids = Path(root), (height, width), frame_ids
-        self.entries = read_split(root, split)
+        self.entries = read_split(root, split, split_dir)
         self.augment, self.with_depth, self.stereo, self.crop = augment, with_depth, stereo, crop
         if crop and not (crop[0] <= height and crop[1] <= width):
             raise ValueError(f'crop {crop[0]}x{crop[1]} does not fit in the {height}x{width} images.')
         self.jitter = v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.1) if jitter else None
         self.calib = {}
+        check_frames_exist(root, self.entries, frame_ids, stereo, split)
         if with_depth:
             missing = [e for e in self.entries if not depth_path(root, *e).exists()]
             if missing:
@@ -1093,6 +1097,83 @@ class VideoSnippets(torch.utils.data.Dataset):
         if depth is not None:
             item['depth'] = depth
         return item
+
+
+def check_frames_exist(root, entries, frame_ids, stereo, split):
+    """Every frame the split's items need (frames t + k for k in frame_ids, the other camera's frame t
+    with stereo) must be on disk: a missing one stops here, with one sentence, instead of later inside a
+    DataLoader worker. Each camera folder is listed once, so a 40,000-line split takes a moment."""
+    listed = {}
+
+    def has(folder, camera, frame):
+        if (folder, camera) not in listed:
+            directory = Path(root) / folder / camera / 'data'
+            names = os.listdir(directory) if directory.is_dir() else []
+            listed[folder, camera] = {int(n[:-4]) for n in names if n[-4:] in ('.png', '.jpg') and n[:-4].isdigit()}
+        return frame in listed[folder, camera]
+
+    for number, (folder, frame, side) in enumerate(entries, 1):
+        needs = [(side, frame + k) for k in frame_ids] + ([({'l': 'r', 'r': 'l'}[side], frame)] if stereo else [])
+        for camera_side, f in needs:
+            if not has(folder, {'l': 'image_02', 'r': 'image_03'}[camera_side], f):
+                raise FileNotFoundError(
+                    f'{image_path(root, folder, f, camera_side)} does not exist, but item {number} of split '
+                    f'"{split}" ("{folder} {frame} {side}") needs it: extract the whole drive, or list only frames '
+                    f'whose neighbours (and other camera) exist, as Monodepth2\'s splits do.')
+
+
+EVAL_PROTOCOLS = ('eigen', 'benchmark')
+
+
+def ground_truth_path(root, folder, frame, side, protocol):
+    """Where a frame's ground truth for a KITTI depth protocol is: its velodyne scan (eigen) or its
+    annotated depth map (benchmark)."""
+    return velodyne_path(root, folder, frame) if protocol == 'eigen' else depth_path(root, folder, frame, side)
+
+
+class DepthTestFrames(torch.utils.data.Dataset):
+    """The frames of a test split with the ground truth of one of KITTI's two depth protocols, at its
+    native size, for evaluation.
+
+    eigen: Eigen et al.'s test frames scored against their velodyne scan, projected into the image
+    (read_velodyne_depth); benchmark: KITTI's depth benchmark, scored against the annotated maps
+    (proj_depth/groundtruth). An item holds `frames` [1, 3, height, width] in [0, 1] (the network's
+    input, as VideoSnippets gives it) and `depth` [1, H0, W0] in metres, 0 = none, at the frame's own
+    size, which differs between KITTI's dates: batch one item at a time. Frames whose ground-truth file
+    does not exist are left out, and counted in `skipped`; none left stops with a sentence.
+    """
+
+    def __init__(self, root, split, height, width, protocol='eigen', split_dir=None):
+        if protocol not in EVAL_PROTOCOLS:
+            raise ValueError(f'unknown depth protocol {protocol}: choose one of {", ".join(EVAL_PROTOCOLS)}.')
+        self.root, self.size, self.protocol = Path(root), (height, width), protocol
+        entries = read_split(root, split, split_dir)
+        self.entries = [e for e in entries if ground_truth_path(root, *e, protocol).exists()]
+        self.skipped = len(entries) - len(self.entries)
+        if not self.entries:
+            example = ground_truth_path(root, *entries[0], protocol) if entries else 'its first line'
+            what = ('velodyne scans (velodyne_points/data/*.bin, from the raw archives)' if protocol == 'eigen'
+                    else 'annotated depth maps (proj_depth/groundtruth, from data_depth_annotated)')
+            raise FileNotFoundError(f'none of the {len(entries)} frames of split "{split}" has {what}, e.g. '
+                                    f'{example}: extract them into --data-root, or choose the other --eval-protocol.')
+        check_frames_exist(root, self.entries, (0,), False, split)
+        if protocol == 'benchmark':  # a map of the wrong format stops here, not inside a DataLoader worker
+            check_png(ground_truth_path(root, *self.entries[0], protocol), 'depth')
+
+    def __len__(self):
+        return len(self.entries)
+
+    def __getitem__(self, index):
+        folder, frame, side = self.entries[index]
+        image = read_image(image_path(self.root, folder, frame, side)).float() / 255
+        frames = resize(image[None], self.size)
+        path = ground_truth_path(self.root, folder, frame, side, self.protocol)
+        if self.protocol == 'eigen':
+            date = self.root / Path(folder).parts[0]
+            depth = read_velodyne_depth(date, path, {'l': '02', 'r': '03'}[side])[None]
+        else:
+            depth = read_depth(path)
+        return dict(frames=frames, depth=depth)
 
 
 def semantic_files(root):

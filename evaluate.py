@@ -85,13 +85,38 @@ def segmentation_metrics(confusion):
 
 # ---------------------------------------------------------------- depth
 
-def _image_depth_metrics(pred, gt, min_depth, max_depth, median_scaling):
-    """Metrics of one image (flat tensors), or None when it has no valid ground truth."""
+# KITTI's two depth protocols (data.DepthTestFrames reads their ground truth): eigen scores velodyne
+# depth inside Garg et al.'s crop, benchmark scores the annotated maps everywhere; both 1e-3 < gt < 80 m.
+GARG_CROP = (0.40810811, 0.99189189, 0.03594771, 0.96405229)  # rows top, bottom; columns left, right (fractions)
+PROTOCOL_CROP = {'eigen': 'garg', 'benchmark': None}
+
+
+def crop_mask(shape, crop):
+    """Bool [H, W]: the pixels scored. 'garg': Garg et al.'s crop of the Eigen split (the sky and the
+    image's edges out), its bounds truncated to whole pixels as Monodepth2 does; None: every pixel."""
+    if crop is None:
+        return torch.ones(shape, dtype=torch.bool)
+    if crop != 'garg':
+        raise ValueError(f'unknown crop {crop}: use "garg" or None.')
+    (h, w), (top, bottom, left, right) = shape, GARG_CROP
+    mask = torch.zeros(shape, dtype=torch.bool)
+    mask[int(top * h):int(bottom * h), int(left * w):int(right * w)] = True
+    return mask
+
+
+def _median(x):
+    """The median as NumPy takes it (the mean of the two middle values of an even count)."""
+    return torch.quantile(x, 0.5)
+
+
+def _image_depth_metrics(pred, gt, min_depth, max_depth, median_scaling, crop):
+    """Metrics of one image ([H, W] maps), or None when it has no valid ground truth."""
     valid = (gt > min_depth) & (gt < max_depth)  # gt == 0 means the sensor had no measurement
+    valid &= crop_mask(gt.shape, crop).to(gt.device)
     if not valid.any():
         return None
     pred, gt = pred[valid].double(), gt[valid].double()
-    scale = float(gt.median() / pred.median()) if median_scaling else 1.0
+    scale = float(_median(gt) / _median(pred)) if median_scaling else 1.0
     pred = (pred * scale).clamp(min_depth, max_depth)
     ratio = torch.maximum(pred / gt, gt / pred)
     d = pred.log() - gt.log()
@@ -108,29 +133,50 @@ def _image_depth_metrics(pred, gt, min_depth, max_depth, median_scaling):
             'median_scale': scale}
 
 
-def depth_metrics(pred, gt, min_depth=1e-3, max_depth=80.0, median_scaling=False):
+def average_depth_metrics(pairs, min_depth=1e-3, max_depth=80.0, median_scaling=False, crop=None):
+    """Depth errors and accuracies averaged over images, from (pred, gt) pairs of [H, W] metric depth
+    maps taken one at a time: running sums, so memory does not grow with the number of images (only the
+    list of scale ratios does, a float each). Each image is scored over its valid pixels (min_depth < gt
+    < max_depth, inside `crop`), as KITTI evaluation does; `images` counts those scored, `skipped` those
+    without a valid pixel. With `median_scaling` each prediction is first multiplied by median(gt) /
+    median(pred); `median_scale` and `scale_std` are the median of those ratios and the standard deviation
+    of ratio / median, as Monodepth2 prints them (1 and 0 without scaling)."""
+    sums, ratios, skipped = {}, [], 0
+    for pred, gt in pairs:
+        metrics = _image_depth_metrics(pred, gt, min_depth, max_depth, median_scaling, crop)
+        if metrics is None:
+            skipped += 1
+            continue
+        ratios.append(metrics.pop('median_scale'))
+        for key, value in metrics.items():
+            sums[key] = sums.get(key, 0.0) + float(value)
+    if not ratios:
+        raise ValueError(f'no ground-truth depth between min_depth={min_depth} and max_depth={max_depth}'
+                         + (f' inside the {crop} crop' if crop else ''))
+    ratios = torch.tensor(ratios, dtype=torch.float64)
+    median = _median(ratios)
+    return dict({key: total / len(ratios) for key, total in sums.items()}, median_scale=float(median),
+                scale_std=float((ratios / median).std(correction=0)), images=len(ratios), skipped=skipped)
+
+
+def depth_metrics(pred, gt, min_depth=1e-3, max_depth=80.0, median_scaling=False, crop=None):
     """Depth errors (abs_rel, sq_rel, rmse, rmse_log, log10, silog, si_rmse) and accuracies (a1-a3), fractions.
 
     pred and gt are metric depth of the same shape: [B,1,H,W] or [B,H,W] (a batch) or [H,W] (one image).
-    Each metric is computed per image over its valid pixels (min_depth < gt < max_depth) and then averaged
-    over images, as KITTI evaluation does. With `median_scaling` each image's prediction is first multiplied
-    by median(gt) / median(pred); the returned `median_scale` is the mean factor (1.0 without scaling).
+    Each metric is computed per image over its valid pixels and averaged over images (average_depth_metrics,
+    which says what `median_scaling` and `crop` do).
     """
     if pred.shape != gt.shape or gt.ndim not in (2, 3, 4):
         raise ValueError(f'expected pred and gt of one shape [B,1,H,W], [B,H,W] or [H,W], got '
                          f'{tuple(pred.shape)} and {tuple(gt.shape)}')
-    batch = 1 if gt.ndim == 2 else gt.shape[0]
-    per_image = [_image_depth_metrics(p, g, min_depth, max_depth, median_scaling)
-                 for p, g in zip(pred.reshape(batch, -1), gt.reshape(batch, -1))]
-    per_image = [m for m in per_image if m is not None]
-    if not per_image:
-        raise ValueError(f'no ground-truth depth between min_depth={min_depth} and max_depth={max_depth}')
-    return {key: float(sum(m[key] for m in per_image) / len(per_image)) for key in per_image[0]}
+    images = lambda x: x.reshape(-1, *x.shape[-2:])
+    return average_depth_metrics(zip(images(pred), images(gt)), min_depth, max_depth, median_scaling, crop)
 
 
-def constant_depth_baseline(gt, min_depth=1e-3, max_depth=80.0):
-    """Metrics of the best constant prediction under median scaling: each image predicted as its gt median."""
-    return depth_metrics(torch.ones_like(gt), gt, min_depth, max_depth, median_scaling=True)
+def constant_depth_baseline(gts, min_depth=1e-3, max_depth=80.0, crop=None):
+    """Metrics of the best constant prediction under median scaling, each image's [H, W] ground truth in
+    `gts` predicted as its own median."""
+    return average_depth_metrics(((torch.ones_like(gt), gt) for gt in gts), min_depth, max_depth, True, crop)
 
 
 # ---------------------------------------------------------------- networks on held-out data
@@ -146,20 +192,34 @@ def evaluate_segmentation(net, batches, device, num_classes=len(CITYSCAPES_CLASS
     return segmentation_metrics(confusion)
 
 
+def test_batches(frames):
+    """The frames of a data.DepthTestFrames one at a time (they differ in size), read anew at each pass."""
+    return torch.utils.data.DataLoader(frames, batch_size=1)
+
+
 @torch.no_grad()
-def evaluate_depth(net, batches, device, min_depth=0.1, max_depth=100.0, eval_max_depth=80.0, median_scaling=True):
-    """Depth metrics of a disparity network over batches of {'frames', 'depth'}, capped at eval_max_depth,
-    optionally median-scaled; the prediction is upsampled to the ground truth's resolution (Monodepth2's
-    protocol). The network's sigmoid disparity maps to depth in [min_depth, max_depth]."""
+def evaluate_depth(net, frames, device, min_depth=0.1, max_depth=100.0, eval_max_depth=80.0, median_scaling=True):
+    """Depth metrics of a disparity network on a data.DepthTestFrames, by its protocol: the prediction is
+    upsampled to each ground truth's native size (Monodepth2's protocol), capped at eval_max_depth,
+    optionally median-scaled; `skipped` counts the split's frames without ground truth. The network's
+    sigmoid disparity maps to depth in [min_depth, max_depth]."""
     net.eval()
-    results = []
-    for batch in batches:
-        gt = batch['depth'].to(device)
-        disp = net(batch['frames'][:, 0].to(device))[0].float()
-        disp = torch.nn.functional.interpolate(disp, gt.shape[-2:], mode='bilinear', align_corners=False)
-        pred = models.disp_to_depth(disp, min_depth, max_depth)
-        results.append(depth_metrics(pred, gt, max_depth=eval_max_depth, median_scaling=median_scaling))
-    return mean_metrics(results)
+
+    def pairs():
+        for batch in test_batches(frames):
+            gt = batch['depth'][0, 0].to(device)
+            disp = net(batch['frames'][:, 0].to(device))[0].float()
+            disp = torch.nn.functional.interpolate(disp, gt.shape, mode='bilinear', align_corners=False)
+            yield models.disp_to_depth(disp[0, 0], min_depth, max_depth), gt
+    metrics = average_depth_metrics(pairs(), max_depth=eval_max_depth, median_scaling=median_scaling,
+                                    crop=PROTOCOL_CROP[frames.protocol])
+    return dict(metrics, skipped=metrics['skipped'] + frames.skipped)
+
+
+def constant_baseline_on(frames, eval_max_depth=80.0):
+    """What predicting one depth everywhere (median-scaled) scores on a data.DepthTestFrames."""
+    gts = (batch['depth'][0, 0] for batch in test_batches(frames))
+    return constant_depth_baseline(gts, max_depth=eval_max_depth, crop=PROTOCOL_CROP[frames.protocol])
 
 
 def mean_metrics(results):
@@ -262,6 +322,17 @@ def _config_cells(run):
             str(args.get('arch', '–')), size, '–' if iters is None else str(iters)]
 
 
+def _evaluation_cells(task, run):
+    """The column that says how a depth run was scored (protocol and scaling); none for other tasks. Without
+    a run: the column's header."""
+    if task != 'depth':
+        return []
+    if run is None:
+        return ['evaluation']
+    args = run['args']
+    return [describe_depth_evaluation(args.get('eval_protocol', '–'), median_scaling_of(args))]
+
+
 def _markdown(title, header, rows):
     return '\n'.join([f'### {title}', '', '| ' + ' | '.join(header) + ' |', '|' + ' --- |' * len(header)]
                      + ['| ' + ' | '.join(row) + ' |' for row in rows])
@@ -272,9 +343,11 @@ def results_table(runs):
     tables = []
     for task in dict.fromkeys(_task(run) for run in runs):
         columns = METRIC_COLUMNS.get(task, OTHER_COLUMNS)
-        rows = [[run['name']] + _config_cells(run) + [fmt(_last(run, split).get(key)) for _, split, key, fmt in columns]
+        rows = [[run['name']] + _config_cells(run) + _evaluation_cells(task, run)
+                + [fmt(_last(run, split).get(key)) for _, split, key, fmt in columns]
                 for run in runs if _task(run) == task]
-        tables.append(_markdown(task, ['run'] + SHARED_HEADER + [c[0] for c in columns], rows))
+        header = ['run'] + SHARED_HEADER + _evaluation_cells(task, None) + [c[0] for c in columns]
+        tables.append(_markdown(task, header, rows))
     return '\n\n'.join(tables) + '\n'
 
 
@@ -320,9 +393,10 @@ def grouped_table(runs):
             for _, split, key, fmt in columns:
                 mean, std = _mean_std([_last(run, split).get(key) for run in members])
                 cells.append('–' if mean is None else fmt(mean) if len(members) == 1 else f'{fmt(mean)} ± {fmt(std)}')
-            rows.append([label] + _config_cells(members[0]) + [str(len(members))] + cells)
-        tables.append(_markdown(f'{task}, mean ± std over seeds', ['configuration'] + SHARED_HEADER + ['seeds']
-                                + [c[0] for c in columns], rows))
+            rows.append([label] + _config_cells(members[0]) + _evaluation_cells(task, members[0])
+                        + [str(len(members))] + cells)
+        header = ['configuration'] + SHARED_HEADER + _evaluation_cells(task, None) + ['seeds'] + [c[0] for c in columns]
+        tables.append(_markdown(f'{task}, mean ± std over seeds', header, rows))
     return '\n\n'.join(tables) + '\n'
 
 
@@ -520,42 +594,64 @@ def load_network(checkpoint, source='checkpoint'):
     return net.eval()
 
 
-def held_out_set(checkpoint, root):
+def held_out_set(checkpoint, root, protocol=None, split_dir=None):
     """The images a checkpoint was not trained on, at its resolution: the labelled images outside its
-    few-shot pick (segmentation), or the test drive's frames with ground-truth depth (depth)."""
+    few-shot pick (segmentation), or the test split's frames with the ground truth of its depth protocol
+    (depth; `protocol` and `split_dir` override the run's --eval-protocol and --eval-split)."""
     args = checkpoint.get('args') or {}
     size = (checkpoint['height'], checkpoint['width'])
     if checkpoint['task'] == 'seg':
         files = data.semantic_files(root)
         _, held_out = data.few_shot_split(len(files), args.get('train_size', 16), args.get('seed', 0))
         return data.LabelledImages(root, held_out, *size)
-    return data.VideoSnippets(root, 'test', *size, frame_ids=(0,), with_depth=True)
+    split_dir = split_dir or args.get('eval_split') or args.get('split')
+    return data.DepthTestFrames(root, 'test', *size, protocol or args.get('eval_protocol', 'eigen'), split_dir)
+
+
+def median_scaling_of(args):
+    """Whether a depth run's evaluation median-scales: its --median-scaling, which defaults to on for
+    --supervision mono (video fixes no scale) and off for every metric supervision and for fine-tuning."""
+    if args.get('median_scaling') in ('on', 'off'):
+        return args['median_scaling'] == 'on'
+    return args.get('supervision') == 'mono'
 
 
 def depth_settings(checkpoint):
     """(min_depth, max_depth, median_scaling) of a depth checkpoint: the depths its sigmoid disparity maps
-    to, and whether its scale comes from the ground truth (pre-training checkpoints) or is metric
-    (fine-tuned depth)."""
+    to, and whether its evaluation median-scales (median_scaling_of)."""
     args = checkpoint.get('args') or {}
-    return args.get('min_depth', 0.1), args.get('max_depth', 100.0), 'supervision' in args
+    return args.get('min_depth', 0.1), args.get('max_depth', 100.0), median_scaling_of(args)
 
 
-def evaluate_checkpoint(path, root, device=torch.device('cpu')):
-    """Metrics of one checkpoint on its held-out images: segmentation metrics, or the depth table
-    (median-scaled for self-supervised pre-training checkpoints, metric for fine-tuned depth)."""
+def describe_depth_evaluation(protocol, median_scaling):
+    """How depth was scored, in words, for tables and logs."""
+    truth = ('velodyne ground truth, Garg crop' if protocol == 'eigen'
+             else 'annotated ground truth, no crop' if protocol == 'benchmark' else 'protocol not recorded')
+    return f'{protocol} ({truth}), {"median-scaled" if median_scaling else "metric"}'
+
+
+def evaluate_checkpoint(path, root, device=torch.device('cpu'), protocol=None, median_scaling=None, split_dir=None):
+    """Metrics of one checkpoint on its held-out images, and how they were scored (a sentence): segmentation
+    metrics, or the depth table by the run's protocol and scaling unless `protocol` ('eigen'/'benchmark'),
+    `median_scaling` (True/False) or `split_dir` (the folder of test_files.txt) say otherwise."""
     checkpoint = load_checkpoint(path)
     net = load_network(checkpoint, str(path)).to(device)
-    # one image per batch: each depth metric is then an average over images, as the run's own log is
-    batches = torch.utils.data.DataLoader(held_out_set(checkpoint, root), batch_size=1)
+    held_out = held_out_set(checkpoint, root, protocol, split_dir)
     if checkpoint['task'] == 'seg':
-        return evaluate_segmentation(net, batches, device, net.head.conv.out_channels)
-    min_depth, max_depth, median_scaling = depth_settings(checkpoint)
+        batches = torch.utils.data.DataLoader(held_out, batch_size=1)
+        return evaluate_segmentation(net, batches, device, net.head.conv.out_channels), f'{len(held_out)} images'
+    min_depth, max_depth, scaling = depth_settings(checkpoint)
+    scaling = scaling if median_scaling is None else median_scaling
     eval_max_depth = (checkpoint.get('args') or {}).get('eval_max_depth', 80.0)
-    return evaluate_depth(net, batches, device, min_depth, max_depth, eval_max_depth, median_scaling)
+    metrics = evaluate_depth(net, held_out, device, min_depth, max_depth, eval_max_depth, scaling)
+    how = (f'{describe_depth_evaluation(held_out.protocol, scaling)}: {metrics["images"]} frames scored, '
+           f'{metrics["skipped"]} skipped (no ground truth)')
+    return metrics, how
 
 
 def _common_held_out(runs, root, count):
-    """Up to `count` items, as one batch, held out by every run (their few-shot picks differ with the seed)."""
+    """Up to `count` items held out by every run (their few-shot picks differ with the seed), a list: depth
+    ground truth keeps each frame's own size."""
     sets = [held_out_set(load_checkpoint(run['checkpoint']), root) for run in runs]
     if isinstance(sets[0], data.LabelledImages):
         common = set.intersection(*({str(image) for image, _ in s.files} for s in sets))
@@ -564,32 +660,30 @@ def _common_held_out(runs, root, count):
         indices = list(range(0, len(sets[0]), max(1, len(sets[0]) // count)))[:count]
     if not indices:
         raise ValueError('the runs share no held-out image: compare runs with overlapping evaluation sets.')
-    batch = torch.utils.data.default_collate([sets[0][i] for i in indices])
-    for key in ('image', 'frames'):  # resampling overshoots [0, 1] a little; the figures draw these as RGB
-        if key in batch:
-            batch[key] = batch[key].clamp(0, 1)
-    return batch
+    items = [sets[0][i] for i in indices]
+    for item in items:  # resampling overshoots [0, 1] a little; the figures draw these as RGB
+        for key in ('image', 'frames'):
+            if key in item:
+                item[key] = item[key].clamp(0, 1)
+    return items
 
 
-def _median_scaled(depth, gt):
-    """Each predicted depth map [B, H, W] times median(gt) / median(prediction) over its pixels with ground
-    truth, as the evaluation of self-supervised depth does."""
-    scales = [g[g > 0].median() / d[g > 0].median() if (g > 0).any() else torch.tensor(1.0)
-              for d, g in zip(depth, gt)]
-    return depth * torch.stack(scales).view(-1, 1, 1)
-
-
-def _predicted_map(run, images, gt_depth):
-    """One run's prediction on the images: train ids [B, H, W], or inverse depth in 1/m at the ground
-    truth's resolution (median-scaled where the evaluation median-scales)."""
+def _predicted_maps(run, images, gt_depths):
+    """One run's prediction on the images [B, 3, H, W]: train ids [B, H, W], or a list of inverse depth
+    maps in 1/m, each at its ground truth's size (median-scaled where the evaluation median-scales)."""
     checkpoint = load_checkpoint(run['checkpoint'])
     out = load_network(checkpoint, run['name'])(images)
     if checkpoint['task'] == 'seg':
         return out.argmax(1)
     min_depth, max_depth, median_scaling = depth_settings(checkpoint)
-    disp = torch.nn.functional.interpolate(out[0], gt_depth.shape[-2:], mode='bilinear', align_corners=False)
-    depth = models.disp_to_depth(disp[:, 0], min_depth, max_depth)
-    return 1 / (_median_scaled(depth, gt_depth) if median_scaling else depth)
+    maps = []
+    for disp, gt in zip(out[0], gt_depths):
+        disp = torch.nn.functional.interpolate(disp[None], gt.shape, mode='bilinear', align_corners=False)[0, 0]
+        depth = models.disp_to_depth(disp, min_depth, max_depth)
+        if median_scaling and (gt > 0).any():  # as the evaluation of self-supervised depth does
+            depth = depth * _median(gt[gt > 0]) / _median(depth[gt > 0])
+        maps.append(1 / depth)
+    return maps
 
 
 def _class_legend(fig, label_maps):
@@ -608,14 +702,15 @@ def plot_qualitative(runs, root, path, count=4):
     (1/m, ground truth and predictions on one magma scale with its colour bar; predictions median-scaled
     where the evaluation median-scales, pixels without ground truth black). Returns the figure."""
     seg = _task(runs[0]) == 'seg'
-    batch = _common_held_out(runs, root, count)
-    images = batch['image'] if seg else batch['frames'][:, 0]
-    gt_depth = None if seg else batch['depth'][:, 0]
-    truth = batch['label'] if seg else torch.where(gt_depth > 0, 1 / gt_depth.clamp(min=1e-3), 0.0)
-    maps = [truth] + [_predicted_map(run, images, gt_depth) for run in runs]
+    items = _common_held_out(runs, root, count)
+    images = torch.stack([item['image'] if seg else item['frames'][0] for item in items])
+    gt_depths = None if seg else [item['depth'][0] for item in items]
+    truth = (torch.stack([item['label'] for item in items]) if seg
+             else [torch.where(gt > 0, 1 / gt.clamp(min=1e-3), 0.0) for gt in gt_depths])
+    maps = [truth] + [_predicted_maps(run, images, gt_depths) for run in runs]
     titles = ['ground truth'] + [run['name'] for run in runs]
     fig, axes = _figure(len(maps) + 1, len(images), width=3, height=1.2)
-    vmax = None if seg else float(np.percentile(torch.cat([m.flatten() for m in maps]).numpy(), 99))
+    vmax = None if seg else float(np.percentile(torch.cat([m.flatten() for row in maps for m in row]).numpy(), 99))
     for c, (title, pictures) in enumerate([('image', images.permute(0, 2, 3, 1))] + list(zip(titles, maps))):
         axes[0, c].set_title(title, fontsize='small')
         for r, picture in enumerate(pictures):
@@ -655,7 +750,7 @@ def grad_cam(net, images, layer):
 def plot_grad_cam(runs, root, path, count=4, layer='layer1'):
     """PNG like the paper's Fig. 6: Grad-CAM of a shallow encoder layer for each segmentation run (rows)
     on the same held-out images (columns), over the images."""
-    images = _common_held_out(runs, root, count)['image']
+    images = torch.stack([item['image'] for item in _common_held_out(runs, root, count)])
     fig, axes = _figure(len(images), len(runs), width=3, height=1.3)
     for r, run in enumerate(runs):
         net = load_network(load_checkpoint(run['checkpoint']), run['name'])
@@ -783,6 +878,15 @@ def main(argv=None):
                         help='with --checkpoint: predict depth or segmentation for this image or every .png/.jpg '
                              'in this folder, at their own size')
     parser.add_argument('--data-root', default=None, help='dataset folder (default: the runs\' own, else data/toy)')
+    parser.add_argument('--eval-protocol', choices=data.EVAL_PROTOCOLS, default=None,
+                        help='with --checkpoint, depth: eigen (velodyne ground truth, Garg crop) or benchmark '
+                             '(annotated ground truth, no crop); default: the run\'s own')
+    parser.add_argument('--median-scaling', choices=['on', 'off'], default=None,
+                        help='with --checkpoint, depth: scale each prediction by median(gt) / median(prediction); '
+                             'default: the run\'s own (on for --supervision mono, off otherwise)')
+    parser.add_argument('--eval-split', default=None,
+                        help='with --checkpoint, depth: folder holding test_files.txt (e.g. Monodepth2\'s '
+                             'splits/eigen); default: the run\'s own, else <data-root>/splits')
     args = parser.parse_args(argv)
     if args.predict:
         if not args.checkpoint:
@@ -798,9 +902,14 @@ def main(argv=None):
         try:
             checkpoint_args = load_checkpoint(args.checkpoint).get('args') or {}
             root = args.data_root or checkpoint_args.get('data_root') or 'data/toy'
-            metrics = evaluate_checkpoint(args.checkpoint, root)
+            scaling = None if args.median_scaling is None else args.median_scaling == 'on'
+            metrics, how = evaluate_checkpoint(args.checkpoint, root, protocol=args.eval_protocol,
+                                               median_scaling=scaling, split_dir=args.eval_split)
         except (ValueError, FileNotFoundError) as error:
             parser.error(str(error))
+        print(f'{args.checkpoint} on {root}, {how}')
+        if 'abs_rel' in metrics:
+            print(_markdown(how, list(DEPTH_KEYS), [[_decimal(metrics[key]) for key in DEPTH_KEYS]]))
         print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, list)}, indent=1))
         return metrics
     if not args.runs:

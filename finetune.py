@@ -33,10 +33,10 @@ import data
 import evaluate
 import losses
 import models
-from pretrain import (Run, add_common_args, add_decoder_args, autocast, benchmark, check_args, constant_baseline,
-                      data_root, forever, init_checkpoint, init_decoder_backbone, loader, metrics_line, open_dataset,
-                      optimisation_step, pick_device, restore, sample_frames, save_depth_sample, save_image_grid,
-                      to_device, train)
+from pretrain import (Run, add_common_args, add_decoder_args, add_depth_eval_args, autocast, benchmark, check_args,
+                      data_root, depth_eval_name, depth_test_set, forever, init_checkpoint, init_decoder_backbone,
+                      loader, metrics_line, open_dataset, optimisation_step, pick_device, resolve_depth_eval_args,
+                      restore, sample_frames, save_depth_sample, save_image_grid, to_device, train)
 
 NUM_CLASSES = len(evaluate.CITYSCAPES_CLASSES)
 
@@ -69,7 +69,11 @@ def parse_args(argv=None):
     parser.add_argument('--encoder-lr-mult', type=float, default=1.0,
                         help='the encoder\'s learning rate is --lr times this (e.g. 0.1 for a pre-trained encoder)')
     add_common_args(parser, iters=300, lr=3e-4, batch_size=8, eval_every=50)
+    add_depth_eval_args(parser)
     args = parser.parse_args(argv)
+    resolve_depth_eval_args(args, args.task, median_scaling=False)  # fine-tuned depth is metric
+    if args.task == 'seg' and args.split:
+        raise SystemExit('--split applies to --task depth; segmentation reads data_semantics and its --train-size pick.')
     args.name = args.name or run_name(args)
     check_args(args)
     if not 0 <= args.warmup < args.iters:
@@ -85,7 +89,7 @@ def run_name(args):
         init = re.sub(r'-s\d+$', '', Path(args.init).parent.name)
     decoder = models.describe_decoder(args.decoder, models.xnet_options(args), args.decoder_init, args.reset_decoder)
     frozen = 'frozen' if args.freeze_encoder else 'full'
-    task = args.task + (f'-{args.loss}' if args.task == 'depth' else '')
+    task = '-'.join([args.task] + ([args.loss] + depth_eval_name(args, False) if args.task == 'depth' else []))
     return f'{task}-{init}-{decoder}-{frozen}-n{args.train_size}-{args.arch}-{args.height}x{args.width}-s{args.seed}'
 
 
@@ -207,12 +211,12 @@ def majority_baseline(label_files, eval_batches):
 
 def depth_task(args, root, net, device):
     """(training set, loss of a batch, evaluation) for few-shot depth: --train-size frames of the training
-    drives with ground truth, flipped as in fine-tuning; scored, without median scaling, on the test drive."""
+    drives with ground truth, flipped as in fine-tuning; scored on the test split by --eval-protocol, metric
+    (no median scaling) unless --median-scaling on."""
     frames = open_dataset(data.VideoSnippets, root, 'train', args.height, args.width, frame_ids=(0,),
-                          augment=True, with_depth=True, jitter=False)
+                          augment=True, with_depth=True, jitter=False, split_dir=args.split)
     train_set = torch.utils.data.Subset(frames, few_shot(len(frames), args)[0])
-    test_set = open_dataset(data.VideoSnippets, root, 'test', args.height, args.width, frame_ids=(0,), with_depth=True)
-    test_batches = loader(test_set, args, device, shuffle=False)  # read anew at each evaluation: memory stays flat
+    test_set = depth_test_set(args, root)  # read anew at each evaluation: memory stays flat
     sample = sample_frames(test_set, device)
 
     def loss_fn(batch):
@@ -225,9 +229,9 @@ def depth_task(args, root, net, device):
 
     def evaluate_now(iteration, folder):
         save_depth_sample(net, sample, folder / f'sample_{iteration:06d}.png')
-        return evaluate.evaluate_depth(net, test_batches, device, args.min_depth, args.max_depth,
-                                       args.eval_max_depth, median_scaling=False)
-    return train_set, loss_fn, evaluate_now, constant_baseline(test_batches, args)
+        return evaluate.evaluate_depth(net, test_set, device, args.min_depth, args.max_depth,
+                                       args.eval_max_depth, median_scaling=args.median_scaling == 'on')
+    return train_set, loss_fn, evaluate_now, evaluate.constant_baseline_on(test_set, args.eval_max_depth)
 
 
 def few_shot(count, args):

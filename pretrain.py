@@ -75,6 +75,55 @@ def add_common_args(parser, iters, lr, batch_size, eval_every):
                              'peak memory, and exit (no run folder is written)')
 
 
+def add_depth_eval_args(parser):
+    """Where the depth data's splits are, and how depth is scored (KITTI's two protocols)."""
+    parser.add_argument('--split', default=None, metavar='DIR',
+                        help='folder holding train_files.txt and val_files.txt (and test_files.txt): default '
+                             '<data-root>/splits; Monodepth2\'s splits/eigen_zhou works as it is')
+    parser.add_argument('--eval-split', default=None, metavar='DIR',
+                        help='depth: folder holding test_files.txt (default: --split), e.g. Monodepth2\'s '
+                             'splits/eigen (697 frames) or splits/eigen_benchmark (652)')
+    parser.add_argument('--eval-protocol', choices=data.EVAL_PROTOCOLS, default=None,
+                        help='depth: eigen (default; velodyne ground truth, Garg crop, 1e-3 < gt < 80 m) or '
+                             'benchmark (KITTI\'s annotated depth, no crop); test frames without that ground '
+                             'truth are skipped and counted')
+    parser.add_argument('--median-scaling', choices=['on', 'off'], default=None,
+                        help='depth: scale each prediction by median(gt) / median(prediction) before scoring; '
+                             'default on for --supervision mono (video fixes no scale), off for metric depth '
+                             '(stereo, mono+stereo, gt, fine-tuning)')
+
+
+def resolve_depth_eval_args(args, task, median_scaling):
+    """Fill in the depth evaluation's defaults (recorded in args.json, so tables say what was used); the
+    flags stop with a sentence where nothing is scored by them."""
+    if task != 'depth':
+        given = [f for f in ('eval_split', 'eval_protocol', 'median_scaling') if getattr(args, f) is not None]
+        if given:
+            raise SystemExit(f'--{given[0].replace("_", "-")} applies to depth evaluation; --task {task} does '
+                             f'not score depth.')
+        return
+    args.eval_protocol = args.eval_protocol or 'eigen'
+    args.median_scaling = args.median_scaling or ('on' if median_scaling else 'off')
+
+
+def depth_eval_name(args, median_scaling):
+    """The run-name parts of a depth evaluation that is not the default (median_scaling: the default)."""
+    parts = ['benchmark'] if args.eval_protocol == 'benchmark' else []
+    if args.median_scaling != ('on' if median_scaling else 'off'):
+        parts.append('median-scaled' if args.median_scaling == 'on' else 'metric')
+    return parts
+
+
+def depth_test_set(args, root):
+    """The test split's frames with the ground truth of --eval-protocol, said in one line."""
+    frames = open_dataset(data.DepthTestFrames, root, 'test', args.height, args.width, args.eval_protocol,
+                          args.eval_split or args.split)
+    how = evaluate.describe_depth_evaluation(args.eval_protocol, args.median_scaling == 'on')
+    print(f'Depth is scored by the {how}: {len(frames)} test frames'
+          + (f', {frames.skipped} skipped (no ground truth).' if frames.skipped else '.'))
+    return frames
+
+
 def add_decoder_args(parser):
     """The decoder flags of both scripts: which decoder, and xNet's options (enough for its Table 1 ablation)."""
     parser.add_argument('--decoder', choices=models.DECODERS, default='unet',
@@ -371,9 +420,14 @@ def metrics_line(metrics, baseline):
     """One line: each headline measure, with the baseline's value in brackets."""
     def show(value, percent):
         return f'{100 * value:.1f} %' if percent else f'{value:.3f}'
-    return ', '.join(f'{label} {show(metrics[key], percent)}'
+    line = ', '.join(f'{label} {show(metrics[key], percent)}'
                      + (f' (baseline {show(baseline[key], percent)})' if key in baseline else '')
                      for key, (label, percent) in SUMMARY.items() if key in metrics)
+    if metrics.get('scale_std'):  # median scaling: its ratios as Monodepth2 prints them
+        line += f', scale ratios median {metrics["median_scale"]:.3f} (std {metrics["scale_std"]:.3f})'
+    if 'images' in metrics:
+        line += f' on {metrics["images"]} frames' + (f' ({metrics["skipped"]} skipped)' if metrics['skipped'] else '')
+    return line
 
 
 # ------------------------------------------------------------------------------------------------
@@ -407,6 +461,7 @@ def parse_args(argv=None):
                              'with each crop (the paper\'s Depth-cropped, App. D.1); evaluation uses whole images')
     add_common_args(parser, iters=300, lr=1e-4, batch_size=8, eval_every=100)
     add_decoder_args(parser)
+    add_depth_eval_args(parser)
     parser.add_argument('--out', default=None, help='checkpoint to export at the end (default checkpoints/<task>.pt)')
     parser.add_argument('--scales', type=int, default=4, choices=[1, 2, 3, 4], help='output scales in the loss')
     parser.add_argument('--smoothness', type=float, default=1e-3, help='w_sm of eq. 9 (divided by 2^scale)')
@@ -419,6 +474,7 @@ def parse_args(argv=None):
     parser.add_argument('--flow-smoothness', type=float, default=5.0, help='lambda_sm of eq. 14 (divided by 2^scale)')
     args = parser.parse_args(argv)
     args.out = args.out or f'checkpoints/{args.task}.pt'
+    resolve_depth_eval_args(args, args.task, median_scaling=args.supervision == 'mono')
     args.name = args.name or run_name(args)
     check_args(args)
     if args.task == 'flow' and args.decoder != 'unet':
@@ -443,6 +499,8 @@ def run_name(args):
     parts += [f'crop{args.crop_size[0]}x{args.crop_size[1]}'] if args.crop_size else []
     if args.decoder != 'unet':
         parts.append(models.describe_decoder(args.decoder, models.xnet_options(args), args.decoder_init))
+    if args.task == 'depth':
+        parts += depth_eval_name(args, median_scaling=args.supervision == 'mono')
     return '-'.join(parts + [args.arch, f'{args.height}x{args.width}', f's{args.seed}'])
 
 
@@ -518,12 +576,6 @@ def supervised_depth_loss(disps, batch, args):
     return total / len(disps)
 
 
-def constant_baseline(test_batches, args):
-    """What predicting one depth everywhere (median-scaled) scores on the same frames."""
-    return evaluate.mean_metrics([evaluate.constant_depth_baseline(b['depth'], max_depth=args.eval_max_depth)
-                         for b in test_batches])
-
-
 def save_depth_sample(depth_net, frames, path):
     """A PNG: test images above their predicted disparities (Monodepth2's magma colour map)."""
     depth_net.eval()
@@ -584,7 +636,7 @@ def pretrain_depth(args, device):
     root = data_root(args)
     train_set = open_dataset(data.VideoSnippets, root, 'train', args.height, args.width,
                              frame_ids=(0, -1, 1) if mono else (0,), augment=True, with_depth=gt,
-                             stereo='stereo' in args.supervision, crop=args.crop_size)
+                             stereo='stereo' in args.supervision, crop=args.crop_size, split_dir=args.split)
     batches = forever(loader(train_set, args, device, shuffle=True))
     depth_net, pose_net = networks['model'], networks.get('pose_net')
 
@@ -596,19 +648,19 @@ def pretrain_depth(args, device):
             return supervised_depth_loss(disps, batch, args)
         return photometric_depth_loss(disps, *source_views(batch, pose_net, args.supervision), batch, args)
 
-    test_set = open_dataset(data.VideoSnippets, root, 'test', args.height, args.width, frame_ids=(0,), with_depth=True)
-    test_batches = loader(test_set, args, device, shuffle=False)  # read anew at each evaluation: memory stays flat
+    test_set = depth_test_set(args, root)  # read anew at each evaluation: memory stays flat
     sample = sample_frames(test_set, device)
 
     def evaluate_now(iteration, folder):
         save_depth_sample(depth_net, sample, folder / f'sample_{iteration:06d}.png')
-        metrics = evaluate.evaluate_depth(depth_net, test_batches, device, args.min_depth, args.max_depth,
-                                          args.eval_max_depth, median_scaling=True)
+        metrics = evaluate.evaluate_depth(depth_net, test_set, device, args.min_depth, args.max_depth,
+                                          args.eval_max_depth, median_scaling=args.median_scaling == 'on')
         depth_net.train()
         return metrics
 
-    return run_pretraining(args, networks, loss_fn, batches, lambda: constant_baseline(test_batches, args), evaluate_now,
-                    dict(decoder=args.decoder, xnet=models.xnet_options(args), supervision=args.supervision))
+    baseline = lambda: evaluate.constant_baseline_on(test_set, args.eval_max_depth)
+    return run_pretraining(args, networks, loss_fn, batches, baseline, evaluate_now,
+                           dict(decoder=args.decoder, xnet=models.xnet_options(args), supervision=args.supervision))
 
 
 def flow_loss(flows, batch, args):
@@ -662,7 +714,7 @@ def pretrain_flow(args, device):
     flow_net.to(device)
     root = data_root(args)
     train_set = open_dataset(data.VideoSnippets, root, 'train', args.height, args.width, frame_ids=(0, 1),
-                             augment=True, crop=args.crop_size)
+                             augment=True, crop=args.crop_size, split_dir=args.split)
     batches = forever(loader(train_set, args, device, shuffle=True))
 
     def loss_fn(batch):

@@ -1,6 +1,7 @@
 """Shared fixtures: one tiny toy world, rendered once per test session."""
 import json
 import random
+import shutil
 import sys
 from pathlib import Path
 
@@ -48,3 +49,22 @@ def imagenet_resnet18(monkeypatch, tmp_path):
     state = torchvision.models.resnet18().state_dict()
     torch.save(state, folder / 'resnet18-f37072fd.pth')
     return state
+
+
+@pytest.fixture(scope='session')
+def two_size_root(tmp_path_factory):
+    """A tiny toy world whose test split holds frames of two sizes, as KITTI's dates differ (375x1242,
+    370x1224, ...): the held-out drive of a second world, rendered at 48x160, joins it as date 2011_09_28."""
+    base = tmp_path_factory.mktemp('two_sizes')
+    root, other = base / 'world', base / 'other'
+    data.render_toy_world(root, **TINY)
+    data.render_toy_world(other, **dict(TINY, height=48, width=160, seed=1))
+    drive = f'{data.TOY_DATE}_drive_{TINY["drives"] + 1:04d}_sync'
+    (root / '2011_09_28').mkdir()
+    for calib in (other / data.TOY_DATE).glob('calib_*.txt'):
+        shutil.copy(calib, root / '2011_09_28' / calib.name)
+    shutil.copytree(other / data.TOY_DATE / drive, root / '2011_09_28' / drive.replace(data.TOY_DATE, '2011_09_28'))
+    lines = (other / 'splits/test_files.txt').read_text().replace(data.TOY_DATE, '2011_09_28')
+    with open(root / 'splits/test_files.txt', 'a') as split:
+        split.write(lines)
+    return root

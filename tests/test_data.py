@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torchvision.io import write_jpeg
 
 import data
 import losses
@@ -285,11 +286,56 @@ def test_rgb_png_read_as_depth_stops_with_the_format(tmp_path):
     with pytest.raises(ValueError, match='16-bit single-channel') as caught:
         data.read_depth(depth)
     assert str(depth) in str(caught.value) and '8-bit 3-channel' in str(caught.value)
+    for frame in range(3):  # frame 1 and its neighbours
+        _rgb(tmp_path / f'2011_09_26/2011_09_26_drive_0001_sync/image_02/data/{frame:010d}.png')
     (tmp_path / 'splits').mkdir()
     (tmp_path / 'splits/train_files.txt').write_text('2011_09_26/2011_09_26_drive_0001_sync 1 l\n')
     with pytest.raises(ValueError, match='16-bit single-channel') as caught:  # when the set is built
         data.VideoSnippets(tmp_path, 'train', 64, 192, with_depth=True)
     assert str(depth) in str(caught.value)
+
+
+def _monodepth2_eigen_split(root, folder):
+    """The toy world's test lines written as Monodepth2 writes its splits: splits/eigen/test_files.txt,
+    frame numbers zero-padded; returns (split folder, lines)."""
+    lines = [line.split() for line in (root / 'splits/test_files.txt').read_text().split('\n') if line]
+    (folder / 'eigen').mkdir(parents=True)
+    (folder / 'eigen/test_files.txt').write_text(''.join(f'{d} {int(f):010d} {s}\n' for d, f, s in lines))
+    return folder / 'eigen', lines
+
+
+def test_depth_test_frames_read_monodepth2_splits_and_jpg_frames_and_skip_frames_without_ground_truth(toy_root, tmp_path):
+    root = tmp_path / 'world'
+    shutil.copytree(toy_root, root)
+    split_dir, lines = _monodepth2_eigen_split(root, tmp_path / 'monodepth2_splits')
+    (folder, frame, _), (folder2, frame2, _) = lines[0], lines[1]
+    png = data.image_path(root, folder, int(frame))
+    write_jpeg(data.read_image(png), str(png.with_suffix('.jpg')))  # Monodepth2 converts KITTI's PNGs to JPEG
+    png.unlink()
+    data.velodyne_path(root, folder2, int(frame2)).unlink()  # one scan missing
+    for protocol, skipped in (('eigen', 1), ('benchmark', 0)):
+        frames = data.DepthTestFrames(root, 'test', 64, 192, protocol, split_dir=split_dir)
+        assert (len(frames), frames.skipped) == (len(lines) - skipped, skipped)
+        first = frames[0]
+        assert first['frames'].shape == (1, 3, 64, 192) and first['depth'].shape == (1, 64, 192)
+        assert (first['depth'] > 0).any()
+    for scan in root.glob('*/*/velodyne_points/data/*.bin'):
+        scan.unlink()
+    with pytest.raises(FileNotFoundError, match=f'none of the {len(lines)} frames of split "test" has velodyne scans'):
+        data.DepthTestFrames(root, 'test', 64, 192, 'eigen', split_dir=split_dir)
+
+
+def test_a_missing_neighbour_frame_stops_when_the_set_is_built(tmp_path):
+    drive = tmp_path / '2011_09_26/2011_09_26_drive_0001_sync'
+    for frame in (4, 5):  # frame 6, the next of frame 5, was never extracted
+        _rgb(drive / f'image_02/data/{frame:010d}.png')
+    (tmp_path / 'splits').mkdir()
+    (tmp_path / 'splits/train_files.txt').write_text('2011_09_26/2011_09_26_drive_0001_sync 0000000005 l\n')
+    data.VideoSnippets(tmp_path, 'train', 64, 192, frame_ids=(0, -1))  # frames 5 and 4: there
+    with pytest.raises(FileNotFoundError, match='0000000006.png does not exist, but item 1 of split "train"'):
+        data.VideoSnippets(tmp_path, 'train', 64, 192, frame_ids=(0, -1, 1))
+    with pytest.raises(FileNotFoundError, match='image_03/data/0000000005.png does not exist'):
+        data.VideoSnippets(tmp_path, 'train', 64, 192, frame_ids=(0,), stereo=True)  # the other camera's frame
 
 
 def test_16_bit_label_map_points_to_the_semantic_folder(tmp_path):

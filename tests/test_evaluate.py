@@ -117,6 +117,56 @@ def test_constant_depth_baseline():
         assert baseline[key] == pytest.approx(constant[key])
 
 
+def test_garg_crop_bounds_follow_the_protocol_fractions():
+    # rows 0.40810811 H .. 0.99189189 H, columns 0.03594771 W .. 0.96405229 W, truncated to whole pixels:
+    # at 375 x 1242, 153.04 -> 153, 371.96 -> 371, 44.65 -> 44, 1197.35 -> 1197 (end rows/columns excluded)
+    mask = evaluate.crop_mask((375, 1242), 'garg')
+    rows, columns = mask.any(1).nonzero()[:, 0], mask.any(0).nonzero()[:, 0]
+    assert (rows[0], rows[-1] + 1, columns[0], columns[-1] + 1) == (153, 371, 44, 1197)
+    assert mask.sum() == (371 - 153) * (1197 - 44)  # a rectangle
+    assert evaluate.crop_mask((375, 1242), None).all()
+
+
+def test_garg_crop_scores_only_the_pixels_inside_it():
+    gt = _depth((1, 1, 40, 100))
+    pred = gt.clone()
+    outside = ~evaluate.crop_mask((40, 100), 'garg')
+    pred[0, 0][outside] *= 3  # wrong outside the crop only
+    assert evaluate.depth_metrics(pred, gt, crop='garg')['abs_rel'] == pytest.approx(0, abs=1e-9)
+    assert evaluate.depth_metrics(pred, gt)['abs_rel'] > 0.1
+
+
+def test_median_scaling_takes_numpys_median_and_reports_the_ratios_spread():
+    gt = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
+    # an even count: the median is the mean of the middle two (2.5), as np.median and Monodepth2 take it
+    assert evaluate.depth_metrics(torch.ones_like(gt), gt, median_scaling=True)['median_scale'] == pytest.approx(2.5)
+    gt = _depth((3, 1, 4, 5))
+    pred = gt / torch.tensor([2.0, 4.0, 3.0]).view(3, 1, 1, 1)  # per-image ratios gt / pred: 2, 4, 3
+    metrics = evaluate.depth_metrics(pred, gt, median_scaling=True)
+    assert metrics['median_scale'] == pytest.approx(3.0)
+    assert metrics['scale_std'] == pytest.approx(math.sqrt(((2 / 3 - 1) ** 2 + (4 / 3 - 1) ** 2) / 3))  # np.std of r / med
+    metric = evaluate.depth_metrics(pred, gt)
+    assert metric['median_scale'] == 1.0 and metric['scale_std'] == 0.0 and metric['images'] == 3
+
+
+def test_depth_metrics_stream_images_of_different_sizes_and_count_those_without_ground_truth():
+    small, large = _depth((1, 1, 4, 5))[0, 0], _depth((1, 1, 6, 9))[0, 0]
+    pairs = [(small * 2, small), (large, large), (large, torch.zeros_like(large))]
+    metrics = evaluate.average_depth_metrics(iter(pairs))  # a generator: nothing is held but running sums
+    assert metrics['abs_rel'] == pytest.approx(0.5)  # (1 + 0) / 2 images: an average over images, not pixels
+    assert metrics['images'] == 2 and metrics['skipped'] == 1
+
+
+def test_constant_baseline_uses_the_protocols_crop():
+    gt = _depth((1, 1, 40, 100))
+    gt[0, 0][~evaluate.crop_mask((40, 100), 'garg')] = 60.0  # far outside the crop: the constant's worst pixels
+    cropped = evaluate.constant_depth_baseline(gt[:, 0], crop='garg')
+    assert cropped['abs_rel'] < evaluate.constant_depth_baseline(gt[:, 0])['abs_rel']
+    inside = gt[0, 0][evaluate.crop_mask((40, 100), 'garg')]
+    constant = torch.quantile(inside, 0.5).expand_as(inside)  # the median, as the baseline's scaling takes it
+    assert cropped['abs_rel'] == pytest.approx(evaluate.depth_metrics(constant[None], inside[None])['abs_rel'])
+
+
 def _write_run(folder, args, lines):
     folder.mkdir()
     (folder / 'args.json').write_text(json.dumps(args))
@@ -366,11 +416,12 @@ def test_qualitative_grids_and_grad_cam_from_run_checkpoints_quietly(trained_run
 def test_segmentation_grid_has_a_legend_of_the_classes_shown(trained_runs, toy_root, tmp_path):
     runs = [evaluate.read_run(p) for p in trained_runs[:2]]
     fig = evaluate.plot_qualitative(runs, toy_root, tmp_path / 'seg.png')
-    batch = evaluate._common_held_out(runs, toy_root, 4)
+    items = evaluate._common_held_out(runs, toy_root, 4)
+    images, labels = torch.stack([i['image'] for i in items]), torch.stack([i['label'] for i in items])
     with torch.no_grad():
-        predictions = [evaluate.load_network(torch.load(run['checkpoint'], weights_only=False))(batch['image'])
+        predictions = [evaluate.load_network(torch.load(run['checkpoint'], weights_only=False))(images)
                        for run in runs]
-    shown = set(batch['label'].unique().tolist()) | {i for p in predictions for i in p.argmax(1).unique().tolist()}
+    shown = set(labels.unique().tolist()) | {i for p in predictions for i in p.argmax(1).unique().tolist()}
     legend, = fig.legends
     assert [t.get_text() for t in legend.get_texts()] == [evaluate.CITYSCAPES_CLASSES[i] for i in sorted(shown)
                                                           if i < 19]
@@ -514,3 +565,56 @@ def test_predict_stops_with_one_sentence_on_bad_input(own_images, tmp_path, caps
             evaluate.main(argv + ['--out-dir', str(tmp_path / 'out')])
         error = capsys.readouterr().err
         assert message in error and 'Traceback' not in error, argv
+
+
+def _depth_checkpoint(path, **args):
+    """A depth checkpoint at 64x192, with random weights, as pretrain.py writes one."""
+    import data
+    import models
+    net = models.build_depth_net()
+    models.start_at_depth(net, 10.0, 0.1, 100.0)
+    torch.save(dict(model=net.state_dict(), task='depth', arch='resnet18', decoder='unet', xnet=None,
+                    normalization='unit', height=64, width=192, args=dict(args, min_depth=0.1, max_depth=100.0)), path)
+    return data, models, net.eval()
+
+
+@pytest.mark.parametrize('protocol', ['eigen', 'benchmark'])
+def test_a_test_split_of_two_image_sizes_is_scored_image_by_image_at_native_size(two_size_root, tmp_path, protocol):
+    data, models, net = _depth_checkpoint(tmp_path / 'depth.pt', supervision='stereo', eval_protocol=protocol)
+    frames = data.DepthTestFrames(two_size_root, 'test', 64, 192, protocol)
+    sizes = {tuple(frames[i]['depth'].shape[-2:]) for i in range(len(frames))}
+    assert sizes == {(64, 192), (48, 160)}  # each ground truth at its own size; the inputs at the network's
+    metrics = evaluate.evaluate_depth(net, frames, torch.device('cpu'), median_scaling=False)
+    # the same as scoring each frame alone, at its own size, then averaging over frames
+    per_frame = []
+    for i in range(len(frames)):
+        item = frames[i]
+        with torch.no_grad():
+            disp = torch.nn.functional.interpolate(net(item['frames'])[0], item['depth'].shape[-2:], mode='bilinear')
+        pred = models.disp_to_depth(disp, 0.1, 100.0)[0, 0]
+        per_frame.append(evaluate.depth_metrics(pred, item['depth'][0], crop=evaluate.PROTOCOL_CROP[protocol]))
+    assert metrics['images'] == len(frames) == len(per_frame)
+    for key in ('abs_rel', 'rmse', 'a1'):
+        assert metrics[key] == pytest.approx(sum(m[key] for m in per_frame) / len(per_frame), rel=1e-9)
+    printed = evaluate.main(['--checkpoint', str(tmp_path / 'depth.pt'), '--data-root', str(two_size_root)])
+    assert printed['rmse'] == pytest.approx(metrics['rmse'], rel=1e-9)
+
+
+def test_checkpoint_evaluation_says_and_overrides_protocol_and_scaling(two_size_root, tmp_path, capsys):
+    _depth_checkpoint(tmp_path / 'mono.pt', supervision='mono')  # recorded before the flags existed: mono scales
+    root = ['--data-root', str(two_size_root)]
+    default = evaluate.main(['--checkpoint', str(tmp_path / 'mono.pt')] + root)
+    out = capsys.readouterr().out
+    assert 'eigen (velodyne ground truth, Garg crop), median-scaled' in out and '| abs_rel |' in out
+    assert default['scale_std'] > 0
+    metric = evaluate.main(['--checkpoint', str(tmp_path / 'mono.pt'), '--median-scaling', 'off',
+                            '--eval-protocol', 'benchmark'] + root)
+    assert 'benchmark (annotated ground truth, no crop), metric' in capsys.readouterr().out
+    assert metric['median_scale'] == 1.0 and metric['scale_std'] == 0.0 and metric['abs_rel'] != default['abs_rel']
+
+
+def test_qualitative_depth_grid_draws_frames_of_two_sizes(two_size_root, tmp_path):
+    _depth_checkpoint(tmp_path / 'depth.pt', supervision='stereo', data_root=str(two_size_root))
+    run = evaluate.read_run(tmp_path / 'depth.pt')
+    evaluate.plot_qualitative([run], two_size_root, tmp_path / 'grid.png', count=20)
+    assert (tmp_path / 'grid.png').stat().st_size > 0
