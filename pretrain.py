@@ -254,6 +254,18 @@ def forever(batches):
         yield from batches
 
 
+def next_batch(batches):
+    """The next training batch. A file that cannot be read stops the run with its reader's one sentence,
+    also when a DataLoader worker read it (the worker's traceback then wraps the sentence: unwrapped)."""
+    try:
+        return next(batches)
+    except (FileNotFoundError, ValueError) as error:
+        message = str(error).strip()
+        if 'DataLoader worker process' in message:
+            message = message.splitlines()[-1].partition(': ')[2]
+        raise SystemExit(message) from None
+
+
 def to_device(batch, device):
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
@@ -393,7 +405,7 @@ def train(args, run, step, batches, state, evaluate_now, checkpoint, baseline):
     bar = tqdm(range(state['iter'], args.iters), initial=state['iter'], total=args.iters, dynamic_ncols=True)
     start = time.perf_counter()
     for it in bar:
-        loss, lr = step(next(batches))
+        loss, lr = step(next_batch(batches))
         stop_on_nan(loss, it + 1, run, lr)
         done = it + 1
         speed = (done - state['iter']) * args.batch_size / (time.perf_counter() - start)

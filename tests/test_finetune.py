@@ -176,3 +176,12 @@ def test_a_training_set_smaller_than_the_batch_trains_on_what_there_is(toy_root,
                    '--batch-size', '4', '--workers', '0'])
     assert [m['iter'] for m in read_metrics(tmp_path / 'tiny') if m['split'] == 'train'] == [1, 2]
     assert 'holds 2 items, fewer than --batch-size 4: each batch is all 2 of them' in capsys.readouterr().out
+
+
+def test_depth_evaluation_flags_apply_to_depth_only():
+    args = finetune.parse_args(['--task', 'depth'])
+    assert (args.eval_protocol, args.median_scaling) == ('eigen', 'off')  # fine-tuned depth is metric
+    assert 'benchmark' in finetune.parse_args(['--task', 'depth', '--eval-protocol', 'benchmark']).name
+    for flags in (['--eval-protocol', 'benchmark'], ['--median-scaling', 'on'], ['--split', 'splits/eigen_zhou']):
+        with pytest.raises(SystemExit, match='applies to'):
+            finetune.parse_args(flags)  # --task seg scores no depth and reads no split file

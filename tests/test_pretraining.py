@@ -5,6 +5,7 @@ import shutil
 import pytest
 import torch
 
+import data
 import evaluate
 import finetune
 import pretrain
@@ -31,6 +32,10 @@ def test_every_depth_supervision_trains_and_evaluates(flags, networks, toy_root,
     assert networks == {k for k in ('model', 'pose_net') if k in checkpoint}  # a PoseNet only with video
     evals = [m for m in read_metrics(run) if m['split'] == 'eval']
     assert len(evals) == 1 and 0 < evals[0]['abs_rel'] < 10
+    # metric supervisions are scored unscaled, by the Eigen protocol on every test frame, and say so
+    assert (checkpoint['args']['eval_protocol'], checkpoint['args']['median_scaling']) == ('eigen', 'off')
+    assert evals[0]['median_scale'] == 1.0 and evals[0]['scale_std'] == 0.0
+    assert evals[0]['images'] == len(data.DepthTestFrames(toy_root, 'test', 64, 192, 'eigen')) > 0
 
 
 def test_video_supervision_starts_at_its_own_scale(toy_root, tmp_path):
@@ -38,7 +43,8 @@ def test_video_supervision_starts_at_its_own_scale(toy_root, tmp_path):
     # 0.1 m floor; from 10 m (metric supervisions) about 1
     run, checkpoint = _pretrain(toy_root, tmp_path, 'mono', '--supervision', 'mono')
     evaluation = next(m for m in read_metrics(run) if m['split'] == 'eval')
-    assert 5 < evaluation['median_scale'] < 40
+    assert 5 < evaluation['median_scale'] < 40 and evaluation['scale_std'] > 0  # mono: median-scaled by default
+    assert checkpoint['args']['median_scaling'] == 'on'
     # and the PoseNet started moving forward at 1/15 of the 1 m start per frame (two Adam steps of 1e-4 since)
     translation_bias = 0.1 * checkpoint['pose_net']['decoder.6.bias'][3:]
     assert torch.allclose(translation_bias, torch.tensor([0.0, 0.0, -1 / 15]), atol=1e-4)
@@ -134,3 +140,32 @@ def test_evaluating_the_checkpoint_reproduces_the_runs_logged_depth_metrics(toy_
     metrics = evaluate.main(['--checkpoint', str(run / 'checkpoint.pt'), '--data-root', str(toy_root)])
     assert metrics['abs_rel'] == pytest.approx(logged['abs_rel'], rel=1e-6)
     assert metrics['rmse'] == pytest.approx(logged['rmse'], rel=1e-6)
+
+
+def test_eval_protocol_and_scaling_flags_are_recorded_and_named(toy_root, tmp_path, capsys):
+    pretrain.main(['--data-root', str(toy_root), '--runs', str(tmp_path), '--out', str(tmp_path / 'd.pt'),
+                   '--supervision', 'stereo', '--eval-protocol', 'benchmark', '--median-scaling', 'on',
+                   '--iters', '1', '--eval-every', '1'] + SMALL)
+    run = tmp_path / 'depth-stereo-benchmark-median-scaled-resnet18-64x192-s0'
+    evaluation = next(m for m in read_metrics(run) if m['split'] == 'eval')
+    assert evaluation['median_scale'] != 1.0 and evaluation['images'] > 0
+    out = capsys.readouterr().out
+    assert 'Depth is scored by the benchmark (annotated ground truth, no crop), median-scaled' in out
+    assert 'scale ratios median' in out
+    with pytest.raises(SystemExit, match='--eval-protocol applies to depth evaluation'):
+        pretrain.parse_args(['--task', 'flow', '--eval-protocol', 'benchmark'])
+
+
+def test_a_corrupt_training_frame_read_by_a_worker_stops_with_its_sentence(toy_root, tmp_path):
+    root = tmp_path / 'world'
+    shutil.copytree(toy_root, root)
+    folder, frame, _ = (root / 'splits/train_files.txt').read_text().split('\n')[0].split()
+    for f in range(int(frame) - 1, 8):  # every frame of the drive is corrupt: the first batch reads one
+        path = root / folder / 'image_02/data' / f'{f:010d}.png'
+        path.write_bytes(path.read_bytes()[:100])  # a truncated PNG
+    with pytest.raises(SystemExit) as stop:
+        pretrain.main(['--data-root', str(root), '--runs', str(tmp_path), '--out', str(tmp_path / 'd.pt'),
+                       '--iters', '1'] + SMALL[:-2] + ['--workers', '1'])
+    message = str(stop.value)
+    assert 'is not a PNG or JPEG image that can be decoded' in message and 'DataLoader worker' not in message
+    assert '\n' not in message
