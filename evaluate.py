@@ -907,9 +907,10 @@ def main(argv=None):
                                                median_scaling=scaling, split_dir=args.eval_split)
         except (ValueError, FileNotFoundError) as error:
             parser.error(str(error))
-        print(f'{args.checkpoint} on {root}, {how}')
-        if 'abs_rel' in metrics:
-            print(_markdown(how, list(DEPTH_KEYS), [[_decimal(metrics[key]) for key in DEPTH_KEYS]]))
+        if 'abs_rel' in metrics:  # the table's title says how depth was scored
+            print(f'{args.checkpoint} on {root}\n' + _markdown(how, list(DEPTH_KEYS), [[_decimal(metrics[key]) for key in DEPTH_KEYS]]))
+        else:
+            print(f'{args.checkpoint} on {root}, {how}')
         print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, list)}, indent=1))
         return metrics
     if not args.runs:

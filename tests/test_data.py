@@ -438,6 +438,25 @@ def test_real_kitti_files_through_every_reader(tmp_path):
         data.read_flow(image)
 
 
+@pytest.mark.skipif(not REALDATA.exists(), reason='the real KITTI sample files are not here')
+def test_real_eigen_test_frame_is_scored_at_native_size_and_frames_without_a_scan_are_skipped(tmp_path):
+    import evaluate
+    import models
+    kitti = REALDATA / 'kitti'
+    (tmp_path / 'eigen').mkdir()  # Monodepth2's form; only frame 5 of the real drive has its scan here
+    (tmp_path / 'eigen/test_files.txt').write_text(''.join(
+        f'2011_09_26/2011_09_26_drive_0002_sync {f:010d} l\n' for f in (4, 5, 6)))
+    frames = data.DepthTestFrames(kitti, 'test', 64, 192, 'eigen', split_dir=tmp_path / 'eigen')
+    assert (len(frames), frames.skipped) == (1, 2)
+    item = frames[0]
+    assert item['frames'].shape == (1, 3, 64, 192) and item['depth'].shape == (1, 375, 1242)
+    net = models.build_depth_net()
+    models.start_at_depth(net, 10.0, 0.1, 100.0)
+    metrics = evaluate.evaluate_depth(net, frames, torch.device('cpu'), median_scaling=True)
+    assert (metrics['images'], metrics['skipped']) == (1, 2)
+    assert 0 < metrics['abs_rel'] < 1 and metrics['scale_std'] == 0.0  # one frame: one ratio
+
+
 def test_make_splits_refuses_to_write_an_empty_split(toy_root, tmp_path):
     root = tmp_path / 'world'
     shutil.copytree(toy_root, root)  # two drives: one for test, one for val (and kept out), none left to train on
