@@ -192,21 +192,23 @@ def evaluate_segmentation(net, batches, device, num_classes=len(CITYSCAPES_CLASS
     return segmentation_metrics(confusion)
 
 
-def test_batches(frames):
-    """The frames of a data.DepthTestFrames one at a time (they differ in size), read anew at each pass."""
-    return torch.utils.data.DataLoader(frames, batch_size=1)
+def one_at_a_time(frames, workers=0):
+    """The frames of a data.DepthTestFrames one at a time (they differ in size), read anew at each pass,
+    by `workers` processes (0: this one)."""
+    return torch.utils.data.DataLoader(frames, batch_size=1, num_workers=workers)
 
 
 @torch.no_grad()
-def evaluate_depth(net, frames, device, min_depth=0.1, max_depth=100.0, eval_max_depth=80.0, median_scaling=True):
+def evaluate_depth(net, frames, device, min_depth=0.1, max_depth=100.0, eval_max_depth=80.0, median_scaling=True,
+                   workers=0):
     """Depth metrics of a disparity network on a data.DepthTestFrames, by its protocol: the prediction is
     upsampled to each ground truth's native size (Monodepth2's protocol), capped at eval_max_depth,
     optionally median-scaled; `skipped` counts the split's frames without ground truth. The network's
-    sigmoid disparity maps to depth in [min_depth, max_depth]."""
+    sigmoid disparity maps to depth in [min_depth, max_depth]; `workers` processes read the frames."""
     net.eval()
 
     def pairs():
-        for batch in test_batches(frames):
+        for batch in one_at_a_time(frames, workers):
             gt = batch['depth'][0, 0].to(device)
             disp = net(batch['frames'][:, 0].to(device))[0].float()
             disp = torch.nn.functional.interpolate(disp, gt.shape, mode='bilinear', align_corners=False)
@@ -216,9 +218,9 @@ def evaluate_depth(net, frames, device, min_depth=0.1, max_depth=100.0, eval_max
     return dict(metrics, skipped=metrics['skipped'] + frames.skipped)
 
 
-def constant_baseline_on(frames, eval_max_depth=80.0):
+def constant_baseline_on(frames, eval_max_depth=80.0, workers=0):
     """What predicting one depth everywhere (median-scaled) scores on a data.DepthTestFrames."""
-    gts = (batch['depth'][0, 0] for batch in test_batches(frames))
+    gts = (batch['depth'][0, 0] for batch in one_at_a_time(frames, workers))
     return constant_depth_baseline(gts, max_depth=eval_max_depth, crop=PROTOCOL_CROP[frames.protocol])
 
 

@@ -230,8 +230,8 @@ def depth_task(args, root, net, device):
     def evaluate_now(iteration, folder):
         save_depth_sample(net, sample, folder / f'sample_{iteration:06d}.png')
         return evaluate.evaluate_depth(net, test_set, device, args.min_depth, args.max_depth,
-                                       args.eval_max_depth, median_scaling=args.median_scaling == 'on')
-    return train_set, loss_fn, evaluate_now, evaluate.constant_baseline_on(test_set, args.eval_max_depth)
+                                       args.eval_max_depth, args.median_scaling == 'on', args.workers)
+    return train_set, loss_fn, evaluate_now, evaluate.constant_baseline_on(test_set, args.eval_max_depth, args.workers)
 
 
 def few_shot(count, args):

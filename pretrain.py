@@ -666,11 +666,11 @@ def pretrain_depth(args, device):
     def evaluate_now(iteration, folder):
         save_depth_sample(depth_net, sample, folder / f'sample_{iteration:06d}.png')
         metrics = evaluate.evaluate_depth(depth_net, test_set, device, args.min_depth, args.max_depth,
-                                          args.eval_max_depth, median_scaling=args.median_scaling == 'on')
+                                          args.eval_max_depth, args.median_scaling == 'on', args.workers)
         depth_net.train()
         return metrics
 
-    baseline = lambda: evaluate.constant_baseline_on(test_set, args.eval_max_depth)
+    baseline = lambda: evaluate.constant_baseline_on(test_set, args.eval_max_depth, args.workers)
     return run_pretraining(args, networks, loss_fn, batches, baseline, evaluate_now,
                            dict(decoder=args.decoder, xnet=models.xnet_options(args), supervision=args.supervision))
 

@@ -598,6 +598,9 @@ def test_a_test_split_of_two_image_sizes_is_scored_image_by_image_at_native_size
         assert metrics[key] == pytest.approx(sum(m[key] for m in per_frame) / len(per_frame), rel=1e-9)
     printed = evaluate.main(['--checkpoint', str(tmp_path / 'depth.pt'), '--data-root', str(two_size_root)])
     assert printed['rmse'] == pytest.approx(metrics['rmse'], rel=1e-9)
+    if protocol == 'eigen':  # frames read by a worker process score the same
+        by_worker = evaluate.evaluate_depth(net, frames, torch.device('cpu'), median_scaling=False, workers=1)
+        assert by_worker['rmse'] == pytest.approx(metrics['rmse'], rel=1e-9)
 
 
 def test_checkpoint_evaluation_says_and_overrides_protocol_and_scaling(two_size_root, tmp_path, capsys):
