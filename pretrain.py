@@ -327,11 +327,15 @@ class Run:
 
 
 def optimisation_step(loss, optimizer, scheduler):
-    """Backward pass, parameter update, schedule advanced; returns (detached loss, learning rate used)."""
+    """Backward pass, parameter update, schedule advanced; returns (detached loss, learning rate used).
+    A loss that is not finite is not back-propagated and changes nothing (train() then stops on it): on a
+    NaN sampling grid, grid_sample's backward can crash the whole process on CPU."""
+    lr = scheduler.get_last_lr()[0]
+    if not torch.isfinite(loss):
+        return loss.detach(), lr
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    lr = scheduler.get_last_lr()[0]
     scheduler.step()
     return loss.detach(), lr
 

@@ -1,6 +1,10 @@
 """Every pre-training on a tiny toy world: each depth supervision, ImageNet initialisation, crops,
 optical flow, and what fine-tuning takes from each."""
+import re
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -169,3 +173,19 @@ def test_a_corrupt_training_frame_read_by_a_worker_stops_with_its_sentence(toy_r
     message = str(stop.value)
     assert 'is not a PNG or JPEG image that can be decoded' in message and 'DataLoader worker' not in message
     assert '\n' not in message
+
+
+def test_a_diverging_run_stops_before_backward_with_its_last_checkpoint_untouched(toy_root, tmp_path):
+    # at --lr 1e10 the second step's sampling grid is NaN: back-propagating through grid_sample would
+    # crash the process (exit 139); in a child process, so that a crash fails this test, not the suite
+    flags = ['--data-root', str(toy_root), '--runs', str(tmp_path), '--name', 'nan', '--out', str(tmp_path / 'nan.pt'),
+             '--iters', '6', '--save-every', '1', '--lr', '1e10'] + SMALL
+    done = subprocess.run([sys.executable, 'pretrain.py'] + flags, cwd=Path(pretrain.__file__).parent,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr[-2000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(r'the loss became nan at iteration (\d+): lower --lr \(now 1e\+10\).*was left as it was\.', last)
+    stopped_at = int(re.search(r'iteration (\d+)', last).group(1))
+    saved = torch.load(tmp_path / 'nan' / 'checkpoint.pt', weights_only=False)
+    assert saved['iter'] == stopped_at - 1  # the last good iteration's checkpoint, as it was
+    assert all(torch.isfinite(v).all() for v in saved['model'].values() if v.is_floating_point())
