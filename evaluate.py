@@ -20,6 +20,7 @@ import json
 import math
 import os
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -245,8 +246,9 @@ def flow_metrics(pred, gt, valid):
 
 # ---------------------------------------------------------------- runs
 
-def _read_jsonl(path):
-    """One dict per line; a torn last line (a run still writing) is skipped, a torn earlier line is an error."""
+def read_jsonl(path):
+    """One dict per line. A torn last line (a run stopped, or still is, while writing it) is left out with
+    a warning; a torn earlier line is an error."""
     lines = [line for line in path.read_text().splitlines() if line.strip()]
     records = []
     for number, line in enumerate(lines, 1):
@@ -254,7 +256,9 @@ def _read_jsonl(path):
             records.append(json.loads(line))
         except json.JSONDecodeError:
             if number < len(lines):
-                raise ValueError(f'{path} line {number} is not valid JSON') from None
+                raise ValueError(f'{path} line {number} is not valid JSON: the file is damaged; delete that line.') from None
+            print(f'warning: the last line of {path} is torn (its run stopped while writing it): it is left out.',
+                  file=sys.stderr)
     return records
 
 
@@ -263,7 +267,10 @@ def read_run(path):
     path = Path(path)
     if path.is_dir() and (path / 'args.json').is_file():
         metrics_file = path / 'metrics.jsonl'
-        metrics = _read_jsonl(metrics_file) if metrics_file.is_file() else []
+        metrics = read_jsonl(metrics_file) if metrics_file.is_file() else []
+        if not metrics:
+            print(f'warning: {path} has no metrics yet (no metrics.jsonl, or an empty one): its row stays empty.',
+                  file=sys.stderr)
         return {'name': path.name, 'args': json.loads((path / 'args.json').read_text()), 'metrics': metrics,
                 'checkpoint': path / 'checkpoint.pt'}
     if path.is_file() and path.suffix == '.pt':

@@ -22,6 +22,7 @@ device, the data root, the run folder (args.json, metrics.jsonl, samples, atomic
     python pretrain.py --task depth --data kitti --data-root /data/kitti --height 192 --width 640
 """
 import argparse
+import atexit
 import json
 import os
 import resource
@@ -288,34 +289,68 @@ def write_text_atomic(path, text):
 class Run:
     """A run folder runs/<name>/: args.json, metrics.jsonl, sample PNGs and checkpoint.pt.
 
-    A new run refuses to reuse a folder that already holds results; --resume reopens it, drops
-    metrics logged after its last checkpoint, and returns that checkpoint to continue from.
+    A folder holding a checkpoint is never overwritten: a new run refuses it, --resume reopens it, drops
+    metrics logged after its last checkpoint, and returns that checkpoint to continue from. A folder without
+    a checkpoint holds no results (a start that stopped before its first save): it is reused, with or
+    without --resume. Temporary files a crash left behind are removed, and a lock file keeps a second
+    process out of the folder while one runs.
     """
 
     def __init__(self, args):
         self.path = Path(args.runs) / args.name
         self.checkpoint = self.path / 'checkpoint.pt'
         self.metrics = self.path / 'metrics.jsonl'
-        if args.resume:
-            if not self.checkpoint.exists():
-                raise SystemExit(f'--resume: {self.checkpoint} does not exist; start the run without --resume.')
-        elif self.path.exists() and any(self.path.iterdir()):
+        self.resume = args.resume and self.checkpoint.exists()
+        if self.path.exists() and not self.path.is_dir():
+            raise SystemExit(f'{self.path} is a file, not a run folder: pass another --name or --runs.')
+        if args.resume and not self.resume:
+            print(f'--resume: {self.path} holds no checkpoint yet, so the run starts from the beginning.')
+        elif self.checkpoint.exists() and not args.resume:
             raise SystemExit(f'{self.path} already holds a run: pass --resume to continue it, or --name '
                              f'to start a new one (nothing was overwritten).')
-        self.path.mkdir(parents=True, exist_ok=True)
-        if not args.resume:
+        elif self.path.is_dir() and any(self.path.iterdir()) and not self.resume:
+            print(f'Reusing {self.path}: it holds no checkpoint (an earlier start stopped before its first save).')
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise SystemExit(f'cannot make the run folder {self.path} ({error.strerror}): pass a writable --runs.') from None
+        self.lock()
+        for stale in self.path.glob('*.tmp'):  # a crash between writing and renaming
+            stale.unlink()
+        if not self.resume:
+            self.metrics.unlink(missing_ok=True)
             write_text_atomic(self.path / 'args.json', json.dumps(vars(args), indent=1) + '\n')
 
+    def lock(self):
+        """Hold <run>/lock (this process's id) until exit; a lock of a live process stops this one."""
+        lock = self.path / 'lock'
+        for _ in range(2):
+            try:
+                descriptor = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                owner = lock.read_text().strip()
+                if owner == str(os.getpid()):  # this process ran it before (a script calling main() twice)
+                    return
+                if owner.isdigit() and _alive(int(owner)):
+                    raise SystemExit(f'{self.path} is in use by process {owner}: wait for it to finish, or stop '
+                                     f'it, before running it again.') from None
+                lock.unlink(missing_ok=True)  # its process is gone: the lock is stale
+                continue
+            os.write(descriptor, str(os.getpid()).encode())
+            os.close(descriptor)
+            atexit.register(lock.unlink, missing_ok=True)
+            return
+        raise SystemExit(f'could not take the lock {lock}: another process keeps making it; try again.')
+
     def load(self, device):
-        """The checkpoint to resume from, with metrics logged after it removed."""
+        """The checkpoint to resume from, with metrics logged after it removed (a torn last line too)."""
         try:
             state = torch.load(self.checkpoint, map_location=device, weights_only=False)
         except Exception as error:
             raise SystemExit(f'could not read {self.checkpoint} ({error}); it is damaged: start a new run.') from None
         if self.metrics.exists():
-            kept = [line for line in self.metrics.read_text().splitlines()
-                    if line.strip() and json.loads(line)['iter'] <= state['iter']]
-            write_text_atomic(self.metrics, ''.join(line + '\n' for line in kept))
+            kept = [record for record in evaluate.read_jsonl(self.metrics) if record['iter'] <= state['iter']]
+            write_text_atomic(self.metrics, ''.join(json.dumps(record) + '\n' for record in kept))
         return state
 
     def log(self, **entry):
@@ -324,6 +359,17 @@ class Run:
 
     def save(self, state):
         save_atomic(state, self.checkpoint)
+
+
+def _alive(pid):
+    """Whether a process with this id runs (on this machine)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def optimisation_step(loss, optimizer, scheduler):
@@ -404,7 +450,7 @@ def benchmark(step, batches, steps, batch_size, device):
 def train(args, run, step, batches, state, evaluate_now, checkpoint, baseline):
     """The loop both scripts share: step, log, evaluate, checkpoint, with a tqdm bar. The baseline (what a
     trivial prediction scores) is logged once and printed next to every evaluation."""
-    if not args.resume:
+    if not run.resume:
         run.log(iter=0, split='baseline', **baseline)
     bar = tqdm(range(state['iter'], args.iters), initial=state['iter'], total=args.iters, dynamic_ncols=True)
     start = time.perf_counter()
@@ -615,7 +661,7 @@ def run_pretraining(args, networks, loss_fn, batches, baseline, evaluate_now, in
 
     run = Run(args)
     state = dict(iter=0, metrics={})
-    if args.resume:
+    if run.resume:
         state = restore(run, device, networks, optimizer, scheduler)
 
     def checkpoint(iteration):

@@ -1,6 +1,8 @@
 """End to end on a tiny toy world: pre-train, resume, fine-tune (frozen and not), evaluate, refuse bad input."""
 import json
+import os
 import shutil
+import subprocess
 
 import pytest
 import torch
@@ -97,3 +99,51 @@ def test_nan_loss_stops_without_overwriting(toy_root, tmp_path, monkeypatch):
         finetune.main(['--data-root', str(toy_root), '--runs', str(tmp_path), '--train-size', '4', '--iters', '3',
                        '--name', 'nan'] + SMALL)
     assert not (tmp_path / 'nan' / 'checkpoint.pt').exists()
+
+
+def _start(toy_root, runs, *flags):
+    pretrain.main(['--data-root', str(toy_root), '--runs', str(runs), '--name', 'depth', '--out',
+                   str(runs / 'depth.pt'), '--iters', '2', '--eval-every', '2', '--save-every', '2'] + SMALL + list(flags))
+
+
+@pytest.mark.parametrize('resume', [[], ['--resume']])
+def test_a_run_folder_without_a_checkpoint_is_no_dead_end(toy_root, tmp_path, capsys, resume):
+    folder = tmp_path / 'depth'  # what a start that died before its first save leaves behind
+    folder.mkdir()
+    (folder / 'args.json').write_text('{}')
+    (folder / 'metrics.jsonl').write_text('{"iter": 0, "split": "baseline", "abs_rel": 9.0}\n')
+    (folder / 'checkpoint.pt.tmp').write_bytes(b'half a checkpoint')
+    _start(toy_root, tmp_path, *resume)
+    out = capsys.readouterr().out
+    assert ('starts from the beginning' if resume else 'Reusing') in out
+    assert not (folder / 'checkpoint.pt.tmp').exists() and torch.load(folder / 'checkpoint.pt', weights_only=False)['iter'] == 2
+    assert [m['abs_rel'] for m in read_metrics(folder) if m['split'] == 'baseline'] != [9.0]  # the stale line is gone
+    assert json.loads((folder / 'args.json').read_text())['iters'] == 2
+
+
+def test_a_run_folder_in_use_by_another_process_is_refused(toy_root, tmp_path):
+    folder = tmp_path / 'depth'
+    folder.mkdir()
+    (folder / 'lock').write_text(str(os.getppid()))  # a live process that is not this one
+    with pytest.raises(SystemExit, match=f'in use by process {os.getppid()}'):
+        _start(toy_root, tmp_path)
+    gone = subprocess.Popen(['true'])  # a process that has ended: its lock is stale and taken over
+    gone.wait()
+    (folder / 'lock').write_text(str(gone.pid))
+    _start(toy_root, tmp_path)
+    assert (folder / 'lock').read_text() == str(os.getpid())
+
+
+def test_resume_drops_a_torn_last_metrics_line_and_evaluate_warns(toy_root, tmp_path, capsys):
+    _start(toy_root, tmp_path)
+    with open(tmp_path / 'depth' / 'metrics.jsonl', 'a') as f:
+        f.write('{"iter": 3, "split": "tra')  # killed while writing
+    evaluate.read_run(tmp_path / 'depth')
+    assert 'the last line of' in capsys.readouterr().err
+    _start(toy_root, tmp_path, '--resume', '--iters', '4')
+    assert 'is torn' in capsys.readouterr().err
+    assert [m['iter'] for m in read_metrics(tmp_path / 'depth') if m['split'] == 'eval'] == [2, 4]
+    (tmp_path / 'empty').mkdir()
+    (tmp_path / 'empty' / 'args.json').write_text('{"task": "depth"}')
+    evaluate.read_run(tmp_path / 'empty')
+    assert 'has no metrics yet' in capsys.readouterr().err
