@@ -317,9 +317,11 @@ class Run:
         self.lock()
         for stale in self.path.glob('*.tmp'):  # a crash between writing and renaming
             stale.unlink()
+        self.args = vars(args)
+        self.changes = resumed_changes(self.path / 'args.json', self.args) if self.resume else {}
         if not self.resume:
             self.metrics.unlink(missing_ok=True)
-            write_text_atomic(self.path / 'args.json', json.dumps(vars(args), indent=1) + '\n')
+            write_text_atomic(self.path / 'args.json', json.dumps(self.args, indent=1) + '\n')
 
     def lock(self):
         """Hold <run>/lock (this process's id) until exit; a lock of a live process stops this one."""
@@ -351,6 +353,11 @@ class Run:
         if self.metrics.exists():
             kept = [record for record in evaluate.read_jsonl(self.metrics) if record['iter'] <= state['iter']]
             write_text_atomic(self.metrics, ''.join(json.dumps(record) + '\n' for record in kept))
+        if self.changes:  # recorded with the iteration they take effect at, in args.json and the log
+            history = json.loads((self.path / 'args.json').read_text()).get('changes', [])
+            history.append(dict(iter=state['iter'], **self.changes))
+            write_text_atomic(self.path / 'args.json', json.dumps(dict(self.args, changes=history), indent=1) + '\n')
+            self.log(iter=state['iter'], split='resume', **self.changes)
         return state
 
     def log(self, **entry):
@@ -359,6 +366,29 @@ class Run:
 
     def save(self, state):
         save_atomic(state, self.checkpoint)
+
+
+# What --resume may change: how long, how fast, how often it logs, evaluates and saves, and where it runs
+# and reads and writes. Every other flag defines the run and must stay as it was.
+CHANGEABLE_ON_RESUME = ('iters', 'lr', 'log_every', 'eval_every', 'save_every', 'workers', 'device', 'data_root',
+                        'out')
+
+
+def resumed_changes(args_file, args):
+    """{flag: [before, now]} of the changeable flags a --resume changes; a change to any other flag stops
+    with one sentence naming them."""
+    try:
+        before = json.loads(args_file.read_text())
+    except (OSError, json.JSONDecodeError):
+        raise SystemExit(f'--resume: {args_file} is missing or damaged, so the run\'s flags are unknown: start a '
+                         f'new run (--name).') from None
+    differ = [k for k in args if k not in ('resume', 'changes') and k in before and before[k] != args[k]]
+    fixed = [k for k in differ if k not in CHANGEABLE_ON_RESUME]
+    if fixed:
+        flags = ', '.join(f'--{k.replace("_", "-")} (was {before[k]}, now {args[k]})' for k in fixed)
+        raise SystemExit(f'--resume cannot change what defines the run: {flags}; resume with the flags it was '
+                         f'started with, or start a new run (--name).')
+    return {k: [before[k], args[k]] for k in differ}
 
 
 def _alive(pid):
@@ -394,7 +424,14 @@ def restore(run, device, networks, optimizer, scheduler):
         net.load_state_dict(state[key])
     optimizer.load_state_dict(state['optimizer'])
     scheduler.load_state_dict(state['scheduler'])
-    print(f'Resuming {run.path} at iteration {state["iter"]}.')
+    if 'lr' in run.changes:  # every group's rate, and the schedule's base, scaled to the new --lr
+        factor = run.changes['lr'][1] / run.changes['lr'][0]
+        scheduler.base_lrs = [lr * factor for lr in scheduler.base_lrs]
+        for group in optimizer.param_groups:
+            group['lr'] *= factor
+            group['initial_lr'] *= factor
+    changed = ''.join(f', --{k.replace("_", "-")} {now} (was {was})' for k, (was, now) in run.changes.items())
+    print(f'Resuming {run.path} at iteration {state["iter"]}{changed}.')
     return state
 
 

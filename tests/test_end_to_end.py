@@ -147,3 +147,18 @@ def test_resume_drops_a_torn_last_metrics_line_and_evaluate_warns(toy_root, tmp_
     (tmp_path / 'empty' / 'args.json').write_text('{"task": "depth"}')
     evaluate.read_run(tmp_path / 'empty')
     assert 'has no metrics yet' in capsys.readouterr().err
+
+
+def test_resume_applies_and_records_changed_lr_and_iters_and_refuses_defining_flags(toy_root, tmp_path, capsys):
+    _start(toy_root, tmp_path, '--lr', '1e-3')
+    with pytest.raises(SystemExit, match=r'cannot change what defines the run: --smoothness \(was 0.001, now 0.5\)'):
+        _start(toy_root, tmp_path, '--lr', '1e-3', '--resume', '--iters', '4', '--smoothness', '0.5')
+    _start(toy_root, tmp_path, '--resume', '--iters', '4', '--lr', '1e-4', '--log-every', '1')
+    assert 'Resuming' in capsys.readouterr().out
+    args = json.loads((tmp_path / 'depth' / 'args.json').read_text())
+    assert args['iters'] == 4 and args['lr'] == 1e-4
+    assert args['changes'] == [{'iter': 2, 'iters': [2, 4], 'lr': [1e-3, 1e-4], 'log_every': [10, 1]}]
+    lines = read_metrics(tmp_path / 'depth')
+    assert {'iter': 2, 'split': 'resume', 'iters': [2, 4], 'lr': [1e-3, 1e-4], 'log_every': [10, 1]} in lines
+    # the new rate is the one used: 1e-4 for iteration 3 (the step schedule drops it tenfold for the last quarter)
+    assert [m['lr'] for m in lines if m['split'] == 'train' and m['iter'] > 2] == pytest.approx([1e-4, 1e-5])
