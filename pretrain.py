@@ -369,9 +369,9 @@ class Run:
 
 
 # What --resume may change: how long, how fast, how often it logs, evaluates and saves, and where it runs
-# and reads and writes. Every other flag defines the run and must stay as it was.
+# and reads and writes (a run folder may be moved). Every other flag defines the run and must stay as it was.
 CHANGEABLE_ON_RESUME = ('iters', 'lr', 'log_every', 'eval_every', 'save_every', 'workers', 'device', 'data_root',
-                        'out')
+                        'out', 'runs', 'name')
 
 
 def resumed_changes(args_file, args):
