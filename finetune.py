@@ -34,9 +34,9 @@ import evaluate
 import losses
 import models
 from pretrain import (Run, add_common_args, add_decoder_args, add_depth_eval_args, autocast, benchmark, check_args,
-                      data_root, depth_eval_name, depth_test_set, forever, init_checkpoint, init_decoder_backbone,
-                      loader, metrics_line, open_dataset, optimisation_step, pick_device, resolve_depth_eval_args,
-                      restore, sample_frames, save_depth_sample, save_image_grid, to_device, train)
+                      data_root, depth_eval_name, depth_test_set, init_checkpoint, init_decoder_backbone, metrics_line,
+                      open_dataset, optimisation_step, pick_device, resolve_depth_eval_args, restore, rng_state,
+                      sample_frames, save_depth_sample, save_image_grid, to_device, train, training_batches)
 
 NUM_CLASSES = len(evaluate.CITYSCAPES_CLASSES)
 
@@ -253,7 +253,7 @@ def main(argv=None):
     set_train_mode(net, args.freeze_encoder)
     task = segmentation_task if args.task == 'seg' else depth_task
     train_set, loss_fn, evaluate_now, baseline = task(args, root, net, device)
-    batches = forever(loader(train_set, args, device, shuffle=True))
+    batches = lambda start: training_batches(train_set, args, device, start)
     optimizer = make_optimizer(net, args)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(args.schedule, args.iters, args.warmup))
 
@@ -261,11 +261,11 @@ def main(argv=None):
         return optimisation_step(loss_fn(to_device(batch, device)), optimizer, scheduler)
 
     if args.bench:
-        return benchmark(step, batches, args.bench, args.batch_size, device)
+        return benchmark(step, batches(0), args.bench, args.batch_size, device)
 
     run = Run(args)
     state = dict(iter=0, metrics={})
-    if args.resume:
+    if run.resume:
         state = restore(run, device, {'model': net}, optimizer, scheduler)
 
     def evaluate_and_resume(iteration):
@@ -275,6 +275,7 @@ def main(argv=None):
 
     def checkpoint(iteration):
         return dict(model=net.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                    rng=rng_state(),
                     task=args.task, arch=args.arch, decoder=args.decoder, xnet=models.xnet_options(args),
                     normalization=net.normalization,
                     num_classes=NUM_CLASSES if args.task == 'seg' else None, height=args.height, width=args.width,

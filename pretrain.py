@@ -23,8 +23,10 @@ device, the data root, the run folder (args.json, metrics.jsonl, samples, atomic
 """
 import argparse
 import atexit
+import itertools
 import json
 import os
+import random
 import resource
 import sys
 import time
@@ -33,6 +35,7 @@ from pathlib import Path
 import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torchvision.utils import flow_to_image  # noqa: E402
@@ -229,30 +232,61 @@ def open_dataset(make, *args, **kwargs):
         raise SystemExit(str(error)) from None
 
 
-def loader(dataset, args, device, shuffle):
-    """A DataLoader with seeded shuffling; workers stay alive between epochs. Training drops the last
-    incomplete batch, unless the set is smaller than one batch: then that one batch is all there is
-    (dropping it would leave forever() cycling through empty epochs)."""
-    if shuffle and len(dataset) < args.batch_size:
+def loader(dataset, args, device):
+    """A DataLoader of a test set in order, one item at a time."""
+    return torch.utils.data.DataLoader(dataset, batch_size=1, pin_memory=device.type == 'cuda')
+
+
+def epoch_batches(count, batch_size, seed, start=0):
+    """Batches of (item, draw) pairs of a set of `count` items, epoch after epoch, without end: epoch e
+    visits the items in the order of randperm(count) seeded with seed + e, drops its last incomplete
+    batch (unless the set is smaller than one batch: then each batch is the whole set) and `draw` numbers
+    the items drawn since the start. Batch k depends on nothing but k, so a resumed run continues the
+    stream exactly where it stopped (start = the iterations done)."""
+    size = min(batch_size, count)
+    per_epoch = count // size
+    order, epoch = None, None
+    for k in itertools.count(start):
+        if k // per_epoch != epoch:
+            epoch = k // per_epoch
+            order = torch.randperm(count, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+        first = (k % per_epoch) * size
+        yield [(item, k * size + j) for j, item in enumerate(order[first:first + size])]
+
+
+class SeededDraws(torch.utils.data.Dataset):
+    """A training set whose every random choice (flips, colour jitter, crops) is seeded by the run's seed
+    and the draw's number: the same draw gets the same augmentation in whichever process reads it, and
+    after a resume."""
+
+    def __init__(self, dataset, seed):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, pair):
+        item, draw = pair
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed * 1_000_003 + draw)
+            return self.dataset[item]
+
+
+def training_batches(dataset, args, device, start=0):
+    """The training stream from iteration `start` on: epoch_batches of SeededDraws, read by --workers
+    processes. A set smaller than one batch says so and trains as one smaller batch."""
+    if len(dataset) < args.batch_size:
         print(f'The training set holds {len(dataset)} items, fewer than --batch-size {args.batch_size}: '
               f'each batch is all {len(dataset)} of them.')
-    return torch.utils.data.DataLoader(
-        dataset, batch_size=args.batch_size if shuffle else 1, shuffle=shuffle,
-        drop_last=shuffle and len(dataset) >= args.batch_size,
-        num_workers=args.workers if shuffle else 0, persistent_workers=shuffle and args.workers > 0,
-        pin_memory=device.type == 'cuda', generator=torch.Generator().manual_seed(args.seed))
+    stream = epoch_batches(len(dataset), args.batch_size, args.seed, start)
+    return iter(torch.utils.data.DataLoader(SeededDraws(dataset, args.seed), batch_sampler=stream,
+                                            num_workers=args.workers, pin_memory=device.type == 'cuda'))
 
 
 def sample_frames(dataset, device, count=4):
     """The frames of `count` evenly spaced items of a dataset, [count, S, 3, H, W]: the PNG samples' inputs."""
     picks = range(0, len(dataset), max(1, len(dataset) // count))[:count]
     return torch.stack([dataset[i]['frames'] for i in picks]).to(device)
-
-
-def forever(batches):
-    """Cycle through a DataLoader epoch after epoch."""
-    while True:
-        yield from batches
 
 
 def next_batch(batches):
@@ -416,6 +450,22 @@ def optimisation_step(loss, optimizer, scheduler):
     return loss.detach(), lr
 
 
+def rng_state():
+    """The random generators' states (Python, NumPy, torch, CUDA's when present), saved in every checkpoint.
+    The training stream does not depend on them (epoch_batches, SeededDraws); code that draws from them
+    between steps then continues as it would have."""
+    return dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state(),
+                cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+
+
+def set_rng_state(state):
+    random.setstate(state['python'])
+    np.random.set_state(state['numpy'])
+    torch.set_rng_state(state['torch'].cpu())
+    if state['cuda'] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state['cuda']])
+
+
 def restore(run, device, networks, optimizer, scheduler):
     """Load the run's last checkpoint into `networks` ({checkpoint key: module}), the optimiser and
     the schedule; returns the checkpoint (its 'iter' is where training continues)."""
@@ -424,6 +474,8 @@ def restore(run, device, networks, optimizer, scheduler):
         net.load_state_dict(state[key])
     optimizer.load_state_dict(state['optimizer'])
     scheduler.load_state_dict(state['scheduler'])
+    if 'rng' in state:
+        set_rng_state(state['rng'])
     if 'lr' in run.changes:  # every group's rate, and the schedule's base, scaled to the new --lr
         factor = run.changes['lr'][1] / run.changes['lr'][0]
         scheduler.base_lrs = [lr * factor for lr in scheduler.base_lrs]
@@ -485,10 +537,12 @@ def benchmark(step, batches, steps, batch_size, device):
 
 
 def train(args, run, step, batches, state, evaluate_now, checkpoint, baseline):
-    """The loop both scripts share: step, log, evaluate, checkpoint, with a tqdm bar. The baseline (what a
-    trivial prediction scores) is logged once and printed next to every evaluation."""
+    """The loop both scripts share: step, log, evaluate, checkpoint, with a tqdm bar. `batches(start)` is
+    the training stream from iteration `start` on. The baseline (what a trivial prediction scores) is
+    logged once and printed next to every evaluation."""
     if not run.resume:
         run.log(iter=0, split='baseline', **baseline)
+    batches = batches(state['iter'])
     bar = tqdm(range(state['iter'], args.iters), initial=state['iter'], total=args.iters, dynamic_ncols=True)
     start = time.perf_counter()
     for it in bar:
@@ -694,7 +748,7 @@ def run_pretraining(args, networks, loss_fn, batches, baseline, evaluate_now, in
     step = lambda batch: optimisation_step(loss_fn(batch), optimizer, scheduler)
     device = next(iter(params)).device
     if args.bench:
-        return benchmark(step, batches, args.bench, args.batch_size, device)
+        return benchmark(step, batches(0), args.bench, args.batch_size, device)
 
     run = Run(args)
     state = dict(iter=0, metrics={})
@@ -703,14 +757,14 @@ def run_pretraining(args, networks, loss_fn, batches, baseline, evaluate_now, in
 
     def checkpoint(iteration):
         return dict({key: net.state_dict() for key, net in networks.items()}, optimizer=optimizer.state_dict(),
-                    scheduler=scheduler.state_dict(), task=args.task, arch=args.arch, init=args.init,
+                    scheduler=scheduler.state_dict(), rng=rng_state(), task=args.task, arch=args.arch, init=args.init,
                     normalization=networks['model'].normalization, height=args.height, width=args.width,
                     args=vars(args), iter=iteration, metrics=state['metrics'], **info)
 
     reference = baseline()
     train(args, run, step, batches, state, lambda it: evaluate_now(it, run.path), checkpoint, reference)
     final = checkpoint(args.iters)
-    save_atomic({k: v for k, v in final.items() if k not in ('optimizer', 'scheduler')}, args.out)
+    save_atomic({k: v for k, v in final.items() if k not in ('optimizer', 'scheduler', 'rng')}, args.out)
     print(f'{args.task} after {args.iters} iterations: {metrics_line(state["metrics"], reference)}')
     print(f'Wrote {run.path} and {args.out}.')
 
@@ -736,7 +790,7 @@ def pretrain_depth(args, device):
     train_set = open_dataset(data.VideoSnippets, root, 'train', args.height, args.width,
                              frame_ids=(0, -1, 1) if mono else (0,), augment=True, with_depth=gt,
                              stereo='stereo' in args.supervision, crop=args.crop_size, split_dir=args.split)
-    batches = forever(loader(train_set, args, device, shuffle=True))
+    batches = lambda start: training_batches(train_set, args, device, start)
     depth_net, pose_net = networks['model'], networks.get('pose_net')
 
     def loss_fn(batch):
@@ -814,7 +868,7 @@ def pretrain_flow(args, device):
     root = data_root(args)
     train_set = open_dataset(data.VideoSnippets, root, 'train', args.height, args.width, frame_ids=(0, 1),
                              augment=True, crop=args.crop_size, split_dir=args.split)
-    batches = forever(loader(train_set, args, device, shuffle=True))
+    batches = lambda start: training_batches(train_set, args, device, start)
 
     def loss_fn(batch):
         batch = to_device(batch, device)
@@ -823,7 +877,7 @@ def pretrain_flow(args, device):
         return flow_loss(flows, batch, args)
 
     pair_set = open_dataset(data.FlowPairs, root, args.height, args.width)
-    pairs, sample = loader(pair_set, args, device, shuffle=False), sample_frames(pair_set, device)
+    pairs, sample = loader(pair_set, args, device), sample_frames(pair_set, device)
 
     def baseline():
         return evaluate.mean_metrics([evaluate.flow_metrics(torch.zeros_like(b['flow']), b['flow'], b['valid'])

@@ -162,3 +162,33 @@ def test_resume_applies_and_records_changed_lr_and_iters_and_refuses_defining_fl
     assert {'iter': 2, 'split': 'resume', 'iters': [2, 4], 'lr': [1e-3, 1e-4], 'log_every': [10, 1]} in lines
     # the new rate is the one used: 1e-4 for iteration 3 (the step schedule drops it tenfold for the last quarter)
     assert [m['lr'] for m in lines if m['split'] == 'train' and m['iter'] > 2] == pytest.approx([1e-4, 1e-5])
+
+
+@pytest.mark.parametrize('workers', ['0', '1'])
+def test_resume_after_a_crash_is_bit_identical_to_an_uninterrupted_run(toy_root, tmp_path, monkeypatch, workers):
+    # video supervision: flips, colour jitter, a PoseNet, BatchNorm statistics; 6 iterations of batch 2 cross
+    # an epoch of the tiny world's 6 training frames; the crash comes right after the checkpoint at 3
+    def run(folder, *extra):
+        pretrain.main(['--data-root', str(toy_root), '--runs', str(tmp_path / folder), '--name', 'r',
+                       '--out', str(tmp_path / f'{folder}.pt'), '--iters', '6', '--eval-every', '3',
+                       '--save-every', '3', '--log-every', '1', '--lr', '1e-3'] + SMALL[:-2] + ['--workers', workers]
+                      + list(extra))
+    run('straight')
+    save = pretrain.Run.save
+
+    def save_then_crash(self, state):
+        save(self, state)
+        if state['iter'] == 3:
+            raise KeyboardInterrupt
+    with monkeypatch.context() as patch:
+        patch.setattr(pretrain.Run, 'save', save_then_crash)
+        with pytest.raises(KeyboardInterrupt):
+            run('crashed')
+    torch.manual_seed(1234)  # whatever the process did in between does not matter
+    run('crashed', '--resume')
+    straight, resumed = (torch.load(tmp_path / f / 'r' / 'checkpoint.pt', weights_only=False) for f in ('straight', 'crashed'))
+    for part in ('model', 'pose_net'):
+        assert straight[part].keys() == resumed[part].keys()
+        assert all(torch.equal(straight[part][k], resumed[part][k]) for k in straight[part])  # equal, not close
+    losses = [[m['loss'] for m in read_metrics(tmp_path / f / 'r') if m['split'] == 'train'] for f in ('straight', 'crashed')]
+    assert len(losses[0]) == 6 and losses[0] == losses[1]

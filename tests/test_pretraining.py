@@ -1,5 +1,6 @@
 """Every pre-training on a tiny toy world: each depth supervision, ImageNet initialisation, crops,
 optical flow, and what fine-tuning takes from each."""
+import itertools
 import re
 import shutil
 import subprocess
@@ -62,7 +63,7 @@ def test_ground_truth_depth_loss_falls(toy_root, tmp_path):
 
 def test_stereo_loss_falls(toy_root, tmp_path):
     # the metric baseline needs a sensible starting depth (models.start_at_depth), else no gradient flows
-    run, _ = _pretrain(toy_root, tmp_path, 'stereo', '--supervision', 'stereo', '--lr', '1e-3', iters=40)
+    run, _ = _pretrain(toy_root, tmp_path, 'stereo', '--supervision', 'stereo', '--lr', '1e-3', iters=60)
     losses = [m['loss'] for m in read_metrics(run) if m['split'] == 'train']
     assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
 
@@ -189,3 +190,16 @@ def test_a_diverging_run_stops_before_backward_with_its_last_checkpoint_untouche
     saved = torch.load(tmp_path / 'nan' / 'checkpoint.pt', weights_only=False)
     assert saved['iter'] == stopped_at - 1  # the last good iteration's checkpoint, as it was
     assert all(torch.isfinite(v).all() for v in saved['model'].values() if v.is_floating_point())
+
+
+def test_the_training_stream_is_a_function_of_the_iteration():
+    stream = list(itertools.islice(pretrain.epoch_batches(7, 3, seed=5), 6))  # 2 batches per epoch: 1 item dropped
+    assert list(itertools.islice(pretrain.epoch_batches(7, 3, seed=5, start=4), 2)) == stream[4:]
+    draws = [draw for batch in stream for _, draw in batch]
+    assert draws == list(range(18))  # every draw numbered once, in order
+    for epoch in range(3):
+        items = [item for batch in stream[2 * epoch:2 * epoch + 2] for item, _ in batch]
+        assert len(set(items)) == 6 and set(items) <= set(range(7))  # no item twice within an epoch
+    assert [i for i, _ in stream[0] + stream[1]] != [i for i, _ in stream[2] + stream[3]]  # a new order each epoch
+    small = list(itertools.islice(pretrain.epoch_batches(2, 8, seed=0), 3))
+    assert all(sorted(i for i, _ in batch) == [0, 1] for batch in small)  # smaller than a batch: the whole set
