@@ -632,11 +632,15 @@ def render_toy_world(root, height=TOY_SIZE[0], width=TOY_SIZE[1], drives=4, fram
     start = time.time()
     root = Path(root)
     tmp = root.with_name(root.name + f'.tmp-{os.getpid()}')
-    shutil.rmtree(tmp, ignore_errors=True)
+    for stale in root.parent.glob(f'{root.name}.tmp-*'):  # left by a render that was killed
+        shutil.rmtree(stale, ignore_errors=True)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         _render_world(tmp, height, width, drives, frames, test_frames, labelled, seed)
+    except BaseException:  # an interrupt or an error leaves nothing half-written behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     finally:
         torch.set_num_threads(previous)
     meta = dict(height=height, width=width, drives=drives, frames=frames, test_frames=test_frames,

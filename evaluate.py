@@ -361,8 +361,8 @@ def results_table(runs):
 
 
 # arguments that do not change what a run measures: runs differing only in these are one configuration
-NOT_CONFIGURATION = {'seed', 'name', 'runs', 'resume', 'device', 'workers', 'out', 'bench', 'log_every',
-                     'save_every', 'eval_every'}
+NOT_CONFIGURATION = {'seed', 'name', 'runs', 'resume', 'device', 'workers', 'out', 'overwrite', 'bench', 'log_every',
+                     'save_every', 'eval_every', 'changes'}
 
 
 def group_runs(runs):

@@ -84,10 +84,14 @@ def load_imagenet_weights(encoder, arch):
         raise FileNotFoundError(f'ImageNet weights for {arch} not found: torchvision looks for {file_name} in '
                                 f'{folder}; download {IMAGENET_WEIGHTS[arch].url} on a machine with internet '
                                 f'and copy it there.')
-    state = torch.load(path, map_location='cpu', weights_only=True)
-    num_images = encoder.conv1.in_channels // 3
-    state['conv1.weight'] = state['conv1.weight'].repeat(1, num_images, 1, 1) / num_images
-    encoder.load_state_dict(state)
+    try:
+        state = torch.load(path, map_location='cpu', weights_only=True)
+        num_images = encoder.conv1.in_channels // 3
+        state['conv1.weight'] = state['conv1.weight'].repeat(1, num_images, 1, 1) / num_images
+        encoder.load_state_dict(state)
+    except Exception:  # a truncated download, another file under that name, another architecture's weights
+        raise FileNotFoundError(f'{path} is not torchvision\'s ImageNet {arch} weights (it cannot be read as '
+                                f'them): download {IMAGENET_WEIGHTS[arch].url} again and replace it.') from None
 
 
 def conv_block(in_channels, out_channels):

@@ -28,6 +28,7 @@ import json
 import os
 import random
 import resource
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -146,15 +147,24 @@ def add_decoder_args(parser):
 
 
 def init_checkpoint(init, flag='--init'):
-    """The checkpoint a flag names (depth, flow or a path), as (path, contents)."""
-    path = Path(f'checkpoints/{init}.pt') if not init.endswith('.pt') else Path(init)
+    """The checkpoint a flag names, as (path, contents): an existing file, or a name (depth, flow) of
+    checkpoints/<name>.pt; what is not a checkpoint of this code stops with one sentence."""
+    path = Path(init) if Path(init).is_file() or init.endswith('.pt') else Path(f'checkpoints/{init}.pt')
     if not path.is_file():
-        hint = f'run `python pretrain.py --task {init}` first' if not init.endswith('.pt') else 'check the path'
+        hint = (f'run `python pretrain.py --task {init}` first' if path.parent == Path('checkpoints')
+                and init in ('depth', 'flow') else 'check the path')
         raise SystemExit(f'{flag} {init}: {path} does not exist; {hint}.')
     try:
-        return path, torch.load(path, map_location='cpu', weights_only=False)
+        checkpoint = torch.load(path, map_location='cpu', weights_only=False)
     except Exception as error:
         raise SystemExit(f'{flag} {init}: could not read {path} ({error}); the file is damaged.') from None
+    if not isinstance(checkpoint, dict) or not {'model', 'task', 'arch'} <= set(checkpoint):
+        bare = isinstance(checkpoint, dict) and 'conv1.weight' in checkpoint
+        raise SystemExit(f'{flag} {init}: {path} is ' + (
+            'a bare state dict (such as torchvision\'s ImageNet weights), not a checkpoint of this code: for '
+            'ImageNet weights use --init imagenet' if bare else 'not a checkpoint written by pretrain.py or '
+            'finetune.py') + '; pass one of theirs (runs/<name>/checkpoint.pt or checkpoints/<task>.pt).')
+    return path, checkpoint
 
 
 def init_decoder_backbone(net, args):
@@ -190,6 +200,10 @@ def check_args(args):
     for flag in ('batch_size', 'iters', 'eval_every', 'save_every', 'log_every'):
         if getattr(args, flag) < 1:
             raise SystemExit(f'--{flag.replace("_", "-")} must be at least 1.')
+    if not args.lr > 0:
+        raise SystemExit(f'--lr must be a positive learning rate (e.g. 1e-4); got {args.lr}.')
+    if args.workers < 0:
+        raise SystemExit(f'--workers must be 0 (read data in this process) or more; got {args.workers}.')
     xnet_flags = args.decoder_init != 'none' or args.xnet_mix != 'stem' or args.xnet_pyramid or args.no_pfp
     if args.decoder != 'xnet' and xnet_flags:
         raise SystemExit('--decoder-init, --xnet-mix, --xnet-pyramid and --no-pfp apply to --decoder xnet only.')
@@ -215,6 +229,10 @@ def autocast(device):
 def data_root(args):
     """The dataset folder: the toy world is rendered there on first use; KITTI must exist."""
     if args.data == 'toy':
+        if args.data_root and not Path(args.data_root).exists():  # a typo must not start a render silently
+            raise SystemExit(f'--data-root {args.data_root} does not exist: pass a rendered toy world, render one '
+                             f'there first (`python data.py --render-toy {args.data_root}`), or leave out '
+                             f'--data-root to use {TOY_ROOT} (rendered on first use).')
         root = args.data_root or TOY_ROOT
         data.ensure_toy_world(root)
         return root
@@ -306,12 +324,56 @@ def to_device(batch, device):
 
 
 def save_atomic(obj, path):
-    """torch.save to a temporary file, then rename: a crash never leaves a half-written checkpoint."""
+    """torch.save to a temporary file, then rename: a crash never leaves a half-written checkpoint. A
+    write that fails (a full disk) removes its temporary file and stops with a sentence; the previous
+    file stays as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + '.tmp')
-    torch.save(obj, tmp)
+    try:
+        torch.save(obj, tmp)
+    except (OSError, RuntimeError) as error:
+        tmp.unlink(missing_ok=True)
+        need = sum(t.numel() * t.element_size() for t in _tensors(obj)) / 2 ** 20
+        free = shutil.disk_usage(path.parent).free / 2 ** 20
+        raise SystemExit(f'could not write {path} ({str(error).splitlines()[0][:120]}): it needs about {need:.0f} MB '
+                         f'and {free:.0f} MB are free there; free some space, then continue with --resume '
+                         f'(the previous checkpoint is intact).') from None
     os.replace(tmp, path)
+
+
+def _tensors(obj):
+    """Every tensor inside nested dicts and lists."""
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for value in obj.values():
+            yield from _tensors(value)
+    elif isinstance(obj, (list, tuple)):
+        for value in obj:
+            yield from _tensors(value)
+
+
+def check_export(args):
+    """--out, checked before training: a writable file path, and not another run's export (unless
+    --overwrite): one sentence otherwise."""
+    out = Path(args.out)
+    if out.is_dir():
+        raise SystemExit(f'--out {out} is a folder: give the checkpoint file to write, e.g. {out}/{args.task}.pt.')
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise SystemExit(f'--out {out}: cannot make its folder ({error.strerror}): pass a path you can write.') from None
+    if not os.access(out.parent, os.W_OK):
+        raise SystemExit(f'--out {out}: its folder {out.parent} is not writable: pass a path you can write.')
+    if out.is_file() and not args.overwrite:
+        try:
+            owner = (torch.load(out, map_location='cpu', weights_only=False).get('args') or {}).get('name')
+        except Exception:
+            owner = None
+        if owner != args.name:
+            raise SystemExit(f'--out {out} already holds the export of {"run " + owner if owner else "another run"}: '
+                             f'pass another --out, or --overwrite to replace it.')
 
 
 def write_text_atomic(path, text):
@@ -405,7 +467,7 @@ class Run:
 # What --resume may change: how long, how fast, how often it logs, evaluates and saves, and where it runs
 # and reads and writes (a run folder may be moved). Every other flag defines the run and must stay as it was.
 CHANGEABLE_ON_RESUME = ('iters', 'lr', 'log_every', 'eval_every', 'save_every', 'workers', 'device', 'data_root',
-                        'out', 'runs', 'name')
+                        'out', 'overwrite', 'runs', 'name')
 
 
 def resumed_changes(args_file, args):
@@ -616,6 +678,8 @@ def parse_args(argv=None):
     add_decoder_args(parser)
     add_depth_eval_args(parser)
     parser.add_argument('--out', default=None, help='checkpoint to export at the end (default checkpoints/<task>.pt)')
+    parser.add_argument('--overwrite', action='store_true',
+                        help='replace an --out written by another run (without it, that stops the run at the start)')
     parser.add_argument('--scales', type=int, default=4, choices=[1, 2, 3, 4], help='output scales in the loss')
     parser.add_argument('--smoothness', type=float, default=1e-3, help='w_sm of eq. 9 (divided by 2^scale)')
     parser.add_argument('--min-depth', type=float, default=0.1, help='depth of disparity 1 (metres)')
@@ -750,6 +814,7 @@ def run_pretraining(args, networks, loss_fn, batches, baseline, evaluate_now, in
     if args.bench:
         return benchmark(step, batches(0), args.bench, args.batch_size, device)
 
+    check_export(args)
     run = Run(args)
     state = dict(iter=0, metrics={})
     if run.resume:

@@ -3,9 +3,11 @@ import json
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 import torch
+import torchvision
 
 import evaluate
 import finetune
@@ -192,3 +194,54 @@ def test_resume_after_a_crash_is_bit_identical_to_an_uninterrupted_run(toy_root,
         assert all(torch.equal(straight[part][k], resumed[part][k]) for k in straight[part])  # equal, not close
     losses = [[m['loss'] for m in read_metrics(tmp_path / f / 'r') if m['split'] == 'train'] for f in ('straight', 'crashed')]
     assert len(losses[0]) == 6 and losses[0] == losses[1]
+
+
+def _bad_inputs(tmp_path):
+    """Faulty files and folders for the bad-input table."""
+    (tmp_path / 'a_file').write_text('not a folder')
+    (tmp_path / 'a_folder').mkdir()
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / 'base.pth')
+    torch.save([1, 2, 3], tmp_path / 'list.pt')
+    torch.save({'model': {}, 'task': 'depth', 'arch': 'resnet18', 'args': {'name': 'someone-else'}}, tmp_path / 'other.pt')
+
+
+@pytest.mark.parametrize('script, argv, message', [
+    ('pretrain', ['--lr=-1e-3'], r'--lr must be a positive learning rate \(e.g. 1e-4\); got -0.001\.'),
+    ('pretrain', ['--workers', '-1'], '--workers must be 0'),
+    ('pretrain', ['--out', '{tmp}/a_file/depth.pt'], r'cannot make its folder .*: pass a path you can write\.'),
+    ('pretrain', ['--out', '{tmp}/a_folder'], r'is a folder: give the checkpoint file to write'),
+    ('pretrain', ['--out', '{tmp}/other.pt'], r'already holds the export of run someone-else: pass another --out, or --overwrite'),
+    ('pretrain', ['--runs', '{tmp}/a_file'], r'cannot make the run folder .*: pass a writable --runs\.'),
+    ('pretrain', ['--data-root', '{tmp}/typo'], r'--data-root .*typo does not exist: pass a rendered toy world'),
+    ('finetune', ['--init', '{tmp}/base.pth'], r'is a bare state dict .* use --init imagenet'),
+    ('finetune', ['--init', '{tmp}/list.pt'], r'is not a checkpoint written by pretrain.py or finetune.py'),
+])
+def test_faulty_files_and_flags_stop_with_one_sentence_before_training(script, argv, message, toy_root, tmp_path):
+    _bad_inputs(tmp_path)
+    base = ['--data-root', str(toy_root), '--runs', str(tmp_path / 'runs'), '--out', str(tmp_path / 'mine.pt'),
+            '--iters', '1'] + SMALL
+    if script == 'finetune':
+        base = [a for a in base if a not in ('--out', str(tmp_path / 'mine.pt'))] + ['--train-size', '4']
+    main = pretrain.main if script == 'pretrain' else finetune.main
+    with pytest.raises(SystemExit, match=message) as stop:
+        main(base + [a.format(tmp=tmp_path) for a in argv])
+    assert '\n' not in str(stop.value) and not (tmp_path / 'runs').exists() and not (tmp_path / 'typo').exists()
+
+
+def test_junk_imagenet_weights_stop_with_a_sentence(toy_root, tmp_path, monkeypatch):
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch'))
+    (tmp_path / 'torch' / 'hub' / 'checkpoints').mkdir(parents=True)
+    (tmp_path / 'torch' / 'hub' / 'checkpoints' / 'resnet18-f37072fd.pth').write_bytes(b'<html>not found</html>')
+    with pytest.raises(SystemExit, match=r"resnet18-f37072fd.pth is not torchvision's ImageNet resnet18 weights"):
+        _start(toy_root, tmp_path, '--init', 'imagenet')
+
+
+def test_a_full_disk_stops_with_the_space_needed_and_leaves_no_temporary_file(toy_root, tmp_path, monkeypatch):
+    def full(obj, path):
+        Path(path).write_bytes(b'partial')
+        raise RuntimeError('[enforce fail at inline_container.cc:672] . unexpected pos 123 vs 456')
+    monkeypatch.setattr(pretrain.torch, 'save', full)
+    with pytest.raises(SystemExit, match=r'could not write .*checkpoint.pt .*: it needs about \d+ MB and \d+ MB are free') as stop:
+        _start(toy_root, tmp_path)
+    assert 'free some space, then continue with --resume' in str(stop.value)
+    assert not list((tmp_path / 'depth').glob('*.tmp'))
