@@ -137,9 +137,15 @@ def warp_views(sources, depth, rays, eps=1e-7):
     pix = cam[..., :2] / cam[..., 2:].clamp(min=eps)                              # eq. 8: pi(P) = P[:2] / P[2]
     grid = (2 * pix + 1) / torch.tensor([W, H], dtype=pix.dtype, device=pix.device) - 1
     # eq. 7: x_hat = x o pi^-1
-    warped = F.grid_sample(sources.flatten(0, 1), grid.view(B * S, H, W, 2), mode="bilinear",
-                           padding_mode="border", align_corners=False)
-    return warped.view(B, S, C, H, W)
+    return sample(sources.flatten(0, 1), grid.view(B * S, H, W, 2)).view(B, S, C, H, W)
+
+
+def sample(source, grid):
+    """Bilinear grid_sample of source [N,C,H,W] at grid [N,H,W,2] (align_corners=False, border padding),
+    NaN wherever the grid is not finite: a diverged warp then makes the loss NaN, and a NaN loss is never
+    back-propagated (grid_sample's backward can crash the process on such a grid)."""
+    out = F.grid_sample(source, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return torch.where(torch.isfinite(grid).all(-1).unsqueeze(1), out, torch.nan)
 
 
 def warp(source, depth, K, inv_K, T):
@@ -211,7 +217,7 @@ def flow_warp(source, flow):
                           torch.arange(W, dtype=flow.dtype, device=flow.device), indexing="ij")
     x, y = u + flow[:, 0], v + flow[:, 1]
     grid = torch.stack([(2 * x + 1) / W - 1, (2 * y + 1) / H - 1], -1)  # align_corners=False, as project()
-    return F.grid_sample(source, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return sample(source, grid)
 
 
 def flow_photometric_error(pred, target, colour_weight=0.15, ssim_weight=0.15):

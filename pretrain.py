@@ -200,8 +200,8 @@ def check_args(args):
     for flag in ('batch_size', 'iters', 'eval_every', 'save_every', 'log_every'):
         if getattr(args, flag) < 1:
             raise SystemExit(f'--{flag.replace("_", "-")} must be at least 1.')
-    if not args.lr > 0:
-        raise SystemExit(f'--lr must be a positive learning rate (e.g. 1e-4); got {args.lr}.')
+    if not args.lr >= 0:
+        raise SystemExit(f'--lr must be a learning rate of 0 or more (e.g. 1e-4); got {args.lr}.')
     if args.workers < 0:
         raise SystemExit(f'--workers must be 0 (read data in this process) or more; got {args.workers}.')
     xnet_flags = args.decoder_init != 'none' or args.xnet_mix != 'stem' or args.xnet_pyramid or args.no_pfp
@@ -292,7 +292,10 @@ class SeededDraws(torch.utils.data.Dataset):
 
 def training_batches(dataset, args, device, start=0):
     """The training stream from iteration `start` on: epoch_batches of SeededDraws, read by --workers
-    processes. A set smaller than one batch says so and trains as one smaller batch."""
+    processes. A set smaller than one batch says so and trains as one smaller batch; an empty one stops."""
+    if not len(dataset):
+        raise SystemExit('the training split lists no items: check its split file (--split), or write splits '
+                         'with `python data.py --make-splits <data-root>`.')
     if len(dataset) < args.batch_size:
         print(f'The training set holds {len(dataset)} items, fewer than --batch-size {args.batch_size}: '
               f'each batch is all {len(dataset)} of them.')
@@ -356,7 +359,7 @@ def _tensors(obj):
 
 def check_export(args):
     """--out, checked before training: a writable file path, and not another run's export (unless
-    --overwrite): one sentence otherwise."""
+    --overwrite): one sentence otherwise. A temporary file of an interrupted export is removed."""
     out = Path(args.out)
     if out.is_dir():
         raise SystemExit(f'--out {out} is a folder: give the checkpoint file to write, e.g. {out}/{args.task}.pt.')
@@ -366,6 +369,7 @@ def check_export(args):
         raise SystemExit(f'--out {out}: cannot make its folder ({error.strerror}): pass a path you can write.') from None
     if not os.access(out.parent, os.W_OK):
         raise SystemExit(f'--out {out}: its folder {out.parent} is not writable: pass a path you can write.')
+    out.with_name(out.name + '.tmp').unlink(missing_ok=True)  # left by a run killed while exporting
     if out.is_file() and not args.overwrite:
         try:
             owner = (torch.load(out, map_location='cpu', weights_only=False).get('args') or {}).get('name')
@@ -484,6 +488,9 @@ def resumed_changes(args_file, args):
         flags = ', '.join(f'--{k.replace("_", "-")} (was {before[k]}, now {args[k]})' for k in fixed)
         raise SystemExit(f'--resume cannot change what defines the run: {flags}; resume with the flags it was '
                          f'started with, or start a new run (--name).')
+    if 'lr' in differ and before['lr'] == 0:
+        raise SystemExit('--resume cannot change --lr from 0: no rate to scale the parameter groups from; start a '
+                         'new run (--name).')
     return {k: [before[k], args[k]] for k in differ}
 
 

@@ -206,7 +206,7 @@ def _bad_inputs(tmp_path):
 
 
 @pytest.mark.parametrize('script, argv, message', [
-    ('pretrain', ['--lr=-1e-3'], r'--lr must be a positive learning rate \(e.g. 1e-4\); got -0.001\.'),
+    ('pretrain', ['--lr=-1e-3'], r'--lr must be a learning rate of 0 or more \(e.g. 1e-4\); got -0.001\.'),
     ('pretrain', ['--workers', '-1'], '--workers must be 0'),
     ('pretrain', ['--out', '{tmp}/a_file/depth.pt'], r'cannot make its folder .*: pass a path you can write\.'),
     ('pretrain', ['--out', '{tmp}/a_folder'], r'is a folder: give the checkpoint file to write'),
@@ -245,3 +245,11 @@ def test_a_full_disk_stops_with_the_space_needed_and_leaves_no_temporary_file(to
         _start(toy_root, tmp_path)
     assert 'free some space, then continue with --resume' in str(stop.value)
     assert not list((tmp_path / 'depth').glob('*.tmp'))
+
+
+def test_an_empty_training_split_stops_with_a_sentence(toy_root, tmp_path):
+    root = tmp_path / 'world'
+    shutil.copytree(toy_root, root)
+    (root / 'splits' / 'train_files.txt').write_text('')
+    with pytest.raises(SystemExit, match='the training split lists no items'):
+        _start(root, tmp_path)

@@ -274,3 +274,15 @@ def test_photometric_depth_loss_is_monodepth2s_recipe_value_and_gradients():
     expected_grads = torch.autograd.grad(expected, disps + [poses])
     for g, e in zip(grads, expected_grads):
         assert torch.allclose(g, e, rtol=1e-4, atol=1e-5 * e.abs().max())
+
+
+def test_sampling_at_a_non_finite_grid_point_gives_nan_there_and_grid_sample_elsewhere():
+    source = torch.rand(1, 3, 4, 5)
+    grid = torch.rand(1, 4, 5, 2) * 2 - 1
+    grid[0, 1, 2, 0], grid[0, 3, 4, 1] = float('nan'), float('inf')
+    out = losses.sample(source, grid)
+    bad = torch.zeros(4, 5, dtype=torch.bool)
+    bad[1, 2] = bad[3, 4] = True
+    assert out[0][:, bad].isnan().all()  # so the loss is NaN, and never back-propagated
+    expected = torch.nn.functional.grid_sample(source, grid, mode='bilinear', padding_mode='border', align_corners=False)
+    assert torch.equal(out[0][:, ~bad], expected[0][:, ~bad])
