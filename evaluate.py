@@ -580,9 +580,16 @@ def load_checkpoint(path):
     if not Path(path).is_file():
         raise FileNotFoundError(f'{path} does not exist; a run writes runs/<name>/checkpoint.pt.')
     try:
-        return torch.load(path, map_location='cpu', weights_only=False)
+        checkpoint = torch.load(path, map_location='cpu', weights_only=False)
     except Exception as error:
         raise ValueError(f'could not read {path} ({error}); the file is damaged.') from None
+    if not isinstance(checkpoint, dict) or not {'model', 'task', 'arch'} <= set(checkpoint):
+        bare = isinstance(checkpoint, dict) and 'conv1.weight' in checkpoint
+        what = ('a bare state dict (such as torchvision\'s ImageNet weights; for those use --init imagenet)' if bare
+                else 'not a checkpoint written by pretrain.py or finetune.py')
+        raise ValueError(f'{path} is {what}: pass one of their checkpoints (runs/<name>/checkpoint.pt or '
+                         f'checkpoints/<task>.pt).')
+    return checkpoint
 
 
 def load_network(checkpoint, source='checkpoint'):

@@ -155,15 +155,9 @@ def init_checkpoint(init, flag='--init'):
                 and init in ('depth', 'flow') else 'check the path')
         raise SystemExit(f'{flag} {init}: {path} does not exist; {hint}.')
     try:
-        checkpoint = torch.load(path, map_location='cpu', weights_only=False)
-    except Exception as error:
-        raise SystemExit(f'{flag} {init}: could not read {path} ({error}); the file is damaged.') from None
-    if not isinstance(checkpoint, dict) or not {'model', 'task', 'arch'} <= set(checkpoint):
-        bare = isinstance(checkpoint, dict) and 'conv1.weight' in checkpoint
-        raise SystemExit(f'{flag} {init}: {path} is ' + (
-            'a bare state dict (such as torchvision\'s ImageNet weights), not a checkpoint of this code: for '
-            'ImageNet weights use --init imagenet' if bare else 'not a checkpoint written by pretrain.py or '
-            'finetune.py') + '; pass one of theirs (runs/<name>/checkpoint.pt or checkpoints/<task>.pt).')
+        checkpoint = evaluate.load_checkpoint(path)
+    except ValueError as error:
+        raise SystemExit(f'{flag} {init}: {error}') from None
     return path, checkpoint
 
 
@@ -366,7 +360,9 @@ def check_export(args):
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise SystemExit(f'--out {out}: cannot make its folder ({error.strerror}): pass a path you can write.') from None
+        blocking = next((a for a in out.parents if a.exists() and not a.is_dir()), None)
+        why = f'{blocking} is a file, not a folder' if blocking else error.strerror
+        raise SystemExit(f'--out {out}: cannot make its folder ({why}): pass a path you can write.') from None
     if not os.access(out.parent, os.W_OK):
         raise SystemExit(f'--out {out}: its folder {out.parent} is not writable: pass a path you can write.')
     out.with_name(out.name + '.tmp').unlink(missing_ok=True)  # left by a run killed while exporting

@@ -621,3 +621,11 @@ def test_qualitative_depth_grid_draws_frames_of_two_sizes(two_size_root, tmp_pat
     run = evaluate.read_run(tmp_path / 'depth.pt')
     evaluate.plot_qualitative([run], two_size_root, tmp_path / 'grid.png', count=20)
     assert (tmp_path / 'grid.png').stat().st_size > 0
+
+
+def test_a_file_that_is_not_a_checkpoint_stops_with_a_sentence(tmp_path, capsys):
+    torch.save([1, 2, 3], tmp_path / 'list.pt')
+    with pytest.raises(SystemExit) as stop:
+        evaluate.main(['--checkpoint', str(tmp_path / 'list.pt')])
+    assert stop.value.code == 2
+    assert 'list.pt is not a checkpoint written by pretrain.py or finetune.py' in capsys.readouterr().err
