@@ -253,3 +253,27 @@ def test_an_empty_training_split_stops_with_a_sentence(toy_root, tmp_path):
     (root / 'splits' / 'train_files.txt').write_text('')
     with pytest.raises(SystemExit, match='the training split lists no items'):
         _start(root, tmp_path)
+
+
+def test_finetuning_resumes_bit_identically_too(toy_root, tmp_path, monkeypatch):
+    # segmentation: random flips of labelled images, a head, the cosine schedule
+    def run(folder, *extra):
+        finetune.main(['--data-root', str(toy_root), '--runs', str(tmp_path / folder), '--name', 'f', '--train-size', '5',
+                       '--iters', '4', '--eval-every', '4', '--save-every', '2', '--log-every', '1', '--lr', '1e-3']
+                      + SMALL + list(extra))
+    run('straight')
+    save = pretrain.Run.save
+
+    def save_then_crash(self, state):
+        save(self, state)
+        if state['iter'] == 2:
+            raise KeyboardInterrupt
+    with monkeypatch.context() as patch:
+        patch.setattr(pretrain.Run, 'save', save_then_crash)
+        with pytest.raises(KeyboardInterrupt):
+            run('crashed')
+    run('crashed', '--resume')
+    straight, resumed = (torch.load(tmp_path / f / 'f' / 'checkpoint.pt', weights_only=False)['model'] for f in ('straight', 'crashed'))
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    losses = [[m['loss'] for m in read_metrics(tmp_path / f / 'f') if m['split'] == 'train'] for f in ('straight', 'crashed')]
+    assert len(losses[0]) == 4 and losses[0] == losses[1]
