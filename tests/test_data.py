@@ -450,11 +450,15 @@ def test_real_eigen_test_frame_is_scored_at_native_size_and_frames_without_a_sca
     assert (len(frames), frames.skipped) == (1, 2)
     item = frames[0]
     assert item['frames'].shape == (1, 3, 64, 192) and item['depth'].shape == (1, 375, 1242)
-    net = models.build_depth_net()
+    net = models.build_depth_net().eval()
     models.start_at_depth(net, 10.0, 0.1, 100.0)
     metrics = evaluate.evaluate_depth(net, frames, torch.device('cpu'), median_scaling=True)
-    assert (metrics['images'], metrics['skipped']) == (1, 2)
-    assert 0 < metrics['abs_rel'] < 1 and metrics['scale_std'] == 0.0  # one frame: one ratio
+    assert (metrics['images'], metrics['skipped']) == (1, 2) and metrics['scale_std'] == 0.0  # one frame: one ratio
+    with torch.no_grad():  # the same by hand: disparity upsampled to 375x1242, Garg crop, median-scaled
+        disp = F.interpolate(net(item['frames'])[0], (375, 1242), mode='bilinear', align_corners=False)
+    by_hand = evaluate.depth_metrics(models.disp_to_depth(disp, 0.1, 100.0)[0, 0], item['depth'][0],
+                                     median_scaling=True, crop='garg')
+    assert metrics['abs_rel'] == pytest.approx(by_hand['abs_rel'], rel=1e-9) and metrics['a1'] == by_hand['a1']
 
 
 def test_make_splits_refuses_to_write_an_empty_split(toy_root, tmp_path):

@@ -166,6 +166,20 @@ def test_resume_applies_and_records_changed_lr_and_iters_and_refuses_defining_fl
     assert [m['lr'] for m in lines if m['split'] == 'train' and m['iter'] > 2] == pytest.approx([1e-4, 1e-5])
 
 
+def _crash_after_saving(iteration, run, monkeypatch):
+    """Start `run`, which dies (as if killed) right after writing its checkpoint of `iteration`."""
+    save = pretrain.Run.save
+
+    def save_then_crash(self, state):
+        save(self, state)
+        if state['iter'] == iteration:
+            raise KeyboardInterrupt
+    with monkeypatch.context() as patch:
+        patch.setattr(pretrain.Run, 'save', save_then_crash)
+        with pytest.raises(KeyboardInterrupt):
+            run()
+
+
 @pytest.mark.parametrize('workers', ['0', '1'])
 def test_resume_after_a_crash_is_bit_identical_to_an_uninterrupted_run(toy_root, tmp_path, monkeypatch, workers):
     # video supervision: flips, colour jitter, a PoseNet, BatchNorm statistics; 6 iterations of batch 2 cross
@@ -176,16 +190,7 @@ def test_resume_after_a_crash_is_bit_identical_to_an_uninterrupted_run(toy_root,
                        '--save-every', '3', '--log-every', '1', '--lr', '1e-3'] + SMALL[:-2] + ['--workers', workers]
                       + list(extra))
     run('straight')
-    save = pretrain.Run.save
-
-    def save_then_crash(self, state):
-        save(self, state)
-        if state['iter'] == 3:
-            raise KeyboardInterrupt
-    with monkeypatch.context() as patch:
-        patch.setattr(pretrain.Run, 'save', save_then_crash)
-        with pytest.raises(KeyboardInterrupt):
-            run('crashed')
+    _crash_after_saving(3, lambda: run('crashed'), monkeypatch)
     torch.manual_seed(1234)  # whatever the process did in between does not matter
     run('crashed', '--resume')
     straight, resumed = (torch.load(tmp_path / f / 'r' / 'checkpoint.pt', weights_only=False) for f in ('straight', 'crashed'))
@@ -262,16 +267,7 @@ def test_finetuning_resumes_bit_identically_too(toy_root, tmp_path, monkeypatch)
                        '--iters', '4', '--eval-every', '4', '--save-every', '2', '--log-every', '1', '--lr', '1e-3']
                       + SMALL + list(extra))
     run('straight')
-    save = pretrain.Run.save
-
-    def save_then_crash(self, state):
-        save(self, state)
-        if state['iter'] == 2:
-            raise KeyboardInterrupt
-    with monkeypatch.context() as patch:
-        patch.setattr(pretrain.Run, 'save', save_then_crash)
-        with pytest.raises(KeyboardInterrupt):
-            run('crashed')
+    _crash_after_saving(2, lambda: run('crashed'), monkeypatch)
     run('crashed', '--resume')
     straight, resumed = (torch.load(tmp_path / f / 'f' / 'checkpoint.pt', weights_only=False)['model'] for f in ('straight', 'crashed'))
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
