@@ -695,3 +695,14 @@ def test_real_velodyne_scan_projects_onto_the_road_ahead():
     flat = K[1, 1] * 1.65 / (rows[road] + 1 - K[1, 2])
     assert road.sum() > 1000 and ((depth[335:][road] > 3) & (depth[335:][road] < 20)).all()
     assert 0.95 < (depth[335:][road] / flat).median() < 1.15
+
+
+def test_an_interrupted_render_leaves_no_temporary_world(tmp_path, monkeypatch):
+    (tmp_path / 'world.tmp-99999999').mkdir()  # left by a render that was killed
+    def interrupted(root, *args):
+        (root / 'half').mkdir(parents=True)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(data, '_render_world', interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        data.render_toy_world(tmp_path / 'world', **TINY)
+    assert list(tmp_path.iterdir()) == []  # neither this render's nor the killed one's temporary folder
