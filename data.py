@@ -643,8 +643,8 @@ def render_toy_world(root, height=TOY_SIZE[0], width=TOY_SIZE[1], drives=4, fram
         raise
     finally:
         torch.set_num_threads(previous)
-    meta = dict(height=height, width=width, drives=drives, frames=frames, test_frames=test_frames,
-                labelled=labelled, seed=seed)
+    meta = dict(version=TOY_WORLD_VERSION, height=height, width=width, drives=drives, frames=frames,
+                test_frames=test_frames, labelled=labelled, seed=seed)
     (tmp / 'toy_world.json').write_text(json.dumps(meta, indent=1) + '\n')
     os.replace(tmp, root)
     return time.time() - start
@@ -716,10 +716,19 @@ def _append_raw_mapping(root, lines):
     return len(before)
 
 
+TOY_WORLD_VERSION = 2  # 2: velodyne scans, the raw-data mapping, labelled ids after the scene-flow ids
+
+
 def ensure_toy_world(root, **render_args):
-    """Render the toy world into `root` on first use; afterwards reuse it (it is deterministic)."""
+    """Render the toy world into `root` on first use; afterwards reuse it (it is deterministic). A world
+    an older version of this code rendered lacks files the readers now need: that stops with a sentence."""
     root = Path(root)
     if (root / 'toy_world.json').exists():
+        version = json.loads((root / 'toy_world.json').read_text()).get('version', 1)
+        if version != TOY_WORLD_VERSION:
+            raise SystemExit(f'{root} holds a toy world of version {version}, from an older version of this code '
+                             f'(without velodyne scans and the raw-data mapping): delete it (rm -r {root}) and run '
+                             f'again to render the current one (version {TOY_WORLD_VERSION}).')
         return
     if root.exists() and any(root.iterdir()):
         raise SystemExit(f'{root} exists but holds no complete toy world (no toy_world.json): '

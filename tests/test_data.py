@@ -1,5 +1,6 @@
 """The toy world and the KITTI loaders: layout, determinism, and geometry that agrees with the renderer."""
 import filecmp
+import json
 import math
 import re
 import shutil
@@ -706,3 +707,12 @@ def test_an_interrupted_render_leaves_no_temporary_world(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         data.render_toy_world(tmp_path / 'world', **TINY)
     assert list(tmp_path.iterdir()) == []  # neither this render's nor the killed one's temporary folder
+
+
+def test_a_toy_world_of_an_older_version_stops_with_a_sentence(tmp_path):
+    (tmp_path / 'old').mkdir()
+    (tmp_path / 'old' / 'toy_world.json').write_text('{"height": 96, "width": 320}')  # before versions
+    with pytest.raises(SystemExit, match=r'holds a toy world of version 1, .*delete it \(rm -r .*old\)'):
+        data.ensure_toy_world(tmp_path / 'old')
+    (tmp_path / 'old' / 'toy_world.json').write_text(json.dumps({'version': data.TOY_WORLD_VERSION}))
+    data.ensure_toy_world(tmp_path / 'old')  # the current version is reused as it is
