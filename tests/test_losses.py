@@ -1,6 +1,7 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -286,3 +287,37 @@ def test_sampling_at_a_non_finite_grid_point_gives_nan_there_and_grid_sample_els
     assert out[0][:, bad].isnan().all()  # so the loss is NaN, and never back-propagated
     expected = torch.nn.functional.grid_sample(source, grid, mode='bilinear', padding_mode='border', align_corners=False)
     assert torch.equal(out[0][:, ~bad], expected[0][:, ~bad])
+
+
+def _ssim_by_hand(x, y):
+    """(1 - SSIM) / 2 per pixel with 3x3 means over reflection-padded images, SSIM's constants written out
+    (C1 = (0.01 L)^2, C2 = (0.03 L)^2 with L = 1), computed apart from losses.ssim."""
+    mean = lambda t: torch.nn.functional.avg_pool2d(torch.nn.functional.pad(t, (1, 1, 1, 1), mode='reflect'), 3, 1)
+    mu_x, mu_y = mean(x), mean(y)
+    var_x, var_y, cov = mean(x * x) - mu_x ** 2, mean(y * y) - mu_y ** 2, mean(x * y) - mu_x * mu_y
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    s = (2 * mu_x * mu_y + c1) * (2 * cov + c2) / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2))
+    return ((1 - s) / 2).clamp(0, 1)
+
+
+def test_photometric_error_is_monodepth2s_weighting_of_halved_ssim_and_l1():
+    g = torch.Generator().manual_seed(0)
+    pred, target = torch.rand(1, 3, 6, 7, generator=g), torch.rand(1, 3, 6, 7, generator=g)
+    assert torch.allclose(losses.ssim(pred, target), _ssim_by_hand(pred, target), atol=1e-6)
+    # eq. 10 as Monodepth2 weighs it: 0.85 on (1 - SSIM) / 2, 0.15 on L1, each averaged over the channels
+    expected = (0.85 * _ssim_by_hand(pred, target).mean(1, keepdim=True)
+                + 0.15 * (pred - target).abs().mean(1, keepdim=True))
+    assert torch.allclose(losses.photometric_error(pred, target), expected, atol=1e-6)
+    # on flat images only the means count: SSIM = (2 * 0.3 * 0.5 + C1) / (0.3^2 + 0.5^2 + C1)
+    flat = losses.photometric_error(torch.full((1, 3, 4, 4), 0.3), torch.full((1, 3, 4, 4), 0.5))
+    s = (0.3 + 1e-4) / (0.34 + 1e-4)
+    assert torch.allclose(flat, torch.tensor(0.85 * (1 - s) / 2 + 0.15 * 0.2), atol=1e-6)
+
+
+def test_smoothness_weighs_each_disparity_step_by_exp_of_minus_the_image_step():
+    disp = torch.tensor([[[[0.0, 1.0], [2.0, 4.0]]]])
+    grey = torch.tensor([[0.0, 0.5], [0.25, 0.25]])
+    img = torch.stack([grey, -grey, grey])[None]  # steps of opposite signs: the mean of |step| over channels
+    # x: steps 1 (image step 0.5) and 2 (image step 0); y: steps 2 and 3 (image steps 0.25 and 0.25)
+    expected = (1 * math.exp(-0.5) + 2 * math.exp(0)) / 2 + (2 * math.exp(-0.25) + 3 * math.exp(-0.25)) / 2
+    assert losses.smoothness_loss(disp, img).item() == pytest.approx(expected)
