@@ -194,8 +194,8 @@ def evaluate_segmentation(net, batches, device, num_classes=len(CITYSCAPES_CLASS
 
 
 def one_at_a_time(frames, workers=0):
-    """The frames of a data.DepthTestFrames one at a time (they differ in size), read anew at each pass,
-    by `workers` processes (0: this one)."""
+    """A test set's items one at a time (a data.DepthTestFrames' frames differ in size), in order, read
+    anew at each pass, by `workers` processes (0: this one)."""
     return torch.utils.data.DataLoader(frames, batch_size=1, num_workers=workers)
 
 

@@ -244,11 +244,6 @@ def open_dataset(make, *args, **kwargs):
         raise SystemExit(str(error)) from None
 
 
-def loader(dataset, args, device):
-    """A DataLoader of a test set in order, one item at a time."""
-    return torch.utils.data.DataLoader(dataset, batch_size=1, pin_memory=device.type == 'cuda')
-
-
 def epoch_batches(count, batch_size, seed, start=0):
     """Batches of (item, draw) pairs of a set of `count` items, epoch after epoch, without end: epoch e
     visits the items in the order of randperm(count) seeded with seed + e, drops its last incomplete
@@ -945,7 +940,7 @@ def pretrain_flow(args, device):
         return flow_loss(flows, batch, args)
 
     pair_set = open_dataset(data.FlowPairs, root, args.height, args.width)
-    pairs, sample = loader(pair_set, args, device), sample_frames(pair_set, device)
+    pairs, sample = evaluate.one_at_a_time(pair_set), sample_frames(pair_set, device)
 
     def baseline():
         return evaluate.mean_metrics([evaluate.flow_metrics(torch.zeros_like(b['flow']), b['flow'], b['valid'])
