@@ -18,7 +18,7 @@
 import argparse
 import json
 import math
-import os
+
 import re
 import sys
 from pathlib import Path
@@ -29,6 +29,7 @@ from torchvision.io import write_png
 
 import data
 import models
+import training
 
 CITYSCAPES_CLASSES = ('road', 'sidewalk', 'building', 'wall', 'fence', 'pole', 'traffic light', 'traffic sign',
                       'vegetation', 'terrain', 'sky', 'person', 'rider', 'car', 'truck', 'bus', 'train',
@@ -219,6 +220,16 @@ def evaluate_depth(net, frames, device, min_depth=0.1, max_depth=100.0, eval_max
     return dict(metrics, skipped=metrics['skipped'] + frames.skipped)
 
 
+def depth_test_set(args, root):
+    """The test split's frames with the ground truth of --eval-protocol, said in one line."""
+    frames = training.open_dataset(data.DepthTestFrames, root, 'test', args.height, args.width, args.eval_protocol,
+                          args.eval_split or args.split)
+    how = describe_depth_evaluation(args.eval_protocol, args.median_scaling == 'on')
+    print(f'Depth is scored by the {how}: {len(frames)} test frames'
+          + (f', {frames.skipped} skipped (no ground truth).' if frames.skipped else '.'))
+    return frames
+
+
 def constant_baseline_on(frames, eval_max_depth=80.0, workers=0):
     """What predicting one depth everywhere (median-scaled) scores on a data.DepthTestFrames."""
     gts = (batch['depth'][0, 0] for batch in one_at_a_time(frames, workers))
@@ -246,28 +257,12 @@ def flow_metrics(pred, gt, valid):
 
 # ---------------------------------------------------------------- runs
 
-def read_jsonl(path):
-    """One dict per line. A torn last line (a run stopped, or still is, while writing it) is left out with
-    a warning; a torn earlier line is an error."""
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    records = []
-    for number, line in enumerate(lines, 1):
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if number < len(lines):
-                raise ValueError(f'{path} line {number} is not valid JSON: the file is damaged; delete that line.') from None
-            print(f'warning: the last line of {path} is torn (its run stopped while writing it): it is left out.',
-                  file=sys.stderr)
-    return records
-
-
 def read_run(path):
     """{'name', 'args', 'metrics'} of a run folder (args.json + metrics.jsonl) or of a checkpoint file (.pt)."""
     path = Path(path)
     if path.is_dir() and (path / 'args.json').is_file():
         metrics_file = path / 'metrics.jsonl'
-        metrics = read_jsonl(metrics_file) if metrics_file.is_file() else []
+        metrics = training.read_jsonl(metrics_file) if metrics_file.is_file() else []
         if not metrics:
             print(f'warning: {path} has no metrics yet (no metrics.jsonl, or an empty one): its row stays empty.',
                   file=sys.stderr)
@@ -482,12 +477,21 @@ def _figure(columns, rows=1, width=6, height=4.5):
 
 
 def _save_figure(fig, path):
-    """Write a PNG through a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + '.tmp')
-    fig.savefig(tmp, format='png', dpi=100)
-    os.replace(tmp, path)
+    """Write a figure as a PNG, atomically (training.write_atomic)."""
+    training.write_atomic(path, lambda tmp: fig.savefig(tmp, format='png', dpi=100))
+
+
+def save_image_grid(rows, path, cmaps=None):
+    """A PNG of image rows (each a batch of [H, W] or [H, W, 3] tensors), one colour map per row: the samples
+    a run writes at each evaluation."""
+    cmaps = cmaps or [None] * len(rows)
+    fig, axes = _figure(len(rows[0]), len(rows), width=4, height=1.5)
+    for r, (row, cmap) in enumerate(zip(rows, cmaps)):
+        for i, image in enumerate(row):
+            image = image.float().cpu().numpy()
+            axes[r, i].imshow(image if cmap else image.clip(0, 1), cmap=cmap)  # jittered colours overshoot
+            axes[r, i].axis('off')
+    training.write_atomic(path, lambda tmp: fig.savefig(tmp, format='png', dpi=80))
 
 
 def plot_curves(runs, path):
@@ -575,23 +579,6 @@ def plot_frozen(runs, path):
 
 # ---------------------------------------------------------------- checkpoints on held-out images
 
-def load_checkpoint(path):
-    """A checkpoint's contents, or one sentence on why it cannot be read."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f'{path} does not exist; a run writes runs/<name>/checkpoint.pt.')
-    try:
-        checkpoint = torch.load(path, map_location='cpu', weights_only=False)
-    except Exception as error:
-        raise ValueError(f'could not read {path} ({error}); the file is damaged.') from None
-    if not isinstance(checkpoint, dict) or not {'model', 'task', 'arch'} <= set(checkpoint):
-        bare = isinstance(checkpoint, dict) and 'conv1.weight' in checkpoint
-        what = ('a bare state dict (such as torchvision\'s ImageNet weights; for those use --init imagenet)' if bare
-                else 'not a checkpoint written by pretrain.py or finetune.py')
-        raise ValueError(f'{path} is {what}: pass one of their checkpoints (runs/<name>/checkpoint.pt or '
-                         f'checkpoints/<task>.pt).')
-    return checkpoint
-
-
 def load_network(checkpoint, source='checkpoint'):
     """The segmentation or depth network a checkpoint holds, with its weights, in eval mode."""
     task, decoder = checkpoint.get('task'), checkpoint.get('decoder', 'unet')
@@ -650,7 +637,7 @@ def evaluate_checkpoint(path, root, device=torch.device('cpu'), protocol=None, m
     """Metrics of one checkpoint on its held-out images, and how they were scored (a sentence): segmentation
     metrics, or the depth table by the run's protocol and scaling unless `protocol` ('eigen'/'benchmark'),
     `median_scaling` (True/False) or `split_dir` (the folder of test_files.txt) say otherwise."""
-    checkpoint = load_checkpoint(path)
+    checkpoint = training.load_checkpoint(path)
     net = load_network(checkpoint, str(path)).to(device)
     held_out = held_out_set(checkpoint, root, protocol, split_dir)
     if checkpoint['task'] == 'seg':
@@ -668,12 +655,12 @@ def evaluate_checkpoint(path, root, device=torch.device('cpu'), protocol=None, m
 def _common_held_out(runs, root, count):
     """Up to `count` items held out by every run (their few-shot picks differ with the seed), a list: depth
     ground truth keeps each frame's own size."""
-    sets = [held_out_set(load_checkpoint(run['checkpoint']), root) for run in runs]
+    sets = [held_out_set(training.load_checkpoint(run['checkpoint']), root) for run in runs]
     if isinstance(sets[0], data.LabelledImages):
         common = set.intersection(*({str(image) for image, _ in s.files} for s in sets))
         indices = [i for i, (image, _) in enumerate(sets[0].files) if str(image) in common][:count]
     else:
-        indices = list(range(0, len(sets[0]), max(1, len(sets[0]) // count)))[:count]
+        indices = data.evenly_spaced(len(sets[0]), count)
     if not indices:
         raise ValueError('the runs share no held-out image: compare runs with overlapping evaluation sets.')
     items = [sets[0][i] for i in indices]
@@ -687,7 +674,7 @@ def _common_held_out(runs, root, count):
 def _predicted_maps(run, images, gt_depths):
     """One run's prediction on the images [B, 3, H, W]: train ids [B, H, W], or a list of inverse depth
     maps in 1/m, each at its ground truth's size (median-scaled where the evaluation median-scales)."""
-    checkpoint = load_checkpoint(run['checkpoint'])
+    checkpoint = training.load_checkpoint(run['checkpoint'])
     out = load_network(checkpoint, run['name'])(images)
     if checkpoint['task'] == 'seg':
         return out.argmax(1)
@@ -769,7 +756,7 @@ def plot_grad_cam(runs, root, path, count=4, layer='layer1'):
     images = torch.stack([item['image'] for item in _common_held_out(runs, root, count)])
     fig, axes = _figure(len(images), len(runs), width=3, height=1.3)
     for r, run in enumerate(runs):
-        net = load_network(load_checkpoint(run['checkpoint']), run['name'])
+        net = load_network(training.load_checkpoint(run['checkpoint']), run['name'])
         cam = grad_cam(net, images, getattr(net.encoder, layer))
         for c, (image, heat) in enumerate(zip(images, cam)):
             axes[r, c].imshow(image.permute(1, 2, 0).numpy())
@@ -835,19 +822,13 @@ def write_prediction(prediction, task, out_dir, stem):
 def predict_images(checkpoint_path, source, out_dir):
     """Run a segmentation or depth checkpoint on an image or a folder of images and write each
     prediction into out_dir; returns the number of images."""
-    checkpoint = load_checkpoint(checkpoint_path)
+    checkpoint = training.load_checkpoint(checkpoint_path)
     net = load_network(checkpoint, str(checkpoint_path))
     files = image_files(source)
     out_dir.mkdir(parents=True, exist_ok=True)
     for file in files:  # data.read_image says in one sentence when a file cannot be decoded
         write_prediction(predict(net, checkpoint, data.read_image(file)), checkpoint['task'], out_dir, file.stem)
     return len(files)
-
-
-def _write_text_atomic(path, text):
-    tmp = path.with_name(path.name + '.tmp')
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _data_root(args, runs):
@@ -916,7 +897,7 @@ def main(argv=None):
         return
     if args.checkpoint:
         try:
-            checkpoint_args = load_checkpoint(args.checkpoint).get('args') or {}
+            checkpoint_args = training.load_checkpoint(args.checkpoint).get('args') or {}
             root = args.data_root or checkpoint_args.get('data_root') or 'data/toy'
             scaling = None if args.median_scaling is None else args.median_scaling == 'on'
             metrics, how = evaluate_checkpoint(args.checkpoint, root, protocol=args.eval_protocol,
@@ -939,7 +920,7 @@ def main(argv=None):
                   + '\n## Every run\n\n' + results_table(runs))
         print(tables)
         out_dir.mkdir(parents=True, exist_ok=True)
-        _write_text_atomic(out_dir / 'results.md', (headline + '\n\n' if headline else '') + tables)
+        training.write_text_atomic(out_dir / 'results.md', (headline + '\n\n' if headline else '') + tables)
         written = write_figures(runs, out_dir, args.images, _data_root(args, runs))
     except (ValueError, FileNotFoundError) as error:
         parser.error(str(error))

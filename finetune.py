@@ -24,7 +24,6 @@ smaller learning rate for the encoder.
 import argparse
 import math
 import re
-import sys
 from pathlib import Path
 
 import torch
@@ -33,10 +32,9 @@ import data
 import evaluate
 import losses
 import models
-from pretrain import (Run, add_common_args, add_decoder_args, add_depth_eval_args, autocast, benchmark, check_args,
-                      data_root, depth_eval_name, depth_test_set, init_checkpoint, init_decoder_backbone, metrics_line,
-                      open_dataset, optimisation_step, pick_device, resolve_depth_eval_args, restore, rng_state,
-                      sample_frames, save_depth_sample, save_image_grid, to_device, train, training_batches)
+import training
+from pretrain import save_depth_sample, supervised_depth_loss
+from training import autocast
 
 NUM_CLASSES = len(evaluate.CITYSCAPES_CLASSES)
 
@@ -47,7 +45,7 @@ def parse_args(argv=None):
     parser.add_argument('--init', default='none',
                         help='none (random weights), imagenet (torchvision\'s weights), depth or flow '
                              '(checkpoints/<name>.pt from pretrain.py), or a checkpoint path')
-    add_decoder_args(parser)
+    training.add_decoder_args(parser)
     parser.add_argument('--reset-decoder', action='store_true',
                         help='load only the encoder from --init; the decoder starts from random weights (Table 2)')
     parser.add_argument('--freeze-encoder', action='store_true',
@@ -68,14 +66,14 @@ def parse_args(argv=None):
     parser.add_argument('--warmup', type=int, default=0, help='iterations of linear warm-up before the decay')
     parser.add_argument('--encoder-lr-mult', type=float, default=1.0,
                         help='the encoder\'s learning rate is --lr times this (e.g. 0.1 for a pre-trained encoder)')
-    add_common_args(parser, iters=300, lr=3e-4, batch_size=8, eval_every=50)
-    add_depth_eval_args(parser)
+    training.add_common_args(parser, iters=300, lr=3e-4, batch_size=8, eval_every=50)
+    training.add_depth_eval_args(parser)
     args = parser.parse_args(argv)
-    resolve_depth_eval_args(args, args.task, median_scaling=False)  # fine-tuned depth is metric
+    training.resolve_depth_eval_args(args, args.task, median_scaling=False)  # fine-tuned depth is metric
     if args.task == 'seg' and args.split:
         raise SystemExit('--split applies to --task depth; segmentation reads data_semantics and its --train-size pick.')
     args.name = args.name or run_name(args)
-    check_args(args)
+    training.check_args(args)
     if not 0 <= args.warmup < args.iters:
         raise SystemExit(f'--warmup must be between 0 and --iters - 1 ({args.iters - 1}); got {args.warmup}.')
     return args
@@ -89,7 +87,7 @@ def run_name(args):
         init = re.sub(r'-s\d+$', '', Path(args.init).parent.name)
     decoder = models.describe_decoder(args.decoder, models.xnet_options(args), args.decoder_init, args.reset_decoder)
     frozen = 'frozen' if args.freeze_encoder else 'full'
-    task = '-'.join([args.task] + ([args.loss] + depth_eval_name(args, False) if args.task == 'depth' else []))
+    task = '-'.join([args.task] + ([args.loss] + training.depth_eval_name(args, False) if args.task == 'depth' else []))
     return f'{task}-{init}-{decoder}-{frozen}-n{args.train_size}-{args.arch}-{args.height}x{args.width}-s{args.seed}'
 
 
@@ -112,7 +110,7 @@ def build_network(args):
     weights (ImageNet mean/std for ImageNet weights, else what the checkpoint was trained with)."""
     checkpoint = None
     if args.init not in ('none', 'imagenet'):
-        path, checkpoint = init_checkpoint(args.init)
+        path, checkpoint = training.init_checkpoint(args.init)
         if checkpoint.get('arch') != args.arch:
             raise SystemExit(f'--init {args.init}: {path} holds a {checkpoint.get("arch")} network; '
                              f'pass --arch {checkpoint.get("arch")}.')
@@ -138,7 +136,7 @@ def build_network(args):
         print(f'Initialised {len(loaded)} tensors of the {", ".join(p[:-1] for p in parts)} from {path} '
               f'({checkpoint["task"]}, {checkpoint.get("decoder", "unet")} decoder, {normalization} normalisation); '
               f'new: {", ".join(new) or "nothing"}{why}.')
-    init_decoder_backbone(net, args)
+    training.init_decoder_backbone(net, args)
     return net
 
 
@@ -176,16 +174,16 @@ def save_seg_sample(net, batch, path, device):
     net.eval()
     with torch.no_grad():
         pred = net(batch['image'].to(device)).argmax(1).cpu()
-    save_image_grid([batch['image'].permute(0, 2, 3, 1), evaluate.colourise(batch['label']),
+    evaluate.save_image_grid([batch['image'].permute(0, 2, 3, 1), evaluate.colourise(batch['label']),
                      evaluate.colourise(pred)], path)
 
 
 def segmentation_task(args, root, net, device):
     """(training batches, loss of a batch, evaluation, sample) for few-shot segmentation."""
-    files = open_dataset(data.semantic_files, root)
+    files = training.open_dataset(data.semantic_files, root)
     train_ids, eval_ids = few_shot(len(files), args)
-    train_set = open_dataset(data.LabelledImages, root, train_ids, args.height, args.width, augment=True)
-    eval_set = open_dataset(data.LabelledImages, root, eval_ids, args.height, args.width)
+    train_set = training.open_dataset(data.LabelledImages, root, train_ids, args.height, args.width, augment=True)
+    eval_set = training.open_dataset(data.LabelledImages, root, eval_ids, args.height, args.width)
     eval_batches = list(torch.utils.data.DataLoader(eval_set, batch_size=args.batch_size))
     sample = {k: v[:4] for k, v in eval_batches[0].items()}
 
@@ -197,7 +195,7 @@ def segmentation_task(args, root, net, device):
     def evaluate_now(iteration, folder):
         save_seg_sample(net, sample, folder / f'sample_{iteration:06d}.png', device)
         return evaluate.evaluate_segmentation(net, eval_batches, device, NUM_CLASSES)
-    return train_set, loss_fn, evaluate_now, majority_baseline([files[i][1] for i in train_ids], eval_batches)
+    return train_set, loss_fn, evaluate_now, lambda: majority_baseline([files[i][1] for i in train_ids], eval_batches)
 
 
 def majority_baseline(label_files, eval_batches):
@@ -213,25 +211,23 @@ def depth_task(args, root, net, device):
     """(training set, loss of a batch, evaluation) for few-shot depth: --train-size frames of the training
     drives with ground truth, flipped as in fine-tuning; scored on the test split by --eval-protocol, metric
     (no median scaling) unless --median-scaling on."""
-    frames = open_dataset(data.VideoSnippets, root, 'train', args.height, args.width, frame_ids=(0,),
+    frames = training.open_dataset(data.VideoSnippets, root, 'train', args.height, args.width, frame_ids=(0,),
                           augment=True, with_depth=True, jitter=False, split_dir=args.split)
     train_set = torch.utils.data.Subset(frames, few_shot(len(frames), args)[0])
-    test_set = depth_test_set(args, root)  # read anew at each evaluation: memory stays flat
-    sample = sample_frames(test_set, device)
+    test_set = evaluate.depth_test_set(args, root)  # read anew at each evaluation: memory stays flat
+    sample = training.sample_frames(test_set, device)
 
     def loss_fn(batch):
         with autocast(device):
             disp = net(batch['frames_aug'][:, 0])[0].float()
-        depth = models.disp_to_depth(disp, args.min_depth, args.max_depth)
-        if args.loss == 'silog':
-            return losses.silog_loss(depth, batch['depth'], lam=args.silog_lambda)  # Sect. 2.3
-        return losses.l1_depth_loss(depth, batch['depth'])  # eq. 15
+        return supervised_depth_loss(disp, batch['depth'], args.loss, args.silog_lambda, args.min_depth, args.max_depth)
 
     def evaluate_now(iteration, folder):
         save_depth_sample(net, sample, folder / f'sample_{iteration:06d}.png')
         return evaluate.evaluate_depth(net, test_set, device, args.min_depth, args.max_depth,
                                        args.eval_max_depth, args.median_scaling == 'on', args.workers)
-    return train_set, loss_fn, evaluate_now, evaluate.constant_baseline_on(test_set, args.eval_max_depth, args.workers)
+    return train_set, loss_fn, evaluate_now, lambda: evaluate.constant_baseline_on(test_set, args.eval_max_depth,
+                                                                                   args.workers)
 
 
 def few_shot(count, args):
@@ -245,45 +241,26 @@ def few_shot(count, args):
 def main(argv=None):
     args = parse_args(argv)
     torch.manual_seed(args.seed)
-    device = pick_device(args.device)
+    device = training.pick_device(args.device)
     net = build_network(args).to(device)  # a missing --init checkpoint stops the run before any rendering
-    root = data_root(args)
+    root = training.data_root(args)
     if args.freeze_encoder:
         net.encoder.requires_grad_(False)
     set_train_mode(net, args.freeze_encoder)
     task = segmentation_task if args.task == 'seg' else depth_task
     train_set, loss_fn, evaluate_now, baseline = task(args, root, net, device)
-    batches = lambda start: training_batches(train_set, args, device, start)
     optimizer = make_optimizer(net, args)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(args.schedule, args.iters, args.warmup))
+    batches = lambda start: training.training_batches(train_set, args, device, start)
 
-    def step(batch):
-        return optimisation_step(loss_fn(to_device(batch, device)), optimizer, scheduler)
-
-    if args.bench:
-        return benchmark(step, batches(0), args.bench, args.batch_size, device)
-
-    run = Run(args)
-    state = dict(iter=0, metrics={})
-    if run.resume:
-        state = restore(run, device, {'model': net}, optimizer, scheduler)
-
-    def evaluate_and_resume(iteration):
-        metrics = evaluate_now(iteration, run.path)
+    def evaluate_and_resume(iteration, folder):
+        metrics = evaluate_now(iteration, folder)
         set_train_mode(net, args.freeze_encoder)
         return metrics
 
-    def checkpoint(iteration):
-        return dict(model=net.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                    rng=rng_state(),
-                    task=args.task, arch=args.arch, decoder=args.decoder, xnet=models.xnet_options(args),
-                    normalization=net.normalization,
-                    num_classes=NUM_CLASSES if args.task == 'seg' else None, height=args.height, width=args.width,
-                    args=vars(args), iter=iteration, metrics=state['metrics'])
-
-    train(args, run, step, batches, state, evaluate_and_resume, checkpoint, baseline)
-    print(f'{args.task} after {args.iters} iterations: {metrics_line(state["metrics"], baseline)}. Wrote {run.path}.')
+    info = dict(decoder=args.decoder, xnet=models.xnet_options(args), num_classes=NUM_CLASSES if args.task == 'seg' else None)
+    training.fit(args, {'model': net}, optimizer, scheduler, loss_fn, batches, evaluate_and_resume, baseline, info)
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    main()

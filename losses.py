@@ -1,13 +1,12 @@
-"""Objectives, written out by hand so they can be read next to the paper (Appendix B).
+"""Objectives, written out by hand so they can be read next to the papers.
 
-Self-supervised depth (Monodepth2 recipe): SSIM and the photometric error (eq. 10), the camera
-geometry that warps a source frame into the target view (eq. 7-8), the per-pixel minimum
-reprojection loss with auto-masking, and the edge-aware smoothness prior (eq. 11).
-Optical flow (App. B.3): warping with a flow field and the photometric term of eq. 13; its
-smoothness prior (eq. 14) is the same edge-aware function as eq. 11.
-Depth from ground truth: masked L1 (eq. 15) and the scale-invariant log loss (SILog, Sect. 2.3 of
-the minimal-transfer-learning paper).
-Semantic segmentation: the negative log-likelihood (eq. 12).
+Self-supervised depth (Monodepth2, depth pre-training paper App. B.1-B.2): SSIM and the photometric error
+(eq. 10), the camera geometry that warps source views into the target view (eq. 7-8), and the edge-aware
+smoothness prior (eq. 11); pretrain.monodepth2_loss puts them together as eq. 9, with the per-pixel
+minimum over source views and auto-masking. Optical flow (App. B.3): warping with a flow field and the
+photometric term of eq. 13; its smoothness prior (eq. 14) is the same edge-aware function as eq. 11.
+Depth from ground truth: masked L1 (eq. 15) and the scale-invariant log loss (SILog, Sect. 2.3 of the
+minimal-transfer-learning paper). Semantic segmentation: the negative log-likelihood (eq. 12).
 
 Geometry conventions: camera x right, y down, z forward; pixel centres at integer coordinates;
 K and inv_K are [B,4,4] (or [4,4]); a pose T maps target-frame points to the source frame.
@@ -60,12 +59,16 @@ def ssim(x, y):
 
 
 def photometric_error(pred, target, alpha=0.85):
-    """Per-pixel photometric error [B,1,H,W]: alpha * SSIM term + (1 - alpha) * L1, channel means.
-    target: an image or its Target."""
+    """Per-pixel photometric error of eq. 10: alpha * (1 - SSIM) / 2 + (1 - alpha) * |pred - target|, each a
+    mean over channels, with Monodepth2's weighting (alpha on the SSIM term, which is halved; the paper's
+    printed eq. 10 puts alpha on the L1 term). pred: one image [B,C,H,W] -> [B,1,H,W], or S views of the
+    target [B,S,C,H,W] -> [B,S,H,W]; target: an image [B,C,H,W] or its Target (statistics computed once)."""
+    views = pred if pred.dim() == 5 else pred[:, None]
+    B, S, C, H, W = views.shape
     target = as_target(target)
-    # eq. 10, with Monodepth2's weighting (alpha on the SSIM term)
-    return (alpha * ssim(pred, target).mean(1, keepdim=True)
-            + (1 - alpha) * (pred - target.image).abs().mean(1, keepdim=True))
+    dissimilarity = ssim(views.flatten(1, 2), Target(*(t.repeat(1, S, 1, 1) for t in target)))  # [B,S*C,H,W]
+    l1 = (views - target.image[:, None]).abs().mean(2)
+    return alpha * dissimilarity.view(B, S, C, H, W).mean(2) + (1 - alpha) * l1  # eq. 10
 
 
 def pose_to_matrix(axisangle, translation, invert=False):
@@ -89,27 +92,25 @@ def pose_to_matrix(axisangle, translation, invert=False):
     return torch.cat([torch.cat([R, t], 2), bottom], 1)
 
 
+def pixel_grid(height, width, like):
+    """Pixel coordinates (u right, v down, centres at integers) of an image, as two [H, W] tensors."""
+    v, u = torch.meshgrid(torch.arange(height, dtype=like.dtype, device=like.device),
+                          torch.arange(width, dtype=like.dtype, device=like.device), indexing="ij")
+    return u, v
+
+
+def sampling_grid(u, v, height, width):
+    """Pixel coordinates -> grid_sample's coordinates [..., 2] (align_corners=False): u -> (2u + 1) / W - 1."""
+    return torch.stack([(2 * u + 1) / width - 1, (2 * v + 1) / height - 1], -1)
+
+
 def backproject(depth, inv_K):
     """Depth [B,1,H,W] -> homogeneous camera points [B,4,H*W]: z(i,j) K^-1 [i, j, 1]^T (eq. 8)."""
     B, _, H, W = depth.shape
-    v, u = torch.meshgrid(torch.arange(H, dtype=depth.dtype, device=depth.device),
-                          torch.arange(W, dtype=depth.dtype, device=depth.device), indexing="ij")
+    u, v = pixel_grid(H, W, depth)
     pixels = torch.stack([u.flatten(), v.flatten(), torch.ones_like(u).flatten()])  # [3,N]
     points = (inv_K[..., :3, :3] @ pixels) * depth.reshape(B, 1, -1)                  # eq. 8
     return torch.cat([points, torch.ones_like(points[:, :1])], 1)
-
-
-def project(points, K, T, height, width, eps=1e-7):
-    """Points [B,4,N] in the target frame -> grid [B,H,W,2] sampling K pi(T P) (eq. 8).
-
-    The grid is normalised for grid_sample(align_corners=False): pixel u -> (2u + 1) / W - 1.
-    Depths are clamped to eps so points on or behind the camera cannot divide by zero.
-    """
-    cam = (K @ T)[..., :3, :] @ points                                # [B,3,N]
-    pix = cam[:, :2] / cam[:, 2:3].clamp(min=eps)                     # eq. 8: pi(P) = P[:2] / P[2]
-    size = torch.tensor([width, height], dtype=pix.dtype, device=pix.device).view(1, 2, 1)
-    grid = (2 * pix + 1) / size - 1
-    return grid.view(-1, 2, height, width).permute(0, 2, 3, 1)
 
 
 def view_rays(K, inv_K, T, height, width):
@@ -129,13 +130,13 @@ def warp_views(sources, depth, rays, eps=1e-7):
     """Resample S sources [B,S,C,H,W] into the target view from target depth [B,1,H,W] and their
     view_rays (computed once for every depth map of a batch): [B,S,C,H,W].
 
-    As in project(): depths clamped to eps, pixels normalised for grid_sample(align_corners=False).
+    Depths are clamped to eps, so points on or behind the camera cannot divide by zero.
     """
     B, S, C, H, W = sources.shape
     rays, shift = rays
     cam = depth.view(B, 1, H * W, 1) * rays + shift
     pix = cam[..., :2] / cam[..., 2:].clamp(min=eps)                              # eq. 8: pi(P) = P[:2] / P[2]
-    grid = (2 * pix + 1) / torch.tensor([W, H], dtype=pix.dtype, device=pix.device) - 1
+    grid = sampling_grid(pix[..., 0], pix[..., 1], H, W)
     # eq. 7: x_hat = x o pi^-1
     return sample(sources.flatten(0, 1), grid.view(B * S, H, W, 2)).view(B, S, C, H, W)
 
@@ -146,48 +147,6 @@ def sample(source, grid):
     back-propagated (grid_sample's backward can crash the process on such a grid)."""
     out = F.grid_sample(source, grid, mode="bilinear", padding_mode="border", align_corners=False)
     return torch.where(torch.isfinite(grid).all(-1).unsqueeze(1), out, torch.nan)
-
-
-def warp(source, depth, K, inv_K, T):
-    """Resample source [B,C,H,W] into the target view from target depth and T (target->source)."""
-    return warp_views(source[:, None], depth, view_rays(K, inv_K, T[:, None], *depth.shape[-2:]))[:, 0]
-
-
-def identity_error(target, sources):
-    """Photometric errors of the unwarped sources against the target (an image or its Target), [B,S,H,W].
-
-    These do not depend on depth, so the caller computes them once per batch for auto-masking.
-    """
-    return _errors(target, sources)
-
-
-def _errors(target, images):
-    """Photometric errors of several images against one target: [B,S,H,W], the target's statistics shared."""
-    target = as_target(target)
-    return torch.cat([photometric_error(image, target) for image in images], 1)
-
-
-def min_reprojection(target, warped, identity=None):
-    """Per-pixel minimum reprojection error [B,1,H,W] and auto-mask [B,1,H,W] (Monodepth2) of the
-    warped images against the target (an image or its Target).
-
-    Taking the minimum over sources ignores pixels occluded in one of them. With `identity`
-    (from identity_error) a pixel counts only where a warped source beats every unwarped source
-    strictly (static camera, objects moving with the camera); ties go to the identity, so those
-    pixels contribute their identity error, which carries no gradient to depth or pose.
-    """
-    best = _errors(target, warped).min(1, keepdim=True).values
-    if identity is None:
-        return best, torch.ones_like(best)
-    best_identity = identity.min(1, keepdim=True).values
-    mask = best < best_identity
-    return torch.where(mask, best, best_identity), mask.float()
-
-
-def reprojection_loss(target, warped, identity=None):
-    """Mean of the per-pixel minimum reprojection error (eq. 10 over eq. 7); returns (loss, mask)."""
-    per_pixel, mask = min_reprojection(target, warped, identity)
-    return per_pixel.mean(), mask
 
 
 def mean_normalised(disp, eps=1e-7):
@@ -213,11 +172,8 @@ def smoothness_loss(disp, img):
 def flow_warp(source, flow):
     """Resample source [B,C,H,W] at p + flow(p): frame t+1 seen through the flow t -> t+1 lands on frame t."""
     B, _, H, W = flow.shape
-    v, u = torch.meshgrid(torch.arange(H, dtype=flow.dtype, device=flow.device),
-                          torch.arange(W, dtype=flow.dtype, device=flow.device), indexing="ij")
-    x, y = u + flow[:, 0], v + flow[:, 1]
-    grid = torch.stack([(2 * x + 1) / W - 1, (2 * y + 1) / H - 1], -1)  # align_corners=False, as project()
-    return sample(source, grid)
+    u, v = pixel_grid(H, W, flow)
+    return sample(source, sampling_grid(u + flow[:, 0], v + flow[:, 1], H, W))
 
 
 def flow_photometric_error(pred, target, colour_weight=0.15, ssim_weight=0.15):

@@ -36,6 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import data  # noqa: E402
 import models  # noqa: E402
 import pretrain  # noqa: E402
+import toyworld  # noqa: E402
+import training  # noqa: E402
 
 
 def import_monodepth2():
@@ -52,7 +54,7 @@ def import_monodepth2():
 def toy_batches(height, width, batch_size, count, seed):
     """`count` training batches of a small toy world rendered at height x width, as pretrain.py loads them."""
     root = Path(tempfile.mkdtemp(prefix='bench-toy-')) / 'world'
-    data.render_toy_world(root, height, width, drives=1, frames=batch_size * count + 2, test_frames=3,
+    toyworld.render_toy_world(root, height, width, drives=1, frames=batch_size * count + 2, test_frames=3,
                           labelled=0, seed=seed)
     dataset = data.VideoSnippets(root, 'train', height, width, frame_ids=(0, -1, 1), augment=True)
     loader = torch.utils.data.DataLoader(dataset, batch_size, shuffle=True, drop_last=True,
@@ -66,17 +68,16 @@ def project_step(args):
     pose_net = models.build_pose_net(args.arch, 'unit')
     params = [*depth_net.parameters(), *pose_net.parameters()]
     optimizer = torch.optim.Adam(params, lr=args.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, pretrain.step_schedule(args.iters))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: 1.0)
     device = torch.device('cpu')
 
     def loss_fn(batch):
-        batch = pretrain.to_device(batch, device)
-        with pretrain.autocast(device):
+        batch = training.to_device(batch, device)
+        with training.autocast(device):
             disps = [d.float() for d in depth_net(batch['frames_aug'][:, 0])]
-        return pretrain.photometric_depth_loss(disps, *pretrain.source_views(batch, pose_net, args.supervision),
-                                               batch, args)
+        return pretrain.monodepth2_loss(disps, *pretrain.source_views(batch, pose_net, args.supervision), batch, args)
 
-    return lambda batch: pretrain.optimisation_step(loss_fn(batch), optimizer, scheduler)
+    return lambda batch: training.optimisation_step(loss_fn(batch), optimizer, scheduler)
 
 
 def monodepth2_step(networks, layers, batch_size, height, width, lr=1e-4, scales=4, smoothness=1e-3):

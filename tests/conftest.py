@@ -12,7 +12,7 @@ import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import data  # noqa: E402
+import toyworld  # noqa: E402
 
 TINY = dict(height=64, width=192, drives=1, frames=8, test_frames=8, labelled=12, seed=0)
 SMALL = ['--height', '64', '--width', '192', '--batch-size', '2', '--workers', '0']  # training flags for it
@@ -35,7 +35,7 @@ def read_metrics(run):
 def toy_root(tmp_path_factory):
     """A tiny toy world (64x192, one training drive of 8 frames, 12 labelled images)."""
     root = tmp_path_factory.mktemp('toy') / 'world'
-    data.render_toy_world(root, **TINY)
+    toyworld.render_toy_world(root, **TINY)
     return root
 
 
@@ -57,14 +57,31 @@ def two_size_root(tmp_path_factory):
     370x1224, ...): the held-out drive of a second world, rendered at 48x160, joins it as date 2011_09_28."""
     base = tmp_path_factory.mktemp('two_sizes')
     root, other = base / 'world', base / 'other'
-    data.render_toy_world(root, **TINY)
-    data.render_toy_world(other, **dict(TINY, height=48, width=160, seed=1))
-    drive = f'{data.TOY_DATE}_drive_{TINY["drives"] + 1:04d}_sync'
+    toyworld.render_toy_world(root, **TINY)
+    toyworld.render_toy_world(other, **dict(TINY, height=48, width=160, seed=1))
+    drive = f'{toyworld.TOY_DATE}_drive_{TINY["drives"] + 1:04d}_sync'
     (root / '2011_09_28').mkdir()
-    for calib in (other / data.TOY_DATE).glob('calib_*.txt'):
+    for calib in (other / toyworld.TOY_DATE).glob('calib_*.txt'):
         shutil.copy(calib, root / '2011_09_28' / calib.name)
-    shutil.copytree(other / data.TOY_DATE / drive, root / '2011_09_28' / drive.replace(data.TOY_DATE, '2011_09_28'))
-    lines = (other / 'splits/test_files.txt').read_text().replace(data.TOY_DATE, '2011_09_28')
+    shutil.copytree(other / toyworld.TOY_DATE / drive, root / '2011_09_28' / drive.replace(toyworld.TOY_DATE, '2011_09_28'))
+    lines = (other / 'splits/test_files.txt').read_text().replace(toyworld.TOY_DATE, '2011_09_28')
     with open(root / 'splits/test_files.txt', 'a') as split:
         split.write(lines)
     return root
+
+
+def project(points, K, T, height, width):
+    """Eq. 8 written apart from losses.warp_views, as a test oracle: camera points [B,4,N] of the target
+    frame -> grid_sample's grid [B,H,W,2] of their pixels K pi(T P) in the source view."""
+    cam = (K @ T)[..., :3, :] @ points
+    u, v = cam[:, 0] / cam[:, 2].clamp(min=1e-7), cam[:, 1] / cam[:, 2].clamp(min=1e-7)
+    grid = torch.stack([(2 * u + 1) / width - 1, (2 * v + 1) / height - 1], -1)
+    return grid.view(-1, height, width, 2)
+
+
+def warp(source, depth, K, inv_K, T):
+    """One source [B,C,H,W] resampled into the target view from target depth and T (target -> source), by
+    losses.warp_views."""
+    import losses
+    rays = losses.view_rays(K, inv_K, T[:, None], *depth.shape[-2:])
+    return losses.warp_views(source[:, None], depth, rays)[:, 0]

@@ -13,9 +13,10 @@ import torch.nn.functional as F
 from torchvision.io import write_jpeg
 
 import data
+import toyworld
 import losses
-import pretrain
-from conftest import TINY
+import training
+from conftest import TINY, project, warp
 
 
 def test_files_are_where_kitti_keeps_them(toy_root):
@@ -35,35 +36,35 @@ def test_files_are_where_kitti_keeps_them(toy_root):
 
 def test_same_seed_gives_identical_files(tmp_path):
     small = dict(TINY, frames=3, test_frames=3, labelled=2)
-    data.render_toy_world(tmp_path / 'a', **small)
-    data.render_toy_world(tmp_path / 'b', **small, threads=2)  # whatever the threads
+    toyworld.render_toy_world(tmp_path / 'a', **small)
+    toyworld.render_toy_world(tmp_path / 'b', **small, threads=2)  # whatever the threads
     files = sorted(p.relative_to(tmp_path / 'a') for p in (tmp_path / 'a').rglob('*') if p.is_file())
     assert len(files) > 20
     match, mismatch, errors = filecmp.cmpfiles(tmp_path / 'a', tmp_path / 'b', files, shallow=False)
     assert not mismatch and not errors
-    data.render_toy_world(tmp_path / 'c', **dict(small, seed=1))
+    toyworld.render_toy_world(tmp_path / 'c', **dict(small, seed=1))
     assert (tmp_path / 'a' / files[-1]).read_bytes() != (tmp_path / 'c' / files[-1]).read_bytes()
 
 
 def test_render_uses_its_threads_and_restores_torchs(tmp_path, monkeypatch):
-    seen, render_view = [], data.render_view
-    monkeypatch.setattr(data, 'render_view', lambda *args, **kw: seen.append(torch.get_num_threads())
+    seen, render_view = [], toyworld.render_view
+    monkeypatch.setattr(toyworld, 'render_view', lambda *args, **kw: seen.append(torch.get_num_threads())
                         or render_view(*args, **kw))
     previous = torch.get_num_threads()
     torch.set_num_threads(3)
     try:
-        data.render_toy_world(tmp_path / 'a', height=48, width=160, drives=1, frames=3, test_frames=3, labelled=1)
+        toyworld.render_toy_world(tmp_path / 'a', height=48, width=160, drives=1, frames=3, test_frames=3, labelled=1)
         assert set(seen) == {1} and torch.get_num_threads() == 3
-        monkeypatch.setattr(data, '_render_semantics', lambda *args: 1 / 0)
+        monkeypatch.setattr(toyworld, '_render_semantics', lambda *args: 1 / 0)
         with pytest.raises(ZeroDivisionError):
-            data.render_toy_world(tmp_path / 'b', height=48, width=160, drives=1, frames=3, test_frames=3, labelled=1)
+            toyworld.render_toy_world(tmp_path / 'b', height=48, width=160, drives=1, frames=3, test_frames=3, labelled=1)
         assert torch.get_num_threads() == 3 and not (tmp_path / 'b').exists()
     finally:
         torch.set_num_threads(previous)
 
 
 def test_progress_bar_counts_every_view_by_stage(tmp_path, capsys):
-    data.render_toy_world(tmp_path / 'w', height=48, width=160, drives=2, frames=3, test_frames=4, labelled=2)
+    toyworld.render_toy_world(tmp_path / 'w', height=48, width=160, drives=2, frames=3, test_frames=4, labelled=2)
     err = capsys.readouterr().err
     total = 2 * (2 * 3 + 4) + 2  # left and right per drive frame, one per labelled image
     assert f'{total}/{total}' in err
@@ -73,34 +74,34 @@ def test_progress_bar_counts_every_view_by_stage(tmp_path, capsys):
 def test_screen_windows_lose_no_hits(monkeypatch):
     """Casting rays only inside each object's screen window (the box cut at the near plane) gives
     exactly what casting every ray at every object gives, also for objects beside the camera, except
-    beyond data.FAR, where objects are left out."""
-    K = data.toy_intrinsics(48, 160)
-    views = [(data.Drive(seed, 60), frame, offset) for seed, frame, offset in
-             [(0, 0, 0.0), (1, 25, data.STEREO_BASELINE), (2, 59, 0.0)]]
-    fast = [data.render_view(drive, frame, K, 48, 160, offset) for drive, frame, offset in views]
+    beyond toyworld.FAR, where objects are left out."""
+    K = toyworld.toy_intrinsics(48, 160)
+    views = [(toyworld.Drive(seed, 60), frame, offset) for seed, frame, offset in
+             [(0, 0, 0.0), (1, 25, toyworld.STEREO_BASELINE), (2, 59, 0.0)]]
+    fast = [toyworld.render_view(drive, frame, K, 48, 160, offset) for drive, frame, offset in views]
     everywhere = lambda objects, *args: torch.tensor([[0, 48, 0, 160]]).repeat(len(objects['label']), 1)
-    monkeypatch.setattr(data, '_screen_windows', everywhere)
+    monkeypatch.setattr(toyworld, '_screen_windows', everywhere)
     for (drive, frame, offset), view in zip(views, fast):
-        slow = data.render_view(drive, frame, K, 48, 160, offset)
-        near = slow[1] <= data.FAR
+        slow = toyworld.render_view(drive, frame, K, 48, 160, offset)
+        near = slow[1] <= toyworld.FAR
         assert near.float().mean() > 0.95
         assert all(torch.equal(a[..., near], b[..., near]) for a, b in zip(view, slow))
-        assert (view[2] == data.LABEL_IDS['building']).any() and (view[1] > 0).all(0).any()
+        assert (view[2] == toyworld.LABEL_IDS['building']).any() and (view[1] > 0).all(0).any()
 
 
 def test_depth_png_round_trip(tmp_path):
     depth = torch.rand(7, 9) * 100
     depth[0, 0] = 0
-    data.write_depth_png(depth, tmp_path / 'd.png')
+    toyworld.write_depth_png(depth, tmp_path / 'd.png')
     back = data.read_depth(tmp_path / 'd.png')[0]
     assert back[0, 0] == 0 and (back - depth).abs().max() <= 0.5 / 256
 
 
 def test_calibration_gives_the_rig():
-    calib = data.read_calib_text(data._calib_text(data.toy_intrinsics(64, 192), 64, 192))
+    calib = data.read_calib_text(toyworld._calib_text(toyworld.toy_intrinsics(64, 192), 64, 192))
     K, size = data.camera_intrinsics(calib, '02')
-    assert size == (64, 192) and torch.allclose(K, data.toy_intrinsics(64, 192))
-    assert abs(data.stereo_baseline(calib) - data.STEREO_BASELINE) < 1e-6
+    assert size == (64, 192) and torch.allclose(K, toyworld.toy_intrinsics(64, 192))
+    assert abs(data.stereo_baseline(calib) - toyworld.STEREO_BASELINE) < 1e-6
 
 
 def test_labels_map_to_train_ids(toy_root):
@@ -143,10 +144,10 @@ def _ground_truth_warp(root, size, depth_scale=1.0, crop=None, shift_intrinsics=
         assert torch.equal(item['depth'][None], depth_t)  # the loader crops depth with the images
     inv_K = torch.linalg.inv(K)
     target, source = item['frames'][0:1], item['frames'][1:2]
-    warped = losses.warp(source, depth_t * depth_scale, K, inv_K, T)
+    warped = warp(source, depth_t * depth_scale, K, inv_K, T)
     true_K = K if shift_intrinsics else item['K'][None]  # visibility from the true geometry
     points = losses.backproject(depth_t, torch.linalg.inv(true_K))
-    grid = losses.project(points, true_K, T, *shape)
+    grid = project(points, true_K, T, *shape)
     expected_z = (T @ points)[:, 2].view(1, 1, *shape)
     seen_z = F.grid_sample(depth_s, grid, mode='nearest', align_corners=False)
     inside = (grid.abs() < 1).all(-1)[:, None]
@@ -176,7 +177,7 @@ def test_ground_truth_warp_holds_on_random_crops(toy_root):
 def test_flow_png_round_trip(tmp_path):
     flow = (torch.rand(2, 5, 7) - 0.5) * 200
     valid = torch.rand(5, 7) > 0.3
-    data.write_flow_png(flow, valid, tmp_path / 'f.png')
+    toyworld.write_flow_png(flow, valid, tmp_path / 'f.png')
     back, back_valid = data.read_flow(tmp_path / 'f.png')
     assert torch.equal(back_valid, valid) and (back - flow).abs().max() <= 0.5 / 64
 
@@ -220,7 +221,7 @@ def _stereo_warp_error(root, size, focal_scale=1.0):
     depth = F.interpolate(item['depth'][None], size=size, mode='nearest')
     K = item['K'][None].clone()
     K[:, 0, 0] *= focal_scale
-    warped = losses.warp(item['stereo'][None], depth, K, torch.linalg.inv(K), item['stereo_T'][None])
+    warped = warp(item['stereo'][None], depth, K, torch.linalg.inv(K), item['stereo_T'][None])
     valid = depth > 0
     error = (warped - item['frames'][:1]).abs().mean(1, keepdim=True)[valid].mean()
     identity = (item['stereo'][None] - item['frames'][:1]).abs().mean(1, keepdim=True)[valid].mean()
@@ -254,7 +255,7 @@ REALDATA = Path(__file__).resolve().parents[2] / 'shared' / 'realdata'
 def _rgb(path, height=10, width=12):
     """A small 8-bit RGB PNG at `path` (folders made)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    data._write_rgb(torch.randint(0, 256, (3, height, width), dtype=torch.uint8), path)
+    toyworld._write_rgb(torch.randint(0, 256, (3, height, width), dtype=torch.uint8), path)
     return path
 
 
@@ -265,16 +266,16 @@ def _semantics(root, image_size=(10, 12), label_size=(10, 12), label16=False):
     label = folder / 'semantic/000000_10.png'
     label.parent.mkdir(parents=True)
     if label16:  # as KITTI's instance/ PNGs: label id * 256 + instance
-        data.write_png16(np.full(label_size, 26 * 256 + 2, np.int32), label)
+        toyworld.write_png16(np.full(label_size, 26 * 256 + 2, np.int32), label)
     else:
-        data._write_rgb(torch.full((1, *label_size), data.LABEL_IDS['road'], dtype=torch.uint8), label)
+        toyworld._write_rgb(torch.full((1, *label_size), toyworld.LABEL_IDS['road'], dtype=torch.uint8), label)
     return image, label
 
 
 def test_label_map_of_another_size_stops_with_both_sizes_and_files(tmp_path):
     image, label = _semantics(tmp_path, image_size=(370, 1224), label_size=(375, 1242))
     for build in (lambda: data.LabelledImages(tmp_path, [0], 64, 192),
-                  lambda: pretrain.open_dataset(data.LabelledImages, tmp_path, [0], 64, 192)):
+                  lambda: training.open_dataset(data.LabelledImages, tmp_path, [0], 64, 192)):
         with pytest.raises((ValueError, SystemExit)) as caught:
             build()
         message = str(caught.value)
@@ -356,7 +357,7 @@ def test_missing_files_are_told_apart_from_corrupt_ones(tmp_path):
     junk = tmp_path / 'junk.png'
     junk.write_bytes(b'not a png at all, just text')
     truncated = tmp_path / 'truncated.png'
-    data.write_depth_png(torch.rand(40, 50) * 80, tmp_path / 'whole.png')
+    toyworld.write_depth_png(torch.rand(40, 50) * 80, tmp_path / 'whole.png')
     truncated.write_bytes((tmp_path / 'whole.png').read_bytes()[:60])
     for read, path, words in [(data.read_depth, junk, 'not a PNG'), (data.read_depth, truncated, 'cannot be decoded'),
                               (data.read_image, junk, 'not a PNG or JPEG image')]:
@@ -386,7 +387,7 @@ def test_flow_map_of_the_wrong_format_or_size_stops(tmp_path):
     with pytest.raises(ValueError, match='16-bit 3-channel') as caught:
         data.FlowPairs(tmp_path, 8, 8)
     assert str(flow) in str(caught.value)
-    data.write_flow_png(torch.zeros(2, 11, 12), torch.ones(11, 12, dtype=torch.bool), flow)
+    toyworld.write_flow_png(torch.zeros(2, 11, 12), torch.ones(11, 12, dtype=torch.bool), flow)
     with pytest.raises(ValueError, match='12x11') as caught:
         data.FlowPairs(tmp_path, 8, 8)
     assert str(flow) in str(caught.value) and str(first) in str(caught.value) and '12x10' in str(caught.value)
@@ -635,14 +636,14 @@ def test_velodyne_depth_matches_the_annotated_depth_of_the_toy_world(toy_root):
     # v, both under a pixel, so every pixel below the top beam (+2 degrees) and above the image's bottom
     # (the -24.9 degree beam lies below it) gets a point, unless it shows sky or lies beyond the range.
     side = math.radians(20)
-    elevations = data.VELO_ELEVATIONS
+    elevations = toyworld.VELO_ELEVATIONS
     step_el = math.radians((elevations[0] - elevations[-1]).item() / (len(elevations) - 1))
     lowest = math.atan((height + 0.5 - cy) / f)  # the steepest beam that still meets the image
-    assert f * math.radians(data.VELO_AZIMUTH_STEP) / math.cos(side) ** 2 < 1
+    assert f * math.radians(toyworld.VELO_AZIMUTH_STEP) / math.cos(side) ** 2 < 1
     assert f * step_el / (math.cos(lowest) ** 2 * math.cos(side)) < 1
     assert cy + f * math.tan(math.radians(-elevations[-1].item())) > height
     near = 100.0  # metres of depth: at most 20 degrees aside and `lowest` down, within the scanner's range
-    assert near * math.hypot(1, math.tan(side), math.tan(lowest)) + np.linalg.norm(T) < data.VELO_RANGE
+    assert near * math.hypot(1, math.tan(side), math.tan(lowest)) + np.linalg.norm(T) < toyworld.VELO_RANGE
     cols = torch.arange(width)
     rows = torch.arange(height)
     window = (((cols + 0.5 >= cx - f * math.tan(side)) & (cols + 1.5 <= cx + f * math.tan(side)))[None]
@@ -703,9 +704,9 @@ def test_an_interrupted_render_leaves_no_temporary_world(tmp_path, monkeypatch):
     def interrupted(root, *args):
         (root / 'half').mkdir(parents=True)
         raise KeyboardInterrupt
-    monkeypatch.setattr(data, '_render_world', interrupted)
+    monkeypatch.setattr(toyworld, '_render_world', interrupted)
     with pytest.raises(KeyboardInterrupt):
-        data.render_toy_world(tmp_path / 'world', **TINY)
+        toyworld.render_toy_world(tmp_path / 'world', **TINY)
     assert list(tmp_path.iterdir()) == []  # neither this render's nor the killed one's temporary folder
 
 
@@ -713,6 +714,6 @@ def test_a_toy_world_of_an_older_version_stops_with_a_sentence(tmp_path):
     (tmp_path / 'old').mkdir()
     (tmp_path / 'old' / 'toy_world.json').write_text('{"height": 96, "width": 320}')  # before versions
     with pytest.raises(SystemExit, match=r'holds a toy world of version 1, .*delete it \(rm -r .*old\)'):
-        data.ensure_toy_world(tmp_path / 'old')
-    (tmp_path / 'old' / 'toy_world.json').write_text(json.dumps({'version': data.TOY_WORLD_VERSION}))
-    data.ensure_toy_world(tmp_path / 'old')  # the current version is reused as it is
+        toyworld.ensure_toy_world(tmp_path / 'old')
+    (tmp_path / 'old' / 'toy_world.json').write_text(json.dumps({'version': toyworld.TOY_WORLD_VERSION}))
+    toyworld.ensure_toy_world(tmp_path / 'old')  # the current version is reused as it is

@@ -12,6 +12,7 @@ import torchvision
 import evaluate
 import finetune
 import pretrain
+import training
 from conftest import SMALL, read_metrics
 
 
@@ -168,14 +169,14 @@ def test_resume_applies_and_records_changed_lr_and_iters_and_refuses_defining_fl
 
 def _crash_after_saving(iteration, run, monkeypatch):
     """Start `run`, which dies (as if killed) right after writing its checkpoint of `iteration`."""
-    save = pretrain.Run.save
+    save = training.Run.save
 
     def save_then_crash(self, state):
         save(self, state)
         if state['iter'] == iteration:
             raise KeyboardInterrupt
     with monkeypatch.context() as patch:
-        patch.setattr(pretrain.Run, 'save', save_then_crash)
+        patch.setattr(training.Run, 'save', save_then_crash)
         with pytest.raises(KeyboardInterrupt):
             run()
 
@@ -245,7 +246,7 @@ def test_a_full_disk_stops_with_the_space_needed_and_leaves_no_temporary_file(to
     def full(obj, path):
         Path(path).write_bytes(b'partial')
         raise RuntimeError('[enforce fail at inline_container.cc:672] . unexpected pos 123 vs 456')
-    monkeypatch.setattr(pretrain.torch, 'save', full)
+    monkeypatch.setattr(training.torch, 'save', full)
     with pytest.raises(SystemExit, match=r'could not write .*checkpoint.pt .*: it needs about \d+ MB and \d+ MB are free') as stop:
         _start(toy_root, tmp_path)
     assert 'free some space, then continue with --resume' in str(stop.value)

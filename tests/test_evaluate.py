@@ -14,6 +14,7 @@ import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import evaluate  # noqa: E402
+import training  # noqa: E402
 
 # 2x4 image, 3 classes present (K = 4, class 3 absent); the last column is ignored.
 LABEL = torch.tensor([[0, 0, 1, 255], [1, 2, 2, 255]])
@@ -448,7 +449,7 @@ def test_grad_cam_highlights_where_the_prediction_comes_from():
 
 def test_evaluate_one_checkpoint(trained_runs, capsys):
     metrics = evaluate.main(['--checkpoint', str(trained_runs[0] / 'checkpoint.pt')])
-    checkpoint = evaluate.load_checkpoint(trained_runs[0] / 'checkpoint.pt')
+    checkpoint = training.load_checkpoint(trained_runs[0] / 'checkpoint.pt')
     held_out = evaluate.held_out_set(checkpoint, checkpoint['args']['data_root'])
     assert len(held_out) == 12 - 4  # every labelled image outside the run's 4-image pick
     batches = torch.utils.data.DataLoader(held_out, batch_size=3)

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import losses
+from conftest import project, warp
 
 
 def intrinsics(fx, fy, cx, cy):
@@ -61,8 +62,8 @@ def test_target_statistics_are_shared_and_change_nothing():
     assert losses.as_target(target) is target
     assert torch.equal(losses.ssim(x, target), losses.ssim(x, y))
     assert torch.equal(losses.photometric_error(x, target), losses.photometric_error(x, y))
-    errors = losses.identity_error(target, [x, y])
-    assert errors.shape == (2, 2, 6, 8) and torch.equal(errors[:, :1], losses.photometric_error(x, y))
+    errors = losses.photometric_error(torch.stack([x, y], 1), target)  # two views of one target at once
+    assert errors.shape == (2, 2, 6, 8) and torch.allclose(errors[:, :1], losses.photometric_error(x, y), atol=1e-7)
     assert errors[:, 1].abs().max() < 1e-6
 
 
@@ -88,7 +89,7 @@ def test_pose_inverse_composes_to_identity():
 def test_warp_with_identity_pose_reproduces_image():
     K = intrinsics(5.0, 6.0, 4.5, 3.5).expand(2, 4, 4)
     source, depth = torch.rand(2, 3, 7, 9), 0.5 + 10 * torch.rand(2, 1, 7, 9)
-    warped = losses.warp(source, depth, K, torch.inverse(K), torch.eye(4).expand(2, 4, 4))
+    warped = warp(source, depth, K, torch.inverse(K), torch.eye(4).expand(2, 4, 4))
     assert torch.allclose(warped, source, atol=1e-5)
 
 
@@ -98,7 +99,7 @@ def test_warp_translation_shifts_by_fx_tx_over_z():
     K = intrinsics(fx, fx, 7.5, 2.5)[None]
     T = losses.pose_to_matrix(torch.zeros(1, 3), torch.tensor([[tx, 0, 0]]))
     source = torch.rand(1, 3, H, W)
-    warped = losses.warp(source, torch.full((1, 1, H, W), z), K, torch.inverse(K), T)
+    warped = warp(source, torch.full((1, 1, H, W), z), K, torch.inverse(K), T)
     # P_source = P_target + (tx, 0, 0), so u_source = u_target + fx*tx/z: target pixel u reads
     # source pixel u + shift (the content moves left by `shift` pixels in the warped image).
     assert torch.allclose(warped[..., :W - shift], source[..., shift:], atol=1e-5)
@@ -116,44 +117,58 @@ def test_warp_views_is_eq_8_step_by_step_for_each_source():
     assert rays.shape == (B, S, H * W, 3) and shift.shape == (B, S, 1, 3)
     warped = losses.warp_views(sources, depth, (rays, shift))
     for s in range(S):
-        grid = losses.project(losses.backproject(depth, inv_K), K, T[:, s], H, W)
+        grid = project(losses.backproject(depth, inv_K), K, T[:, s], H, W)
         expected = F.grid_sample(sources[:, s], grid, padding_mode="border", align_corners=False)
         assert torch.allclose(warped[:, s], expected, atol=1e-5)
 
 
-def test_min_reprojection_picks_best_source_per_pixel():
-    torch.manual_seed(0)
+def _reprojection_term(monkeypatch, target, sources, warped, automask=True):
+    """pretrain.monodepth2_loss at one scale with a constant disparity (no smoothness cost) and the warp
+    replaced by `warped` [B,S,3,H,W]: the reprojection term of eq. 9 alone."""
+    import pretrain
+    monkeypatch.setattr(losses, 'warp_views', lambda sources, depth, rays: warped)
+    B, _, _, H, W = sources.shape
+    K = intrinsics(10.0, 10.0, W / 2, H / 2).expand(B, 4, 4)
+    batch = dict(frames=target[:, None], K=K, inv_K=torch.inverse(K))
+    args = pretrain.parse_args(['--scales', '1'] + ([] if automask else ['--no-automask']))
+    poses = torch.eye(4).expand(B, sources.shape[1], 4, 4)
+    return pretrain.monodepth2_loss([torch.full((B, 1, H, W), 0.5)], sources, poses, batch, args)
+
+
+def test_the_reprojection_term_keeps_each_pixels_best_source(monkeypatch):
+    g = torch.Generator().manual_seed(0)
     H, W = 6, 12
-    target = torch.rand(1, 3, H, W)
+    target = torch.rand(1, 3, H, W, generator=g)
     cols = torch.arange(W)
     # the halves overlap by two columns so every pixel has a source matching its whole 3x3 window
-    left = torch.where(cols <= W // 2, target, torch.rand(1, 3, H, W))
-    right = torch.where(cols >= W // 2 - 1, target, torch.rand(1, 3, H, W))
-    per_pixel, mask = losses.min_reprojection(target, [left, right])
-    assert per_pixel.shape == (1, 1, H, W) and torch.allclose(per_pixel, torch.zeros_like(per_pixel), atol=1e-6)
-    assert torch.equal(mask, torch.ones_like(mask))
-    loss, _ = losses.reprojection_loss(target, [left, right])
-    assert loss.item() < 1e-6
-    assert losses.reprojection_loss(target, [left])[0] > 0.01
+    left = torch.where(cols <= W // 2, target, torch.rand(1, 3, H, W, generator=g))
+    right = torch.where(cols >= W // 2 - 1, target, torch.rand(1, 3, H, W, generator=g))
+    both, one = torch.stack([left, right], 1), left[:, None]
+    assert _reprojection_term(monkeypatch, target, both, both, automask=False) < 1e-6  # a mean over sources is not
+    assert _reprojection_term(monkeypatch, target, one, one, automask=False) > 0.01
 
 
-def test_auto_mask():
-    torch.manual_seed(0)
+def test_auto_masking_keeps_a_pixel_only_where_warping_beats_every_unwarped_source(monkeypatch):
+    g = torch.Generator().manual_seed(0)
     H, W = 6, 12
-    target = torch.rand(1, 3, H, W)
+    target = torch.rand(1, 3, H, W, generator=g)
     cols = torch.arange(W)
-    unwarped = torch.where(cols < W // 2, target, torch.rand(1, 3, H, W))   # static on the left
-    identity = losses.identity_error(target, [unwarped])
-    warped = (target + 0.02).clamp(0, 1)                                 # slightly off everywhere
-    loss, mask = losses.reprojection_loss(target, [warped], identity)
-    # the last left column's 3x3 window sees the differing right half, so it is not checked
-    assert torch.equal(mask[..., :W // 2 - 1], torch.zeros(1, 1, H, W // 2 - 1))
-    assert torch.equal(mask[..., W // 2:], torch.ones(1, 1, H, W - W // 2))
-    best = torch.minimum(losses.photometric_error(warped, target), identity)
-    assert torch.allclose(loss, best.mean())
-    # ties (warped as good as unwarped) are masked out
-    _, mask = losses.reprojection_loss(target, [target.clone()], identity)
-    assert torch.equal(mask[..., :W // 2 - 1], torch.zeros(1, 1, H, W // 2 - 1))
+    unwarped = torch.where(cols < W // 2, target, torch.rand(1, 3, H, W, generator=g))[:, None]  # static on the left
+    warped = (target + 0.02).clamp(0, 1)[:, None].requires_grad_()                               # slightly off everywhere
+    loss = _reprojection_term(monkeypatch, target, unwarped, warped)
+    identity = losses.photometric_error(unwarped, target)
+    reprojection = losses.photometric_error(warped, target)
+    assert torch.allclose(loss, torch.minimum(reprojection, identity).mean())
+    # the left half (where the unwarped source wins; its last column's 3x3 window sees the right half, and a
+    # pixel's error reaches its neighbours through SSIM) sends no gradient to the warp; the right half does
+    grad = torch.autograd.grad(loss, warped)[0].abs().sum((1, 2))[0]
+    assert (grad[:, :W // 2 - 2] == 0).all() and (grad[:, W // 2 + 1:] > 0).all()
+    # without auto-masking every pixel is the warp's, the static ones too
+    plain = _reprojection_term(monkeypatch, target, unwarped, warped, automask=False)
+    assert torch.allclose(plain, reprojection.mean()) and plain > loss
+    # ties (warped exactly as good as unwarped) go to the unwarped source: no gradient at all
+    tie = unwarped.clone().requires_grad_()
+    assert torch.autograd.grad(_reprojection_term(monkeypatch, target, unwarped, tie), tie)[0].abs().max() == 0
 
 
 def test_smoothness_loss():
@@ -246,7 +261,7 @@ def _reference_depth_loss(disps, sources, poses, target, K, inv_K):
     for scale, disp in enumerate(disps):
         up = F.interpolate(disp, target.shape[-2:], mode="bilinear", align_corners=False)
         depth = 1 / (1 / 100 + (1 / 0.1 - 1 / 100) * up)
-        warped = [losses.warp(s, depth, K, inv_K, T) for s, T in zip(sources.unbind(1), poses.unbind(1))]
+        warped = [warp(s, depth, K, inv_K, T) for s, T in zip(sources.unbind(1), poses.unbind(1))]
         best = torch.cat([error(w, target) for w in warped], 1).min(1, keepdim=True).values
         image = F.interpolate(target, disp.shape[-2:], mode="area")
         d = disp / (disp.mean((2, 3), keepdim=True) + 1e-7)
@@ -258,7 +273,7 @@ def _reference_depth_loss(disps, sources, poses, target, K, inv_K):
     return total / len(disps)
 
 
-def test_photometric_depth_loss_is_monodepth2s_recipe_value_and_gradients():
+def test_monodepth2_loss_is_monodepth2s_recipe_value_and_gradients():
     import pretrain
     torch.manual_seed(0)
     B, H, W = 2, 32, 64
@@ -268,7 +283,7 @@ def test_photometric_depth_loss_is_monodepth2s_recipe_value_and_gradients():
     disps = [torch.rand(B, 1, H // 2 ** s, W // 2 ** s, requires_grad=True) for s in range(4)]
     poses = torch.stack([losses.pose_to_matrix(0.05 * torch.randn(B, 3), 0.3 * torch.randn(B, 3))
                          for _ in range(2)], 1).requires_grad_()
-    loss = pretrain.photometric_depth_loss(disps, frames[:, 1:], poses, batch, pretrain.parse_args([]))
+    loss = pretrain.monodepth2_loss(disps, frames[:, 1:], poses, batch, pretrain.parse_args([]))
     expected = _reference_depth_loss(disps, frames[:, 1:], poses, frames[:, 0], K, torch.inverse(K))
     assert torch.isclose(loss, expected, rtol=1e-5, atol=0)
     grads = torch.autograd.grad(loss, disps + [poses])

@@ -14,6 +14,7 @@ import data
 import evaluate
 import finetune
 import pretrain
+import training
 from conftest import SMALL, read_metrics
 
 
@@ -193,13 +194,13 @@ def test_a_diverging_run_stops_before_backward_with_its_last_checkpoint_untouche
 
 
 def test_the_training_stream_is_a_function_of_the_iteration():
-    stream = list(itertools.islice(pretrain.epoch_batches(7, 3, seed=5), 6))  # 2 batches per epoch: 1 item dropped
-    assert list(itertools.islice(pretrain.epoch_batches(7, 3, seed=5, start=4), 2)) == stream[4:]
+    stream = list(itertools.islice(training.epoch_batches(7, 3, seed=5), 6))  # 2 batches per epoch: 1 item dropped
+    assert list(itertools.islice(training.epoch_batches(7, 3, seed=5, start=4), 2)) == stream[4:]
     draws = [draw for batch in stream for _, draw in batch]
     assert draws == list(range(18))  # every draw numbered once, in order
     for epoch in range(3):
         items = [item for batch in stream[2 * epoch:2 * epoch + 2] for item, _ in batch]
         assert len(set(items)) == 6 and set(items) <= set(range(7))  # no item twice within an epoch
     assert [i for i, _ in stream[0] + stream[1]] != [i for i, _ in stream[2] + stream[3]]  # a new order each epoch
-    small = list(itertools.islice(pretrain.epoch_batches(2, 8, seed=0), 3))
+    small = list(itertools.islice(training.epoch_batches(2, 8, seed=0), 3))
     assert all(sorted(i for i, _ in batch) == [0, 1] for batch in small)  # smaller than a batch: the whole set

@@ -1,0 +1,696 @@
+"""Run bookkeeping shared by pretrain.py and finetune.py, kept apart so that those two read paper-first.
+
+Nothing here is in the papers; it is what makes a run trustworthy and repeatable. Top to bottom:
+  - the flags both scripts spell the same, and their one-sentence checks;
+  - where a run computes (--device, bfloat16 autocast on GPUs) and reads (--data, the toy world rendered on
+    first use), and its starting points (--init and --decoder-init checkpoints, ImageNet weights);
+  - the training stream: epoch after epoch, every augmentation seeded by the draw's number, so a resumed
+    run continues exactly where it stopped;
+  - the loop (`fit`): --bench, the run folder, --resume, log / evaluate / checkpoint, the exported network;
+  - run folders (args.json, metrics.jsonl, samples, checkpoint.pt, a lock) and files written atomically
+    (a temporary file, then a rename), so no crash leaves a half-written result.
+"""
+import atexit
+import itertools
+import json
+import os
+import random
+import resource
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import data
+import models
+import toyworld
+
+
+TOY_ROOT = 'data/toy'
+
+
+# ----------------------------------------------------------------------------------------------------
+# Flags both scripts spell the same
+# ----------------------------------------------------------------------------------------------------
+
+def add_common_args(parser, iters, lr, batch_size, eval_every):
+    """The flags spelled the same in both scripts, with the defaults each script gives."""
+    parser.add_argument('--data', choices=['toy', 'kitti'], default='toy',
+                        help='toy: the bundled toy world (rendered into --data-root on first use); '
+                             'kitti: a real KITTI tree at --data-root')
+    parser.add_argument('--data-root', default=None, help=f'dataset folder (default for toy: {TOY_ROOT})')
+    parser.add_argument('--arch', choices=['resnet18', 'resnet50'], default='resnet18', help='encoder')
+    parser.add_argument('--height', type=int, default=64, help='network input height (multiple of 32)')
+    parser.add_argument('--width', type=int, default=192, help='network input width (multiple of 32)')
+    parser.add_argument('--batch-size', type=int, default=batch_size)
+    parser.add_argument('--iters', type=int, default=iters, help='training iterations')
+    parser.add_argument('--lr', type=float, default=lr, help='initial learning rate (Adam)')
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--device', default='auto', help='auto (CUDA when present), cpu, cuda, cuda:1 ...')
+    parser.add_argument('--workers', type=int, default=2, help='data-loading processes')
+    parser.add_argument('--name', default=None, help='run folder name under --runs (default: from the flags)')
+    parser.add_argument('--runs', default='runs', help='where run folders go')
+    parser.add_argument('--resume', action='store_true', help='continue the run folder\'s last checkpoint')
+    parser.add_argument('--eval-every', type=int, default=eval_every, help='evaluate every N iterations')
+    parser.add_argument('--save-every', type=int, default=100, help='checkpoint every N iterations')
+    parser.add_argument('--log-every', type=int, default=10, help='log the training loss every N iterations')
+    parser.add_argument('--bench', type=int, default=0, metavar='N',
+                        help='run N timed training steps, print images/s, ms/step, data-wait share and '
+                             'peak memory, and exit (no run folder is written)')
+
+
+def add_decoder_args(parser):
+    """The decoder flags of both scripts: which decoder, and xNet's options (enough for its Table 1 ablation)."""
+    parser.add_argument('--decoder', choices=models.DECODERS, default='unet',
+                        help='unet: Monodepth2\'s U-Net (the paper, Fig. 1b); deeplab: torchvision\'s DeepLabV3 '
+                             'head on the dilated encoder (Fig. 1a/1c); xnet: a reversed ResNet as the decoder')
+    parser.add_argument('--decoder-init', default='none',
+                        help='xnet: the reversed decoder\'s ResNet: none (random), imagenet (torchvision\'s '
+                             'weights), depth or flow (the encoder of checkpoints/<name>.pt), or a checkpoint path')
+    parser.add_argument('--xnet-mix', choices=models.XNET_MIXES, default='stem',
+                        help='xnet: multiply the re-shaped encoder output into the stem\'s output (xNet), into '
+                             'the RGB image (image: xNet-I), or feed it alone to the first stage (none)')
+    parser.add_argument('--xnet-pyramid', action='store_true',
+                        help='xnet: add pyramid connections, encoder maps into the decoder stages (eq. 2)')
+    parser.add_argument('--no-pfp', action='store_true',
+                        help='xnet: predict from the last stage instead of the Post Feature Pyramid')
+
+
+def add_depth_eval_args(parser):
+    """Where the depth data's splits are, and how depth is scored (KITTI's two protocols)."""
+    parser.add_argument('--split', default=None, metavar='DIR',
+                        help='folder holding train_files.txt and val_files.txt (and test_files.txt): default '
+                             '<data-root>/splits; Monodepth2\'s splits/eigen_zhou works as it is')
+    parser.add_argument('--eval-split', default=None, metavar='DIR',
+                        help='depth: folder holding test_files.txt (default: --split), e.g. Monodepth2\'s '
+                             'splits/eigen (697 frames) or splits/eigen_benchmark (652)')
+    parser.add_argument('--eval-protocol', choices=data.EVAL_PROTOCOLS, default=None,
+                        help='depth: eigen (default; velodyne ground truth, Garg crop, 1e-3 < gt < 80 m) or '
+                             'benchmark (KITTI\'s annotated depth, no crop); test frames without that ground '
+                             'truth are skipped and counted')
+    parser.add_argument('--median-scaling', choices=['on', 'off'], default=None,
+                        help='depth: scale each prediction by median(gt) / median(prediction) before scoring; '
+                             'default on for --supervision mono (video fixes no scale), off for metric depth '
+                             '(stereo, mono+stereo, gt, fine-tuning)')
+
+
+def resolve_depth_eval_args(args, task, median_scaling):
+    """Fill in the depth evaluation's defaults (recorded in args.json, so tables say what was used); the
+    flags stop with a sentence where nothing is scored by them."""
+    if task != 'depth':
+        given = [f for f in ('eval_split', 'eval_protocol', 'median_scaling') if getattr(args, f) is not None]
+        if given:
+            raise SystemExit(f'--{given[0].replace("_", "-")} applies to depth evaluation; --task {task} does '
+                             f'not score depth.')
+        return
+    args.eval_protocol = args.eval_protocol or 'eigen'
+    args.median_scaling = args.median_scaling or ('on' if median_scaling else 'off')
+
+
+def depth_eval_name(args, median_scaling):
+    """The run-name parts of a depth evaluation that is not the default (median_scaling: the default)."""
+    parts = ['benchmark'] if args.eval_protocol == 'benchmark' else []
+    if args.median_scaling != ('on' if median_scaling else 'off'):
+        parts.append('median-scaled' if args.median_scaling == 'on' else 'metric')
+    return parts
+
+
+def check_args(args):
+    """Stop early, with one sentence, on flags that cannot work."""
+    try:
+        models.check_resolution(args.height, args.width)
+    except ValueError as error:
+        raise SystemExit(f'--height/--width: {error}') from None
+    for flag in ('batch_size', 'iters', 'eval_every', 'save_every', 'log_every'):
+        if getattr(args, flag) < 1:
+            raise SystemExit(f'--{flag.replace("_", "-")} must be at least 1.')
+    if not args.lr >= 0:
+        raise SystemExit(f'--lr must be a learning rate of 0 or more (e.g. 1e-4); got {args.lr}.')
+    if args.workers < 0:
+        raise SystemExit(f'--workers must be 0 (read data in this process) or more; got {args.workers}.')
+    xnet_flags = args.decoder_init != 'none' or args.xnet_mix != 'stem' or args.xnet_pyramid or args.no_pfp
+    if args.decoder != 'xnet' and xnet_flags:
+        raise SystemExit('--decoder-init, --xnet-mix, --xnet-pyramid and --no-pfp apply to --decoder xnet only.')
+
+
+# ----------------------------------------------------------------------------------------------------
+# Where a run computes, what it reads, where it starts from
+# ----------------------------------------------------------------------------------------------------
+
+def pick_device(name):
+    """The torch device; CUDA-only speedups (cudnn autotuning) are switched on only there."""
+    device = torch.device('cuda' if name == 'auto' and torch.cuda.is_available() else
+                          'cpu' if name == 'auto' else name)
+    if device.type == 'cuda':
+        if not torch.cuda.is_available():
+            raise SystemExit('--device cuda was asked for but no CUDA GPU is visible; use --device cpu.')
+        torch.backends.cudnn.benchmark = True
+    return device
+
+
+def autocast(device):
+    """bfloat16 autocast for the networks on GPUs that support it; a no-op on CPU."""
+    enabled = device.type == 'cuda' and torch.cuda.is_bf16_supported()
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def data_root(args):
+    """The dataset folder: the toy world is rendered there on first use; KITTI must exist."""
+    if args.data == 'toy':
+        if args.data_root and not Path(args.data_root).exists():  # a typo must not start a render silently
+            raise SystemExit(f'--data-root {args.data_root} does not exist: pass a rendered toy world, render one '
+                             f'there first (`python toyworld.py {args.data_root}`), or leave out '
+                             f'--data-root to use {TOY_ROOT} (rendered on first use).')
+        root = args.data_root or TOY_ROOT
+        toyworld.ensure_toy_world(root)
+        return root
+    if not args.data_root or not Path(args.data_root).is_dir():
+        raise SystemExit(f'--data kitti needs --data-root pointing at a KITTI tree (got {args.data_root}); '
+                         f'see "Real KITTI" in the README for the layout.')
+    return args.data_root
+
+
+def open_dataset(make, *args, **kwargs):
+    """Build a dataset; a missing or malformed one stops the run with its one-sentence message."""
+    try:
+        return make(*args, **kwargs)
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(str(error)) from None
+
+
+def init_encoders(args, *encoders):
+    """Start encoders from ImageNet weights with --init imagenet (PoseNet's conv1 repeated and halved)."""
+    if args.init == 'none':
+        return
+    try:
+        for encoder in encoders:
+            models.load_imagenet_weights(encoder, args.arch)
+    except FileNotFoundError as error:
+        raise SystemExit(f'--init imagenet: {error}') from None
+    print(f'Initialised {len(encoders)} encoder(s) from torchvision\'s ImageNet {args.arch} weights.')
+
+
+def load_checkpoint(path):
+    """A checkpoint's contents, or one sentence on why it cannot be read."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f'{path} does not exist; a run writes runs/<name>/checkpoint.pt.')
+    try:
+        checkpoint = torch.load(path, map_location='cpu', weights_only=False)
+    except Exception as error:
+        raise ValueError(f'could not read {path} ({error}); the file is damaged.') from None
+    if not isinstance(checkpoint, dict) or not {'model', 'task', 'arch'} <= set(checkpoint):
+        bare = isinstance(checkpoint, dict) and 'conv1.weight' in checkpoint
+        what = ('a bare state dict (such as torchvision\'s ImageNet weights; for those use --init imagenet)' if bare
+                else 'not a checkpoint written by pretrain.py or finetune.py')
+        raise ValueError(f'{path} is {what}: pass one of their checkpoints (runs/<name>/checkpoint.pt or '
+                         f'checkpoints/<task>.pt).')
+    return checkpoint
+
+
+def init_checkpoint(init, flag='--init'):
+    """The checkpoint a flag names, as (path, contents): an existing file, or a name (depth, flow) of
+    checkpoints/<name>.pt; what is not a checkpoint of this code stops with one sentence."""
+    path = Path(init) if Path(init).is_file() or init.endswith('.pt') else Path(f'checkpoints/{init}.pt')
+    if not path.is_file():
+        hint = (f'run `python pretrain.py --task {init}` first' if path.parent == Path('checkpoints')
+                and init in ('depth', 'flow') else 'check the path')
+        raise SystemExit(f'{flag} {init}: {path} does not exist; {hint}.')
+    try:
+        checkpoint = load_checkpoint(path)
+    except ValueError as error:
+        raise SystemExit(f'{flag} {init}: {error}') from None
+    return path, checkpoint
+
+
+def init_decoder_backbone(net, args):
+    """--decoder-init: start xNet's reversed decoder from a pre-trained ResNet: torchvision's ImageNet
+    weights, or the encoder of a checkpoint (`depth`: a depth-pretrained network used as the decoder, where
+    the two papers meet). The backbone's keys are torchvision's, so it loads strictly."""
+    if args.decoder_init == 'none':
+        return
+    backbone = net.decoder.backbone
+    if args.decoder_init == 'imagenet':
+        try:
+            models.load_imagenet_weights(backbone, args.arch)
+        except FileNotFoundError as error:
+            raise SystemExit(f'--decoder-init imagenet: {error}') from None
+        print(f'Initialised the reversed decoder from torchvision\'s ImageNet {args.arch} weights.')
+        return
+    path, checkpoint = init_checkpoint(args.decoder_init, '--decoder-init')
+    state = {k[len('encoder.'):]: v for k, v in checkpoint.get('model', {}).items() if k.startswith('encoder.')}
+    try:
+        backbone.load_state_dict(state)
+    except RuntimeError:
+        raise SystemExit(f'--decoder-init {args.decoder_init}: {path} holds no {args.arch} encoder to load into '
+                         f'the reversed decoder; pass a checkpoint trained with --arch {args.arch}.') from None
+    print(f'Initialised the reversed decoder from the encoder of {path} ({checkpoint.get("task")}).')
+
+
+# ----------------------------------------------------------------------------------------------------
+# The training stream: seeded, resumable
+# ----------------------------------------------------------------------------------------------------
+
+def epoch_batches(count, batch_size, seed, start=0):
+    """Batches of (item, draw) pairs of a set of `count` items, epoch after epoch, without end: epoch e
+    visits the items in the order of randperm(count) seeded with seed + e, drops its last incomplete
+    batch (unless the set is smaller than one batch: then each batch is the whole set) and `draw` numbers
+    the items drawn since the start. Batch k depends on nothing but k, so a resumed run continues the
+    stream exactly where it stopped (start = the iterations done)."""
+    size = min(batch_size, count)
+    per_epoch = count // size
+    order, epoch = None, None
+    for k in itertools.count(start):
+        if k // per_epoch != epoch:
+            epoch = k // per_epoch
+            order = torch.randperm(count, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+        first = (k % per_epoch) * size
+        yield [(item, k * size + j) for j, item in enumerate(order[first:first + size])]
+
+
+class SeededDraws(torch.utils.data.Dataset):
+    """A training set whose every random choice (flips, colour jitter, crops) is seeded by the run's seed
+    and the draw's number: the same draw gets the same augmentation in whichever process reads it, and
+    after a resume."""
+
+    def __init__(self, dataset, seed):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, pair):
+        item, draw = pair
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed * 1_000_003 + draw)
+            return self.dataset[item]
+
+
+def training_batches(dataset, args, device, start=0):
+    """The training stream from iteration `start` on: epoch_batches of SeededDraws, read by --workers
+    processes. A set smaller than one batch says so and trains as one smaller batch; an empty one stops."""
+    if not len(dataset):
+        raise SystemExit('the training split lists no items: check its split file (--split), or write splits '
+                         'with `python data.py --make-splits <data-root>`.')
+    if len(dataset) < args.batch_size:
+        print(f'The training set holds {len(dataset)} items, fewer than --batch-size {args.batch_size}: '
+              f'each batch is all {len(dataset)} of them.')
+    stream = epoch_batches(len(dataset), args.batch_size, args.seed, start)
+    return iter(torch.utils.data.DataLoader(SeededDraws(dataset, args.seed), batch_sampler=stream,
+                                            num_workers=args.workers, pin_memory=device.type == 'cuda'))
+
+
+def sample_frames(dataset, device, count=4):
+    """The frames of `count` evenly spaced items of a dataset, [count, S, 3, H, W]: the PNG samples' inputs."""
+    return torch.stack([dataset[i]['frames'] for i in data.evenly_spaced(len(dataset), count)]).to(device)
+
+
+def next_batch(batches):
+    """The next training batch. A file that cannot be read stops the run with its reader's one sentence,
+    also when a DataLoader worker read it (the worker's traceback then wraps the sentence: unwrapped)."""
+    try:
+        return next(batches)
+    except (FileNotFoundError, ValueError) as error:
+        message = str(error).strip()
+        if 'DataLoader worker process' in message:
+            message = message.splitlines()[-1].partition(': ')[2]
+        raise SystemExit(message) from None
+
+
+def to_device(batch, device):
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+# ----------------------------------------------------------------------------------------------------
+# The loop
+# ----------------------------------------------------------------------------------------------------
+
+def fit(args, networks, optimizer, scheduler, loss_fn, batches, evaluate_now, baseline, info):
+    """Train `networks` ({checkpoint key: module}; fine-tuning starts from 'model') by minimising `loss_fn`
+    of each batch: with --bench, time it and return; otherwise open the run folder (resuming its last
+    checkpoint with --resume), log the baseline (what a trivial prediction scores: `baseline()`), train with
+    evaluations (`evaluate_now(iteration, run folder)` -> metrics) and checkpoints, and, where the script has
+    --out, export the network. `batches(start)` is the training stream from iteration `start` on; `info` is
+    what else a checkpoint records."""
+    device = next(iter(networks['model'].parameters())).device
+    step = lambda batch: optimisation_step(loss_fn(to_device(batch, device)), optimizer, scheduler)
+    if args.bench:
+        benchmark(step, batches(0), args.bench, args.batch_size, device)
+        return
+    export = getattr(args, 'out', None)
+    if export:
+        check_export(args)
+    run = Run(args)
+    state = restore(run, device, networks, optimizer, scheduler) if run.resume else dict(iter=0, metrics={})
+
+    def checkpoint(iteration):
+        return dict({key: net.state_dict() for key, net in networks.items()}, optimizer=optimizer.state_dict(),
+                    scheduler=scheduler.state_dict(), rng=rng_state(), task=args.task, arch=args.arch,
+                    normalization=networks['model'].normalization, height=args.height, width=args.width,
+                    args=vars(args), iter=iteration, metrics=state['metrics'], **info)
+
+    reference = baseline()
+    train(args, run, step, batches, state, lambda it: evaluate_now(it, run.path), checkpoint, reference)
+    if export:
+        final = checkpoint(args.iters)
+        save_atomic({k: v for k, v in final.items() if k not in ('optimizer', 'scheduler', 'rng')}, export)
+    print(f'{args.task} after {args.iters} iterations: {metrics_line(state["metrics"], reference)}')
+    print(f'Wrote {run.path}' + (f' and {export}.' if export else '.'))
+
+
+def train(args, run, step, batches, state, evaluate_now, checkpoint, baseline):
+    """The loop both scripts share: step, log, evaluate, checkpoint, with a tqdm bar. `batches(start)` is
+    the training stream from iteration `start` on. The baseline (what a trivial prediction scores) is
+    logged once and printed next to every evaluation."""
+    if not run.resume:
+        run.log(iter=0, split='baseline', **baseline)
+    batches = batches(state['iter'])
+    bar = tqdm(range(state['iter'], args.iters), initial=state['iter'], total=args.iters, dynamic_ncols=True)
+    start = time.perf_counter()
+    for it in bar:
+        loss, lr = step(next_batch(batches))
+        stop_on_nan(loss, it + 1, run, lr)
+        done = it + 1
+        speed = (done - state['iter']) * args.batch_size / (time.perf_counter() - start)
+        bar.set_postfix(loss=f'{loss.item():.4f}', img_s=f'{speed:.1f}')
+        if done % args.log_every == 0:
+            run.log(iter=done, split='train', loss=loss.item(), lr=lr, images_per_s=speed)
+        if done % args.eval_every == 0 or done == args.iters:
+            metrics = evaluate_now(done)
+            run.log(iter=done, split='eval', **metrics)
+            state['metrics'] = metrics
+            bar.write(f'iteration {done}: {metrics_line(metrics, baseline)}')
+        if done % args.save_every == 0 or done == args.iters:
+            run.save(checkpoint(done))
+    return state
+
+
+def optimisation_step(loss, optimizer, scheduler):
+    """Backward pass, parameter update, schedule advanced; returns (detached loss, learning rate used).
+    A loss that is not finite is not back-propagated and changes nothing (train() then stops on it): on a
+    NaN sampling grid, grid_sample's backward can crash the whole process on CPU."""
+    lr = scheduler.get_last_lr()[0]
+    if not torch.isfinite(loss):
+        return loss.detach(), lr
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    return loss.detach(), lr
+
+
+def stop_on_nan(loss, iteration, run, lr):
+    """A NaN or infinite loss stops the run before anything is overwritten."""
+    if not torch.isfinite(loss):
+        raise SystemExit(f'the loss became {loss.item()} at iteration {iteration}: lower --lr (now {lr:g}) or '
+                         f'check the input data; the last checkpoint {run.checkpoint} was left as it was.')
+
+
+def benchmark(step, batches, steps, batch_size, device):
+    """Time `steps` real training steps after one warm-up: images/s, ms/step, data-wait share, memory."""
+    step(next(batches))
+    wait = total = 0.0
+    for _ in range(steps):
+        start = time.perf_counter()
+        batch = next(batches)
+        waited = time.perf_counter()
+        step(batch)
+        if device.type == 'cuda':
+            torch.cuda.synchronize()
+        wait, total = wait + waited - start, total + time.perf_counter() - start
+    print(f'bench: {steps} steps, batch {batch_size}, {device}: {steps * batch_size / total:.2f} images/s, '
+          f'{1000 * total / steps:.0f} ms/step, waiting for data {100 * wait / total:.1f}%, '
+          f'peak memory {peak_memory_mb(device):.0f} MB')
+
+
+def peak_memory_mb(device):
+    if device.type == 'cuda':
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+# The measures printed after each evaluation: key -> (label, shown in %).
+SUMMARY = {'miou7': ('mIoU(7)', True), 'miou': ('mIoU(19)', True), 'pixel_acc': ('pixel acc', True),
+           'abs_rel': ('abs_rel', False), 'rmse': ('rmse', False), 'a1': ('δ<1.25', False),
+           'si_rmse': ('SI-RMSE', False), 'epe': ('EPE px', False), 'fl': ('Fl', True)}
+
+
+def metrics_line(metrics, baseline):
+    """One line: each headline measure, with the baseline's value in brackets."""
+    def show(value, percent):
+        return f'{100 * value:.1f} %' if percent else f'{value:.3f}'
+    line = ', '.join(f'{label} {show(metrics[key], percent)}'
+                     + (f' (baseline {show(baseline[key], percent)})' if key in baseline else '')
+                     for key, (label, percent) in SUMMARY.items() if key in metrics)
+    if metrics.get('scale_std'):  # median scaling: its ratios as Monodepth2 prints them
+        line += f', scale ratios median {metrics["median_scale"]:.3f} (std {metrics["scale_std"]:.3f})'
+    if 'images' in metrics:
+        line += f' on {metrics["images"]} frames' + (f' ({metrics["skipped"]} skipped)' if metrics['skipped'] else '')
+    return line
+
+
+# ----------------------------------------------------------------------------------------------------
+# Run folders, resume, files written atomically
+# ----------------------------------------------------------------------------------------------------
+
+class Run:
+    """A run folder runs/<name>/: args.json, metrics.jsonl, sample PNGs and checkpoint.pt.
+
+    A folder holding a checkpoint is never overwritten: a new run refuses it, --resume reopens it, drops
+    metrics logged after its last checkpoint, and returns that checkpoint to continue from. A folder without
+    a checkpoint holds no results (a start that stopped before its first save): it is reused, with or
+    without --resume. Temporary files a crash left behind are removed, and a lock file keeps a second
+    process out of the folder while one runs.
+    """
+
+    def __init__(self, args):
+        self.path = Path(args.runs) / args.name
+        self.checkpoint = self.path / 'checkpoint.pt'
+        self.metrics = self.path / 'metrics.jsonl'
+        self.resume = args.resume and self.checkpoint.exists()
+        if self.path.exists() and not self.path.is_dir():
+            raise SystemExit(f'{self.path} is a file, not a run folder: pass another --name or --runs.')
+        if args.resume and not self.resume:
+            print(f'--resume: {self.path} holds no checkpoint yet, so the run starts from the beginning.')
+        elif self.checkpoint.exists() and not args.resume:
+            raise SystemExit(f'{self.path} already holds a run: pass --resume to continue it, or --name '
+                             f'to start a new one (nothing was overwritten).')
+        elif self.path.is_dir() and any(self.path.iterdir()) and not self.resume:
+            print(f'Reusing {self.path}: it holds no checkpoint (an earlier start stopped before its first save).')
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise SystemExit(f'cannot make the run folder {self.path} ({error.strerror}): pass a writable --runs.') from None
+        self.lock()
+        for stale in self.path.glob('*.tmp'):  # a crash between writing and renaming
+            stale.unlink()
+        self.args = vars(args)
+        self.changes = resumed_changes(self.path / 'args.json', self.args) if self.resume else {}
+        if not self.resume:
+            self.metrics.unlink(missing_ok=True)
+            write_text_atomic(self.path / 'args.json', json.dumps(self.args, indent=1) + '\n')
+
+    def lock(self):
+        """Hold <run>/lock (this process's id) until exit; a lock of a live process stops this one."""
+        lock = self.path / 'lock'
+        for _ in range(2):
+            try:
+                descriptor = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                owner = lock.read_text().strip()
+                if owner == str(os.getpid()):  # this process ran it before (a script calling main() twice)
+                    return
+                if owner.isdigit() and _alive(int(owner)):
+                    raise SystemExit(f'{self.path} is in use by process {owner}: wait for it to finish, or stop '
+                                     f'it, before running it again.') from None
+                lock.unlink(missing_ok=True)  # its process is gone: the lock is stale
+                continue
+            os.write(descriptor, str(os.getpid()).encode())
+            os.close(descriptor)
+            atexit.register(lock.unlink, missing_ok=True)
+            return
+        raise SystemExit(f'could not take the lock {lock}: another process keeps making it; try again.')
+
+    def load(self, device):
+        """The checkpoint to resume from, with metrics logged after it removed (a torn last line too)."""
+        try:
+            state = torch.load(self.checkpoint, map_location=device, weights_only=False)
+        except Exception as error:
+            raise SystemExit(f'could not read {self.checkpoint} ({error}); it is damaged: start a new run.') from None
+        if self.metrics.exists():
+            kept = [record for record in read_jsonl(self.metrics) if record['iter'] <= state['iter']]
+            write_text_atomic(self.metrics, ''.join(json.dumps(record) + '\n' for record in kept))
+        if self.changes:  # recorded with the iteration they take effect at, in args.json and the log
+            history = json.loads((self.path / 'args.json').read_text()).get('changes', [])
+            history.append(dict(iter=state['iter'], **self.changes))
+            write_text_atomic(self.path / 'args.json', json.dumps(dict(self.args, changes=history), indent=1) + '\n')
+            self.log(iter=state['iter'], split='resume', **self.changes)
+        return state
+
+    def log(self, **entry):
+        with open(self.metrics, 'a') as f:
+            f.write(json.dumps(entry) + '\n')
+
+    def save(self, state):
+        save_atomic(state, self.checkpoint)
+
+
+# What --resume may change: how long, how fast, how often it logs, evaluates and saves, and where it runs
+# and reads and writes (a run folder may be moved). Every other flag defines the run and must stay as it was.
+CHANGEABLE_ON_RESUME = ('iters', 'lr', 'log_every', 'eval_every', 'save_every', 'workers', 'device', 'data_root',
+                        'out', 'overwrite', 'runs', 'name')
+
+
+def resumed_changes(args_file, args):
+    """{flag: [before, now]} of the changeable flags a --resume changes; a change to any other flag stops
+    with one sentence naming them."""
+    try:
+        before = json.loads(args_file.read_text())
+    except (OSError, json.JSONDecodeError):
+        raise SystemExit(f'--resume: {args_file} is missing or damaged, so the run\'s flags are unknown: start a '
+                         f'new run (--name).') from None
+    differ = [k for k in args if k not in ('resume', 'changes') and k in before and before[k] != args[k]]
+    fixed = [k for k in differ if k not in CHANGEABLE_ON_RESUME]
+    if fixed:
+        flags = ', '.join(f'--{k.replace("_", "-")} (was {before[k]}, now {args[k]})' for k in fixed)
+        raise SystemExit(f'--resume cannot change what defines the run: {flags}; resume with the flags it was '
+                         f'started with, or start a new run (--name).')
+    if 'lr' in differ and before['lr'] == 0:
+        raise SystemExit('--resume cannot change --lr from 0: no rate to scale the parameter groups from; start a '
+                         'new run (--name).')
+    return {k: [before[k], args[k]] for k in differ}
+
+
+def _alive(pid):
+    """Whether a process with this id runs (on this machine)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def restore(run, device, networks, optimizer, scheduler):
+    """Load the run's last checkpoint into `networks` ({checkpoint key: module}), the optimiser and
+    the schedule; returns the checkpoint (its 'iter' is where training continues)."""
+    state = run.load(device)
+    for key, net in networks.items():
+        net.load_state_dict(state[key])
+    optimizer.load_state_dict(state['optimizer'])
+    scheduler.load_state_dict(state['scheduler'])
+    if 'rng' in state:
+        set_rng_state(state['rng'])
+    if 'lr' in run.changes:  # every group's rate, and the schedule's base, scaled to the new --lr
+        factor = run.changes['lr'][1] / run.changes['lr'][0]
+        scheduler.base_lrs = [lr * factor for lr in scheduler.base_lrs]
+        for group in optimizer.param_groups:
+            group['lr'] *= factor
+            group['initial_lr'] *= factor
+    changed = ''.join(f', --{k.replace("_", "-")} {now} (was {was})' for k, (was, now) in run.changes.items())
+    print(f'Resuming {run.path} at iteration {state["iter"]}{changed}.')
+    return state
+
+
+def rng_state():
+    """The random generators' states (Python, NumPy, torch, CUDA's when present), saved in every checkpoint.
+    The training stream does not depend on them (epoch_batches, SeededDraws); code that draws from them
+    between steps then continues as it would have."""
+    return dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state(),
+                cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+
+
+def set_rng_state(state):
+    random.setstate(state['python'])
+    np.random.set_state(state['numpy'])
+    torch.set_rng_state(state['torch'].cpu())
+    if state['cuda'] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state['cuda']])
+
+
+def read_jsonl(path):
+    """One dict per line. A torn last line (a run stopped, or still is, while writing it) is left out with
+    a warning; a torn earlier line is an error."""
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number < len(lines):
+                raise ValueError(f'{path} line {number} is not valid JSON: the file is damaged; delete that line.') from None
+            print(f'warning: the last line of {path} is torn (its run stopped while writing it): it is left out.',
+                  file=sys.stderr)
+    return records
+
+
+def write_atomic(path, write, need_mb=None):
+    """Write a file through a temporary file and a rename (`write(tmp)` writes it): a crash never leaves a
+    half-written file. A write that fails (a full disk) removes its temporary file and stops with a sentence;
+    the previous file stays as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + '.tmp')
+    try:
+        write(tmp)
+    except (OSError, RuntimeError) as error:
+        tmp.unlink(missing_ok=True)
+        need = f'it needs about {need_mb:.0f} MB and ' if need_mb is not None else ''
+        free = shutil.disk_usage(path.parent).free / 2 ** 20
+        then = ('continue with --resume (the previous checkpoint is intact)' if need_mb is not None
+                else 'run again (the previous file is intact)')
+        raise SystemExit(f'could not write {path} ({str(error).splitlines()[0][:120]}): {need}{free:.0f} MB are free '
+                         f'there; free some space, then {then}.') from None
+    os.replace(tmp, path)
+
+
+def save_atomic(obj, path):
+    """torch.save, atomically (write_atomic)."""
+    need = sum(t.numel() * t.element_size() for t in _tensors(obj)) / 2 ** 20
+    write_atomic(path, lambda tmp: torch.save(obj, tmp), need)
+
+
+def _tensors(obj):
+    """Every tensor inside nested dicts and lists."""
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for value in obj.values():
+            yield from _tensors(value)
+    elif isinstance(obj, (list, tuple)):
+        for value in obj:
+            yield from _tensors(value)
+
+
+def write_text_atomic(path, text):
+    """A text file, atomically (write_atomic)."""
+    write_atomic(path, lambda tmp: tmp.write_text(text))
+
+
+def check_export(args):
+    """--out, checked before training: a writable file path, and not another run's export (unless
+    --overwrite): one sentence otherwise. A temporary file of an interrupted export is removed."""
+    out = Path(args.out)
+    if out.is_dir():
+        raise SystemExit(f'--out {out} is a folder: give the checkpoint file to write, e.g. {out}/{args.task}.pt.')
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        blocking = next((a for a in out.parents if a.exists() and not a.is_dir()), None)
+        why = f'{blocking} is a file, not a folder' if blocking else error.strerror
+        raise SystemExit(f'--out {out}: cannot make its folder ({why}): pass a path you can write.') from None
+    if not os.access(out.parent, os.W_OK):
+        raise SystemExit(f'--out {out}: its folder {out.parent} is not writable: pass a path you can write.')
+    out.with_name(out.name + '.tmp').unlink(missing_ok=True)  # left by a run killed while exporting
+    if out.is_file() and not args.overwrite:
+        try:
+            owner = (torch.load(out, map_location='cpu', weights_only=False).get('args') or {}).get('name')
+        except Exception:
+            owner = None
+        if owner != args.name:
+            raise SystemExit(f'--out {out} already holds the export of {"run " + owner if owner else "another run"}: '
+                             f'pass another --out, or --overwrite to replace it.')
