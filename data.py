@@ -129,22 +129,24 @@ def read_png(path, kind):
     """A depth, label or flow PNG (`kind`, a key of PNG_KINDS), checked by check_png and decoded as
     stored: uint8 or uint16 [C, H, W]; a file that cannot be decoded stops with one sentence."""
     check_png(path, kind)
-    try:
-        return decode_png(read_file(str(path)), mode=ImageReadMode.UNCHANGED)
-    except RuntimeError:
-        raise ValueError(f'{PNG_KINDS[kind][0]} {path} cannot be decoded: the file is truncated or corrupt; '
-                         f're-extract it from its archive.') from None
+    return _decode(path, lambda raw: decode_png(raw, mode=ImageReadMode.UNCHANGED),
+                   f'{PNG_KINDS[kind][0]} {path} cannot be decoded')
 
 
 def read_image(path):
     """An RGB image as uint8 [3, H, W] (PNG or JPEG), with one sentence for a missing or corrupt file."""
     if not Path(path).is_file():
         raise FileNotFoundError(f'no such file: image {path}; {PNG_KINDS["image"][3]}.')
+    return _decode(path, lambda raw: decode_image(raw, mode=ImageReadMode.RGB),
+                   f'{path} is not a PNG or JPEG image that can be decoded')
+
+
+def _decode(path, decode, what):
+    """`decode` of the file's bytes; a truncated or corrupt file stops with `what` and what to do."""
     try:
-        return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+        return decode(read_file(str(path)))
     except RuntimeError:
-        raise ValueError(f'{path} is not a PNG or JPEG image that can be decoded: the file is truncated or '
-                         f'corrupt; re-extract it from its archive.') from None
+        raise ValueError(f'{what}: the file is truncated or corrupt; re-extract it from its archive.') from None
 
 
 def read_depth(path):
