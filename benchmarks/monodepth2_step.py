@@ -1,7 +1,7 @@
 """The depth training step side by side with Monodepth2's own, on the same batches, interleaved.
 
 The project's step is built as `pretrain.py --task depth --bench` builds it (ResNet-18 depth network and
-PoseNet, source_views, photometric_depth_loss, optimisation_step with Adam and the step schedule).
+PoseNet, source_views, monodepth2_loss, optimisation_step with Adam).
 Monodepth2's step is composed from its own networks and layers (`pip install monodepth2`: its
 ResnetEncoder, DepthDecoder, PoseDecoder, BackprojectDepth, Project3D, SSIM, get_smooth_loss) the way
 its trainer does it for frames 0/-1/+1 and four scales: depth from frame 0, one pose-encoder pass per
@@ -19,6 +19,10 @@ dominating the timings.
 
     python benchmarks/monodepth2_step.py                          # 96 x 320, batch 8, 6 steps each
     python benchmarks/monodepth2_step.py --steps 10 --threads 2 --profile
+    python benchmarks/monodepth2_step.py --device cuda --height 192 --width 640 --batch-size 12 --steps 20
+
+On CUDA the project's step runs as pretrain.py runs it (bfloat16 autocast where the GPU supports it;
+--fp32 switches that off) and Monodepth2's as its trainer does (float32); steps are timed to the GPU's end.
 """
 import argparse
 import statistics
@@ -62,25 +66,26 @@ def toy_batches(height, width, batch_size, count, seed):
     return list(loader)[:count]
 
 
-def project_step(args):
+def project_step(args, device, fp32=False):
     """The project's training step on a batch, built as pretrain_depth builds it for --bench."""
-    depth_net = models.build_depth_net(args.arch, 'unit')
-    pose_net = models.build_pose_net(args.arch, 'unit')
+    depth_net = models.build_depth_net(args.arch, 'unit').to(device)
+    pose_net = models.build_pose_net(args.arch, 'unit').to(device)
     params = [*depth_net.parameters(), *pose_net.parameters()]
     optimizer = torch.optim.Adam(params, lr=args.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: 1.0)
-    device = torch.device('cpu')
+    autocast = (lambda _: torch.autocast(device.type, enabled=False)) if fp32 else training.autocast
+    pretrain.autocast = autocast  # source_views runs the PoseNet under it
 
     def loss_fn(batch):
         batch = training.to_device(batch, device)
-        with training.autocast(device):
+        with autocast(device):
             disps = [d.float() for d in depth_net(batch['frames_aug'][:, 0])]
         return pretrain.monodepth2_loss(disps, *pretrain.source_views(batch, pose_net, args.supervision), batch, args)
 
     return lambda batch: training.optimisation_step(loss_fn(batch), optimizer, scheduler)
 
 
-def monodepth2_step(networks, layers, batch_size, height, width, lr=1e-4, scales=4, smoothness=1e-3):
+def monodepth2_step(networks, layers, batch_size, height, width, device, lr=1e-4, scales=4, smoothness=1e-3):
     """Monodepth2's training step (its trainer's process_batch, compute_losses and update, monocular,
     separate_resnet pose, pairs), composed from its own networks and layers."""
     encoder = networks.ResnetEncoder(18, False)
@@ -90,6 +95,8 @@ def monodepth2_step(networks, layers, batch_size, height, width, lr=1e-4, scales
     backproject, project3d = layers.BackprojectDepth(batch_size, height, width), layers.Project3D(batch_size, height, width)
     ssim = layers.SSIM()
     modules = (encoder, depth, pose_encoder, pose)
+    for module in modules + (backproject, project3d, ssim):
+        module.to(device)
     optimizer = torch.optim.Adam([p for m in modules for p in m.parameters()], lr)
 
     def reprojection(pred, target):
@@ -113,7 +120,7 @@ def monodepth2_step(networks, layers, batch_size, height, width, lr=1e-4, scales
                                     padding_mode='border') for f in (-1, 1)]
             errors = torch.cat([reprojection(w, target) for w in warped], 1)
             identity = torch.cat([reprojection(inputs['color', f, 0], target) for f in (-1, 1)], 1)
-            identity = identity + torch.randn(identity.shape) * 0.00001
+            identity = identity + torch.randn(identity.shape, device=device) * 0.00001
             loss = torch.min(torch.cat((identity, errors), 1), 1)[0].mean()
             norm_disp = disp / (disp.mean(2, True).mean(3, True) + 1e-7)
             loss = loss + smoothness * layers.get_smooth_loss(norm_disp, inputs['color', 0, scale]) / 2 ** scale
@@ -127,8 +134,9 @@ def monodepth2_step(networks, layers, batch_size, height, width, lr=1e-4, scales
     return step
 
 
-def monodepth2_inputs(batch, scales=4):
+def monodepth2_inputs(batch, device, scales=4):
     """A project batch in Monodepth2's input dictionary, with the smaller target images its loader provides."""
+    batch = training.to_device(batch, device)
     frames, aug = batch['frames'], batch['frames_aug']
     inputs = {'K': batch['K'], 'inv_K': batch['inv_K']}
     for i, f in enumerate((0, -1, 1)):
@@ -160,6 +168,8 @@ def main(argv=None):
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--profile', action='store_true', help='print per-operator profiles instead of timing')
     parser.add_argument('--rows', type=int, default=25, help='operators per profile table')
+    parser.add_argument('--device', default='cpu', help='cpu or cuda')
+    parser.add_argument('--fp32', action='store_true', help='CUDA: run the project\'s step without bfloat16 autocast')
     options = parser.parse_args(argv)
     networks, layers = import_monodepth2()
     warnings.filterwarnings('ignore', category=UserWarning)  # Monodepth2's old torchvision arguments
@@ -168,9 +178,10 @@ def main(argv=None):
     args = pretrain.parse_args(['--task', 'depth', '--height', str(options.height), '--width', str(options.width),
                                 '--batch-size', str(options.batch_size)])
     batches = toy_batches(options.height, options.width, options.batch_size, options.batches, options.seed)
-    steps = {'project': (project_step(args), batches),
-             'monodepth2': (monodepth2_step(networks, layers, options.batch_size, options.height, options.width),
-                            [monodepth2_inputs(b) for b in batches])}
+    device = training.pick_device(options.device)
+    steps = {'project': (project_step(args, device, options.fp32), batches),
+             'monodepth2': (monodepth2_step(networks, layers, options.batch_size, options.height, options.width, device),
+                            [monodepth2_inputs(b, device) for b in batches])}
     if options.profile:
         for name, (step, inputs) in steps.items():
             profile(name, step, inputs[0], options.rows)
@@ -180,13 +191,15 @@ def main(argv=None):
         for name, (step, inputs) in steps.items():
             start = time.perf_counter()
             step(inputs[i % len(inputs)])
+            if device.type == 'cuda':
+                torch.cuda.synchronize()
             if i:
                 seconds[name].append(time.perf_counter() - start)
     for name, times in seconds.items():
         print(f'{name}: ' + ' '.join(f'{t:.2f}' for t in times) + ' s/step')
     speed = {name: options.batch_size / statistics.median(times) for name, times in seconds.items()}
     print(f'{options.height}x{options.width}, batch {options.batch_size}, {options.steps} steps each, '
-          f'{options.threads} threads, median step: ' + ', '.join(f'{n} {v:.2f} images/s' for n, v in speed.items()) +
+          f'{device}, {options.threads} threads, median step: ' + ', '.join(f'{n} {v:.2f} images/s' for n, v in speed.items()) +
           f'; project / monodepth2 = {speed["project"] / speed["monodepth2"]:.2f}x')
 
 
