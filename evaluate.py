@@ -863,6 +863,7 @@ def write_figures(runs, out_dir, images, root):
 
 
 def main(argv=None):
+    """The three uses of this script: --predict, --checkpoint, or tables and figures of run folders."""
     parser = argparse.ArgumentParser(description='Tabulate and plot run folders, evaluate one checkpoint, '
                                                  'or predict with it on your own images.')
     parser.add_argument('runs', nargs='*', help='run folders (runs/<name>/) or checkpoint files (.pt)')
@@ -885,45 +886,53 @@ def main(argv=None):
                         help='with --checkpoint, depth: folder holding test_files.txt (e.g. Monodepth2\'s '
                              'splits/eigen); default: the run\'s own, else <data-root>/splits')
     args = parser.parse_args(argv)
-    if args.predict:
-        if not args.checkpoint:
-            parser.error('--predict needs --checkpoint PATH, the network to predict with')
-        out_dir = Path(args.out_dir or 'predictions')
-        try:
-            count = predict_images(args.checkpoint, args.predict, out_dir)
-        except (ValueError, FileNotFoundError) as error:
-            parser.error(str(error))
-        print(f'wrote the predictions for {count} image{"s" if count > 1 else ""} to {out_dir}')
-        return
-    if args.checkpoint:
-        try:
-            checkpoint_args = training.load_checkpoint(args.checkpoint).get('args') or {}
-            root = args.data_root or checkpoint_args.get('data_root') or 'data/toy'
-            scaling = None if args.median_scaling is None else args.median_scaling == 'on'
-            metrics, how = evaluate_checkpoint(args.checkpoint, root, protocol=args.eval_protocol,
-                                               median_scaling=scaling, split_dir=args.eval_split)
-        except (ValueError, FileNotFoundError) as error:
-            parser.error(str(error))
-        if 'abs_rel' in metrics:  # the table's title says how depth was scored
-            print(f'{args.checkpoint} on {root}\n' + _markdown(how, list(DEPTH_KEYS), [[_decimal(metrics[key]) for key in DEPTH_KEYS]]))
-        else:
-            print(f'{args.checkpoint} on {root}, {how}')
-        print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, list)}, indent=1))
-        return metrics
-    if not args.runs:
-        parser.error('give run folders or checkpoints to tabulate, or --checkpoint PATH to evaluate one')
     try:
-        runs = [read_run(path) for path in args.runs]
-        out_dir = Path(args.out_dir or 'results')
-        headline = '\n'.join(headlines(runs))
-        tables = ('## Configurations (mean ± std over seeds)\n\n' + grouped_table(runs)
-                  + '\n## Every run\n\n' + results_table(runs))
-        print(tables)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        training.write_text_atomic(out_dir / 'results.md', (headline + '\n\n' if headline else '') + tables)
-        written = write_figures(runs, out_dir, args.images, _data_root(args, runs))
+        if args.predict:
+            return predict_command(args, parser)
+        if args.checkpoint:
+            return checkpoint_command(args)
+        if not args.runs:
+            parser.error('give run folders or checkpoints to tabulate, or --checkpoint PATH to evaluate one')
+        tables_command(args)
     except (ValueError, FileNotFoundError) as error:
         parser.error(str(error))
+
+
+def predict_command(args, parser):
+    """--checkpoint CKPT --predict IMAGE_OR_FOLDER: predictions written next to each other in --out-dir."""
+    if not args.checkpoint:
+        parser.error('--predict needs --checkpoint PATH, the network to predict with')
+    out_dir = Path(args.out_dir or 'predictions')
+    count = predict_images(args.checkpoint, args.predict, out_dir)
+    print(f'wrote the predictions for {count} image{"s" if count > 1 else ""} to {out_dir}')
+
+
+def checkpoint_command(args):
+    """--checkpoint CKPT: its metrics on its held-out images, the depth table titled with how it was scored."""
+    checkpoint_args = training.load_checkpoint(args.checkpoint).get('args') or {}
+    root = args.data_root or checkpoint_args.get('data_root') or 'data/toy'
+    scaling = None if args.median_scaling is None else args.median_scaling == 'on'
+    metrics, how = evaluate_checkpoint(args.checkpoint, root, protocol=args.eval_protocol,
+                                       median_scaling=scaling, split_dir=args.eval_split)
+    if 'abs_rel' in metrics:  # the table's title says how depth was scored
+        print(f'{args.checkpoint} on {root}\n' + _markdown(how, list(DEPTH_KEYS), [[_decimal(metrics[key]) for key in DEPTH_KEYS]]))
+    else:
+        print(f'{args.checkpoint} on {root}, {how}')
+    print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, list)}, indent=1))
+    return metrics
+
+
+def tables_command(args):
+    """Run folders: results.md (headline, tables) and the figures in --out-dir."""
+    runs = [read_run(path) for path in args.runs]
+    out_dir = Path(args.out_dir or 'results')
+    headline = '\n'.join(headlines(runs))
+    tables = ('## Configurations (mean ± std over seeds)\n\n' + grouped_table(runs)
+              + '\n## Every run\n\n' + results_table(runs))
+    print(tables)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    training.write_text_atomic(out_dir / 'results.md', (headline + '\n\n' if headline else '') + tables)
+    written = write_figures(runs, out_dir, args.images, _data_root(args, runs))
     print('wrote ' + ', '.join(str(p) for p in [out_dir / 'results.md'] + written))
     if headline:
         print(headline)
