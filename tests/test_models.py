@@ -1,7 +1,10 @@
+import math
 import os
+import types
 
 import pytest
 import torch
+import torch.nn as nn
 import torchvision
 
 import data
@@ -92,10 +95,72 @@ def test_unknown_arch_names_choices():
         models.ResnetEncoder('resnet34')
 
 
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # App. B.2, written out
+
+
+def test_normalization_constants_are_imagenets_and_unit():
+    assert models.NORMALIZATION['imagenet'] == (IMAGENET_MEAN, IMAGENET_STD)
+    assert models.NORMALIZATION['unit'] == ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+
+
 def test_normalization_buffers_stay_out_of_state_dict():
     net = models.build_depth_net(normalization='imagenet')
     assert all(k.split('.')[0] in ('encoder', 'decoder', 'head') for k in net.state_dict())
-    assert torch.allclose(net.std.flatten(), torch.tensor(models.NORMALIZATION['imagenet'][1]))
+    assert torch.allclose(net.mean.flatten(), torch.tensor(IMAGENET_MEAN))
+    assert torch.allclose(net.std.flatten(), torch.tensor(IMAGENET_STD))
+
+
+class _Capture(nn.Module):
+    """A stand-in encoder: the (normalised) input as its only feature map."""
+
+    def forward(self, x):
+        return [x]
+
+
+class _PassDecoder(nn.Module):
+    def forward(self, features, image):
+        return features
+
+
+class _First(nn.Module):
+    def forward(self, features):
+        return features[0]
+
+
+def _channel_image(values, size=64):
+    """[1,3,size,size] image of one constant per channel."""
+    return torch.tensor(values).view(1, 3, 1, 1).expand(1, 3, size, size).clone()
+
+
+def test_encoder_decoder_normalises_its_input_with_the_chosen_statistics():
+    x = _channel_image([0.2, 0.5, 0.8])
+    net = models.EncoderDecoder(_Capture(), _PassDecoder(), _First(), 'imagenet')
+    expected = torch.tensor([(0.2 - 0.485) / 0.229, (0.5 - 0.456) / 0.224, (0.8 - 0.406) / 0.225])
+    assert torch.allclose(net(x)[0, :, 0, 0], expected, atol=1e-6) and net(x).shape == x.shape
+    assert torch.equal(models.EncoderDecoder(_Capture(), _PassDecoder(), _First(), 'unit')(x), x)
+
+
+def test_pose_net_normalises_both_frames_in_order_and_scales_rotation_and_translation():
+    # the encoder returns its input and the decoder passes it on: the six outputs are the means of the
+    # normalised channels of frame a (rotation, times 0.01) and frame b (translation, times 0.1)
+    pose = models.build_pose_net(normalization='imagenet')
+    pose.encoder, pose.decoder = _Capture(), nn.Identity()
+    a, b = [0.2, 0.5, 0.8], [0.9, 0.1, 0.4]
+    axisangle, translation = pose(_channel_image(a, 4), _channel_image(b, 4))
+    normalised = lambda values: torch.tensor([(v - m) / s for v, m, s in zip(values, IMAGENET_MEAN, IMAGENET_STD)])
+    assert torch.allclose(axisangle[0], 0.01 * normalised(a), atol=1e-7)
+    assert torch.allclose(translation[0], 0.1 * normalised(b), atol=1e-6)
+    assert models.POSE_SCALE == dict(rotation=0.01, translation=0.1)
+
+
+def test_flow_net_normalises_both_frames_and_pairs_their_features():
+    net = models.build_flow_net(normalization='imagenet')
+    net.encoder, net.decoder, net.head = _Capture(), nn.Identity(), nn.Identity()
+    a, b = torch.cat([_channel_image([0.2, 0.5, 0.8])] * 2), torch.cat([_channel_image([0.9, 0.1, 0.4])] * 2)
+    out = net(a, b)[0]  # [2, 6, 64, 64]: frame a's channels, then frame b's
+    mean, std = torch.tensor(IMAGENET_MEAN * 2), torch.tensor(IMAGENET_STD * 2)
+    expected = (torch.tensor([0.2, 0.5, 0.8, 0.9, 0.1, 0.4]) - mean) / std
+    assert out.shape == (2, 6, 64, 64) and torch.allclose(out[:, :, 5, 7], expected.expand(2, 6), atol=1e-6)
 
 
 @pytest.mark.parametrize('arch', ['resnet18', 'resnet50'])
@@ -107,9 +172,34 @@ def test_encoder_state_dict_matches_torchvision(arch):
     assert torch.equal(encoder.conv1.weight, reference.conv1.weight)
 
 
-def test_disp_to_depth_range():
-    depth = models.disp_to_depth(torch.tensor([0.0, 1.0]), min_depth=0.1, max_depth=100.0)
-    assert torch.allclose(depth, torch.tensor([100.0, 0.1]))
+def test_disp_to_depth_maps_0_to_max_1_to_min_and_is_linear_in_inverse_depth():
+    depth = models.disp_to_depth(torch.tensor([0.0, 1.0, 0.5]), min_depth=0.1, max_depth=100.0)
+    # 1 / (1/100 + (1/0.1 - 1/100) * 0.5) = 1 / 5.005
+    assert torch.allclose(depth, torch.tensor([100.0, 0.1, 1 / 5.005]), rtol=1e-6, atol=0)
+    # the defaults are 0.1 and 100 m
+    assert torch.allclose(models.disp_to_depth(torch.tensor([0.0, 0.5, 1.0])), torch.tensor([100.0, 1 / 5.005, 0.1]),
+                          rtol=1e-6, atol=0)
+    # another range: 1 / (1/50 + (1/2 - 1/50) * 0.25) = 1 / 0.14
+    depth = models.disp_to_depth(torch.tensor([0.25, 0.0, 1.0]), min_depth=2.0, max_depth=50.0)
+    assert torch.allclose(depth, torch.tensor([1 / 0.14, 50.0, 2.0]), rtol=1e-6, atol=0)
+
+
+def test_start_at_depth_sets_every_disparity_bias_to_the_logit_of_that_depths_disparity():
+    head = models.DispHead()
+    net = types.SimpleNamespace(head=head)
+    models.start_at_depth(net, 10.0, min_depth=0.1, max_depth=100.0)
+    # disparity (1/10 - 1/100) / (1/0.1 - 1/100) = 0.09 / 9.99, through the inverse of the sigmoid
+    p = 0.09 / 9.99
+    for conv in head.convs:
+        assert torch.allclose(conv.bias, torch.tensor([math.log(p / (1 - p))]), rtol=1e-5, atol=0)
+        disp = torch.sigmoid(conv.bias)
+        assert torch.allclose(1 / (0.01 + 9.99 * disp), torch.tensor([10.0]), rtol=1e-4)
+    models.start_at_depth(net, 4.0, min_depth=2.0, max_depth=50.0)  # (1/4 - 1/50) / (1/2 - 1/50) = 0.23 / 0.48
+    p = 0.23 / 0.48
+    assert all(torch.allclose(conv.bias, torch.tensor([math.log(p / (1 - p))]), rtol=1e-5, atol=0) for conv in head.convs)
+    models.start_at_depth(net, 1.0)  # defaults 0.1 and 100 m: 0.99 / 9.99
+    p = 0.99 / 9.99
+    assert all(torch.allclose(conv.bias, torch.tensor([math.log(p / (1 - p))]), rtol=1e-5, atol=0) for conv in head.convs)
 
 
 def test_load_parts_copies_trunk_and_keeps_head():
