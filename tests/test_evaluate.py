@@ -1,7 +1,14 @@
-"""Tests for evaluate.py: metrics on hand-computed examples, run folders -> table, figure and CLI."""
+"""Tests for evaluate.py: every metric pinned on tiny tensors against values computed by hand (or by a formula
+written out here, apart from the code under test), then run folders -> tables, figures and the CLI.
+
+Sources: Monodepth2's evaluate_depth.py (Eigen et al.'s errors and accuracies, the Garg crop, the 1e-3..80 m
+cap, median scaling), the minimal-transfer-learning paper Sect. 2.3 (SILog, SI-RMSE), the depth pre-training
+paper App. B.2 (mIoU over 7 representative classes) and KITTI 2015's Fl outlier rule (EPE > 3 px and > 5 %)."""
+import inspect
 import json
 import logging
 import math
+import statistics
 import sys
 import warnings
 from pathlib import Path
@@ -16,13 +23,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import evaluate  # noqa: E402
 import training  # noqa: E402
 
+# ---------------------------------------------------------------- segmentation
+
 # 2x4 image, 3 classes present (K = 4, class 3 absent); the last column is ignored.
 LABEL = torch.tensor([[0, 0, 1, 255], [1, 2, 2, 255]])
 PRED = torch.tensor([[0, 1, 1, 2], [1, 2, 0, 0]])
 
 
-def test_confusion_matrix_by_hand():
-    # kept (gt, pred) pairs: (0,0) (0,1) (1,1) (1,1) (2,2) (2,0)
+def test_confusion_matrix_counts_gt_rows_against_prediction_columns_and_skips_ignored_pixels():
+    # kept (gt, pred) pairs: (0,0) (0,1) (1,1) (1,1) (2,2) (2,0); the two ignored pixels predict 2 and 0
     expected = torch.tensor([[1, 1, 0, 0], [0, 2, 0, 0], [1, 0, 1, 0], [0, 0, 0, 0]])
     confusion = evaluate.confusion_matrix(PRED, LABEL, num_classes=4)
     assert confusion.dtype == torch.int64 and confusion.device.type == 'cpu'
@@ -30,30 +39,100 @@ def test_confusion_matrix_by_hand():
     assert torch.equal(evaluate.confusion_matrix(PRED[None], LABEL[None], 4), expected)  # any shape
 
 
-def test_confusion_matrix_rejects_out_of_range_labels():
+def test_confusion_matrix_ignores_the_given_ignore_index_only():
+    # with ignore_index=0 the two class-0 pixels go, the 255s are out of range
+    with pytest.raises(ValueError):
+        evaluate.confusion_matrix(PRED, LABEL, 4, ignore_index=0)
+    label = torch.where(LABEL == 255, 0, LABEL)  # now pixels (0,0), (0,1), (0,3), (1,3) are ignored
+    expected = torch.tensor([[0, 0, 0, 0], [0, 2, 0, 0], [1, 0, 1, 0], [0, 0, 0, 0]])
+    assert torch.equal(evaluate.confusion_matrix(PRED, label, 4, ignore_index=0), expected)
+
+
+def test_confusion_matrix_rejects_out_of_range_labels_and_predictions():
     with pytest.raises(ValueError):
         evaluate.confusion_matrix(PRED, torch.full_like(LABEL, 7), num_classes=4)
+    with pytest.raises(ValueError):
+        evaluate.confusion_matrix(torch.full_like(PRED, 4), LABEL, num_classes=4)
+    with pytest.raises(ValueError):
+        evaluate.confusion_matrix(torch.full_like(PRED, -1), LABEL, num_classes=4)
 
 
-def test_segmentation_metrics_by_hand():
+def test_segmentation_metrics_of_the_confusion_of_two_label_maps():
     metrics = evaluate.segmentation_metrics(evaluate.confusion_matrix(PRED, LABEL, 4))
     iou = metrics['per_class_iou']
+    # class 0: tp 1, gt 2, pred 2 -> 1/3; class 1: tp 2, gt 2, pred 3 -> 2/3; class 2: tp 1, gt 2, pred 1 -> 1/2
     assert iou[:3] == pytest.approx([1 / 3, 2 / 3, 1 / 2]) and math.isnan(iou[3])  # class 3 absent -> NaN
-    assert metrics['miou'] == pytest.approx(0.5)  # the absent class does not count
+    assert metrics['miou'] == pytest.approx((1 / 3 + 2 / 3 + 1 / 2) / 3)  # the absent class does not count
     assert metrics['pixel_acc'] == pytest.approx(4 / 6)
     assert metrics['mean_acc'] == pytest.approx((1 / 2 + 1 + 1 / 2) / 3)
+    assert math.isnan(metrics['miou7'])  # only defined for the 19 Cityscapes classes
     assert all(type(v) is float for v in iou + [metrics['miou'], metrics['pixel_acc'], metrics['mean_acc']])
     json.dumps(metrics)  # serialisable (NaN written as NaN)
 
 
-def test_perfect_prediction():
-    label = torch.randint(0, 19, (2, 8, 8))
+# rows = ground truth, columns = prediction. Class 0 and 1 in both, class 2 only predicted, class 3 only in
+# the ground truth (never predicted), class 4 in neither. Row and column sums differ, so that recall,
+# precision and IoU all differ.
+CONFUSION5 = torch.tensor([[4, 1, 1, 0, 0],    # gt 0: 6 pixels
+                           [2, 3, 1, 0, 0],    # gt 1: 6 pixels
+                           [0, 0, 0, 0, 0],    # gt 2: none
+                           [1, 2, 0, 0, 0],    # gt 3: 3 pixels, none predicted as 3
+                           [0, 0, 0, 0, 0]])   # predicted: 7, 6, 2, 0, 0; 15 pixels; diagonal 4 + 3
+
+
+def test_iou_is_tp_over_gt_plus_pred_minus_tp_and_nan_only_for_a_class_in_neither():
+    iou = evaluate.segmentation_metrics(CONFUSION5)['per_class_iou']
+    assert iou[:4] == pytest.approx([4 / (6 + 7 - 4), 3 / (6 + 6 - 3), 0 / (0 + 2 - 0), 0 / (3 + 0 - 0)])
+    assert math.isnan(iou[4])
+
+
+def test_miou_averages_the_classes_in_ground_truth_or_prediction():
+    # classes 0-3 count (a class only predicted, or never predicted, scores 0); class 4 (NaN) does not
+    assert evaluate.segmentation_metrics(CONFUSION5)['miou'] == pytest.approx((4 / 9 + 3 / 9 + 0 + 0) / 4)
+
+
+def test_pixel_accuracy_is_the_diagonal_over_all_pixels():
+    assert evaluate.segmentation_metrics(CONFUSION5)['pixel_acc'] == pytest.approx((4 + 3) / 15)
+
+
+def test_mean_class_accuracy_averages_recall_over_classes_in_the_ground_truth():
+    # recall of classes 0, 1, 3 (class 2 is only predicted, class 4 absent): 4/6, 3/6, 0/3
+    assert evaluate.segmentation_metrics(CONFUSION5)['mean_acc'] == pytest.approx((4 / 6 + 3 / 6 + 0 / 3) / 3)
+
+
+def test_segmentation_metrics_of_a_perfect_prediction_are_one():
+    label = torch.randint(0, 19, (2, 8, 8), generator=torch.Generator().manual_seed(0))
     metrics = evaluate.segmentation_metrics(evaluate.confusion_matrix(label, label, 19))
+    present = set(label.unique().tolist())
     assert metrics['miou'] == 1.0 and metrics['pixel_acc'] == 1.0 and metrics['mean_acc'] == 1.0
+    assert [not math.isnan(v) for v in metrics['per_class_iou']] == [k in present for k in range(19)]
 
 
-def test_representative_classes_and_miou7():
-    assert evaluate.REPRESENTATIVE_IDS == (0, 1, 2, 8, 9, 10, 13)
+def test_representative_classes_are_the_seven_of_the_paper():
+    assert evaluate.REPRESENTATIVE_CLASSES == ('road', 'sidewalk', 'building', 'vegetation', 'terrain', 'sky', 'car')
+    assert evaluate.REPRESENTATIVE_IDS == (0, 1, 2, 8, 9, 10, 13)  # their Cityscapes train ids
+    assert len(evaluate.CITYSCAPES_CLASSES) == 19 and evaluate.CITYSCAPES_CLASSES[13] == 'car'
+
+
+def test_miou7_averages_the_iou_of_the_representative_classes_present():
+    c = torch.zeros(19, 19, dtype=torch.long)
+    c[0, 0], c[0, 1] = 1, 1          # road: tp 1, gt 2, pred 1                    -> 1/2
+    c[1, 1] = 2                      # sidewalk: tp 2, gt 2, pred 1 + 2 = 3         -> 2/3
+    c[2, 2] = 3                      # building: perfect                            -> 1
+    c[3, 3], c[3, 9] = 3, 1          # wall: tp 3, gt 4, pred 3 -> 3/4; terrain only predicted -> 0
+    c[10, 10], c[10, 11] = 1, 3      # sky: tp 1, gt 4, pred 1 -> 1/4
+    c[11, 11] = 2                    # person: tp 2, gt 2, pred 2 + 3 = 5           -> 2/5
+    c[13, 13] = 5                    # car: perfect                                 -> 1
+    metrics = evaluate.segmentation_metrics(c)  # vegetation (8) and the other classes: in neither -> NaN
+    iou = metrics['per_class_iou']
+    assert [iou[k] for k in (0, 1, 2, 3, 9, 10, 11, 13)] == pytest.approx([1 / 2, 2 / 3, 1, 3 / 4, 0, 1 / 4, 2 / 5, 1])
+    assert sum(math.isnan(v) for v in iou) == 19 - 8
+    # road, sidewalk, building, terrain, sky, car (vegetation is NaN and does not count)
+    assert metrics['miou7'] == pytest.approx((1 / 2 + 2 / 3 + 1 + 0 + 1 / 4 + 1) / 6)
+    assert metrics['miou'] == pytest.approx((1 / 2 + 2 / 3 + 1 + 3 / 4 + 0 + 1 / 4 + 2 / 5 + 1) / 8)
+
+
+def test_miou7_counts_a_mistake_only_on_a_representative_class():
     label = torch.arange(19)  # one pixel of every class
     person, rider, car, truck = (evaluate.CITYSCAPES_CLASSES.index(n) for n in ('person', 'rider', 'car', 'truck'))
     person_as_rider = evaluate.segmentation_metrics(
@@ -67,29 +146,161 @@ def test_representative_classes_and_miou7():
     assert car_as_truck['miou7'] == pytest.approx(6 / 7)
 
 
+class _FixedLogits(torch.nn.Module):
+    """A 'network' whose logits are the one-hot of a fixed label map, whatever the image."""
+
+    def __init__(self, pred, num_classes):
+        super().__init__()
+        self.logits = torch.nn.functional.one_hot(pred, num_classes).permute(2, 0, 1).float()
+
+    def forward(self, images):
+        return self.logits.expand(len(images), *self.logits.shape)
+
+
+def test_evaluate_segmentation_sums_one_confusion_over_the_batches():
+    net = _FixedLogits(PRED, 4)
+    batches = [{'image': torch.zeros(1, 3, 2, 4), 'label': LABEL[None]}] * 2  # the same image twice
+    metrics = evaluate.evaluate_segmentation(net, batches, torch.device('cpu'), num_classes=4)
+    assert metrics['per_class_iou'][:3] == pytest.approx([2 / 6, 4 / 6, 2 / 4])  # counts doubled: same ratios
+    assert metrics['pixel_acc'] == pytest.approx(8 / 12) and math.isnan(metrics['per_class_iou'][3])
+
+
+def test_mean_metrics_averages_each_key_over_the_dicts():
+    assert evaluate.mean_metrics([{'a': 1.0, 'b': 4.0}, {'a': 2.0, 'b': 0.0}, {'a': 6.0, 'b': 2.0}]) == {
+        'a': pytest.approx(3.0), 'b': pytest.approx(2.0)}
+
+
+# ---------------------------------------------------------------- depth metrics
+
 def _depth(shape=(2, 1, 4, 5)):
     return 1 + 29 * torch.rand(shape, generator=torch.Generator().manual_seed(0))  # 1..30 m, no clamping at 2x
 
 
-def test_depth_metrics_perfect_prediction():
+# One image of four valid pixels, every metric by hand. d = log(pred) - log(gt) = [log 2, 0, -log 2, log 0.8];
+# the ratios max(pred/gt, gt/pred) are 2, 1, 2, 1.25 (exactly 1.25: not < 1.25).
+GT4 = torch.tensor([[1.0, 2.0, 4.0, 10.0]], dtype=torch.float64)
+PRED4 = torch.tensor([[2.0, 2.0, 2.0, 8.0]], dtype=torch.float64)
+_D4 = [math.log(2), 0.0, -math.log(2), math.log(0.8)]
+_MEAN_D2, _MEAN_D = sum(d * d for d in _D4) / 4, sum(_D4) / 4
+EXPECTED4 = {
+    'abs_rel': (1 / 1 + 0 / 2 + 2 / 4 + 2 / 10) / 4,          # mean |pred - gt| / gt = 0.425
+    'sq_rel': (1 / 1 + 0 / 2 + 4 / 4 + 4 / 10) / 4,           # mean (pred - gt)^2 / gt = 0.6
+    'rmse': math.sqrt((1 + 0 + 4 + 4) / 4),                   # 1.5
+    'rmse_log': math.sqrt(_MEAN_D2),
+    'log10': (math.log10(2) + 0 + math.log10(2) + math.log10(10 / 8)) / 4,
+    'a1': 1 / 4, 'a2': 2 / 4, 'a3': 2 / 4,
+    'silog': _MEAN_D2 - 0.5 * _MEAN_D ** 2,                   # 1/n sum d^2 - lambda/n^2 (sum d)^2, lambda = 0.5
+    'si_rmse': math.sqrt(_MEAN_D2 - _MEAN_D ** 2),            # the same at lambda = 1, square-rooted
+}
+# One image of one valid pixel (the other three have no ground truth): gt 10, pred 20.
+GT1 = torch.tensor([[10.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
+PRED1 = torch.tensor([[20.0, 5.0, 5.0, 5.0]], dtype=torch.float64)
+EXPECTED1 = {'abs_rel': 1.0, 'sq_rel': 100 / 10, 'rmse': 10.0, 'rmse_log': math.log(2), 'log10': math.log10(2),
+             'a1': 0.0, 'a2': 0.0, 'a3': 0.0, 'silog': math.log(2) ** 2 * (1 - 0.5), 'si_rmse': 0.0}
+
+
+@pytest.mark.parametrize('key', list(EXPECTED4))
+def test_each_depth_metric_of_one_image_by_hand(key):
+    assert evaluate.depth_metrics(PRED4, GT4)[key] == pytest.approx(EXPECTED4[key], rel=1e-12, abs=1e-15)
+
+
+@pytest.mark.parametrize('key', list(EXPECTED4))
+def test_each_depth_metric_is_averaged_over_images_not_pooled_over_pixels(key):
+    # image 0 has one valid pixel, image 1 four: pooling the five pixels would weigh image 1 four times
+    pred, gt = torch.stack([PRED1, PRED4]), torch.stack([GT1, GT4])  # [B=2, H=1, W=4]
+    metrics = evaluate.depth_metrics(pred, gt)
+    assert metrics[key] == pytest.approx((EXPECTED1[key] + EXPECTED4[key]) / 2, rel=1e-12, abs=1e-15)
+    assert metrics['images'] == 2 and metrics['skipped'] == 0
+
+
+def test_depth_metrics_take_one_image_or_a_batch_with_or_without_the_channel():
+    pred, gt = torch.stack([PRED1, PRED4]), torch.stack([GT1, GT4])
+    batch, channel = evaluate.depth_metrics(pred, gt), evaluate.depth_metrics(pred[:, None], gt[:, None])
+    assert batch == channel
+    assert evaluate.depth_metrics(PRED4, GT4)['abs_rel'] == pytest.approx(EXPECTED4['abs_rel'])  # [H, W]
+    with pytest.raises(ValueError, match='one shape'):
+        evaluate.depth_metrics(pred, gt[:1])
+    with pytest.raises(ValueError, match='one shape'):
+        evaluate.depth_metrics(pred[0, 0], gt[0, 0])  # [W]: not an image
+
+
+def test_accuracy_thresholds_are_strictly_below_1_25_powers_of_the_larger_ratio():
+    # ratios max(pred/gt, gt/pred), all exact in binary: 1.25 = 5/4, 1.5625 = 1.25^2, 1.953125 = 1.25^3
+    gt = torch.tensor([[1.0, 1.0, 1.0, 1.3, 1.0, 1.0, 1.0, 1.0, 1.0]], dtype=torch.float64)
+    pred = torch.tensor([[1.0, 1.24, 1.25, 1.0, 1.56, 1.5625, 1.95, 1.953125, 2.0]], dtype=torch.float64)
+    # ratios:            1.0  1.24  1.25  1.3 (gt/pred)  1.56  1.5625  1.95  1.953125  2.0
+    metrics = evaluate.depth_metrics(pred, gt)
+    assert metrics['a1'] == pytest.approx(2 / 9)  # 1.0, 1.24 (1.25 itself is not < 1.25; 1.3 uses gt/pred)
+    assert metrics['a2'] == pytest.approx(5 / 9)  # ... and 1.25, 1.3, 1.56
+    assert metrics['a3'] == pytest.approx(7 / 9)  # ... and 1.5625, 1.95
+
+
+def test_depth_metrics_of_a_perfect_prediction_are_zero_errors_and_full_accuracy():
     gt = _depth()
     metrics = evaluate.depth_metrics(gt.clone(), gt)
-    assert metrics['abs_rel'] == pytest.approx(0, abs=1e-9) and metrics['rmse'] == pytest.approx(0, abs=1e-6)
-    assert metrics['a1'] == 1.0 and metrics['a3'] == 1.0
-    assert metrics['silog'] == pytest.approx(0, abs=1e-9) and metrics['si_rmse'] == pytest.approx(0, abs=1e-6)
-    assert metrics['median_scale'] == 1.0
-    assert evaluate.depth_metrics(gt[0, 0], gt[0, 0])['abs_rel'] == pytest.approx(0, abs=1e-9)  # one [H,W] image
+    for key in ('abs_rel', 'sq_rel', 'rmse', 'rmse_log', 'log10', 'silog', 'si_rmse'):
+        assert metrics[key] == pytest.approx(0, abs=1e-6), key
+    assert metrics['a1'] == metrics['a2'] == metrics['a3'] == 1.0
+    assert metrics['median_scale'] == 1.0 and metrics['scale_std'] == 0.0 and metrics['images'] == 2
 
 
-def test_depth_metrics_scale():
+def test_silog_keeps_one_minus_lambda_of_a_scale_error_and_si_rmse_none():
     gt = _depth()
     unscaled = evaluate.depth_metrics(2 * gt, gt)
     assert unscaled['abs_rel'] == pytest.approx(1)
     assert unscaled['a1'] == 0.0
+    assert unscaled['rmse_log'] == pytest.approx(math.log(2))
+    assert unscaled['log10'] == pytest.approx(math.log10(2))
     assert unscaled['silog'] == pytest.approx(0.5 * math.log(2) ** 2)  # (1 - lambda) (log 2)^2 with lambda = 0.5
     assert unscaled['si_rmse'] == pytest.approx(0, abs=1e-6)  # scale invariant
+    assert evaluate.SILOG_LAMBDA == 0.5
     scaled = evaluate.depth_metrics(2 * gt, gt, median_scaling=True)
     assert scaled['abs_rel'] == pytest.approx(0, abs=1e-9) and scaled['median_scale'] == pytest.approx(0.5)
+
+
+def test_ground_truth_is_scored_only_strictly_between_min_and_max_depth():
+    # valid: 10 m (abs_rel 1) and 79.9 m (abs_rel 0); ignored: exactly 80, beyond 80, exactly 1e-3, below, 0
+    gt = torch.tensor([[10.0, 80.0, 80.5, 1e-3, 5e-4, 0.0, 79.9]], dtype=torch.float64)
+    pred = torch.tensor([[20.0, 1.0, 1.0, 1.0, 1.0, 1.0, 79.9]], dtype=torch.float64)
+    assert evaluate.depth_metrics(pred, gt)['abs_rel'] == pytest.approx((1 + 0) / 2)
+    # max_depth is a parameter: at 50 m only the 10 m pixel is left; at min_depth 1 m neither 1e-3 pixel
+    assert evaluate.depth_metrics(pred, gt, max_depth=50.0)['abs_rel'] == pytest.approx(1.0)
+    gt_low = torch.tensor([[10.0, 0.9, 1.0, 1.1]], dtype=torch.float64)
+    pred_low = torch.tensor([[10.0, 9.9, 9.9, 2.2]], dtype=torch.float64)
+    assert evaluate.depth_metrics(pred_low, gt_low, min_depth=1.0)['abs_rel'] == pytest.approx((0 + 1) / 2)
+
+
+def test_predictions_are_clamped_to_min_and_max_depth():
+    gt = torch.tensor([[40.0, 1.0]], dtype=torch.float64)
+    pred = torch.tensor([[100.0, 1e-5]], dtype=torch.float64)  # clamped to 80 and 1e-3
+    metrics = evaluate.depth_metrics(pred, gt)
+    assert metrics['abs_rel'] == pytest.approx((40 / 40 + (1 - 1e-3) / 1) / 2)
+    assert metrics['log10'] == pytest.approx((math.log10(2) + 3) / 2)
+    narrow = evaluate.depth_metrics(pred, gt, min_depth=0.01, max_depth=50.0)  # clamped to 50 and 0.01
+    assert narrow['abs_rel'] == pytest.approx((10 / 40 + (1 - 0.01) / 1) / 2)
+    assert narrow['log10'] == pytest.approx((math.log10(50 / 40) + 2) / 2)
+
+
+def test_predictions_are_clamped_after_median_scaling():
+    gt = torch.tensor([[60.0, 70.0, 79.0]], dtype=torch.float64)
+    pred = torch.tensor([[6.0, 7.0, 9.0]], dtype=torch.float64)
+    # scale 70 / 7 = 10: [60, 70, 90], then clamped to [60, 70, 80]; clamping first would leave 90
+    metrics = evaluate.depth_metrics(pred, gt, median_scaling=True)
+    assert metrics['median_scale'] == pytest.approx(10.0)
+    assert metrics['abs_rel'] == pytest.approx((0 + 0 + 1 / 79) / 3)
+
+
+def test_median_scaling_multiplies_by_numpys_median_of_gt_over_that_of_pred_on_valid_pixels():
+    # valid pixels: gt [1, 2, 3, 10] (median 2.5, mean of the middle two), pred [1, 1, 3, 3] (median 2):
+    # ratio 2.5 / 2 = 1.25. The two pixels without ground truth (pred 100) must not move pred's median.
+    gt = torch.tensor([[1.0, 2.0, 3.0, 10.0, 0.0, 0.0]], dtype=torch.float64)
+    pred = torch.tensor([[1.0, 1.0, 3.0, 3.0, 100.0, 100.0]], dtype=torch.float64)
+    metrics = evaluate.depth_metrics(pred, gt, median_scaling=True)
+    assert metrics['median_scale'] == pytest.approx(1.25)
+    # scaled pred [1.25, 1.25, 3.75, 3.75]: |.25|/1 + |.75|/2 + |.75|/3 + |6.25|/10
+    assert metrics['abs_rel'] == pytest.approx((0.25 + 0.375 + 0.25 + 0.625) / 4)
+    unscaled = evaluate.depth_metrics(pred, gt)
+    assert unscaled['abs_rel'] == pytest.approx((0 + 0.5 + 0 + 0.7) / 4) and unscaled['median_scale'] == 1.0
 
 
 def test_median_scaling_is_per_image():
@@ -97,76 +308,255 @@ def test_median_scaling_is_per_image():
     pred = gt * torch.tensor([2.0, 3.0]).view(2, 1, 1, 1)
     metrics = evaluate.depth_metrics(pred, gt, median_scaling=True)
     assert metrics['abs_rel'] == pytest.approx(0, abs=1e-6)
-    assert metrics['median_scale'] == pytest.approx((1 / 2 + 1 / 3) / 2)
+    assert metrics['median_scale'] == pytest.approx((1 / 2 + 1 / 3) / 2)  # numpy median of two ratios
 
 
-def test_depth_metrics_average_per_image_and_ignore_missing_gt():
-    gt = torch.tensor([[[10.0, 0.0, 0.0, 0.0]], [[10.0, 20.0, 30.0, 40.0]]])  # [B=2, H=1, W=4]
-    pred = torch.tensor([[[20.0, 99.0, 0.5, 7.0]], [[10.0, 20.0, 30.0, 40.0]]])
-    # image 0: one valid pixel, abs_rel 1 (gt == 0 pixels ignored); image 1: perfect -> mean over images 0.5
-    assert evaluate.depth_metrics(pred, gt)['abs_rel'] == pytest.approx(0.5)
-    with pytest.raises(ValueError):
-        evaluate.depth_metrics(pred, torch.zeros_like(gt))
+def test_scale_ratios_report_their_median_and_the_population_std_of_ratio_over_median():
+    gt = _depth((4, 1, 4, 5))
+    pred = gt / torch.tensor([1.0, 2.0, 4.0, 8.0]).view(4, 1, 1, 1)  # per-image ratios gt / pred: 1, 2, 4, 8
+    metrics = evaluate.depth_metrics(pred, gt, median_scaling=True)
+    assert metrics['median_scale'] == pytest.approx(3.0)  # even count: the mean of 2 and 4, as np.median
+    # ratio / median = 1/3, 2/3, 4/3, 8/3 (mean 5/4): np.std = sqrt(((11/12)^2 + (7/12)^2 + (1/12)^2 + (17/12)^2) / 4)
+    assert metrics['scale_std'] == pytest.approx(math.sqrt((121 + 49 + 1 + 289) / 144 / 4))
+    odd = evaluate.depth_metrics(pred[:3], gt[:3], median_scaling=True)  # ratios 1, 2, 4: median 2
+    assert odd['median_scale'] == pytest.approx(2.0)
+    assert odd['scale_std'] == pytest.approx(math.sqrt(((1 / 2 - 7 / 6) ** 2 + (1 - 7 / 6) ** 2 + (2 - 7 / 6) ** 2) / 3))
+    metric = evaluate.depth_metrics(pred, gt)
+    assert metric['median_scale'] == 1.0 and metric['scale_std'] == 0.0 and metric['images'] == 4
 
 
-def test_constant_depth_baseline():
-    gt = _depth()
-    baseline = evaluate.constant_depth_baseline(gt)
-    assert baseline['abs_rel'] > 0.05
-    constant = evaluate.depth_metrics(torch.full_like(gt, 7.0), gt, median_scaling=True)
-    for key in ('abs_rel', 'sq_rel', 'rmse', 'rmse_log', 'a1', 'silog', 'si_rmse'):
-        assert baseline[key] == pytest.approx(constant[key])
+def test_images_of_different_sizes_are_streamed_and_those_without_ground_truth_are_skipped():
+    small, large = _depth((1, 1, 4, 5))[0, 0], _depth((1, 1, 6, 9))[0, 0]
+    pairs = [(small * 2, small), (large, large), (large, torch.zeros_like(large))]
+    metrics = evaluate.average_depth_metrics(iter(pairs))  # a generator: nothing is held but running sums
+    assert metrics['abs_rel'] == pytest.approx(0.5)  # (1 + 0) / 2 images: an average over images, not pixels
+    assert metrics['images'] == 2 and metrics['skipped'] == 1
+    with pytest.raises(ValueError, match='no ground-truth depth'):
+        evaluate.average_depth_metrics(iter([(large, torch.zeros_like(large))]))
 
 
-def test_garg_crop_bounds_follow_the_protocol_fractions():
+def test_garg_crop_of_a_375x1242_ground_truth_keeps_monodepth2s_rows_and_columns():
     # rows 0.40810811 H .. 0.99189189 H, columns 0.03594771 W .. 0.96405229 W, truncated to whole pixels:
     # at 375 x 1242, 153.04 -> 153, 371.96 -> 371, 44.65 -> 44, 1197.35 -> 1197 (end rows/columns excluded)
     mask = evaluate.crop_mask((375, 1242), 'garg')
     rows, columns = mask.any(1).nonzero()[:, 0], mask.any(0).nonzero()[:, 0]
     assert (rows[0], rows[-1] + 1, columns[0], columns[-1] + 1) == (153, 371, 44, 1197)
     assert mask.sum() == (371 - 153) * (1197 - 44)  # a rectangle
+    assert mask.dtype == torch.bool and mask.shape == (375, 1242)
+
+
+def _bounds(mask):
+    rows, columns = mask.any(1).nonzero()[:, 0], mask.any(0).nonzero()[:, 0]
+    return int(rows[0]), int(rows[-1]) + 1, int(columns[0]), int(columns[-1]) + 1
+
+
+def test_garg_crop_truncates_bounds_and_pins_the_fractions_to_six_digits():
+    # 370 x 1224: 151.0000007 -> 151, 366.9999993 -> 366, 43.99999704 -> 43, 1180.000003 -> 1180 (truncated
+    # as Monodepth2's astype(np.int32), not rounded)
+    assert _bounds(evaluate.crop_mask((370, 1224), 'garg')) == (151, 366, 43, 1180)
+    # a million rows: 408108.11 -> 408108, 991891.89 -> 991891 (columns of 28: 1.0065 -> 1, 26.99 -> 26)
+    assert _bounds(evaluate.crop_mask((1_000_000, 28), 'garg')) == (408108, 991891, 1, 26)
+    # a million columns: 35947.71 -> 35947, 964052.29 -> 964052 (rows of 28: 11.43 -> 11, 27.77 -> 27)
+    assert _bounds(evaluate.crop_mask((28, 1_000_000), 'garg')) == (11, 27, 35947, 964052)
+
+
+def test_benchmark_protocol_scores_every_pixel_and_eigen_the_garg_crop():
+    assert evaluate.PROTOCOL_CROP == {'eigen': 'garg', 'benchmark': None}
     assert evaluate.crop_mask((375, 1242), None).all()
+    with pytest.raises(ValueError, match='unknown crop'):
+        evaluate.crop_mask((375, 1242), 'eigen')
 
 
 def test_garg_crop_scores_only_the_pixels_inside_it():
     gt = _depth((1, 1, 40, 100))
     pred = gt.clone()
     outside = ~evaluate.crop_mask((40, 100), 'garg')
-    pred[0, 0][outside] *= 3  # wrong outside the crop only
+    pred[0, 0][outside] *= 2  # wrong outside the crop only (at most 60 m: not clamped)
     assert evaluate.depth_metrics(pred, gt, crop='garg')['abs_rel'] == pytest.approx(0, abs=1e-9)
-    assert evaluate.depth_metrics(pred, gt)['abs_rel'] > 0.1
+    # 40 x 100: rows 16.32 -> 16 .. 39.68 -> 39, columns 3.59 -> 3 .. 96.41 -> 96: 23 x 93 = 2139 inside,
+    # 1861 outside at abs_rel |2 - 1| = 1
+    assert outside.sum() == 4000 - 23 * 93
+    assert evaluate.depth_metrics(pred, gt)['abs_rel'] == pytest.approx(1861 / 4000, rel=1e-6)
+    with pytest.raises(ValueError, match='inside the garg crop'):  # ground truth only outside the crop
+        evaluate.depth_metrics(gt, torch.where(outside, gt[0, 0], 0.0)[None, None], crop='garg')
 
 
-def test_median_scaling_takes_numpys_median_and_reports_the_ratios_spread():
-    gt = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
-    # an even count: the median is the mean of the middle two (2.5), as np.median and Monodepth2 take it
-    assert evaluate.depth_metrics(torch.ones_like(gt), gt, median_scaling=True)['median_scale'] == pytest.approx(2.5)
-    gt = _depth((3, 1, 4, 5))
-    pred = gt / torch.tensor([2.0, 4.0, 3.0]).view(3, 1, 1, 1)  # per-image ratios gt / pred: 2, 4, 3
-    metrics = evaluate.depth_metrics(pred, gt, median_scaling=True)
-    assert metrics['median_scale'] == pytest.approx(3.0)
-    assert metrics['scale_std'] == pytest.approx(math.sqrt(((2 / 3 - 1) ** 2 + (4 / 3 - 1) ** 2) / 3))  # np.std of r / med
-    metric = evaluate.depth_metrics(pred, gt)
-    assert metric['median_scale'] == 1.0 and metric['scale_std'] == 0.0 and metric['images'] == 3
+def test_constant_depth_baseline_predicts_each_images_median():
+    # image 1: gt [1, 2, 4], predicted 2 everywhere; image 2: gt [1, 2, 3, 10], predicted 2.5 (numpy's median)
+    gts = [torch.tensor([[1.0, 2.0, 4.0]]), torch.tensor([[1.0, 2.0], [3.0, 10.0]])]
+    baseline = evaluate.constant_depth_baseline(iter(gts))
+    abs_rel = ((1 / 1 + 0 / 2 + 2 / 4) / 3 + (1.5 / 1 + 0.5 / 2 + 0.5 / 3 + 7.5 / 10) / 4) / 2
+    rmse = (math.sqrt((1 + 0 + 4) / 3) + math.sqrt((1.5 ** 2 + 0.5 ** 2 + 0.5 ** 2 + 7.5 ** 2) / 4)) / 2
+    assert baseline['abs_rel'] == pytest.approx(abs_rel)
+    assert baseline['rmse'] == pytest.approx(rmse)
+    assert baseline['a1'] == pytest.approx((1 / 3 + 1 / 4) / 2)  # ratios 2, 1, 2 and 2.5, 1.25, 1.2, 4
+    assert baseline['median_scale'] == pytest.approx((2 + 2.5) / 2)  # the median of the images' medians
+    assert baseline['scale_std'] == pytest.approx(1 / 9)  # std of 2/2.25, 2.5/2.25
+    assert baseline['images'] == 2
 
 
-def test_depth_metrics_stream_images_of_different_sizes_and_count_those_without_ground_truth():
-    small, large = _depth((1, 1, 4, 5))[0, 0], _depth((1, 1, 6, 9))[0, 0]
-    pairs = [(small * 2, small), (large, large), (large, torch.zeros_like(large))]
-    metrics = evaluate.average_depth_metrics(iter(pairs))  # a generator: nothing is held but running sums
-    assert metrics['abs_rel'] == pytest.approx(0.5)  # (1 + 0) / 2 images: an average over images, not pixels
-    assert metrics['images'] == 2 and metrics['skipped'] == 1
-
-
-def test_constant_baseline_uses_the_protocols_crop():
+def test_constant_depth_baseline_ignores_depth_beyond_max_and_uses_the_crop():
     gt = _depth((1, 1, 40, 100))
     gt[0, 0][~evaluate.crop_mask((40, 100), 'garg')] = 60.0  # far outside the crop: the constant's worst pixels
+    inside = gt[0, 0][evaluate.crop_mask((40, 100), 'garg')].double()
+    median = float(np.median(inside.numpy()))
     cropped = evaluate.constant_depth_baseline(gt[:, 0], crop='garg')
-    assert cropped['abs_rel'] < evaluate.constant_depth_baseline(gt[:, 0])['abs_rel']
-    inside = gt[0, 0][evaluate.crop_mask((40, 100), 'garg')]
-    constant = torch.quantile(inside, 0.5).expand_as(inside)  # the median, as the baseline's scaling takes it
-    assert cropped['abs_rel'] == pytest.approx(evaluate.depth_metrics(constant[None], inside[None])['abs_rel'])
+    assert cropped['abs_rel'] == pytest.approx(float(((median - inside).abs() / inside).mean()), rel=1e-6)
+    # with max_depth 50 the 60 m pixels are not ground truth: the same as the crop
+    capped = evaluate.constant_depth_baseline(gt[:, 0], max_depth=50.0)
+    assert capped['abs_rel'] == pytest.approx(cropped['abs_rel'], rel=1e-6)
+    everything = gt[0, 0].flatten().double()
+    median_all = float(np.median(everything.numpy()))
+    assert evaluate.constant_depth_baseline(gt[:, 0])['abs_rel'] == pytest.approx(
+        float(((median_all - everything).abs() / everything).mean()), rel=1e-6)
 
+
+def _reference_depth_metrics(pred, gt, min_depth=1e-3, max_depth=80.0):
+    """Monodepth2's compute_errors (plus log10, SILog and SI-RMSE) over one image, written out in NumPy."""
+    pred, gt = np.asarray(pred, np.float64).ravel(), np.asarray(gt, np.float64).ravel()
+    keep = (gt > min_depth) & (gt < max_depth)
+    pred, gt = np.clip(pred[keep], min_depth, max_depth), gt[keep]
+    thresh = np.maximum(gt / pred, pred / gt)
+    d = np.log(pred) - np.log(gt)
+    return {'abs_rel': np.mean(np.abs(gt - pred) / gt), 'sq_rel': np.mean((gt - pred) ** 2 / gt),
+            'rmse': np.sqrt(np.mean((gt - pred) ** 2)), 'rmse_log': np.sqrt(np.mean(d ** 2)),
+            'log10': np.mean(np.abs(np.log10(pred) - np.log10(gt))),
+            'a1': np.mean(thresh < 1.25), 'a2': np.mean(thresh < 1.25 ** 2), 'a3': np.mean(thresh < 1.25 ** 3),
+            'silog': np.mean(d ** 2) - 0.5 * np.mean(d) ** 2, 'si_rmse': np.sqrt(np.mean(d ** 2) - np.mean(d) ** 2)}
+
+
+def test_depth_metrics_of_seeded_random_maps_match_a_numpy_reference():
+    generator = torch.Generator().manual_seed(3)
+    gt = 100 * torch.rand(3, 6, 7, generator=generator, dtype=torch.float64)  # some beyond 80 m
+    gt[gt < 5] = 0  # some without ground truth
+    pred = gt * torch.exp(0.4 * torch.randn(3, 6, 7, generator=generator, dtype=torch.float64)) + 0.5
+    metrics = evaluate.depth_metrics(pred, gt)
+    references = [_reference_depth_metrics(p, g) for p, g in zip(pred, gt)]
+    for key in references[0]:
+        assert metrics[key] == pytest.approx(np.mean([r[key] for r in references]), rel=1e-9), key
+
+
+# ---------------------------------------------------------------- evaluate_depth on a test split
+
+class _DispNet(torch.nn.Module):
+    """A disparity 'network' that outputs a fixed map [h, w] (as the finest of its scales), whatever the image."""
+
+    def __init__(self, disp):
+        super().__init__()
+        self.disp = disp
+
+    def forward(self, images):
+        return [self.disp.expand(len(images), 1, *self.disp.shape)]
+
+
+class _Frames(list):
+    """A data.DepthTestFrames stand-in: items {'frames': [1, 3, h, w], 'depth': [1, H, W]}, a protocol and the
+    number of split frames without ground truth."""
+
+    def __init__(self, depths, protocol='benchmark', skipped=0, size=(2, 2)):
+        super().__init__({'frames': torch.zeros(1, 3, *size), 'depth': d[None].float()} for d in depths)
+        self.protocol, self.skipped = protocol, skipped
+
+
+def _to_depth(disp, min_depth, max_depth):
+    """Monodepth2's sigmoid disparity -> depth, written out here."""
+    return 1 / (1 / max_depth + (1 / min_depth - 1 / max_depth) * disp)
+
+
+def test_evaluate_depth_upsamples_the_prediction_to_each_ground_truths_own_size():
+    net = _DispNet(torch.tensor([[0.0, 1.0], [0.0, 1.0]]))  # 2x2 network output, columns 0 and 1
+    # bilinear (align_corners=False) 2 -> 4 columns: 0, 1/4, 3/4, 1; 2 -> 6 columns: 0, 0, 1/3, 2/3, 1, 1
+    depth4 = _to_depth(torch.tensor([0.0, 0.25, 0.75, 1.0], dtype=torch.float64), 1.0, 10.0).expand(4, 4)
+    depth6 = _to_depth(torch.tensor([0.0, 0.0, 1 / 3, 2 / 3, 1.0, 1.0], dtype=torch.float64), 1.0, 10.0).expand(3, 6)
+    # ground truth larger than the network's input, of two sizes: exact on the first, twice as far on the second
+    frames = _Frames([depth4, 2 * depth6])
+    metrics = evaluate.evaluate_depth(net, frames, torch.device('cpu'), min_depth=1.0, max_depth=10.0,
+                                      median_scaling=False)
+    assert metrics['abs_rel'] == pytest.approx((0 + 0.5) / 2, rel=1e-6)
+    assert metrics['rmse'] == pytest.approx((0 + float(depth6.pow(2).mean().sqrt())) / 2, rel=1e-6)
+    assert metrics['a1'] == pytest.approx((1 + 0) / 2)
+    assert metrics['images'] == 2 and metrics['skipped'] == 0 and metrics['median_scale'] == 1.0
+    scaled = evaluate.evaluate_depth(net, frames, torch.device('cpu'), min_depth=1.0, max_depth=10.0)
+    assert scaled['abs_rel'] == pytest.approx(0, abs=1e-6)  # median scaling is on by default
+    assert scaled['median_scale'] == pytest.approx((1 + 2) / 2, rel=1e-6)
+
+
+def test_evaluate_depth_caps_at_eval_max_depth_and_counts_frames_without_ground_truth():
+    net = _DispNet(torch.zeros(2, 2))  # disparity 0: the network's max_depth, 100 m by default
+    gt = torch.full((3, 3), 40.0)
+    gt[0, 0] = 90.0  # beyond 80 m: not ground truth
+    frames = _Frames([gt, torch.zeros(3, 3)], skipped=2)  # the second frame has no valid pixel
+    metrics = evaluate.evaluate_depth(net, frames, torch.device('cpu'), median_scaling=False)
+    assert metrics['abs_rel'] == pytest.approx((80 - 40) / 40)  # 100 m clamped to 80 m
+    assert metrics['images'] == 1 and metrics['skipped'] == 1 + 2  # the empty frame and the split's two
+    capped = evaluate.evaluate_depth(net, frames, torch.device('cpu'), eval_max_depth=50.0, median_scaling=False)
+    assert capped['abs_rel'] == pytest.approx((50 - 40) / 40)
+
+
+@pytest.mark.parametrize('protocol, expected', [('eigen', 0.0), ('benchmark', 0.5 * (300 - 5 * 27) / 300)])
+def test_evaluate_depth_crops_eigen_frames_and_scores_benchmark_frames_everywhere(protocol, expected):
+    net = _DispNet(torch.full((2, 2), 0.5))
+    depth = float(_to_depth(torch.tensor(0.5, dtype=torch.float64), 0.1, 100.0))
+    # 10 x 30: the Garg crop keeps rows 4.08 -> 4 .. 9.92 -> 9 and columns 1.08 -> 1 .. 28.92 -> 28 (5 x 27)
+    inside = torch.zeros(10, 30, dtype=torch.bool)
+    inside[4:9, 1:28] = True
+    gt = torch.where(inside, depth, 2 * depth)  # exact inside the crop, abs_rel 1/2 outside
+    metrics = evaluate.evaluate_depth(net, _Frames([gt], protocol), torch.device('cpu'), median_scaling=False)
+    assert metrics['abs_rel'] == pytest.approx(expected, abs=1e-6)
+
+
+# ---------------------------------------------------------------- optical flow
+
+def _flow_case():
+    """Three 1x9 images [B, 2, 1, 9]: (gt flow, error) per pixel, the valid pixels, and the expected EPE / Fl."""
+    gt = torch.zeros(3, 2, 1, 9)
+    error = torch.zeros(3, 2, 1, 9)
+    valid = torch.zeros(3, 1, 9, dtype=torch.bool)
+    cases = [((0, 10), (4, 0)),     # EPE 4 > 3 and > 0.5 (5% of 10): outlier
+             ((60, 80), (0, 4)),    # EPE 4 > 3 but < 5 (5% of 100): not ('or' would count it)
+             ((0, 10), (2, 0)),     # EPE 2 > 0.5 but < 3: not ('or' would count it)
+             ((0, 10), (3, 0)),     # EPE exactly 3: not (strict)
+             ((60, 80), (3, 4)),    # EPE exactly 5 = 5% of 100: not (strict)
+             ((30, 40), (0, 4)),    # EPE 4 > 3 and > 2.5 (5% of 50): outlier (not at 10%)
+             ((60, 80), (0, 4.5)),  # EPE 4.5 > 3 but < 5: not (an outlier at 4%)
+             ((0, 82), (0, -4)),    # EPE 4 < 4.1 (5% of the true 82): not (but > 5% of the predicted 78)
+             ((0, 1), (100, 0))]    # EPE 100: an outlier, but not a valid pixel
+    for i, (flow, err) in enumerate(cases):
+        gt[0, :, 0, i], error[0, :, 0, i] = torch.tensor(flow), torch.tensor(err)
+    valid[0, 0, :8] = True
+    error[1, :, 0, 0] = torch.tensor([0.0, 3.5])  # image 1: one valid pixel, zero flow, EPE 3.5: outlier
+    error[1, 0, 0, 1:] = 50.0  # large errors at its invalid pixels
+    valid[1, 0, 0] = True
+    error[2] = 7.0  # image 2: no valid pixel at all, not counted
+    epe = ((4 + 4 + 2 + 3 + 5 + 4 + 4.5 + 4) / 8 + 3.5) / 2
+    fl = (2 / 8 + 1 / 1) / 2
+    return gt + error, gt, valid, epe, fl
+
+
+def test_flow_epe_and_fl_average_over_each_images_valid_pixels_then_over_images():
+    pred, gt, valid, epe, fl = _flow_case()
+    metrics = evaluate.flow_metrics(pred, gt, valid)
+    assert metrics['epe'] == pytest.approx(epe)
+    assert metrics['fl'] == pytest.approx(fl)
+
+
+def test_flow_outlier_needs_both_more_than_3_px_and_more_than_5_percent_of_the_true_length():
+    pred, gt, valid, _, _ = _flow_case()
+    first = evaluate.flow_metrics(pred[:1], gt[:1], valid[:1])
+    assert first['fl'] == pytest.approx(2 / 8)  # pixels 0 and 5 of the eight valid ones
+    for pixel, outlier in enumerate([1, 0, 0, 0, 0, 1, 0, 0]):  # each valid pixel alone
+        only = torch.zeros_like(valid[:1])
+        only[0, 0, pixel] = True
+        assert evaluate.flow_metrics(pred[:1], gt[:1], only)['fl'] == outlier, pixel
+
+
+def test_flow_metrics_need_a_valid_pixel():
+    pred, gt, valid, _, _ = _flow_case()
+    with pytest.raises(ValueError, match='no valid ground-truth flow'):
+        evaluate.flow_metrics(pred, gt, torch.zeros_like(valid))
+
+
+# ---------------------------------------------------------------- runs, tables, figures
 
 def _write_run(folder, args, lines):
     folder.mkdir()
@@ -192,7 +582,7 @@ def runs(tmp_path):
     return seg, depth
 
 
-def test_read_run_folder_and_checkpoint(runs, tmp_path):
+def test_read_run_reads_a_folder_skipping_a_half_written_line_and_a_checkpoint(runs, tmp_path):
     run = evaluate.read_run(runs[0])
     assert run['name'] == 'seg_depth_frozen' and run['args']['init'] == 'depth' and len(run['metrics']) == 3
     with open(runs[0] / 'metrics.jsonl', 'a') as f:
@@ -206,7 +596,7 @@ def test_read_run_folder_and_checkpoint(runs, tmp_path):
     assert run['metrics'] == [{'iter': 300, 'split': 'eval', 'miou7': 0.5}]
 
 
-def test_read_run_rejects_other_paths(tmp_path):
+def test_read_run_rejects_paths_that_are_not_runs(tmp_path):
     stray = tmp_path / 'notes.txt'
     stray.write_text('hello')
     with pytest.raises(ValueError, match='not a run'):
@@ -217,40 +607,54 @@ def test_read_run_rejects_other_paths(tmp_path):
         evaluate.read_run(tmp_path / 'missing')
 
 
-def test_results_table(runs):
+def test_results_table_has_a_row_per_run_with_its_last_eval_and_baseline_metrics(runs):
     table = evaluate.results_table([evaluate.read_run(path) for path in runs])
     seg_part, depth_part = table.split('### depth')
     assert 'seg_depth_frozen' in seg_part and 'depth_mono' in depth_part
     row = next(line for line in seg_part.splitlines() if line.startswith('| seg_depth_frozen'))
     cells = [cell.strip() for cell in row.strip('|').split('|')]
+    # the last eval line (iter 200), in percent with two decimals: 0.63214 -> 63.21, 0.41 -> 41.00, 0.85 -> 85.00
     assert cells == ['seg_depth_frozen', 'seg', 'depth', '–', 'yes', '16', 'resnet18', '96x320', '200',
-                     '63.21', '41.00', '85.00']
+                     f'{100 * 0.63214:.2f}', f'{100 * 0.41:.2f}', f'{100 * 0.85:.2f}']
     row = next(line for line in depth_part.splitlines() if line.startswith('| depth_mono'))
     cells = [cell.strip() for cell in row.strip('|').split('|')]
-    assert cells[-11:] == ['0.123', '1.500', '6.250', '0.200', '–', '0.875', '–', '–', '–', '–', '0.350']
+    # the last eval line's abs_rel .. si_rmse with three decimals ('–' where not logged), then the baseline's abs_rel
+    assert cells[-11:] == [f'{0.1234:.3f}', f'{1.5:.3f}', f'{6.25:.3f}', f'{0.2:.3f}', '–', f'{0.875:.3f}',
+                           '–', '–', '–', '–', f'{0.35:.3f}']
 
 
-def test_plot_curves(runs, tmp_path):
+def test_plot_curves_draws_each_runs_eval_curve_and_its_baseline_in_a_png_of_two_panels(runs, tmp_path):
     path = tmp_path / 'figs' / 'curves.png'
-    evaluate.plot_curves([evaluate.read_run(p) for p in runs], path)
+    fig = evaluate.plot_curves([evaluate.read_run(p) for p in runs], path)
+    seg, depth = fig.axes
+    assert [ax.get_title() for ax in fig.axes] == ['Segmentation', 'Depth']
+    # segmentation: the eval lines' miou7 (0.3 at 100, 0.63214 at 200) in percent; no baseline logged
+    (line,) = seg.lines
+    assert list(line.get_xdata()) == [100, 200] and list(line.get_ydata()) == pytest.approx([100 * 0.3, 100 * 0.63214])
+    # depth: the eval lines' abs_rel, and the baseline's (0.35) as a dashed horizontal line
+    curve, baseline = depth.lines
+    assert list(curve.get_xdata()) == [100, 200] and list(curve.get_ydata()) == pytest.approx([0.2, 0.1234])
+    assert list(baseline.get_ydata()) == pytest.approx([0.35, 0.35]) and baseline.get_linestyle() == '--'
     image = matplotlib.image.imread(path)
-    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 500  # two panels side by side
-    assert image.std() > 0.01  # something was drawn
+    assert image.shape[:2] == (450, 1200)  # two 6 x 4.5 inch panels at 100 dpi
 
 
-def test_cli(runs, tmp_path, capsys):
+def test_cli_prints_and_writes_the_tables_and_the_figures(runs, tmp_path, capsys):
     out_dir = tmp_path / 'results'
     evaluate.main([str(runs[0]), str(runs[1]), '--out-dir', str(out_dir)])
     printed = capsys.readouterr().out
     table = (out_dir / 'results.md').read_text()
-    assert table in printed and '63.21' in table and 'curves.png' in printed
-    assert matplotlib.image.imread(out_dir / 'curves.png').shape[0] > 100
+    loaded = [evaluate.read_run(p) for p in runs]
+    assert table == ('## Configurations (mean ± std over seeds)\n\n' + evaluate.grouped_table(loaded)
+                     + '\n## Every run\n\n' + evaluate.results_table(loaded))
+    assert table in printed and f'{100 * 0.63214:.2f}' in table and 'curves.png' in printed
+    assert matplotlib.image.imread(out_dir / 'curves.png').shape[:2] == (450, 1200)  # seg and depth panels
     # one train size: no Fig. 3, and one line saying so; no temp files left
     assert sorted(p.name for p in out_dir.iterdir()) == ['curves.png', 'frozen.png', 'results.md']
     assert 'train_size.png not written' in printed
 
 
-def test_cli_bad_path(runs, tmp_path, capsys):
+def test_cli_stops_with_a_sentence_on_a_path_that_is_not_a_run(runs, tmp_path, capsys):
     stray = tmp_path / 'stray.log'
     stray.write_text('not a run')
     with pytest.raises(SystemExit):
@@ -284,14 +688,16 @@ def test_runs_differing_only_in_seed_are_grouped_with_mean_and_std(tmp_path):
     table = evaluate.grouped_table(runs)
     row = next(line for line in table.splitlines() if line.startswith('| seg-depth-unet-full'))
     cells = [cell.strip() for cell in row.strip('|').split('|')]
-    assert cells[9] == '3' and cells[10] == '70.00 ± 10.00'  # sample std of 0.6, 0.7, 0.8
+    # mean 0.7 and sample std 0.1 of 0.6, 0.7, 0.8 (the population std would be 0.0816)
+    mean, std = statistics.mean([0.6, 0.7, 0.8]), statistics.stdev([0.6, 0.7, 0.8])
+    assert cells[9] == '3' and cells[10] == f'{100 * mean:.2f} ± {100 * std:.2f}' == '70.00 ± 10.00'
     assert '50.00 ± 0.00' in table  # two seeds that agree
     row = next(line for line in table.splitlines() if line.startswith('| seg-depth-unet-frozen'))
     cells = [cell.strip() for cell in row.strip('|').split('|')]
     assert cells[9:12] == ['1', '40.00', '20.00'] and '±' not in row  # one seed: its values alone
 
 
-def test_curves_plot_segmentation_in_percent(runs, tmp_path):
+def test_curves_plot_segmentation_in_percent_and_depth_as_logged(runs, tmp_path):
     fig = evaluate.plot_curves([evaluate.read_run(p) for p in runs], tmp_path / 'curves.png')
     seg_axes = fig.axes[0]
     assert seg_axes.get_ylabel() == 'mIoU (7 classes) %'
@@ -321,7 +727,7 @@ def test_train_size_figure_needs_two_sizes_of_one_configuration(tmp_path):
     assert list(line.get_xdata()) == [16, 64] and list(line.get_ydata()) == pytest.approx([50.0, 70.0])
 
 
-def test_init_name():
+def test_init_name_of_a_checkpoint_path_is_its_run_without_the_seed():
     assert evaluate.init_name('none') == 'none' and evaluate.init_name('depth') == 'depth'
     assert evaluate.init_name('checkpoints/depth-stereo.pt') == 'depth-stereo'
     assert evaluate.init_name('runs/depth-mono-s2/checkpoint.pt') == 'depth-mono'
@@ -359,18 +765,44 @@ def test_no_headline_without_a_pair(runs, tmp_path, capsys):
     assert (tmp_path / 'results' / 'results.md').read_text().startswith('## Configurations')
 
 
-def test_train_size_and_frozen_figures_are_readable_pngs(tmp_path):
-    paths = []
+def test_train_size_frozen_and_curve_figures_draw_the_seed_means_and_stds_of_the_runs(tmp_path):
+    paths, final = [], {}
     for size, base in ((4, 0.3), (16, 0.5), (64, 0.7)):
         for init, bonus in (('depth', 0.1), ('none', 0.0)):
-            paths += _seg_runs(tmp_path, init, False, [base + bonus, base + bonus + 0.02], train_size=size)
+            final[init, 'full', size] = [base + bonus, base + bonus + 0.02]
+            paths += _seg_runs(tmp_path, init, False, final[init, 'full', size], train_size=size)
+    final['depth', 'frozen', 16], final['none', 'frozen', 16] = [0.55, 0.57], [0.2, 0.25]
     paths += _seg_runs(tmp_path, 'depth', True, [0.55, 0.57]) + _seg_runs(tmp_path, 'none', True, [0.2, 0.25])
     runs = [evaluate.read_run(p) for p in paths]
-    for plot, name in ((evaluate.plot_train_size, 'fig3.png'), (evaluate.plot_frozen, 'fig4.png'),
-                       (evaluate.plot_curves, 'fig2.png')):
-        plot(runs, tmp_path / name)
-        image = matplotlib.image.imread(tmp_path / name)
-        assert image.ndim == 3 and image.shape[0] > 200 and image.std() > 0.01
+    percent = lambda values: 100 * statistics.mean(values)
+    spread = lambda values: 100 * statistics.stdev(values)
+
+    fig = evaluate.plot_train_size(runs, tmp_path / 'fig3.png')  # the frozen runs have one size: no series
+    for init, container in zip(('depth', 'none'), fig.axes[0].containers):
+        line = container.lines[0]
+        assert list(line.get_xdata()) == [4, 16, 64]
+        assert list(line.get_ydata()) == pytest.approx([percent(final[init, 'full', n]) for n in (4, 16, 64)])
+        bar, = container.lines[2]  # the error bars: mean - std .. mean + std at each size
+        ends = [sorted(segment[:, 1]) for segment in bar.get_segments()]
+        assert ends == [pytest.approx([percent(final[init, 'full', n]) - spread(final[init, 'full', n]),
+                                       percent(final[init, 'full', n]) + spread(final[init, 'full', n])])
+                        for n in (4, 16, 64)]
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == [
+        'seg-depth-unet-full-resnet18-64x192', 'seg-none-unet-full-resnet18-64x192']
+
+    fig = evaluate.plot_frozen(runs, tmp_path / 'fig4.png')
+    heights = sorted(bar.get_height() for bar in fig.axes[0].patches)
+    assert heights == pytest.approx(sorted([percent(v) for v in final.values()]))
+
+    fig = evaluate.plot_curves(runs, tmp_path / 'fig2.png')  # _seg_runs log miou7 / 2 at 50, miou7 at 100
+    means = {line.get_label(): list(line.get_ydata()) for line in fig.axes[0].lines}
+    assert means['seg-depth-unet-frozen-n16-resnet18-64x192 (n=2)'] == pytest.approx(
+        [percent([0.275, 0.285]), percent([0.55, 0.57])])
+    assert len(means) == len(final)
+
+    # readable PNGs of the figures' size at 100 dpi: 6 x 4.5 inches, the bar chart 1.5 inches per configuration
+    for name, width in (('fig3.png', 600), ('fig4.png', 150 * 6), ('fig2.png', 600)):
+        assert matplotlib.image.imread(tmp_path / name).shape[:2] == (450, width), name
 
 
 @pytest.fixture
@@ -399,7 +831,8 @@ def _overexposed(get_item, key):
     return overexposed
 
 
-def test_qualitative_grids_and_grad_cam_from_run_checkpoints_quietly(trained_runs, tmp_path, caplog, monkeypatch):
+def test_cli_draws_qualitative_grids_and_grad_cam_from_run_checkpoints_without_warnings(trained_runs, toy_root, tmp_path,
+                                                                                          caplog, monkeypatch):
     import data
     monkeypatch.setattr(data.LabelledImages, '__getitem__', _overexposed(data.LabelledImages.__getitem__, 'image'))
     monkeypatch.setattr(data.VideoSnippets, '__getitem__', _overexposed(data.VideoSnippets.__getitem__, 'frames'))
@@ -409,12 +842,18 @@ def test_qualitative_grids_and_grad_cam_from_run_checkpoints_quietly(trained_run
         warnings.filterwarnings('ignore', message='The image decoding and encoding capabilities of TorchVision')
         evaluate.main([str(p) for p in trained_runs] + ['--out-dir', str(out_dir), '--images'])
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []  # matplotlib logs
-    for name in ('qualitative_seg.png', 'qualitative_depth.png', 'grad_cam.png'):
-        image = matplotlib.image.imread(out_dir / name)
-        assert image.ndim == 3 and image.shape[0] > 150 and image.std() > 0.01, name
+    # PNGs of each figure's size at 100 dpi: one row per held-out image (grad_cam: per run), 3 inches per column
+    seg_rows = len(evaluate._common_held_out([evaluate.read_run(p) for p in trained_runs[:2]],
+                                             toy_root, 4))
+    sizes = {'qualitative_seg.png': (round(120 * seg_rows), 300 * 4),  # image, ground truth, two runs
+             'qualitative_depth.png': (120 * 4, 300 * 3),              # image, ground truth, one run
+             'grad_cam.png': (130 * 2, 300 * seg_rows)}                # two runs x the images
+    for name, size in sizes.items():
+        assert matplotlib.image.imread(out_dir / name).shape[:2] == size, name
 
 
-def test_segmentation_grid_has_a_legend_of_the_classes_shown(trained_runs, toy_root, tmp_path):
+def test_segmentation_grid_shows_image_truth_and_each_runs_prediction_with_a_legend_of_the_classes(trained_runs,
+                                                                                                    toy_root, tmp_path):
     runs = [evaluate.read_run(p) for p in trained_runs[:2]]
     fig = evaluate.plot_qualitative(runs, toy_root, tmp_path / 'seg.png')
     items = evaluate._common_held_out(runs, toy_root, 4)
@@ -428,6 +867,15 @@ def test_segmentation_grid_has_a_legend_of_the_classes_shown(trained_runs, toy_r
                                                           if i < 19]
     colours = [tuple(round(255 * c) for c in patch.get_facecolor()[:3]) for patch in legend.get_patches()]
     assert colours == [evaluate.CITYSCAPES_PALETTE[i] for i in sorted(shown) if i < 19]
+    # row r: the image, its labels and each run's argmax, in the Cityscapes palette (ignored pixels black)
+    palette = torch.zeros(256, 3, dtype=torch.uint8)
+    palette[:19] = torch.tensor(evaluate.CITYSCAPES_PALETTE, dtype=torch.uint8)
+    axes = np.array(fig.axes).reshape(len(items), 2 + len(runs))
+    for r in range(len(items)):
+        assert np.array_equal(axes[r, 0].images[0].get_array(), images[r].permute(1, 2, 0).numpy())
+        assert np.array_equal(axes[r, 1].images[0].get_array(), palette[labels[r].long()].numpy())
+        for c, prediction in enumerate(predictions):
+            assert np.array_equal(axes[r, 2 + c].images[0].get_array(), palette[prediction[r].argmax(0)].numpy())
 
 
 def test_depth_grid_has_a_colour_bar_in_inverse_metres(trained_runs, toy_root, tmp_path):
@@ -438,16 +886,101 @@ def test_depth_grid_has_a_colour_bar_in_inverse_metres(trained_runs, toy_root, t
     assert truth.get_clim() == prediction.get_clim() and truth.get_clim()[0] == 0  # one shared scale
 
 
-def test_grad_cam_highlights_where_the_prediction_comes_from():
+class _RedEvidenceNet(torch.nn.Module):
+    """A constructed segmentation 'network' for Grad-CAM: its layer has a red and a green channel (1x1 conv,
+    image resolution), class 1's logit is red - green and class 0's a constant 0.25. Class 1 is predicted on
+    the red square only, so only the red channel carries gradient there (+1, and -1 on green): the map is
+    the red square, and neither the green square (as bright in the layer, but unused by the prediction, and
+    negative after the weighting: ReLU'd away) nor the background."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Conv2d(3, 2, 1, bias=False)
+        with torch.no_grad():
+            self.layer.weight.zero_()
+            self.layer.weight[0, 0] = 1.0  # red
+            self.layer.weight[1, 1] = 1.0  # green
+
+    def forward(self, images):
+        a = self.layer(images)
+        return torch.cat([torch.full_like(a[:, :1], 0.25), a[:, :1] - a[:, 1:]], 1)
+
+
+def test_grad_cam_is_the_region_whose_activations_drive_the_predicted_class():
+    images = torch.zeros(2, 3, 8, 8)
+    images[0, 0, 1:3, 1:4] = 1.0  # image 0: a red square (the evidence) and a larger green one
+    images[0, 1, 5:8, 2:8] = 1.0
+    images[1, 0, 4:7, 5:7] = 0.5  # image 1: a dimmer red square elsewhere, and green
+    images[1, 1, 0:2, 0:8] = 1.0
+    net = _RedEvidenceNet()
+    cam = evaluate.grad_cam(net, images, net.layer)
+    red = (images[:, 0] > 0).float()
+    torch.testing.assert_close(cam, red, rtol=0, atol=1e-6)  # each image's map scaled to a maximum of 1
+    assert cam.requires_grad is False
+
+
+def test_grad_cam_of_a_seg_net_layer_is_upsampled_to_the_image_and_scaled_per_image():
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import models
+    torch.manual_seed(0)
     net = models.build_seg_net(num_classes=3).eval()
-    images = torch.rand(2, 3, 64, 64)
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     cam = evaluate.grad_cam(net, images, net.encoder.layer1)
-    assert cam.shape == (2, 64, 64) and cam.min() >= 0 and torch.allclose(cam.amax((1, 2)), torch.ones(2))
+    # Grad-CAM written out here: layer1's activation A (1/4 of the image's size) and the gradient G of the summed
+    # logits of each pixel's predicted class; relu(sum_k mean(G_k) A_k), bilinearly upsampled, over its maximum
+    captured = []
+    hook = net.encoder.layer1.register_forward_hook(lambda module, inputs, output: captured.append(output))
+    logits = net(images)
+    hook.remove()
+    activation, = captured
+    assert activation.shape[-2:] == (16, 16)
+    gradient, = torch.autograd.grad(logits.max(1).values.sum(), activation)
+    expected = torch.relu((gradient.mean((2, 3))[:, :, None, None] * activation).sum(1))
+    expected = torch.nn.functional.interpolate(expected[:, None], (64, 64), mode='bilinear', align_corners=False)[:, 0]
+    expected = expected / expected.flatten(1).max(1).values[:, None, None]
+    assert cam.shape == (2, 64, 64)
+    torch.testing.assert_close(cam, expected.detach(), rtol=1e-5, atol=1e-6)
 
 
-def test_evaluate_one_checkpoint(trained_runs, capsys):
+def test_grad_cam_figure_overlays_each_runs_map_on_the_held_out_images(trained_runs, toy_root, tmp_path, monkeypatch):
+    saved = []
+    monkeypatch.setattr(evaluate, '_save_figure', lambda fig, path: saved.append(fig))
+    calls = _spy(monkeypatch, 'grad_cam')
+    runs = [evaluate.read_run(p) for p in trained_runs[:2]]
+    evaluate.plot_grad_cam(runs, toy_root, tmp_path / 'grad_cam.png')
+    fig, = saved
+    images = torch.stack([item['image'] for item in evaluate._common_held_out(runs, toy_root, 4)])
+    axes = np.array(fig.axes).reshape(len(runs), len(images))
+    assert len(calls) == len(runs)
+    for r, (run, call) in enumerate(zip(runs, calls)):  # row r: run r's Grad-CAM of encoder.layer1
+        assert _holds_weights(call['net'], training.load_checkpoint(run['checkpoint']))
+        assert call['layer'] is call['net'].encoder.layer1 and torch.equal(call['images'], images)
+        for c in range(len(images)):
+            picture, heat = axes[r, c].images
+            assert np.array_equal(picture.get_array(), images[c].permute(1, 2, 0).numpy())
+            assert np.array_equal(heat.get_array(), call['result'][c].numpy())
+
+
+def _spy(monkeypatch, name):
+    """Wrap evaluate.<name> to record each call's arguments (by name, defaults filled in) and its result."""
+    original, calls = getattr(evaluate, name), []
+    signature = inspect.signature(original)
+
+    def spy(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        calls.append(dict(bound.arguments, result=original(*args, **kwargs)))
+        return calls[-1]['result']
+    monkeypatch.setattr(evaluate, name, spy)
+    return calls
+
+
+def _holds_weights(net, checkpoint):
+    return all(torch.equal(value, checkpoint['model'][key]) for key, value in net.state_dict().items())
+
+
+def test_evaluating_a_checkpoint_scores_its_held_out_images_by_its_own_settings(trained_runs, toy_root, capsys,
+                                                                               monkeypatch):
     metrics = evaluate.main(['--checkpoint', str(trained_runs[0] / 'checkpoint.pt')])
     checkpoint = training.load_checkpoint(trained_runs[0] / 'checkpoint.pt')
     held_out = evaluate.held_out_set(checkpoint, checkpoint['args']['data_root'])
@@ -455,8 +988,19 @@ def test_evaluate_one_checkpoint(trained_runs, capsys):
     batches = torch.utils.data.DataLoader(held_out, batch_size=3)
     expected = evaluate.evaluate_segmentation(evaluate.load_network(checkpoint), batches, torch.device('cpu'))
     assert metrics['miou7'] == pytest.approx(expected['miou7']) and '"pixel_acc"' in capsys.readouterr().out
+    calls = _spy(monkeypatch, 'evaluate_depth')
     depth = evaluate.main(['--checkpoint', str(trained_runs[2] / 'checkpoint.pt')])
-    assert depth['abs_rel'] > 0 and depth['median_scale'] == 1.0  # fine-tuned depth is scored in metres
+    call, = calls
+    # the run's network on the test split by the default protocol (eigen); in metres (no --supervision mono:
+    # no median scaling), its sigmoid mapped to 0.1..100 m, scored up to 80 m
+    assert _holds_weights(call['net'], training.load_checkpoint(trained_runs[2] / 'checkpoint.pt'))
+    import data
+    test_frames = data.DepthTestFrames(toy_root, 'test', 64, 192, 'eigen')  # the run's data root's test split
+    assert call['frames'].protocol == 'eigen' and call['frames'].entries == test_frames.entries
+    assert (call['min_depth'], call['max_depth'], call['eval_max_depth'], call['median_scaling']) == (0.1, 100.0, 80.0,
+                                                                                                       False)
+    assert depth == call['result'] and depth['median_scale'] == 1.0
+    assert (depth['images'], depth['skipped']) == (len(test_frames), test_frames.skipped)
     with pytest.raises(SystemExit):
         evaluate.main(['--checkpoint', str(trained_runs[0] / 'missing.pt')])
 
@@ -469,7 +1013,7 @@ def test_an_xnet_checkpoint_is_rebuilt_as_the_variant_it_holds():
     checkpoint = dict(model=net.state_dict(), task='seg', arch='resnet18', decoder='xnet', xnet=xnet,
                       normalization='unit', num_classes=19)
     rebuilt = evaluate.load_network(checkpoint)
-    x = torch.rand(1, 3, 64, 96)
+    x = torch.rand(1, 3, 64, 96, generator=torch.Generator().manual_seed(0))
     assert torch.equal(rebuilt(x), net(x))
     with pytest.raises(ValueError, match='does not fit'):  # the same weights read as another variant
         evaluate.load_network(dict(checkpoint, xnet=dict(xnet, pfp=True)))
@@ -540,7 +1084,7 @@ def test_predict_segmentation_on_one_image(own_images, tmp_path):
     assert sorted(p.name for p in out_dir.iterdir()) == ['b_wide_seg.npy', 'b_wide_seg.png']
     ids = np.load(out_dir / 'b_wide_seg.npy')
     expected = _network_output(net, data.read_image(own_images / 'b_wide.png')).argmax(0)
-    assert ids.dtype == np.uint8 and ids.shape == (48, 80) and ids.max() < 19
+    assert ids.dtype == np.uint8 and ids.shape == (48, 80)
     assert torch.equal(torch.from_numpy(ids).long(), expected)
     picture = data.read_image(out_dir / 'b_wide_seg.png')
     palette = torch.tensor(evaluate.CITYSCAPES_PALETTE, dtype=torch.uint8)
@@ -604,24 +1148,52 @@ def test_a_test_split_of_two_image_sizes_is_scored_image_by_image_at_native_size
         assert by_worker['rmse'] == pytest.approx(metrics['rmse'], rel=1e-9)
 
 
-def test_checkpoint_evaluation_says_and_overrides_protocol_and_scaling(two_size_root, tmp_path, capsys):
+def test_checkpoint_evaluation_says_and_overrides_protocol_and_scaling(two_size_root, tmp_path, capsys, monkeypatch):
     _depth_checkpoint(tmp_path / 'mono.pt', supervision='mono')  # recorded before the flags existed: mono scales
     root = ['--data-root', str(two_size_root)]
+    calls = _spy(monkeypatch, 'evaluate_depth')
     default = evaluate.main(['--checkpoint', str(tmp_path / 'mono.pt')] + root)
     out = capsys.readouterr().out
     assert 'eigen (velodyne ground truth, Garg crop), median-scaled' in out and '| abs_rel |' in out
-    assert default['scale_std'] > 0
     metric = evaluate.main(['--checkpoint', str(tmp_path / 'mono.pt'), '--median-scaling', 'off',
                             '--eval-protocol', 'benchmark'] + root)
     assert 'benchmark (annotated ground truth, no crop), metric' in capsys.readouterr().out
-    assert metric['median_scale'] == 1.0 and metric['scale_std'] == 0.0 and metric['abs_rel'] != default['abs_rel']
+    settings = [(c['frames'].protocol, c['median_scaling'], c['min_depth'], c['max_depth'], c['eval_max_depth'])
+                for c in calls]
+    assert settings == [('eigen', True, 0.1, 100.0, 80.0), ('benchmark', False, 0.1, 100.0, 80.0)]
+    assert [default, metric] == [c['result'] for c in calls]
+    assert metric['median_scale'] == 1.0 and metric['scale_std'] == 0.0 and default['median_scale'] != 1.0
 
 
-def test_qualitative_depth_grid_draws_frames_of_two_sizes(two_size_root, tmp_path):
-    _depth_checkpoint(tmp_path / 'depth.pt', supervision='stereo', data_root=str(two_size_root))
+@pytest.mark.parametrize('supervision', ['stereo', 'mono'])
+def test_qualitative_depth_grid_shows_inverse_depth_of_truth_and_prediction_at_each_frames_size(two_size_root, tmp_path,
+                                                                                                supervision):
+    _, _, net = _depth_checkpoint(tmp_path / 'depth.pt', supervision=supervision, data_root=str(two_size_root))
     run = evaluate.read_run(tmp_path / 'depth.pt')
-    evaluate.plot_qualitative([run], two_size_root, tmp_path / 'grid.png', count=20)
-    assert (tmp_path / 'grid.png').stat().st_size > 0
+    count = 20 if supervision == 'stereo' else 2
+    fig = evaluate.plot_qualitative([run], two_size_root, tmp_path / 'grid.png', count=count)
+    assert matplotlib.image.imread(tmp_path / 'grid.png').ndim == 3
+    items = evaluate._common_held_out([run], two_size_root, count)
+    assert {tuple(item['depth'].shape[-2:]) for item in items} == {(64, 192), (48, 160)}  # frames of both dates
+    images = torch.stack([item['frames'][0] for item in items])
+    with torch.no_grad():
+        disps = net(images)[0]
+    axes = np.array(fig.axes[:3 * len(items)]).reshape(len(items), 3)  # the colour bar's axes come last
+    shown = []
+    for r, item in enumerate(items):
+        gt = item['depth'][0]
+        disp = torch.nn.functional.interpolate(disps[r:r + 1], gt.shape, mode='bilinear', align_corners=False)[0, 0]
+        depth = 1 / (1 / 100.0 + (1 / 0.1 - 1 / 100.0) * disp)  # the checkpoint's 0.1..100 m
+        if supervision == 'mono':  # median-scaled on the pixels with ground truth, as its evaluation scales
+            depth = depth * np.median(gt[gt > 0].numpy()) / np.median(depth[gt > 0].numpy())
+        truth = np.where(gt.numpy() > 0, 1 / np.maximum(gt.numpy(), 1e-3), 0.0)
+        assert np.array_equal(axes[r, 0].images[0].get_array(), images[r].permute(1, 2, 0).numpy())
+        assert np.allclose(axes[r, 1].images[0].get_array(), truth, rtol=1e-6)
+        assert np.allclose(axes[r, 2].images[0].get_array(), 1 / depth.numpy(), rtol=1e-5)
+        shown += [truth.ravel(), 1 / depth.numpy().ravel()]
+    vmax = np.percentile(np.concatenate(shown), 99)  # one magma scale: 0 to the 99th percentile of all maps
+    for ax in axes[:, 1:].ravel():
+        assert ax.images[0].get_clim() == pytest.approx((0, vmax), rel=1e-5)
 
 
 def test_a_file_that_is_not_a_checkpoint_stops_with_a_sentence(tmp_path, capsys):
