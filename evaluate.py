@@ -236,23 +236,24 @@ def constant_baseline_on(frames, eval_max_depth=80.0, workers=0):
     return constant_depth_baseline(gts, max_depth=eval_max_depth, crop=PROTOCOL_CROP[frames.protocol])
 
 
-def mean_metrics(results):
-    """The average of a list of metric dicts (one per batch)."""
-    return {k: sum(r[k] for r in results) / len(results) for k in results[0]}
-
-
 # ---------------------------------------------------------------- optical flow
 
-def flow_metrics(pred, gt, valid):
-    """End-point error (pixels) and KITTI's outlier rate Fl (EPE > 3 px and > 5% of the true flow's
-    length), over each image's valid pixels, averaged over images. pred, gt [B,2,H,W]; valid [B,H,W]."""
-    epe = (pred - gt).norm(dim=1)
-    outlier = (epe > 3) & (epe > 0.05 * gt.norm(dim=1))
-    per_image = [(e[v].mean(), o[v].double().mean()) for e, o, v in zip(epe, outlier, valid) if v.any()]
-    if not per_image:
+def flow_metrics(batches):
+    """End-point error (pixels) and KITTI's outlier rate Fl over (pred, gt, valid) batches (pred, gt [B,2,H,W];
+    valid [B,H,W]). EPE is each image's mean over its valid pixels, averaged over images (as RAFT reports
+    KITTI's EPE); Fl is the share of outliers (EPE > 3 px and > 5% of the true flow's length) among the valid
+    pixels of all images together, as KITTI's devkit counts it. Images without a valid pixel do not count."""
+    epe_sum = images = outliers = pixels = 0
+    for pred, gt, valid in batches:
+        epe = (pred - gt).norm(dim=1)
+        outlier = (epe > 3) & (epe > 0.05 * gt.norm(dim=1))
+        for e, o, v in zip(epe, outlier, valid):
+            if v.any():
+                epe_sum, images = epe_sum + e[v].double().mean().item(), images + 1
+                outliers, pixels = outliers + int(o[v].sum()), pixels + int(v.sum())
+    if not images:
         raise ValueError('no valid ground-truth flow in these images')
-    return {'epe': float(sum(p[0] for p in per_image) / len(per_image)),
-            'fl': float(sum(p[1] for p in per_image) / len(per_image))}
+    return {'epe': epe_sum / images, 'fl': outliers / pixels}
 
 
 # ---------------------------------------------------------------- runs

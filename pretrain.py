@@ -209,8 +209,7 @@ def pretrain_flow(args, device):
     pairs, sample = evaluate.one_at_a_time(pair_set), training.sample_frames(pair_set, device)
 
     def baseline():
-        return evaluate.mean_metrics([evaluate.flow_metrics(torch.zeros_like(b['flow']), b['flow'], b['valid'])
-                                      for b in pairs])
+        return evaluate.flow_metrics((torch.zeros_like(b['flow']), b['flow'], b['valid']) for b in pairs)
 
     def evaluate_now(iteration, folder):
         save_flow_sample(flow_net, sample, folder / f'sample_{iteration:06d}.png')
@@ -230,13 +229,15 @@ def resize_flow(flow, size):
 def evaluate_flow(flow_net, pairs, device):
     """End-point error and Fl on the ground-truth flow pairs, at the ground truth's resolution."""
     flow_net.eval()
-    results = []
-    for batch in pairs:
-        frames, gt = batch['frames'].to(device), batch['flow'].to(device)
-        flow = resize_flow(flow_net(frames[:, 0], frames[:, 1])[0].float(), gt.shape[-2:])
-        results.append(evaluate.flow_metrics(flow, gt, batch['valid'].to(device)))
+
+    def predictions():
+        for batch in pairs:
+            frames, gt = batch['frames'].to(device), batch['flow'].to(device)
+            flow = resize_flow(flow_net(frames[:, 0], frames[:, 1])[0].float(), gt.shape[-2:])
+            yield flow, gt, batch['valid'].to(device)
+    metrics = evaluate.flow_metrics(predictions())
     flow_net.train()
-    return evaluate.mean_metrics(results)
+    return metrics
 
 
 def save_flow_sample(flow_net, frames, path):

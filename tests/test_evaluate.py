@@ -165,11 +165,6 @@ def test_evaluate_segmentation_sums_one_confusion_over_the_batches():
     assert metrics['pixel_acc'] == pytest.approx(8 / 12) and math.isnan(metrics['per_class_iou'][3])
 
 
-def test_mean_metrics_averages_each_key_over_the_dicts():
-    assert evaluate.mean_metrics([{'a': 1.0, 'b': 4.0}, {'a': 2.0, 'b': 0.0}, {'a': 6.0, 'b': 2.0}]) == {
-        'a': pytest.approx(3.0), 'b': pytest.approx(2.0)}
-
-
 # ---------------------------------------------------------------- depth metrics
 
 def _depth(shape=(2, 1, 4, 5)):
@@ -528,32 +523,33 @@ def _flow_case():
     error[1, 0, 0, 1:] = 50.0  # large errors at its invalid pixels
     valid[1, 0, 0] = True
     error[2] = 7.0  # image 2: no valid pixel at all, not counted
-    epe = ((4 + 4 + 2 + 3 + 5 + 4 + 4.5 + 4) / 8 + 3.5) / 2
-    fl = (2 / 8 + 1 / 1) / 2
+    epe = ((4 + 4 + 2 + 3 + 5 + 4 + 4.5 + 4) / 8 + 3.5) / 2  # per image, then over images (RAFT)
+    fl = (2 + 1) / (8 + 1)  # outliers over the valid pixels of all images together (KITTI's devkit)
     return gt + error, gt, valid, epe, fl
 
 
-def test_flow_epe_and_fl_average_over_each_images_valid_pixels_then_over_images():
+def test_flow_epe_averages_each_images_valid_pixels_then_images_and_fl_pools_all_valid_pixels():
     pred, gt, valid, epe, fl = _flow_case()
-    metrics = evaluate.flow_metrics(pred, gt, valid)
-    assert metrics['epe'] == pytest.approx(epe)
-    assert metrics['fl'] == pytest.approx(fl)
+    for batches in ([(pred, gt, valid)], [(pred[i:i + 1], gt[i:i + 1], valid[i:i + 1]) for i in range(3)]):
+        metrics = evaluate.flow_metrics(batches)  # one batch of three, or three of one: the same
+        assert metrics['epe'] == pytest.approx(epe)
+        assert metrics['fl'] == pytest.approx(fl)
 
 
 def test_flow_outlier_needs_both_more_than_3_px_and_more_than_5_percent_of_the_true_length():
     pred, gt, valid, _, _ = _flow_case()
-    first = evaluate.flow_metrics(pred[:1], gt[:1], valid[:1])
+    first = evaluate.flow_metrics([(pred[:1], gt[:1], valid[:1])])
     assert first['fl'] == pytest.approx(2 / 8)  # pixels 0 and 5 of the eight valid ones
     for pixel, outlier in enumerate([1, 0, 0, 0, 0, 1, 0, 0]):  # each valid pixel alone
         only = torch.zeros_like(valid[:1])
         only[0, 0, pixel] = True
-        assert evaluate.flow_metrics(pred[:1], gt[:1], only)['fl'] == outlier, pixel
+        assert evaluate.flow_metrics([(pred[:1], gt[:1], only)])['fl'] == outlier, pixel
 
 
 def test_flow_metrics_need_a_valid_pixel():
     pred, gt, valid, _, _ = _flow_case()
     with pytest.raises(ValueError, match='no valid ground-truth flow'):
-        evaluate.flow_metrics(pred, gt, torch.zeros_like(valid))
+        evaluate.flow_metrics([(pred, gt, torch.zeros_like(valid))])
 
 
 # ---------------------------------------------------------------- runs, tables, figures
