@@ -87,10 +87,11 @@ def segmentation_metrics(confusion):
 
 # ---------------------------------------------------------------- depth
 
-# KITTI's two depth protocols (data.DepthTestFrames reads their ground truth): eigen scores velodyne
-# depth inside Garg et al.'s crop, benchmark scores the annotated maps everywhere; both 1e-3 < gt < 80 m.
+# KITTI's two depth protocols, as Monodepth2's evaluate_depth.py scores them (data.DepthTestFrames reads
+# their ground truth): eigen scores velodyne depth with 1e-3 < gt < 80 m inside Garg et al.'s crop;
+# benchmark scores every annotated pixel (gt > 0, no crop). Both clamp predictions to [1e-3, 80] m.
 GARG_CROP = (0.40810811, 0.99189189, 0.03594771, 0.96405229)  # rows top, bottom; columns left, right (fractions)
-PROTOCOL_CROP = {'eigen': 'garg', 'benchmark': None}
+PROTOCOLS = {'eigen': dict(crop='garg', cap_gt=True), 'benchmark': dict(crop=None, cap_gt=False)}
 
 
 def crop_mask(shape, crop):
@@ -111,9 +112,10 @@ def _median(x):
     return torch.quantile(x, 0.5)
 
 
-def _image_depth_metrics(pred, gt, min_depth, max_depth, median_scaling, crop):
+def _image_depth_metrics(pred, gt, min_depth, max_depth, median_scaling, crop, cap_gt):
     """Metrics of one image ([H, W] maps), or None when it has no valid ground truth."""
-    valid = (gt > min_depth) & (gt < max_depth)  # gt == 0 means the sensor had no measurement
+    # gt == 0 means the sensor had no measurement
+    valid = (gt > min_depth) & (gt < max_depth) if cap_gt else gt > 0
     valid &= crop_mask(gt.shape, crop).to(gt.device)
     if not valid.any():
         return None
@@ -135,17 +137,17 @@ def _image_depth_metrics(pred, gt, min_depth, max_depth, median_scaling, crop):
             'median_scale': scale}
 
 
-def average_depth_metrics(pairs, min_depth=1e-3, max_depth=80.0, median_scaling=False, crop=None):
+def average_depth_metrics(pairs, min_depth=1e-3, max_depth=80.0, median_scaling=False, crop=None, cap_gt=True):
     """Depth errors and accuracies averaged over images, from (pred, gt) pairs of [H, W] metric depth
     maps taken one at a time: running sums, so memory does not grow with the number of images (only the
     list of scale ratios does, a float each). Each image is scored over its valid pixels (min_depth < gt
-    < max_depth, inside `crop`), as KITTI evaluation does; `images` counts those scored, `skipped` those
-    without a valid pixel. With `median_scaling` each prediction is first multiplied by median(gt) /
+    < max_depth, or with cap_gt=False every gt > 0; inside `crop`), predictions clamped to [min_depth,
+    max_depth], as KITTI evaluation does; `images` counts those scored, `skipped` those without a valid pixel. With `median_scaling` each prediction is first multiplied by median(gt) /
     median(pred); `median_scale` and `scale_std` are the median of those ratios and the standard deviation
     of ratio / median, as Monodepth2 prints them (1 and 0 without scaling)."""
     sums, ratios, skipped = {}, [], 0
     for pred, gt in pairs:
-        metrics = _image_depth_metrics(pred, gt, min_depth, max_depth, median_scaling, crop)
+        metrics = _image_depth_metrics(pred, gt, min_depth, max_depth, median_scaling, crop, cap_gt)
         if metrics is None:
             skipped += 1
             continue
@@ -153,32 +155,32 @@ def average_depth_metrics(pairs, min_depth=1e-3, max_depth=80.0, median_scaling=
         for key, value in metrics.items():
             sums[key] = sums.get(key, 0.0) + float(value)
     if not ratios:
-        raise ValueError(f'no ground-truth depth between min_depth={min_depth} and max_depth={max_depth}'
-                         + (f' inside the {crop} crop' if crop else ''))
+        window = f'between min_depth={min_depth} and max_depth={max_depth}' if cap_gt else 'above 0'
+        raise ValueError(f'no ground-truth depth {window}' + (f' inside the {crop} crop' if crop else ''))
     ratios = torch.tensor(ratios, dtype=torch.float64)
     median = _median(ratios)
     return dict({key: total / len(ratios) for key, total in sums.items()}, median_scale=float(median),
                 scale_std=float((ratios / median).std(correction=0)), images=len(ratios), skipped=skipped)
 
 
-def depth_metrics(pred, gt, min_depth=1e-3, max_depth=80.0, median_scaling=False, crop=None):
+def depth_metrics(pred, gt, min_depth=1e-3, max_depth=80.0, median_scaling=False, crop=None, cap_gt=True):
     """Depth errors (abs_rel, sq_rel, rmse, rmse_log, log10, silog, si_rmse) and accuracies (a1-a3), fractions.
 
     pred and gt are metric depth of the same shape: [B,1,H,W] or [B,H,W] (a batch) or [H,W] (one image).
     Each metric is computed per image over its valid pixels and averaged over images (average_depth_metrics,
-    which says what `median_scaling` and `crop` do).
+    which says what `median_scaling`, `crop` and `cap_gt` do).
     """
     if pred.shape != gt.shape or gt.ndim not in (2, 3, 4):
         raise ValueError(f'expected pred and gt of one shape [B,1,H,W], [B,H,W] or [H,W], got '
                          f'{tuple(pred.shape)} and {tuple(gt.shape)}')
     images = lambda x: x.reshape(-1, *x.shape[-2:])
-    return average_depth_metrics(zip(images(pred), images(gt)), min_depth, max_depth, median_scaling, crop)
+    return average_depth_metrics(zip(images(pred), images(gt)), min_depth, max_depth, median_scaling, crop, cap_gt)
 
 
-def constant_depth_baseline(gts, min_depth=1e-3, max_depth=80.0, crop=None):
+def constant_depth_baseline(gts, min_depth=1e-3, max_depth=80.0, crop=None, cap_gt=True):
     """Metrics of the best constant prediction under median scaling, each image's [H, W] ground truth in
     `gts` predicted as its own median."""
-    return average_depth_metrics(((torch.ones_like(gt), gt) for gt in gts), min_depth, max_depth, True, crop)
+    return average_depth_metrics(((torch.ones_like(gt), gt) for gt in gts), min_depth, max_depth, True, crop, cap_gt)
 
 
 # ---------------------------------------------------------------- networks on held-out data
@@ -216,7 +218,7 @@ def evaluate_depth(net, frames, device, min_depth=0.1, max_depth=100.0, eval_max
             disp = torch.nn.functional.interpolate(disp, gt.shape, mode='bilinear', align_corners=False)
             yield models.disp_to_depth(disp[0, 0], min_depth, max_depth), gt
     metrics = average_depth_metrics(pairs(), max_depth=eval_max_depth, median_scaling=median_scaling,
-                                    crop=PROTOCOL_CROP[frames.protocol])
+                                    **PROTOCOLS[frames.protocol])
     return dict(metrics, skipped=metrics['skipped'] + frames.skipped)
 
 
@@ -233,7 +235,7 @@ def depth_test_set(args, root):
 def constant_baseline_on(frames, eval_max_depth=80.0, workers=0):
     """What predicting one depth everywhere (median-scaled) scores on a data.DepthTestFrames."""
     gts = (batch['depth'][0, 0] for batch in one_at_a_time(frames, workers))
-    return constant_depth_baseline(gts, max_depth=eval_max_depth, crop=PROTOCOL_CROP[frames.protocol])
+    return constant_depth_baseline(gts, max_depth=eval_max_depth, **PROTOCOLS[frames.protocol])
 
 
 # ---------------------------------------------------------------- optical flow

@@ -356,10 +356,20 @@ def test_garg_crop_truncates_bounds_and_pins_the_fractions_to_six_digits():
 
 
 def test_benchmark_protocol_scores_every_pixel_and_eigen_the_garg_crop():
-    assert evaluate.PROTOCOL_CROP == {'eigen': 'garg', 'benchmark': None}
+    assert evaluate.PROTOCOLS == {'eigen': dict(crop='garg', cap_gt=True), 'benchmark': dict(crop=None, cap_gt=False)}
     assert evaluate.crop_mask((375, 1242), None).all()
     with pytest.raises(ValueError, match='unknown crop'):
         evaluate.crop_mask((375, 1242), 'eigen')
+
+
+def test_benchmark_scores_ground_truth_beyond_80_m_with_the_prediction_clamped_and_eigen_leaves_it_out():
+    """Monodepth2's evaluate_depth.py: the Eigen split keeps 1e-3 < gt < 80 m; the benchmark split every gt > 0.
+    Predictions are clamped to [1e-3, 80] m in both."""
+    gt, pred = torch.tensor([[10.0, 85.0]]), torch.tensor([[10.0, 90.0]])
+    assert evaluate.depth_metrics(pred, gt, cap_gt=True)['abs_rel'] == 0  # the 85 m pixel is not scored
+    assert evaluate.depth_metrics(pred, gt, cap_gt=False)['abs_rel'] == pytest.approx((0 + 5 / 85) / 2)  # 90 -> 80
+    with pytest.raises(ValueError, match='no ground-truth depth above 0'):
+        evaluate.depth_metrics(pred, torch.zeros_like(gt), cap_gt=False)
 
 
 def test_garg_crop_scores_only_the_pixels_inside_it():
@@ -479,13 +489,13 @@ def test_evaluate_depth_upsamples_the_prediction_to_each_ground_truths_own_size(
 def test_evaluate_depth_caps_at_eval_max_depth_and_counts_frames_without_ground_truth():
     net = _DispNet(torch.zeros(2, 2))  # disparity 0: the network's max_depth, 100 m by default
     gt = torch.full((3, 3), 40.0)
-    gt[0, 0] = 90.0  # beyond 80 m: not ground truth
+    gt[0, 0] = 90.0  # beyond 80 m: scored by the benchmark protocol (gt > 0), against the clamped prediction
     frames = _Frames([gt, torch.zeros(3, 3)], skipped=2)  # the second frame has no valid pixel
     metrics = evaluate.evaluate_depth(net, frames, torch.device('cpu'), median_scaling=False)
-    assert metrics['abs_rel'] == pytest.approx((80 - 40) / 40)  # 100 m clamped to 80 m
+    assert metrics['abs_rel'] == pytest.approx((8 * (80 - 40) / 40 + (90 - 80) / 90) / 9)  # 100 m clamped to 80 m
     assert metrics['images'] == 1 and metrics['skipped'] == 1 + 2  # the empty frame and the split's two
     capped = evaluate.evaluate_depth(net, frames, torch.device('cpu'), eval_max_depth=50.0, median_scaling=False)
-    assert capped['abs_rel'] == pytest.approx((50 - 40) / 40)
+    assert capped['abs_rel'] == pytest.approx((8 * (50 - 40) / 40 + (90 - 50) / 90) / 9)
 
 
 @pytest.mark.parametrize('protocol, expected', [('eigen', 0.0), ('benchmark', 0.5 * (300 - 5 * 27) / 300)])
@@ -1133,7 +1143,7 @@ def test_a_test_split_of_two_image_sizes_is_scored_image_by_image_at_native_size
         with torch.no_grad():
             disp = torch.nn.functional.interpolate(net(item['frames'])[0], item['depth'].shape[-2:], mode='bilinear')
         pred = models.disp_to_depth(disp, 0.1, 100.0)[0, 0]
-        per_frame.append(evaluate.depth_metrics(pred, item['depth'][0], crop=evaluate.PROTOCOL_CROP[protocol]))
+        per_frame.append(evaluate.depth_metrics(pred, item['depth'][0], **evaluate.PROTOCOLS[protocol]))
     assert metrics['images'] == len(frames) == len(per_frame)
     for key in ('abs_rel', 'rmse', 'a1'):
         assert metrics[key] == pytest.approx(sum(m[key] for m in per_frame) / len(per_frame), rel=1e-9)
