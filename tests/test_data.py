@@ -1,7 +1,7 @@
-"""The toy world and the KITTI loaders: layout, determinism, and geometry that agrees with the renderer."""
-import filecmp
-import json
-import math
+"""data.py's readers and datasets: KITTI's encodings (label ids, depth and flow PNGs, velodyne scans) pinned
+on values written out by hand and on the real KITTI sample files, intrinsics under resizing and cropping,
+the datasets' geometry checked against the toy world's renderer, split files (make_splits, the few-shot
+pick), and one sentence for each kind of bad file. The renderer's own tests are in test_toyworld.py."""
 import re
 import shutil
 from pathlib import Path
@@ -10,112 +10,278 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torchvision.io import write_jpeg
+from torchvision.io import ImageReadMode, decode_png, read_file, write_jpeg, write_png
 
 import data
 import toyworld
 import losses
 import training
-from conftest import TINY, project, warp
+from conftest import project, warp
+
+REALDATA = Path(__file__).resolve().parents[2] / 'shared' / 'realdata'
+needs_realdata = pytest.mark.skipif(not REALDATA.exists(), reason='the real KITTI sample files are not here')
 
 
-def test_files_are_where_kitti_keeps_them(toy_root):
-    drive = toy_root / '2011_09_26' / '2011_09_26_drive_0001_sync'
-    assert (toy_root / '2011_09_26' / 'calib_cam_to_cam.txt').is_file()
-    for sub in ('image_02/data', 'image_03/data', 'proj_depth/groundtruth/image_02'):
-        assert sorted(p.name for p in (drive / sub).iterdir()) == [f'{f:010d}.png' for f in range(TINY['frames'])]
-    images = sorted((toy_root / 'data_semantics/training/image_2').iterdir())
-    first = len(data.scene_flow_files(toy_root))  # as in KITTI, one id space: labelled ids follow the flow pairs'
-    assert [p.name for p in images] == [f'{first + i:06d}_10.png' for i in range(TINY['labelled'])]
-    assert all((toy_root / 'data_semantics/training/semantic' / p.name).is_file() for p in images)
-    for split in ('train', 'val', 'test'):
-        for folder, frame, side in data.read_split(toy_root, split):
-            assert side == 'l' and data.image_path(toy_root, folder, frame - 1).is_file()
-            assert data.image_path(toy_root, folder, frame + 1).is_file()
+def _raw_png(path):
+    """A PNG's samples as stored, decoded by torchvision apart from data.py's readers, as int64 [C, H, W]."""
+    return decode_png(read_file(str(path)), mode=ImageReadMode.UNCHANGED).long()
 
 
-def test_same_seed_gives_identical_files(tmp_path):
-    small = dict(TINY, frames=3, test_frames=3, labelled=2)
-    toyworld.render_toy_world(tmp_path / 'a', **small)
-    toyworld.render_toy_world(tmp_path / 'b', **small, threads=2)  # whatever the threads
-    files = sorted(p.relative_to(tmp_path / 'a') for p in (tmp_path / 'a').rglob('*') if p.is_file())
-    assert len(files) > 20
-    match, mismatch, errors = filecmp.cmpfiles(tmp_path / 'a', tmp_path / 'b', files, shallow=False)
-    assert not mismatch and not errors
-    toyworld.render_toy_world(tmp_path / 'c', **dict(small, seed=1))
-    assert (tmp_path / 'a' / files[-1]).read_bytes() != (tmp_path / 'c' / files[-1]).read_bytes()
+# ----------------------------------------------------------------------------------------------
+# Cityscapes label ids -> the 19 train ids
+# ----------------------------------------------------------------------------------------------
+
+# Cityscapes' label table (cityscapesScripts, helpers/labels.py), written out by hand: label id -> train id,
+# 255 for the ids the benchmark ignores.
+CITYSCAPES_TRAIN_IDS = {
+    0: 255,   # unlabeled
+    1: 255,   # ego vehicle
+    2: 255,   # rectification border
+    3: 255,   # out of roi
+    4: 255,   # static
+    5: 255,   # dynamic
+    6: 255,   # ground
+    7: 0,     # road
+    8: 1,     # sidewalk
+    9: 255,   # parking
+    10: 255,  # rail track
+    11: 2,    # building
+    12: 3,    # wall
+    13: 4,    # fence
+    14: 255,  # guard rail
+    15: 255,  # bridge
+    16: 255,  # tunnel
+    17: 5,    # pole
+    18: 255,  # polegroup
+    19: 6,    # traffic light
+    20: 7,    # traffic sign
+    21: 8,    # vegetation
+    22: 9,    # terrain
+    23: 10,   # sky
+    24: 11,   # person
+    25: 12,   # rider
+    26: 13,   # car
+    27: 14,   # truck
+    28: 15,   # bus
+    29: 255,  # caravan
+    30: 255,  # trailer
+    31: 16,   # train
+    32: 17,   # motorcycle
+    33: 18,   # bicycle
+}
 
 
-def test_render_uses_its_threads_and_restores_torchs(tmp_path, monkeypatch):
-    seen, render_view = [], toyworld.render_view
-    monkeypatch.setattr(toyworld, 'render_view', lambda *args, **kw: seen.append(torch.get_num_threads())
-                        or render_view(*args, **kw))
-    previous = torch.get_num_threads()
-    torch.set_num_threads(3)
-    try:
-        toyworld.render_toy_world(tmp_path / 'a', height=48, width=160, drives=1, frames=3, test_frames=3, labelled=1)
-        assert set(seen) == {1} and torch.get_num_threads() == 3
-        monkeypatch.setattr(toyworld, '_render_semantics', lambda *args: 1 / 0)
-        with pytest.raises(ZeroDivisionError):
-            toyworld.render_toy_world(tmp_path / 'b', height=48, width=160, drives=1, frames=3, test_frames=3, labelled=1)
-        assert torch.get_num_threads() == 3 and not (tmp_path / 'b').exists()
-    finally:
-        torch.set_num_threads(previous)
+def test_every_cityscapes_label_id_reads_as_its_train_id(tmp_path):
+    ids = list(range(34)) + [34, 100, 254, 255]  # the 34 label ids, then values no label has
+    label = tmp_path / 'semantic' / '000000_10.png'
+    label.parent.mkdir()
+    write_png(torch.tensor(ids, dtype=torch.uint8).view(1, 2, 19), str(label))
+    read = data.read_labels(label)
+    assert read.dtype == torch.int64 and read.shape == (2, 19)
+    expected = [CITYSCAPES_TRAIN_IDS.get(i, 255) for i in ids]
+    assert read.flatten().tolist() == expected
+    assert data.LABEL_TO_TRAIN_ID == {i: t for i, t in CITYSCAPES_TRAIN_IDS.items() if t != 255}
 
 
-def test_progress_bar_counts_every_view_by_stage(tmp_path, capsys):
-    toyworld.render_toy_world(tmp_path / 'w', height=48, width=160, drives=2, frames=3, test_frames=4, labelled=2)
-    err = capsys.readouterr().err
-    total = 2 * (2 * 3 + 4) + 2  # left and right per drive frame, one per labelled image
-    assert f'{total}/{total}' in err
-    assert all(stage in err for stage in ('drive 1/3', 'drive 3/3', 'labelled images'))
+@needs_realdata
+def test_real_label_maps_read_as_the_train_ids_of_their_label_ids():
+    # KITTI data_semantics: the stored label ids mapped through the hand table, pixel for pixel
+    for name in ('000000_10.png', '000001_10.png'):
+        label = REALDATA / 'kitti/data_semantics/training/semantic' / name
+        raw = _raw_png(label)[0]
+        expected = torch.tensor([CITYSCAPES_TRAIN_IDS.get(i, 255) for i in range(256)])[raw]
+        assert torch.equal(data.read_labels(label), expected)
+        assert {0, 2, 13} <= set(expected.unique().tolist())  # road, building, car
+    # Cityscapes ships both maps: they differ only on the 77 pixels their separate downscaling put apart
+    gt = REALDATA / 'cityscapes/gtFine/val/frankfurt/frankfurt_000000_000294_gtFine_'
+    train_ids = _raw_png(f'{gt}labelTrainIds.png')[0]
+    read = data.read_labels(f'{gt}labelIds.png')
+    assert read.shape == train_ids.shape == (128, 256)
+    assert (read != train_ids).sum() <= 77 and len(train_ids.unique()) >= 8
 
 
-def test_screen_windows_lose_no_hits(monkeypatch):
-    """Casting rays only inside each object's screen window (the box cut at the near plane) gives
-    exactly what casting every ray at every object gives, also for objects beside the camera, except
-    beyond toyworld.FAR, where objects are left out."""
-    K = toyworld.toy_intrinsics(48, 160)
-    views = [(toyworld.Drive(seed, 60), frame, offset) for seed, frame, offset in
-             [(0, 0, 0.0), (1, 25, toyworld.STEREO_BASELINE), (2, 59, 0.0)]]
-    fast = [toyworld.render_view(drive, frame, K, 48, 160, offset) for drive, frame, offset in views]
-    everywhere = lambda objects, *args: torch.tensor([[0, 48, 0, 160]]).repeat(len(objects['label']), 1)
-    monkeypatch.setattr(toyworld, '_screen_windows', everywhere)
-    for (drive, frame, offset), view in zip(views, fast):
-        slow = toyworld.render_view(drive, frame, K, 48, 160, offset)
-        near = slow[1] <= toyworld.FAR
-        assert near.float().mean() > 0.95
-        assert all(torch.equal(a[..., near], b[..., near]) for a, b in zip(view, slow))
-        assert (view[2] == toyworld.LABEL_IDS['building']).any() and (view[1] > 0).all(0).any()
+# ----------------------------------------------------------------------------------------------
+# Depth, flow and velodyne encodings: the readers on stored values written by hand and on real KITTI files
+# ----------------------------------------------------------------------------------------------
+
+def test_read_depth_is_the_stored_uint16_divided_by_256(tmp_path):
+    raw = np.array([[0, 1, 256, 640], [20480, 21733, 65535, 12345]])
+    toyworld.write_png16(raw, tmp_path / 'd.png')
+    assert _raw_png(tmp_path / 'd.png')[0].tolist() == raw.tolist()  # the file holds these samples
+    depth = data.read_depth(tmp_path / 'd.png')
+    assert depth.dtype == torch.float32 and depth.shape == (1, 2, 4)
+    assert depth[0].tolist() == [[0.0, 0.00390625, 1.0, 2.5], [80.0, 84.89453125, 255.99609375, 48.22265625]]
 
 
-def test_depth_png_round_trip(tmp_path):
-    depth = torch.rand(7, 9) * 100
-    depth[0, 0] = 0
-    toyworld.write_depth_png(depth, tmp_path / 'd.png')
-    back = data.read_depth(tmp_path / 'd.png')[0]
-    assert back[0, 0] == 0 and (back - depth).abs().max() <= 0.5 / 256
+def test_read_flow_is_the_stored_uint16_minus_2_15_over_64_with_the_valid_flag(tmp_path):
+    raw = np.array([[[32768, 32672, 0, 65535], [39168, 32769, 32768, 32768]],       # u
+                    [[32769, 39168, 26368, 32767], [32704, 32768, 65472, 0]],       # v
+                    [[0, 1, 1, 1], [1, 0, 0, 1]]])                                   # valid
+    toyworld.write_png16(raw.transpose(1, 2, 0), tmp_path / 'f.png')
+    assert _raw_png(tmp_path / 'f.png').tolist() == raw.tolist()
+    flow, valid = data.read_flow(tmp_path / 'f.png')
+    assert flow.dtype == torch.float32 and flow.shape == (2, 2, 4) and valid.dtype == torch.bool
+    assert flow[0].tolist() == [[0.0, -1.5, -512.0, 511.984375], [100.0, 0.015625, 0.0, 0.0]]
+    assert flow[1].tolist() == [[0.015625, 100.0, -100.0, -0.015625], [-1.0, 0.0, 511.0, -512.0]]
+    assert valid.tolist() == [[False, True, True, True], [True, False, False, True]]
 
 
-def test_calibration_gives_the_rig():
-    calib = data.read_calib_text(toyworld._calib_text(toyworld.toy_intrinsics(64, 192), 64, 192))
-    K, size = data.camera_intrinsics(calib, '02')
-    assert size == (64, 192) and torch.allclose(K, toyworld.toy_intrinsics(64, 192))
-    assert abs(data.stereo_baseline(calib) - toyworld.STEREO_BASELINE) < 1e-6
+@needs_realdata
+def test_real_annotated_depth_reads_as_metres_within_kittis_range():
+    calib = data.read_calib(REALDATA / 'kitti/2011_09_26/calib_cam_to_cam.txt')
+    K, _ = data.camera_intrinsics(calib)
+    for depth_file in sorted((REALDATA / 'kitti_depth_metric3d_demo/depth').glob('*.png')):
+        raw = _raw_png(depth_file)
+        depth = data.read_depth(depth_file)
+        assert depth.shape == (1, 375, 1242) and torch.equal(depth, raw.float() / 256)
+        measured = depth[depth > 0]
+        assert 0.15 < measured.numel() / depth.numel() < 0.25  # about a fifth of the pixels
+        assert 3 < measured.min() and 75 < measured.max() <= 90  # metres: the annotation reaches about 80 m
+        # the bottom rows see the road: a flat road 1.65 m below the camera lies at z = fy * 1.65 / (v - cy)
+        rows = torch.arange(340, 375.0)[:, None].expand(-1, 1242)
+        road = depth[0, 340:] > 0
+        flat = K[1, 1] * 1.65 / (rows[road] - K[1, 2])
+        assert 0.85 < (depth[0, 340:][road] / flat).median() < 1.15
 
 
-def test_labels_map_to_train_ids(toy_root):
-    files = data.semantic_files(toy_root)
-    labels = torch.stack([data.read_labels(label) for _, label in files])
-    present = set(labels.unique().tolist())
-    assert present <= set(range(19)) | {255}
-    assert {0, 2, 10, 13} <= present  # road, building, sky and car appear in a dozen views
+@needs_realdata
+def test_real_flow_reads_as_pixels_with_a_zero_one_valid_channel():
+    folder = REALDATA / 'kitti/data_scene_flow/training'
+    raw = _raw_png(folder / 'flow_noc/000000_10.png')
+    flow, valid = data.read_flow(folder / 'flow_noc/000000_10.png')
+    assert set(raw[2].unique().tolist()) == {0, 1}  # the valid channel holds 0 or 1
+    assert torch.equal(valid, raw[2] == 1) and 0.1 < valid.float().mean() < 0.25
+    assert torch.equal(flow, (raw[:2].float() - 32768) / 64)
+    assert (flow[:, ~valid] == 0).all()  # KITTI stores no flow (2^15) where it is unknown
+    assert flow[:, valid].abs().max() < 256 and flow[0, valid].abs().median() > 1
+    # the flow carries frame 11 back onto frame 10 where it is valid
+    first, second = (data.read_image(folder / f'image_2/000000_{n}.png').float()[None] / 255 for n in (10, 11))
+    error = (losses.flow_warp(second, flow[None]) - first).abs().mean(1)[0][valid].mean()
+    identity = (second - first).abs().mean(1)[0][valid].mean()
+    assert error < 0.5 * identity, (error, identity)
+
+
+def _calib_by_hand(path):
+    """KITTI calibration text read without data.py: {name: float64 array} of the lines that are all numbers."""
+    entries = {}
+    for line in Path(path).read_text().splitlines():
+        name, _, values = line.partition(':')
+        try:
+            entries[name] = np.array([float(x) for x in values.split()])
+        except ValueError:
+            pass
+    return entries
+
+
+@needs_realdata
+def test_real_velodyne_scan_projects_as_the_devkit_projects_it():
+    """The KITTI devkit's rule, written apart with NumPy: P_rect_02 @ R_rect_00 @ [R | T] on the float32
+    (x, y, z, 1) points in front of the scanner, pixel round(u) - 1, round(v) - 1, nearest x wins."""
+    date = REALDATA / 'kitti' / '2011_09_26'
+    scan = date / '2011_09_26_drive_0002_sync/velodyne_points/data/0000000005.bin'
+    cam, velo = _calib_by_hand(date / 'calib_cam_to_cam.txt'), _calib_by_hand(date / 'calib_velo_to_cam.txt')
+    rigid = np.eye(4)
+    rigid[:3, :3], rigid[:3, 3] = velo['R'].reshape(3, 3), velo['T']
+    rectify = np.eye(4)
+    rectify[:3, :3] = cam['R_rect_00'].reshape(3, 3)
+    width, height = (int(x) for x in cam['S_rect_02'])
+    points = np.fromfile(scan, dtype='<f4').reshape(-1, 4)
+    assert points.shape[0] > 100000 and 0 <= points[:, 3].min() and points[:, 3].max() <= 1  # reflectance
+    assert np.abs(points[:, :3]).max() < 130  # metres: x forward, y left, z up
+    points = points[points[:, 0] >= 0].astype(np.float64)
+    image = cam['P_rect_02'].reshape(3, 4) @ rectify @ rigid @ np.c_[points[:, :3], np.ones(len(points))].T
+    col, row = np.round(image[0] / image[2]) - 1, np.round(image[1] / image[2]) - 1
+    inside = (col >= 0) & (col < width) & (row >= 0) & (row < height)
+    expected = np.full((height, width), np.inf, np.float32)
+    np.minimum.at(expected, (row[inside].astype(int), col[inside].astype(int)), points[inside, 0].astype(np.float32))
+    expected[np.isinf(expected)] = 0
+    depth = data.read_velodyne_depth(date, scan)
+    assert depth.shape == (375, 1242) and torch.equal(depth, torch.from_numpy(expected))
+    assert 5000 < (depth > 0).sum() and depth.max() <= 120
+
+
+# ----------------------------------------------------------------------------------------------
+# Intrinsics under resizing and cropping
+# ----------------------------------------------------------------------------------------------
+
+def test_scale_intrinsics_moves_pixel_centres_by_half_a_pixel(tmp_path):
+    """fx and cx scale with the width, fy and cy with the height; with pixel centres at integers, a resize
+    by s takes u to (u + 0.5) s - 0.5 (data.py's convention), so cx' = (cx + 0.5) sx - 0.5."""
+    K = torch.tensor([[300.0, 0, 150], [0, 240, 60], [0, 0, 1]])
+    down = data.scale_intrinsics(K, (120, 400), (60, 100))  # sy = 1/2, sx = 1/4
+    assert down.tolist() == [[75.0, 0, 37.125, 0], [0, 120.0, 29.75, 0], [0, 0, 1, 0], [0, 0, 0, 1]]
+    up = data.scale_intrinsics(K, (120, 400), (240, 800))  # twice the size
+    assert up.tolist() == [[600.0, 0, 300.5, 0], [0, 480.0, 120.5, 0], [0, 0, 1, 0], [0, 0, 0, 1]]
+    assert torch.equal(data.scale_intrinsics(K, (120, 400), (120, 400))[:3, :3], K)
+    centred = torch.tensor([[300.0, 0, 199.5], [0, 240, 59.5], [0, 0, 1]])  # the image's centre stays its centre
+    assert data.scale_intrinsics(centred, (120, 400), (60, 100))[:2, 2].tolist() == [49.5, 29.5]
+
+
+def test_scale_intrinsics_agrees_with_the_resized_pixel_grid():
+    """A ramp image holding each pixel's own column (row) number, resized by data.resize: where the scaled
+    intrinsics put a ray's pixel, the resized ramp reads the column (row) the original intrinsics put it at."""
+    K = torch.tensor([[300.0, 0, 150], [0, 240, 60], [0, 0, 1]])
+    height, width = 120, 400
+    columns = torch.arange(width, dtype=torch.float32).expand(height, width)
+    rows = torch.arange(height, dtype=torch.float32)[:, None].expand(height, width)
+    ramps = torch.stack([columns, rows])[None]
+    for size in [(60, 100), (240, 800)]:
+        resized = data.resize(ramps, size)[0]
+        scaled = data.scale_intrinsics(K, (height, width), size)
+        for new_u in range(6, size[1] - 6, 7):  # away from the borders, where the filter is cut
+            ray = (new_u - scaled[0, 2]) / scaled[0, 0]  # x / z of the ray through that new column
+            assert resized[0, size[0] // 2, new_u] == pytest.approx(K[0, 0] * ray + K[0, 2], abs=1e-3)
+        for new_v in range(6, size[0] - 6, 5):
+            ray = (new_v - scaled[1, 2]) / scaled[1, 1]
+            assert resized[1, new_v, size[1] // 2] == pytest.approx(K[1, 1] * ray + K[1, 2], abs=1e-3)
+
+
+def _crop_offset(part, whole):
+    """The one (top, left) at which `part` [..., h, w] is a crop of `whole` [..., H, W]."""
+    h, w = part.shape[-2:]
+    found = [(top, left) for top in range(whole.shape[-2] - h + 1) for left in range(whole.shape[-1] - w + 1)
+             if torch.equal(whole[..., top:top + h, left:left + w], part)]
+    assert len(found) == 1, found
+    return found[0]
+
+
+@pytest.mark.parametrize('size, crop', [((64, 192), (48, 96)), ((56, 168), (32, 128))])
+def test_random_crop_cuts_images_and_depth_at_one_place_and_shifts_the_principal_point(toy_root, size, crop):
+    whole = data.VideoSnippets(toy_root, 'train', *size, frame_ids=(0, -1), with_depth=True)[1]
+    whole_depth = F.interpolate(whole['depth'][None], size, mode='nearest')[0]  # stored at 64 x 192
+    cropped = data.VideoSnippets(toy_root, 'train', *size, frame_ids=(0, -1), with_depth=True, crop=crop)
+    offsets = set()
+    for _ in range(6):
+        item = cropped[1]
+        assert item['frames'].shape == (2, 3, *crop) and item['depth'].shape == (1, *crop)
+        top, left = _crop_offset(item['frames'], whole['frames'])
+        assert torch.equal(item['depth'], whole_depth[..., top:top + crop[0], left:left + crop[1]])
+        expected = whole['K'].clone()
+        expected[0, 2] -= left  # the principal point moves with the crop, the focal lengths stay
+        expected[1, 2] -= top
+        assert torch.equal(item['K'], expected) and torch.allclose(item['inv_K'], torch.linalg.inv(expected))
+        offsets.add((top, left))
+    assert len(offsets) > 1 and any(top > 0 and left > 0 for top, left in offsets)
 
 
 def test_few_shot_split_is_seeded_and_disjoint():
     train, held_out = data.few_shot_split(20, 5, seed=3)
-    assert len(train) == 5 and not set(train) & set(held_out) and len(held_out) == 15
+    assert len(train) == 5 and len(held_out) == 15 and sorted(train + held_out) == list(range(20))
+    order = torch.randperm(20, generator=torch.Generator().manual_seed(3)).tolist()  # the seed's own draw
+    assert (train, held_out) == (order[:5], order[5:])
+    torch.manual_seed(1234)  # torch's global random state plays no part
     assert train == data.few_shot_split(20, 5, seed=3)[0] != data.few_shot_split(20, 5, seed=4)[0]
+    for size in (0, 20, 25):
+        with pytest.raises(ValueError, match=f'--train-size must be between 1 and 19 .*got {size}'):
+            data.few_shot_split(20, size, seed=3)
+
+
+@pytest.mark.parametrize('length, count, expected', [
+    (10, 3, [0, 3, 6]), (10, 4, [0, 2, 4, 6]), (10, 5, [0, 2, 4, 6, 8]), (100, 4, [0, 25, 50, 75]),
+    (9, 2, [0, 4]), (5, 1, [0]), (7, 7, [0, 1, 2, 3, 4, 5, 6]), (3, 5, [0, 1, 2]), (0, 3, []),
+])
+def test_evenly_spaced_steps_by_length_over_count_from_zero(length, count, expected):
+    assert data.evenly_spaced(length, count) == expected
 
 
 def _ground_truth_warp(root, size, depth_scale=1.0, crop=None, shift_intrinsics=True):
@@ -174,21 +340,6 @@ def test_ground_truth_warp_holds_on_random_crops(toy_root):
     assert unshifted > 1.5 * error  # the principal point must move with the crop
 
 
-def test_flow_png_round_trip(tmp_path):
-    flow = (torch.rand(2, 5, 7) - 0.5) * 200
-    valid = torch.rand(5, 7) > 0.3
-    toyworld.write_flow_png(flow, valid, tmp_path / 'f.png')
-    back, back_valid = data.read_flow(tmp_path / 'f.png')
-    assert torch.equal(back_valid, valid) and (back - flow).abs().max() <= 0.5 / 64
-
-
-def test_scene_flow_pairs_are_where_kitti_keeps_them(toy_root):
-    files = data.scene_flow_files(toy_root)
-    assert len(files) >= 2 and all(p.is_file() for triple in files for p in triple)
-    assert [p.name for p in files[0]] == ['000000_10.png', '000000_11.png', '000000_10.png']
-    assert files[0][2].parent.name == 'flow_noc'
-
-
 def test_ground_truth_flow_warps_the_next_frame_onto_the_first(toy_root):
     pairs = data.FlowPairs(toy_root, 64, 192)  # the render's resolution: flow in these pixels
     for item in pairs:
@@ -201,16 +352,26 @@ def test_ground_truth_flow_warps_the_next_frame_onto_the_first(toy_root):
         assert error < 0.03 and error < 0.5 * identity, (error, identity)
 
 
-def test_depth_follows_flips_and_crops(toy_root):
-    plain = data.VideoSnippets(toy_root, 'train', 64, 192, frame_ids=(0,), with_depth=True)[0]
-    augmented = data.VideoSnippets(toy_root, 'train', 64, 192, frame_ids=(0,), with_depth=True, augment=True)
-    flipped_once = False
-    for _ in range(10):
+@pytest.mark.parametrize('crop', [None, (48, 128)])
+def test_depth_follows_flips_and_crops(toy_root, crop):
+    """With augmentation (and a crop), images and depth are cut at one place and flipped together, and the
+    principal point moves into the crop, then mirrors: cx' = w - 1 - (cx - left), cy' = cy - top."""
+    whole = data.VideoSnippets(toy_root, 'train', 64, 192, frame_ids=(0,), with_depth=True)[0]
+    augmented = data.VideoSnippets(toy_root, 'train', 64, 192, frame_ids=(0,), with_depth=True, augment=True,
+                                   crop=crop)
+    h, w = crop or (64, 192)
+    seen = set()
+    for _ in range(12):
         item = augmented[0]
-        flipped = bool(item['K'][0, 2] > 96)
-        assert torch.equal(item['depth'], plain['depth'].flip(-1) if flipped else plain['depth'])
-        flipped_once |= flipped
-    assert flipped_once
+        flipped = any(torch.equal(item['frames'].flip(-1), whole['frames'][..., t:t + h, l:l + w])
+                      for t in range(64 - h + 1) for l in range(192 - w + 1))
+        frames, depth = (item['frames'].flip(-1), item['depth'].flip(-1)) if flipped else (item['frames'], item['depth'])
+        top, left = _crop_offset(frames, whole['frames'])
+        assert torch.equal(depth, whole['depth'][..., top:top + h, left:left + w])
+        cx, cy = whole['K'][0, 2] - left, whole['K'][1, 2] - top
+        assert item['K'][1, 2] == cy and item['K'][0, 2] == (w - 1 - cx if flipped else cx)
+        seen.add((flipped, top, left))
+    assert {flipped for flipped, _, _ in seen} == {True, False} and (crop is None or len(seen) > 2)
 
 
 def _stereo_warp_error(root, size, focal_scale=1.0):
@@ -248,9 +409,6 @@ def test_flipped_stereo_reverses_the_baseline(toy_root):
 # ----------------------------------------------------------------------------------------------
 # Bad files: one sentence naming the file and what is wrong (issue 10, item 6)
 # ----------------------------------------------------------------------------------------------
-
-REALDATA = Path(__file__).resolve().parents[2] / 'shared' / 'realdata'
-
 
 def _rgb(path, height=10, width=12):
     """A small 8-bit RGB PNG at `path` (folders made)."""
@@ -393,7 +551,7 @@ def test_flow_map_of_the_wrong_format_or_size_stops(tmp_path):
     assert str(flow) in str(caught.value) and str(first) in str(caught.value) and '12x10' in str(caught.value)
 
 
-@pytest.mark.skipif(not REALDATA.exists(), reason='the real KITTI sample files are not here')
+@needs_realdata
 def test_real_kitti_files_through_every_reader(tmp_path):
     kitti = REALDATA / 'kitti'
     # raw drive 0002: the real folders linked into a root that also holds a split file
@@ -440,7 +598,7 @@ def test_real_kitti_files_through_every_reader(tmp_path):
         data.read_flow(image)
 
 
-@pytest.mark.skipif(not REALDATA.exists(), reason='the real KITTI sample files are not here')
+@needs_realdata
 def test_real_eigen_test_frame_is_scored_at_native_size_and_frames_without_a_scan_are_skipped(tmp_path):
     import evaluate
     import models
@@ -515,6 +673,97 @@ def _labelled_tree(root):
     return plain, train, val, test
 
 
+# 21 drives over two dates, of 4 to 6 frames; depth for frames 2 and 3 only
+DRIVES = {f'{date}/{date}_drive_{d:04d}_sync': 4 + d % 3
+          for date, count in (('2011_09_26', 11), ('2011_09_28', 10)) for d in range(1, count + 1)}
+DEPTH_FRAMES = {2, 3}
+
+
+def _drive_tree(root):
+    """DRIVES as empty image files (and depth files for DEPTH_FRAMES), with folders that are not drives."""
+    for folder, count in DRIVES.items():
+        for f in range(count):
+            (root / folder / 'image_02/data').mkdir(parents=True, exist_ok=True)
+            (root / folder / f'image_02/data/{f:010d}.png').touch()
+            if f in DEPTH_FRAMES:
+                (root / folder / 'proj_depth/groundtruth/image_02').mkdir(parents=True, exist_ok=True)
+                (root / folder / f'proj_depth/groundtruth/image_02/{f:010d}.png').touch()
+    (root / '2011_09_26/2011_09_26_drive_0099_sync/image_03/data').mkdir(parents=True)  # no image_02: no drive
+    (root / '2011_09_26/2011_09_26_drive_0098_extract/image_02/data').mkdir(parents=True)  # not a _sync folder
+
+
+def _ranked_drives(seed):
+    """The drives in the order the seed shuffles them: torch.randperm of the sorted folders."""
+    folders = sorted(DRIVES)
+    return [folders[i] for i in torch.randperm(len(folders), generator=torch.Generator().manual_seed(seed)).tolist()]
+
+
+def _splits_by_the_rule(seed, depth_only=False, kept_out=()):
+    """The split files written out by make_splits' rule: of the shuffled drives, ranks 0, 10, 20 test, ranks
+    1, 11 val, the rest train; each drive's frames that have both neighbours, in order; test (and with
+    depth_only every split) only frames with depth; drives in `kept_out` left out of train and val."""
+    expected = {'train': [], 'val': [], 'test': []}
+    for rank, folder in enumerate(_ranked_drives(seed)):
+        split = 'test' if rank % 10 == 0 else 'val' if rank % 10 == 1 else 'train'
+        if split != 'test' and folder in kept_out:
+            continue
+        expected[split] += [f'{folder} {f} l' for f in range(1, DRIVES[folder] - 1)
+                            if not (split == 'test' or depth_only) or f in DEPTH_FRAMES]
+    return expected
+
+
+def _written_splits(root):
+    return {split: (root / 'splits' / f'{split}_files.txt').read_text() for split in ('train', 'val', 'test')}
+
+
+def test_make_splits_holds_out_every_tenth_drive_for_test_and_the_next_for_val(tmp_path):
+    _drive_tree(tmp_path)
+    for seed in (0, 3):
+        counts = data.make_splits(tmp_path, seed=seed)
+        expected = _splits_by_the_rule(seed)
+        assert _written_splits(tmp_path) == {split: ''.join(line + '\n' for line in lines)
+                                             for split, lines in expected.items()}
+        assert counts == dict({split: len(lines) for split, lines in expected.items()}, kept_out={})
+        drives = {split: {line.split()[0] for line in lines} for split, lines in expected.items()}
+        assert [len(drives[split]) for split in ('train', 'val', 'test')] == [16, 2, 3]  # 21 drives
+    assert _splits_by_the_rule(0) != _splits_by_the_rule(3)  # the seed draws the order
+
+
+def test_make_splits_leaves_files_that_are_not_frames_out(tmp_path):
+    _drive_tree(tmp_path)
+    for folder in DRIVES:  # what a file browser or an unzip leaves beside the frames
+        for stray in ('.DS_Store', 'Thumbs.db', 'timestamps.txt'):
+            (tmp_path / folder / 'image_02/data' / stray).touch()
+    data.make_splits(tmp_path)
+    assert _written_splits(tmp_path) == {split: ''.join(line + '\n' for line in lines)
+                                         for split, lines in _splits_by_the_rule(0).items()}
+
+
+def test_make_splits_depth_only_keeps_only_frames_with_depth_in_every_split(tmp_path, capsys):
+    _drive_tree(tmp_path)
+    data.main(['--make-splits', str(tmp_path), '--depth-only'])
+    expected = _splits_by_the_rule(0, depth_only=True)
+    assert _written_splits(tmp_path) == {split: ''.join(line + '\n' for line in lines) for split, lines in expected.items()}
+    assert all(int(line.split()[1]) in DEPTH_FRAMES for lines in expected.values() for line in lines)
+    assert ', '.join(f'{split} {len(lines)} frames' for split, lines in expected.items()) in capsys.readouterr().out
+
+
+def test_make_splits_keeps_the_mapped_drives_out_of_train_and_val_by_the_rule(tmp_path):
+    _drive_tree(tmp_path)
+    ranked = _ranked_drives(0)
+    test_drive, val_drive, train_drive = ranked[0], ranked[1], ranked[2]
+    mapped = [(test_drive, 'data_scene_flow'), (val_drive, 'data_semantics'), (train_drive, 'data_semantics')]
+    for i, (folder, sub) in enumerate(mapped):
+        _rgb(tmp_path / sub / f'training/image_2/{i:06d}_10.png')
+    (tmp_path / data.RAW_MAPPING).parent.mkdir(parents=True)
+    (tmp_path / data.RAW_MAPPING).write_text(''.join(_mapping_line(folder, 2) + '\n' for folder, _ in mapped))
+    counts = data.make_splits(tmp_path)
+    expected = _splits_by_the_rule(0, kept_out={val_drive, train_drive})
+    assert _written_splits(tmp_path) == {split: ''.join(line + '\n' for line in lines) for split, lines in expected.items()}
+    assert counts['kept_out'] == {val_drive: [1], train_drive: [2]}  # the test drive stays: testing there does not leak
+    assert test_drive in _written_splits(tmp_path)['test']
+
+
 def test_make_splits_keeps_drives_of_labelled_images_out_of_train_and_val(tmp_path):
     plain, train, val, test = _labelled_tree(tmp_path)
     assert len(train) >= 2 and len(val) == 2  # 12 drives: 2 test, 2 val, 8 train
@@ -567,23 +816,6 @@ def test_make_splits_names_a_malformed_mapping_line(tmp_path):
     assert (tmp_path / 'splits/train_files.txt').read_text() == before
 
 
-def test_toy_world_mapping_names_the_frames_of_its_flow_pairs(toy_root):
-    mapping = data.read_raw_mapping(toy_root / data.RAW_MAPPING)
-    flow = data.scene_flow_files(toy_root)
-    labelled = data.semantic_files(toy_root)
-    ids = lambda files: [int(files_[0].name[:6]) for files_ in files]
-    assert ids(flow) == list(range(len(flow))) and ids(labelled) == list(range(len(flow), len(flow) + len(labelled)))
-    assert sorted(mapping) == list(range(len(flow) + len(labelled)))
-    for i, (first, _, _) in enumerate(flow):  # each pair's first image is the named raw frame, pixel for pixel
-        folder, frame = mapping[i]
-        assert torch.equal(data.read_image(first), data.read_image(data.image_path(toy_root, folder, frame)))
-    held_out = f'2011_09_26/2011_09_26_drive_{TINY["drives"] + 1:04d}_sync'
-    assert {mapping[i][0] for i in range(len(flow))} == {held_out}
-    drives = data.labelled_drives(toy_root)
-    assert drives.pop(held_out) == list(range(len(flow)))
-    assert drives and not any((toy_root / folder).exists() for folder in drives)  # labelled images: separate drives
-
-
 def _velodyne_calib(folder, T=(0.1, -0.2, -0.5), drop=None):
     """A hand-written calibration: camera 02 (40 x 20, f = 100, principal point (20, 10)) at camera 0,
     R_rect_00 = identity, and a velodyne with KITTI's axes (x forward, y left, z up) at T in camera 0's
@@ -623,41 +855,6 @@ def test_velodyne_points_land_where_the_devkit_puts_them(tmp_path):
     assert torch.equal(depth, expected)
 
 
-def test_velodyne_depth_matches_the_annotated_depth_of_the_toy_world(toy_root):
-    folder = data.read_split(toy_root, 'test')[0][0]
-    date = toy_root / folder.split('/')[0]
-    assert not (toy_root / folder.replace('0002', '0001') / 'velodyne_points').exists()  # scans: held-out drive only
-    calib = data.read_calib(date / 'calib_cam_to_cam.txt')
-    T = data.read_calib_text((date / 'calib_velo_to_cam.txt').read_text())['T']
-    K, (height, width) = data.camera_intrinsics(calib)
-    f, cx, cy = K[0, 0].item(), K[0, 2].item(), K[1, 2].item()
-    # Where the scan must cover every pixel: within 20 degrees of the optical axis the firings are
-    # f * step / cos^2 apart in u and the beams at most f * step / (cos^2(elevation) cos(azimuth)) apart in
-    # v, both under a pixel, so every pixel below the top beam (+2 degrees) and above the image's bottom
-    # (the -24.9 degree beam lies below it) gets a point, unless it shows sky or lies beyond the range.
-    side = math.radians(20)
-    elevations = toyworld.VELO_ELEVATIONS
-    step_el = math.radians((elevations[0] - elevations[-1]).item() / (len(elevations) - 1))
-    lowest = math.atan((height + 0.5 - cy) / f)  # the steepest beam that still meets the image
-    assert f * math.radians(toyworld.VELO_AZIMUTH_STEP) / math.cos(side) ** 2 < 1
-    assert f * step_el / (math.cos(lowest) ** 2 * math.cos(side)) < 1
-    assert cy + f * math.tan(math.radians(-elevations[-1].item())) > height
-    near = 100.0  # metres of depth: at most 20 degrees aside and `lowest` down, within the scanner's range
-    assert near * math.hypot(1, math.tan(side), math.tan(lowest)) + np.linalg.norm(T) < toyworld.VELO_RANGE
-    cols = torch.arange(width)
-    rows = torch.arange(height)
-    window = (((cols + 0.5 >= cx - f * math.tan(side)) & (cols + 1.5 <= cx + f * math.tan(side)))[None]
-              & (rows + 0.5 >= cy - f * math.tan(math.radians(elevations[0].item())))[:, None])
-    for frame in range(TINY['test_frames']):
-        velodyne = data.read_velodyne_depth(date, data.velodyne_path(toy_root, folder, frame))
-        annotated = data.read_depth(data.depth_path(toy_root, folder, frame))[0]
-        both = (velodyne > 0) & (annotated > 0)
-        # same surface, depth measured from 0.27 m further back, within the PNG's 1/256 m steps
-        assert ((velodyne - annotated)[both] + T[2]).abs().max() <= 1 / 512 + 1e-4
-        must = window & (annotated > 0) & (annotated <= near)
-        assert must.sum() > 0.2 * window.sum() and (velodyne[must] > 0).all()
-
-
 def test_bad_velodyne_inputs_stop_with_one_sentence(tmp_path):
     calib = _velodyne_calib(tmp_path / 'calib')
     missing = data.velodyne_path(tmp_path, '2011_09_26/drive', 7)
@@ -681,7 +878,7 @@ def test_bad_velodyne_inputs_stop_with_one_sentence(tmp_path):
         data.read_velodyne_depth(_velodyne_calib(tmp_path / 'whole'), scan, camera='03')
 
 
-@pytest.mark.skipif(not REALDATA.exists(), reason='the real KITTI sample files are not here')
+@needs_realdata
 def test_real_velodyne_scan_projects_onto_the_road_ahead():
     date = REALDATA / 'kitti' / '2011_09_26'
     scan = data.velodyne_path(date.parent, '2011_09_26/2011_09_26_drive_0002_sync', 5)
@@ -698,22 +895,3 @@ def test_real_velodyne_scan_projects_onto_the_road_ahead():
     assert road.sum() > 1000 and ((depth[335:][road] > 3) & (depth[335:][road] < 20)).all()
     assert 0.95 < (depth[335:][road] / flat).median() < 1.15
 
-
-def test_an_interrupted_render_leaves_no_temporary_world(tmp_path, monkeypatch):
-    (tmp_path / 'world.tmp-99999999').mkdir()  # left by a render that was killed
-    def interrupted(root, *args):
-        (root / 'half').mkdir(parents=True)
-        raise KeyboardInterrupt
-    monkeypatch.setattr(toyworld, '_render_world', interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        toyworld.render_toy_world(tmp_path / 'world', **TINY)
-    assert list(tmp_path.iterdir()) == []  # neither this render's nor the killed one's temporary folder
-
-
-def test_a_toy_world_of_an_older_version_stops_with_a_sentence(tmp_path):
-    (tmp_path / 'old').mkdir()
-    (tmp_path / 'old' / 'toy_world.json').write_text('{"height": 96, "width": 320}')  # before versions
-    with pytest.raises(SystemExit, match=r'holds a toy world of version 1, .*delete it \(rm -r .*old\)'):
-        toyworld.ensure_toy_world(tmp_path / 'old')
-    (tmp_path / 'old' / 'toy_world.json').write_text(json.dumps({'version': toyworld.TOY_WORLD_VERSION}))
-    toyworld.ensure_toy_world(tmp_path / 'old')  # the current version is reused as it is

@@ -1,21 +1,39 @@
 """Every pre-training on a tiny toy world: each depth supervision, ImageNet initialisation, crops,
 optical flow, and what fine-tuning takes from each."""
+import inspect
 import itertools
+import os
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import data
 import evaluate
 import finetune
+import models
 import pretrain
 import training
 from conftest import SMALL, read_metrics
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Every run in this file on one torch thread, torch's setting restored after: the short trainings below
+    are checked on where their loss goes, which must not hang on the order of floating-point sums (60 stereo
+    steps at lr 1e-3 lowered the loss by a fifth on two threads and not at all on one), and two OpenMP
+    threads spin-wait for each other as soon as another process takes one of two cores (the same 60 steps:
+    290 s on two threads, 17 s on one)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def _pretrain(toy_root, tmp_path, name, *flags, iters=2):
@@ -62,11 +80,89 @@ def test_ground_truth_depth_loss_falls(toy_root, tmp_path):
     assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
 
 
-def test_stereo_loss_falls(toy_root, tmp_path):
-    # the metric baseline needs a sensible starting depth (models.start_at_depth), else no gradient flows
-    run, _ = _pretrain(toy_root, tmp_path, 'stereo', '--supervision', 'stereo', '--lr', '1e-3', iters=60)
-    losses = [m['loss'] for m in read_metrics(run) if m['split'] == 'train']
-    assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
+def test_stereo_loss_falls_and_depth_beats_the_constant_baseline(toy_root, tmp_path):
+    # the metric baseline needs a sensible starting depth (models.start_at_depth), else no gradient flows:
+    # started at 0.2 m (the sigmoid's midpoint) the loss stays flat and abs_rel is far above the baseline
+    run, _ = _pretrain(toy_root, tmp_path, 'stereo', '--supervision', 'stereo', '--lr', '2e-4', '--width', '96',
+                       iters=30)
+    lines = read_metrics(run)
+    losses = [m['loss'] for m in lines if m['split'] == 'train']
+    assert len(losses) == 30 and sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5, losses
+    baseline, evaluation = (next(m for m in lines if m['split'] == split) for split in ('baseline', 'eval'))
+    assert evaluation['abs_rel'] < 0.96 * baseline['abs_rel'], (evaluation['abs_rel'], baseline['abs_rel'])
+
+
+def test_mono_pretraining_learns_depth_from_video(toy_root, tmp_path):
+    """30 seeded steps of the Monodepth2 loss (frames t-1 and t+1 through the PoseNet's motion) at 64x96: the
+    loss falls by more than a fifth, and the median-scaled depth beats the constant depth the run logs as its
+    baseline, which the network at iteration 0 scores (it predicts about one depth everywhere). Were the
+    PoseNet's motion not used (identity poses), the warps would not depend on depth: the loss would stay flat
+    and abs_rel at the baseline; were the PoseNet left out of the gradient, its bias would stay where it starts."""
+    run, checkpoint = _pretrain(toy_root, tmp_path, 'mono', '--supervision', 'mono', '--lr', '2e-4', '--width', '96',
+                                iters=30)
+    lines = read_metrics(run)
+    baseline = next(m for m in lines if m['split'] == 'baseline')
+    evaluation = next(m for m in lines if m['split'] == 'eval')
+    losses = [m['loss'] for m in lines if m['split'] == 'train']
+    assert len(losses) == 30 and sum(losses[-5:]) < 0.8 * sum(losses[:5]), losses
+    assert evaluation['abs_rel'] < 0.96 * baseline['abs_rel'], (evaluation['abs_rel'], baseline['abs_rel'])
+    assert evaluation['scale_std'] > 0  # median-scaled, frame by frame
+    # the PoseNet trains with the depth network: its translation bias has left where start_moving_forward put it
+    start = torch.tensor([0.0, 0.0, -1 / 15]) / models.POSE_SCALE['translation']
+    assert (checkpoint['pose_net']['decoder.6.bias'][3:] - start).abs().max() > 1e-4
+
+
+GARG = (0.40810811, 0.99189189, 0.03594771, 0.96405229)  # Garg et al.'s crop: rows top, bottom; columns left, right
+
+
+def _scores_by_hand(checkpoint, frames, cap):
+    """abs_rel and rmse of an unscaled depth checkpoint and of the median-scaled constant depth, on the Eigen
+    frames, written apart from evaluate.py as Monodepth2 scores: disparity d -> depth 1 / (1/100 + (1/0.1 -
+    1/100) d), upsampled bilinearly to the ground truth's size, clamped to [1e-3, cap]; ground truth in
+    (1e-3, cap) inside the Garg crop; each image's mean, averaged over images."""
+    net = models.build_depth_net(checkpoint['arch'], checkpoint['normalization'])
+    net.load_state_dict(checkpoint['model'])
+    net.eval()
+    scores = {'abs_rel': [], 'rmse': [], 'baseline_abs_rel': []}
+    for item in frames:
+        gt = item['depth'][0].double()
+        with torch.no_grad():
+            disp = F.interpolate(net(item['frames'])[0], gt.shape, mode='bilinear', align_corners=False)[0, 0]
+        depth = 1 / (1 / 100 + (1 / 0.1 - 1 / 100) * disp.double())
+        h, w = gt.shape
+        crop = torch.zeros(h, w, dtype=torch.bool)
+        crop[int(GARG[0] * h):int(GARG[1] * h), int(GARG[2] * w):int(GARG[3] * w)] = True
+        valid = (gt > 1e-3) & (gt < cap) & crop
+        pred, g = depth[valid].clamp(1e-3, cap), gt[valid]
+        scores['abs_rel'].append(((pred - g).abs() / g).mean().item())
+        scores['rmse'].append(((pred - g) ** 2).mean().sqrt().item())
+        constant = float(np.median(g.numpy()))  # the constant prediction, median-scaled: the median itself
+        scores['baseline_abs_rel'].append(((constant - g).abs() / g).mean().item())
+    return {key: sum(values) / len(values) for key, values in scores.items()}
+
+
+@pytest.mark.parametrize('flags, cap', [([], 80.0), (['--eval-max-depth', '40'], 40.0)])
+def test_depth_is_scored_up_to_the_evaluation_cap_from_1_mm(flags, cap, toy_root, tmp_path, monkeypatch):
+    calls, average = [], evaluate.average_depth_metrics
+
+    def spy(*args, **kwargs):
+        bound = inspect.signature(average).bind(*args, **kwargs)
+        bound.apply_defaults()
+        calls.append((bound.arguments['min_depth'], bound.arguments['max_depth'], bound.arguments['median_scaling']))
+        return average(*args, **kwargs)
+    monkeypatch.setattr(evaluate, 'average_depth_metrics', spy)
+    run, checkpoint = _pretrain(toy_root, tmp_path, 'stereo', '--supervision', 'stereo', '--width', '96', *flags, iters=1)
+    assert calls == [(1e-3, cap, True), (1e-3, cap, False)]  # the baseline (median-scaled), then the evaluation
+    assert checkpoint['args']['eval_max_depth'] == cap
+    lines = read_metrics(run)
+    logged, baseline = (next(m for m in lines if m['split'] == split) for split in ('eval', 'baseline'))
+    frames = data.DepthTestFrames(toy_root, 'test', 64, 96, 'eigen')
+    by_hand = _scores_by_hand(checkpoint, frames, cap)
+    assert logged['abs_rel'] == pytest.approx(by_hand['abs_rel'], rel=1e-6)
+    assert logged['rmse'] == pytest.approx(by_hand['rmse'], rel=1e-6)
+    assert baseline['abs_rel'] == pytest.approx(by_hand['baseline_abs_rel'], rel=1e-6)
+    uncapped = _scores_by_hand(checkpoint, frames, 200.0)  # the toy world's scans reach 120 m: the cap matters
+    assert abs(uncapped['abs_rel'] - by_hand['abs_rel']) > 1e-3 and abs(uncapped['rmse'] - by_hand['rmse']) > 0.1
 
 
 def test_ground_truth_supervision_needs_depth_for_every_training_frame(toy_root, tmp_path):
@@ -183,7 +279,8 @@ def test_a_diverging_run_stops_before_backward_with_its_last_checkpoint_untouche
     flags = ['--data-root', str(toy_root), '--runs', str(tmp_path), '--name', 'nan', '--out', str(tmp_path / 'nan.pt'),
              '--iters', '6', '--save-every', '1', '--lr', '1e10'] + SMALL
     done = subprocess.run([sys.executable, 'pretrain.py'] + flags, cwd=Path(pretrain.__file__).parent,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, OMP_NUM_THREADS='1'))  # one thread, as one_torch_thread
     assert done.returncode == 1, done.stderr[-2000:]
     last = done.stderr.strip().splitlines()[-1]
     assert re.fullmatch(r'the loss became nan at iteration (\d+): lower --lr \(now 1e\+10\).*was left as it was\.', last)
