@@ -415,6 +415,13 @@ class VideoSnippets(torch.utils.data.Dataset):
         return item
 
 
+def frame_numbers(directory):
+    """The frame numbers of a KITTI image folder (<frame:010d>.png or .jpg); other files (a stray .DS_Store,
+    a thumbnail) are not frames and are left out. A missing folder has none."""
+    names = os.listdir(directory) if Path(directory).is_dir() else []
+    return {int(n[:-4]) for n in names if n[-4:] in ('.png', '.jpg') and n[:-4].isdigit()}
+
+
 def check_frames_exist(root, entries, frame_ids, stereo, split):
     """Every frame the split's items need (frames t + k for k in frame_ids, the other camera's frame t
     with stereo) must be on disk: a missing one stops here, with one sentence, instead of later inside a
@@ -423,9 +430,7 @@ def check_frames_exist(root, entries, frame_ids, stereo, split):
 
     def has(folder, camera, frame):
         if (folder, camera) not in listed:
-            directory = Path(root) / folder / camera / 'data'
-            names = os.listdir(directory) if directory.is_dir() else []
-            listed[folder, camera] = {int(n[:-4]) for n in names if n[-4:] in ('.png', '.jpg') and n[:-4].isdigit()}
+            listed[folder, camera] = frame_numbers(Path(root) / folder / camera / 'data')
         return frame in listed[folder, camera]
 
     for number, (folder, frame, side) in enumerate(entries, 1):
@@ -650,7 +655,7 @@ def make_splits(root, seed=0, depth_only=False, mapping=None):
         if split != 'test' and folder in labelled:
             kept_out[folder] = labelled[folder]
             continue
-        frames = sorted(int(p.stem) for p in (drives[d] / 'image_02/data').iterdir())
+        frames = sorted(frame_numbers(drives[d] / 'image_02/data'))
         for f in frames[1:-1]:
             if not (split == 'test' or depth_only) or depth_path(root, folder, f).exists():
                 splits[split].append(f'{folder} {f} l')
