@@ -104,14 +104,14 @@ def flow_loss(flows, batch, args):
     resolution; it is in full-resolution pixels at every scale), plus the edge-aware smoothness of
     eq. 14 on the flow at its own scale, weighted lambda_sm / 2^scale; averaged over scales."""
     target, source = batch['frames'][:, 0], batch['frames'][:, 1]
-    total = 0.0
-    for scale, flow in enumerate(flows[:args.scales]):
+    total, flows = 0.0, flows[:args.scales]
+    for scale, flow in enumerate(flows):
         full = F.interpolate(flow, target.shape[-2:], mode='bilinear', align_corners=False)
         photometric = losses.flow_photometric_error(losses.flow_warp(source, full), target,
                                                     args.flow_colour_weight, args.flow_ssim_weight).mean()
         image = F.interpolate(target, flow.shape[-2:], mode='area') if scale else target
         total = total + photometric + args.flow_smoothness * losses.smoothness_loss(flow, image) / 2 ** scale
-    return total / args.scales
+    return total / len(flows)
 
 
 # ----------------------------------------------------------------------------------------------------
