@@ -5,7 +5,8 @@
   representative classes, because rare classes score zero IoU with few training images and drown the mean.
 - Depth: the standard KITTI error and accuracy measures (Eigen et al.), plus SILog and SI-RMSE from the
   minimal-transfer-learning paper (Sec. 2.3), optionally after per-image median scaling (monocular depth
-  is only known up to scale), and the constant-depth baseline a depth network has to beat.
+  is only known up to scale), and the constant-depth baseline a depth network has to beat; KITTI's two
+  protocols (PROTOCOLS: eigen and benchmark) as Monodepth2's evaluate_depth.py scores them.
 - Optical flow: end-point error and KITTI's Fl outlier rate, next to the zero-flow baseline.
 - Runs: `read_run` reads `runs/<name>/` (args.json + metrics.jsonl) or a checkpoint; `grouped_table`,
   `results_table` and the `plot_*` functions turn runs into Markdown tables and PNGs like the paper's
@@ -18,7 +19,6 @@
 import argparse
 import json
 import math
-
 import re
 import sys
 from pathlib import Path
@@ -30,6 +30,7 @@ from torchvision.io import write_png
 import data
 import models
 import training
+
 
 CITYSCAPES_CLASSES = ('road', 'sidewalk', 'building', 'wall', 'fence', 'pole', 'traffic light', 'traffic sign',
                       'vegetation', 'terrain', 'sky', 'person', 'rider', 'car', 'truck', 'bus', 'train',
