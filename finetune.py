@@ -16,6 +16,10 @@ scored on the test drive with the full depth table. Optimisers and schedules: Ad
 schedule per iteration by default (App. B.2), or AdamW / SGD, polynomial or linear decay, warm-up, and a
 smaller learning rate for the encoder.
 
+Top to bottom: what transfers from a checkpoint, the optimisers and schedules, the two tasks (their data,
+loss and evaluation), the command line. The run's bookkeeping (run folder, --resume, checkpoints, --bench)
+is training.fit's.
+
     python finetune.py --init depth --freeze-encoder
     python finetune.py --init none
     python finetune.py --init imagenet --decoder deeplab
@@ -39,57 +43,9 @@ from training import autocast
 NUM_CLASSES = len(evaluate.CITYSCAPES_CLASSES)
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description='Fine-tune a pre-trained network for few-shot segmentation or depth.')
-    parser.add_argument('--task', choices=['seg', 'depth'], default='seg', help='the downstream task')
-    parser.add_argument('--init', default='none',
-                        help='none (random weights), imagenet (torchvision\'s weights), depth or flow '
-                             '(checkpoints/<name>.pt from pretrain.py), or a checkpoint path')
-    training.add_decoder_args(parser)
-    parser.add_argument('--reset-decoder', action='store_true',
-                        help='load only the encoder from --init; the decoder starts from random weights (Table 2)')
-    parser.add_argument('--freeze-encoder', action='store_true',
-                        help='keep encoder weights and BatchNorm statistics fixed; train the rest only')
-    parser.add_argument('--train-size', type=int, default=16, help='labelled training images (the paper: 16)')
-    parser.add_argument('--loss', choices=['l1', 'silog'], default='silog',
-                        help='--task depth: masked L1 (eq. 15) or the scale-invariant log loss (Sect. 2.3)')
-    parser.add_argument('--silog-lambda', type=float, default=0.5, help='lambda of SILog (1: scale-invariant)')
-    parser.add_argument('--min-depth', type=float, default=0.1, help='--task depth: depth of disparity 1 (m)')
-    parser.add_argument('--max-depth', type=float, default=100.0, help='--task depth: depth of disparity 0 (m)')
-    parser.add_argument('--eval-max-depth', type=float, default=80.0, help='--task depth: evaluation cap (m)')
-    parser.add_argument('--optim', choices=['adam', 'adamw', 'sgd'], default='adam', help='the optimiser')
-    parser.add_argument('--weight-decay', type=float, default=0.0, help='weight decay (decoupled for adamw)')
-    parser.add_argument('--momentum', type=float, default=0.9, help='momentum of sgd')
-    parser.add_argument('--schedule', choices=['cosine', 'poly', 'linear'], default='cosine',
-                        help='learning-rate decay per iteration: cosine (App. B.2), poly (power 0.9, DeepLab, '
-                             'App. B.4) or linear (xNet)')
-    parser.add_argument('--warmup', type=int, default=0, help='iterations of linear warm-up before the decay')
-    parser.add_argument('--encoder-lr-mult', type=float, default=1.0,
-                        help='the encoder\'s learning rate is --lr times this (e.g. 0.1 for a pre-trained encoder)')
-    training.add_common_args(parser, iters=300, lr=3e-4, batch_size=8, eval_every=50)
-    training.add_depth_eval_args(parser)
-    args = parser.parse_args(argv)
-    training.resolve_depth_eval_args(args, args.task, median_scaling=False)  # fine-tuned depth is metric
-    if args.task == 'seg' and args.split:
-        raise SystemExit('--split applies to --task depth; segmentation reads data_semantics and its --train-size pick.')
-    args.name = args.name or run_name(args)
-    training.check_args(args)
-    if not 0 <= args.warmup < args.iters:
-        raise SystemExit(f'--warmup must be between 0 and --iters - 1 ({args.iters - 1}); got {args.warmup}.')
-    return args
-
-
-def run_name(args):
-    """A run folder name saying what was fine-tuned, from what, how; runs differing only in seed share
-    all of it up to the seed."""
-    init = Path(args.init).stem if args.init.endswith('.pt') else args.init
-    if init == 'checkpoint':  # runs/<name>/checkpoint.pt: the run's name says more, but for its seed
-        init = re.sub(r'-s\d+$', '', Path(args.init).parent.name)
-    decoder = models.describe_decoder(args.decoder, models.xnet_options(args), args.decoder_init, args.reset_decoder)
-    frozen = 'frozen' if args.freeze_encoder else 'full'
-    task = '-'.join([args.task] + ([args.loss] + training.depth_eval_name(args, False) if args.task == 'depth' else []))
-    return f'{task}-{init}-{decoder}-{frozen}-n{args.train_size}-{args.arch}-{args.height}x{args.width}-s{args.seed}'
-
+# ----------------------------------------------------------------------------------------------------
+# What transfers, how it trains, what it is scored on
+# ----------------------------------------------------------------------------------------------------
 
 def transferable_parts(checkpoint, args):
     """Which parts of a checkpoint's network carry over: the encoder always; the decoder when it is the
@@ -169,15 +125,6 @@ def set_train_mode(net, freeze_encoder):
         net.encoder.eval()
 
 
-def save_seg_sample(net, batch, path, device):
-    """A PNG: images, ground truth and predictions, in the Cityscapes colours."""
-    net.eval()
-    with torch.no_grad():
-        pred = net(batch['image'].to(device)).argmax(1).cpu()
-    evaluate.save_image_grid([batch['image'].permute(0, 2, 3, 1), evaluate.colourise(batch['label']),
-                     evaluate.colourise(pred)], path)
-
-
 def segmentation_task(args, root, net, device):
     """(training batches, loss of a batch, evaluation, sample) for few-shot segmentation."""
     files = training.open_dataset(data.semantic_files, root)
@@ -236,6 +183,71 @@ def few_shot(count, args):
         return data.few_shot_split(count, args.train_size, args.seed)
     except ValueError as error:
         raise SystemExit(str(error)) from None
+
+
+def save_seg_sample(net, batch, path, device):
+    """A PNG: images, ground truth and predictions, in the Cityscapes colours."""
+    net.eval()
+    with torch.no_grad():
+        pred = net(batch['image'].to(device)).argmax(1).cpu()
+    evaluate.save_image_grid([batch['image'].permute(0, 2, 3, 1), evaluate.colourise(batch['label']),
+                     evaluate.colourise(pred)], path)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The command line
+# ----------------------------------------------------------------------------------------------------
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Fine-tune a pre-trained network for few-shot segmentation or depth.')
+    parser.add_argument('--task', choices=['seg', 'depth'], default='seg', help='the downstream task')
+    parser.add_argument('--init', default='none',
+                        help='none (random weights), imagenet (torchvision\'s weights), depth or flow '
+                             '(checkpoints/<name>.pt from pretrain.py), or a checkpoint path')
+    training.add_decoder_args(parser)
+    parser.add_argument('--reset-decoder', action='store_true',
+                        help='load only the encoder from --init; the decoder starts from random weights (Table 2)')
+    parser.add_argument('--freeze-encoder', action='store_true',
+                        help='keep encoder weights and BatchNorm statistics fixed; train the rest only')
+    parser.add_argument('--train-size', type=int, default=16, help='labelled training images (the paper: 16)')
+    parser.add_argument('--loss', choices=['l1', 'silog'], default='silog',
+                        help='--task depth: masked L1 (eq. 15) or the scale-invariant log loss (Sect. 2.3)')
+    parser.add_argument('--silog-lambda', type=float, default=0.5, help='lambda of SILog (1: scale-invariant)')
+    parser.add_argument('--min-depth', type=float, default=0.1, help='--task depth: depth of disparity 1 (m)')
+    parser.add_argument('--max-depth', type=float, default=100.0, help='--task depth: depth of disparity 0 (m)')
+    parser.add_argument('--eval-max-depth', type=float, default=80.0, help='--task depth: evaluation cap (m)')
+    parser.add_argument('--optim', choices=['adam', 'adamw', 'sgd'], default='adam', help='the optimiser')
+    parser.add_argument('--weight-decay', type=float, default=0.0, help='weight decay (decoupled for adamw)')
+    parser.add_argument('--momentum', type=float, default=0.9, help='momentum of sgd')
+    parser.add_argument('--schedule', choices=['cosine', 'poly', 'linear'], default='cosine',
+                        help='learning-rate decay per iteration: cosine (App. B.2), poly (power 0.9, DeepLab, '
+                             'App. B.4) or linear (xNet)')
+    parser.add_argument('--warmup', type=int, default=0, help='iterations of linear warm-up before the decay')
+    parser.add_argument('--encoder-lr-mult', type=float, default=1.0,
+                        help='the encoder\'s learning rate is --lr times this (e.g. 0.1 for a pre-trained encoder)')
+    training.add_common_args(parser, iters=300, lr=3e-4, batch_size=8, eval_every=50)
+    training.add_depth_eval_args(parser)
+    args = parser.parse_args(argv)
+    training.resolve_depth_eval_args(args, args.task, median_scaling=False)  # fine-tuned depth is metric
+    if args.task == 'seg' and args.split:
+        raise SystemExit('--split applies to --task depth; segmentation reads data_semantics and its --train-size pick.')
+    args.name = args.name or run_name(args)
+    training.check_args(args)
+    if not 0 <= args.warmup < args.iters:
+        raise SystemExit(f'--warmup must be between 0 and --iters - 1 ({args.iters - 1}); got {args.warmup}.')
+    return args
+
+
+def run_name(args):
+    """A run folder name saying what was fine-tuned, from what, how; runs differing only in seed share
+    all of it up to the seed."""
+    init = Path(args.init).stem if args.init.endswith('.pt') else args.init
+    if init == 'checkpoint':  # runs/<name>/checkpoint.pt: the run's name says more, but for its seed
+        init = re.sub(r'-s\d+$', '', Path(args.init).parent.name)
+    decoder = models.describe_decoder(args.decoder, models.xnet_options(args), args.decoder_init, args.reset_decoder)
+    frozen = 'frozen' if args.freeze_encoder else 'full'
+    task = '-'.join([args.task] + ([args.loss] + training.depth_eval_name(args, False) if args.task == 'depth' else []))
+    return f'{task}-{init}-{decoder}-{frozen}-n{args.train_size}-{args.arch}-{args.height}x{args.width}-s{args.seed}'
 
 
 def main(argv=None):
