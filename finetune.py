@@ -75,11 +75,7 @@ def build_network(args):
     net = (models.build_seg_net(args.arch, NUM_CLASSES, normalization, args.decoder, xnet) if args.task == 'seg'
            else models.build_depth_net(args.arch, normalization, args.decoder, xnet))
     if args.init == 'imagenet':
-        try:
-            models.load_imagenet_weights(net.encoder, args.arch)
-        except FileNotFoundError as error:
-            raise SystemExit(f'--init imagenet: {error}') from None
-        print(f'Initialised the encoder from torchvision\'s ImageNet {args.arch} weights; the rest is new.')
+        training.init_encoders(args, net.encoder)
     elif checkpoint:
         parts = transferable_parts(checkpoint, args)
         try:

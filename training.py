@@ -191,7 +191,7 @@ def init_encoders(args, *encoders):
             models.load_imagenet_weights(encoder, args.arch)
     except FileNotFoundError as error:
         raise SystemExit(f'--init imagenet: {error}') from None
-    print(f'Initialised {len(encoders)} encoder(s) from torchvision\'s ImageNet {args.arch} weights.')
+    print(f'Initialised {len(encoders)} encoder(s) from torchvision\'s ImageNet {args.arch} weights; the rest is new.')
 
 
 def load_checkpoint(path):
