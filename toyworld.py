@@ -3,13 +3,19 @@ exactly as KITTI ships it, so that every reader in data.py, and every experiment
 
 It writes raw drives (left and right images, projected ground-truth depth, velodyne scans of the held-out
 drive, calibration), data_semantics (Cityscapes label ids), data_scene_flow (pairs with ground-truth flow),
-the scene-flow devkit's raw-data mapping and split files. The scripts render it on first use; by hand:
+the scene-flow devkit's raw-data mapping and split files. With --layout it writes the same kind of world in
+another dataset's layout instead, so that the readers of those datasets run end to end too: Cityscapes
+(sequences, stereo, label ids, disparity, camera files), NYU-Depth-V2 (BTS's depth layout, NYU-40 labels in
+PNGs) or a folder of one's own (video sequences, RGB-D pairs); LAYOUT_COUNTS says what each count means in
+each. The scripts render it on first use; by hand:
 
     python toyworld.py data/toy                       # the default world (96 x 320, 4 + 1 drives)
     python toyworld.py /tmp/tiny --height 48 --width 160 --drives 1 --frames 10
+    python toyworld.py data/toy_nyu --layout nyu      # NYU's layout (96 x 128)
 
 Contents, top to bottom: procedural textures; the scene (road, buildings, trees, cars); ray casting;
-shading; KITTI's file formats (calibration, 16-bit depth and flow PNGs, velodyne scans); the renderer.
+shading; the file formats (KITTI's calibration, 16-bit depth and flow PNGs, velodyne scans; Cityscapes'
+disparity, millimetre depth); the renderer, in KITTI's layout, then in the others.
 
 Coordinates: camera x right, y down, z forward; depth is the z coordinate in metres; pixel centres sit
 at integer (u, v). The world frame has the same axes, with the road at y = +1.65 m below the camera.
@@ -22,18 +28,21 @@ import shutil
 import struct
 import time
 import zlib
+from collections import namedtuple
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.io import write_png
+from torchvision.io import write_jpeg, write_png
 from tqdm import tqdm
 
 import data
 
 CAMERA_HEIGHT = 1.65   # metres above the road (KITTI's rig)
 STEREO_BASELINE = 0.54  # metres from the left (image_02) to the right (image_03) camera
+CITYSCAPES_BASELINE = 0.22  # metres between the cameras of the Cityscapes layout (Cityscapes' rig: 0.21)
 TOY_DATE = '2011_09_26'
 
 # Cityscapes label ids, as KITTI's data_semantics stores them.
@@ -524,6 +533,21 @@ def write_flow_png(flow, valid, path):
     write_png16(torch.cat([encoded, valid[None].to(torch.int32)]).permute(1, 2, 0).numpy(), path)
 
 
+def write_disparity_png(depth, baseline_fx, path):
+    """Cityscapes' disparity PNG: uint16, p = round(d * 256) + 1 for the disparity d = baseline * fx / depth
+    (pixels; `baseline_fx` = baseline * fx), 0 = invalid: sky (depth 0) and disparities too large for 16 bits."""
+    encoded = (baseline_fx / depth * 256).round() + 1
+    write_png16(torch.where((depth > 0) & (encoded <= 65535), encoded, 0).to(torch.int32).numpy(), path)
+
+
+def write_millimetre_png(depth, path, max_depth=65.535):
+    """A depth PNG in millimetres, as NYU's (BTS's sync_depth) and a folder of one's own may store it: uint16
+    round(metres * 1000), 0 = no measurement: sky (depth 0) and beyond `max_depth` metres (NYU: the Kinect's
+    range; by default the most 16 bits hold)."""
+    millimetres = (depth * 1000).round()
+    write_png16(torch.where(depth <= max_depth, millimetres, 0).to(torch.int32).numpy(), path)
+
+
 def static_flow(depth, moving, depth_next, T, K):
     """Ground-truth optical flow [2, H, W] from frame t to t+1 and where it is known [H, W]: each pixel's
     3D point (from its depth) moved by the camera motion T (frame t -> frame t+1) and projected with K.
@@ -548,6 +572,17 @@ def _write_rgb(image, path):
     """An 8-bit PNG (RGB [3, H, W] or grey [1, H, W] uint8). Compression level 1 writes it five times
     faster than the default 6, for a file about a fifth larger; the pixels are the same."""
     write_png(image, str(path), compression_level=1)
+
+
+def _write_jpeg(image, path):
+    """An 8-bit RGB JPEG [3, H, W] uint8, at quality 95, as the extracted NYU-Depth-V2 (BTS's) stores its frames."""
+    write_jpeg(image, str(path), quality=95)
+
+
+def _with_folder(path):
+    """`path`, its folder created first if need be."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def _render_drive_frames(root, drive, name, frames, K, height, width, bar, keep=(), velodyne=False):
@@ -596,27 +631,60 @@ def _render_scene_flow(root, drive, frames, views, K):
 
 TOY_SIZE = (96, 320)  # default stored (height, width): the demo trains at 64 x 192, the speed bench at 96 x 320
 
+# The layouts the toy world writes: per layout, its default stored size and counts, which render in 10-30 s on
+# one CPU core, and what each count means in it (render_toy_world, the CLI's --help).
+LAYOUT_DEFAULTS = {
+    'kitti': dict(height=TOY_SIZE[0], width=TOY_SIZE[1], drives=4, frames=100, test_frames=60, labelled=100),
+    'cityscapes': dict(height=96, width=192, drives=4, frames=5, test_frames=30, labelled=100),
+    'nyu': dict(height=96, width=128, drives=4, frames=30, test_frames=20, labelled=40),
+    'folder': dict(height=96, width=128, drives=4, frames=25, test_frames=24, labelled=0),
+}
+LAYOUT_COUNTS = {
+    'kitti': dict(drives='training drives', frames='frames per training drive',
+                  test_frames='frames of the held-out drive (val and test splits, velodyne, scene flow)',
+                  labelled='data_semantics images, from separate drives'),
+    'cityscapes': dict(drives='train sequences, toyaachen and toybochum in turn (val: half as many, toyfrankfurt)',
+                       frames='frames of the leftImg8bit_sequence snippet around each labelled frame',
+                       test_frames='val images', labelled='train images'),
+    'nyu': dict(drives='sync/ scenes (test images: from half as many further scenes)', frames='frames per sync/ scene',
+                test_frames='test images (official_splits/test and labelled/test)',
+                labelled='labelled/train images: the first frames of the sync/ scenes'),
+    'folder': dict(drives='video sequences', frames='frames per sequence',
+                   test_frames='RGB-D pairs in rgbd/: consecutive frames of half as many further scenes',
+                   labelled='unused (a folder of one\'s own has no semantic labels)'),
+}
 
-def render_toy_world(root, height=TOY_SIZE[0], width=TOY_SIZE[1], drives=4, frames=100, test_frames=60,
-                     labelled=100, seed=0, threads=1):
-    """Render the toy world into `root`, in KITTI's layout (the README's toy-world section), and return seconds taken.
 
-    `drives` training drives of `frames` frames each, one held-out drive (its first fifth is the
-    validation split, the rest the test split, with ground-truth depth and, as KITTI raw has, a velodyne
-    scan per frame in velodyne_points/data/ with calib_velo_to_cam.txt beside the date's calibration; the
-    training drives get no scans, to keep the world small), and `labelled` images with
-    Cityscapes label ids from separate drives, as KITTI's data_semantics, and pairs of consecutive test
-    frames with ground-truth optical flow, as KITTI's data_scene_flow. Each drive also gets a
-    `poses.txt` (camera-to-world of image_02, KITTI odometry format), a toy-world extra that real raw
-    KITTI replaces with GPS/IMU (oxts) data; tests use it to check geometry against the renderer.
+def render_toy_world(root, height=None, width=None, drives=None, frames=None, test_frames=None, labelled=None,
+                     seed=0, threads=1, layout='kitti'):
+    """Render the toy world into `root` in a dataset's layout (KITTI's by default) and return seconds taken.
+    A size or count left out takes the layout's default (LAYOUT_DEFAULTS); LAYOUT_COUNTS says what each
+    count means in each layout.
+
+    kitti (the README's toy-world section): `drives` training drives of `frames` frames each, one held-out
+    drive (its first fifth is the validation split, the rest the test split, with ground-truth depth and,
+    as KITTI raw has, a velodyne scan per frame in velodyne_points/data/ with calib_velo_to_cam.txt beside
+    the date's calibration; the training drives get no scans, to keep the world small), and `labelled`
+    images with Cityscapes label ids from separate drives, as KITTI's data_semantics, and pairs of
+    consecutive test frames with ground-truth optical flow, as KITTI's data_scene_flow. Each drive also
+    gets a `poses.txt` (camera-to-world of image_02, KITTI odometry format), a toy-world extra that real
+    raw KITTI replaces with GPS/IMU (oxts) data; tests use it to check geometry against the renderer.
+    cityscapes, nyu, folder: the files of those datasets, scene by scene (_render_layout), as
+    _cityscapes_scenes, _nyu_scenes and _folder_scenes lay the scenes out.
+
     Deterministic for a seed, whatever `threads`. Written to a temporary folder, then renamed, so no
-    half-written world is ever mistaken for a complete one. A progress bar counts the views.
+    half-written world is ever mistaken for a complete one; toy_world.json records the layout, size,
+    counts, seed and version. A progress bar counts the views (frames, in the other layouts).
 
     It runs on `threads` torch threads, torch's setting restored afterwards. One by default: the views
     are too small for threads to gain much, and torch's OpenMP threads spin-wait for each other, so two
     of them on two cores run several times slower as soon as another process takes one core.
     """
     start = time.time()
+    if layout not in LAYOUT_DEFAULTS:
+        raise ValueError(f'unknown toy-world layout {layout!r}: one of {", ".join(LAYOUT_DEFAULTS)}')
+    given = dict(height=height, width=width, drives=drives, frames=frames, test_frames=test_frames, labelled=labelled)
+    settings = {key: LAYOUT_DEFAULTS[layout][key] if value is None else value for key, value in given.items()}
     root = Path(root)
     tmp = root.with_name(root.name + f'.tmp-{os.getpid()}')
     for stale in root.parent.glob(f'{root.name}.tmp-*'):  # left by a render that was killed
@@ -624,14 +692,14 @@ def render_toy_world(root, height=TOY_SIZE[0], width=TOY_SIZE[1], drives=4, fram
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        _render_world(tmp, height, width, drives, frames, test_frames, labelled, seed)
+        body = _render_world if layout == 'kitti' else partial(_render_layout, layout)
+        body(tmp, *settings.values(), seed)  # height, width, drives, frames, test_frames, labelled, seed
     except BaseException:  # an interrupt or an error leaves nothing half-written behind
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     finally:
         torch.set_num_threads(previous)
-    meta = dict(version=TOY_WORLD_VERSION, height=height, width=width, drives=drives, frames=frames,
-                test_frames=test_frames, labelled=labelled, seed=seed)
+    meta = dict(version=TOY_WORLD_VERSION, **settings, seed=seed, layout=layout)
     (tmp / 'toy_world.json').write_text(json.dumps(meta, indent=1) + '\n')
     os.replace(tmp, root)
     return time.time() - start
@@ -670,21 +738,24 @@ def _render_world(root, height, width, drives, frames, test_frames, labelled, se
         (root / 'splits' / f'{split}_files.txt').write_text('\n'.join(lines) + '\n')
 
 
+LABELLED_SPACING = 25  # frames (about 25 m) between the labelled views of a drive: not near duplicates
+
+
 def _render_semantics(root, count, seed, K, height, width, bar, per_drive=10):
-    """KITTI data_semantics: images and label-id maps, 10 per separate drive, 25 m apart. As in KITTI,
-    whose labelled images and scene-flow pairs share one id space, they are numbered after the scene-flow
-    pairs, and the raw-data mapping names their drives (drive 501 on: like drive d + 1, from seed offset
+    """KITTI data_semantics: images and label-id maps, 10 per separate drive, LABELLED_SPACING frames apart. As
+    in KITTI, whose labelled images and scene-flow pairs share one id space, they are numbered after the
+    scene-flow pairs, and the raw-data mapping names their drives (drive 501 on: like drive d + 1, from seed offset
     500 + d), which are not written as raw drives, as for a user who downloaded only part of raw KITTI."""
     image_dir = root / 'data_semantics/training/image_2'
     label_dir = root / 'data_semantics/training/semantic'
     image_dir.mkdir(parents=True)
     label_dir.mkdir(parents=True)
     first = _append_raw_mapping(root, [f'{TOY_DATE} {TOY_DATE}_drive_{501 + i // per_drive:04d}_sync '
-                                       f'{(i % per_drive) * 25:010d}' for i in range(count)])
+                                       f'{(i % per_drive) * LABELLED_SPACING:010d}' for i in range(count)])
     for i in range(count):
         if i % per_drive == 0:
-            drive = Drive(seed * 1000 + 500 + i // per_drive, per_drive * 25)
-        rgb, _, label, _ = render_view(drive, (i % per_drive) * 25, K, height, width)
+            drive = Drive(seed * 1000 + 500 + i // per_drive, per_drive * LABELLED_SPACING)
+        rgb, _, label, _ = render_view(drive, (i % per_drive) * LABELLED_SPACING, K, height, width)
         _write_rgb(rgb, image_dir / f'{first + i:06d}_10.png')
         _write_rgb(label[None], label_dir / f'{first + i:06d}_10.png')
         bar.update(1)
@@ -700,15 +771,189 @@ def _append_raw_mapping(root, lines):
     return len(before)
 
 
+# -- the other layouts: Cityscapes, NYU-Depth-V2, a folder of one's own ------------------------------------
+
+# One scene of a layout, one toy Drive (of seed `seed`): the frames it renders, in order, and among them its
+# key frames, the views with labels or ground-truth depth. `split` says which part of the layout it is in.
+Scene = namedtuple('Scene', 'split name seed frames keyframes')
+
+CITYSCAPES_CITIES = {'train': ('toyaachen', 'toybochum'), 'val': ('toyfrankfurt',)}
+NYU_MAX_DEPTH = 10.0  # metres: the Kinect's range; the NYU layout's depth PNGs hold 0 beyond it
+# The toy world's classes as NYU-40 classes (Gupta et al.'s ids; 0 = unlabelled) for the NYU layout's labels40
+# maps: the road is the floor, sidewalk and terrain (the ground beside it) floor mats, buildings walls, the sky
+# the ceiling, poles other structure, signs pictures, trees other props and cars other furniture.
+NYU40_IDS = {'road': 2, 'sidewalk': 20, 'building': 1, 'pole': 38, 'traffic sign': 11, 'vegetation': 40,
+             'terrain': 20, 'sky': 22, 'person': 31, 'car': 39}
+_NYU40_LOOKUP = torch.zeros(256, dtype=torch.uint8)
+_NYU40_LOOKUP[[LABEL_IDS[name] for name in NYU40_IDS]] = torch.tensor(list(NYU40_IDS.values()), dtype=torch.uint8)
+
+
+def nyu40_labels(label):
+    """Cityscapes label ids uint8 [H, W] (render_view's) -> NYU-40 class ids uint8 [H, W] (NYU40_IDS)."""
+    return _NYU40_LOOKUP[label.long()]
+
+
+def _spread(count, parts):
+    """`count` images shared out over `parts` scenes as evenly as they go (the first ones get one more)."""
+    return [count // parts + (p < count % parts) for p in range(parts)]
+
+
+def _held_out(drives):
+    """How many val or test scenes a layout has beside its `drives` training scenes: half as many, at least one."""
+    return max(1, drives // 2)
+
+
+def _scenes(split, names, seed, counts, frames=None, spacing=LABELLED_SPACING, snippet=1):
+    """Scenes named `names`, the k-th one showing Drive seed + k with counts[k] key frames `spacing` frames
+    apart, each in a video snippet of `snippet` frames (from snippet // 2 frames before it); with `frames`, a
+    scene shows its first `frames` frames instead, its key frames among them. Scenes showing nothing are left out."""
+    scenes = []
+    for k, (name, count) in enumerate(zip(names, counts)):
+        keys = [snippet // 2 + spacing * j for j in range(count)]
+        shown = range(frames) if frames is not None else {f - snippet // 2 + i for f in keys for i in range(snippet)}
+        if shown:
+            scenes.append(Scene(split, name, seed + k, sorted(shown), keys))
+    return scenes
+
+
+def _cityscapes_scenes(drives, frames, test_frames, labelled, seed):
+    """Cityscapes: `labelled` train images spread over `drives` sequences, the train cities taking turns
+    (toyaachen_000000, toybochum_000000, toyaachen_000001, ...), and `test_frames` val images over half as
+    many toyfrankfurt sequences, LABELLED_SPACING frames apart, each in a snippet of `frames` frames."""
+    train = [f'{CITYSCAPES_CITIES["train"][k % 2]}_{k // 2:06d}' for k in range(drives)]
+    val = [f'{CITYSCAPES_CITIES["val"][0]}_{k:06d}' for k in range(_held_out(drives))]
+    return (_scenes('train', train, seed * 1000, _spread(labelled, len(train)), snippet=frames)
+            + _scenes('val', val, seed * 1000 + 500, _spread(test_frames, len(val)), snippet=frames))
+
+
+def _nyu_scenes(drives, frames, test_frames, labelled, seed):
+    """NYU: `drives` train scenes toyroom_0001, ... of `frames` consecutive frames (sync/), whose first frames
+    are the `labelled` labelled/train images (near duplicates, as NYU's), and `test_frames` test images,
+    LABELLED_SPACING frames apart, from half as many further scenes (official_splits/test, labelled/test)."""
+    if labelled > drives * frames:
+        raise ValueError(f'the nyu layout takes its {labelled} labelled images from the first frames of its '
+                         f'{drives} scenes of {frames} frames: pass more --drives or --frames, or fewer --labelled')
+    names = [f'toyroom_{k + 1:04d}' for k in range(drives + _held_out(drives))]
+    return (_scenes('train', names[:drives], seed * 1000, _spread(labelled, drives), frames=frames, spacing=1)
+            + _scenes('test', names[drives:], seed * 1000 + 500, _spread(test_frames, _held_out(drives))))
+
+
+def _folder_scenes(drives, frames, test_frames, labelled, seed):
+    """A folder of one's own: `drives` video sequences seq_000, ... of `frames` frames, and `test_frames` RGB-D
+    pairs, consecutive frames of half as many further scenes (scene_000, ...). `labelled` is unused: a folder
+    of one's own has no semantic labels."""
+    del labelled
+    video = [f'seq_{k:03d}' for k in range(drives)]
+    rgbd = [f'scene_{k:03d}' for k in range(_held_out(drives))]
+    return (_scenes('video', video, seed * 1000, [0] * drives, frames=frames)
+            + _scenes('rgbd', rgbd, seed * 1000 + 500, _spread(test_frames, len(rgbd)), spacing=1))
+
+
+def layout_scenes(layout, drives, frames, test_frames, labelled, seed):
+    """The scenes a layout other than KITTI's renders (Scene), in order: the plan _render_layout follows, which
+    tests check the files against."""
+    return _LAYOUTS[layout][0](drives, frames, test_frames, labelled, seed)
+
+
+def scene_drive(scene):
+    """The toy Drive a Scene shows, just long enough for its frames."""
+    return Drive(scene.seed, scene.frames[-1] + 1)
+
+
+def _cityscapes_camera(K):
+    """A Cityscapes camera file's contents for the toy rig: the left camera at the vehicle's origin,
+    CAMERA_HEIGHT above the road, level (the toy's slight bounce left out); the right one CITYSCAPES_BASELINE
+    to its right; intrinsics in pixels of the stored images."""
+    extrinsic = dict(baseline=CITYSCAPES_BASELINE, pitch=0.0, roll=0.0, x=0.0, y=0.0, yaw=0.0, z=CAMERA_HEIGHT)
+    intrinsic = dict(fx=float(K[0, 0]), fy=float(K[1, 1]), u0=float(K[0, 2]), v0=float(K[1, 2]))
+    return dict(extrinsic=extrinsic, intrinsic=intrinsic)
+
+
+def _write_cityscapes_view(root, scene, frame, view, drive, K, index):
+    """A frame of a Cityscapes sequence: its leftImg8bit_sequence image, and for a key frame (index not None) the
+    labelled left image, the right one (rendered CITYSCAPES_BASELINE to the right), the label ids, the disparity
+    and the camera file."""
+    rgb, depth, label, _ = view
+    city = scene.name.rsplit('_', 1)[0]
+    path = lambda kind, suffix: _with_folder(root / kind / scene.split / city / f'{scene.name}_{frame:06d}_{suffix}')
+    _write_rgb(rgb, path('leftImg8bit_sequence', 'leftImg8bit.png'))
+    if index is None:
+        return
+    right = render_view(drive, frame, K, *depth.shape, offset=CITYSCAPES_BASELINE)[0]
+    _write_rgb(rgb, path('leftImg8bit', 'leftImg8bit.png'))
+    _write_rgb(right, path('rightImg8bit', 'rightImg8bit.png'))
+    _write_rgb(label[None], path('gtFine', 'gtFine_labelIds.png'))
+    write_disparity_png(depth, CITYSCAPES_BASELINE * K[0, 0], path('disparity', 'disparity.png'))
+    path('camera', 'camera.json').write_text(json.dumps(_cityscapes_camera(K), indent=2) + '\n')
+
+
+def _write_nyu_view(root, scene, frame, view, drive, K, index):
+    """A frame of an NYU scene: a train scene's sync/ frame (numbered by frame) or a test image in
+    official_splits/test (numbered by index, as NYU's test images by their place in the labelled .mat),
+    and for a key frame (index not None) its labelled/<split> image and NYU-40 labels, numbered by index."""
+    rgb, depth, label, _ = view
+    folder, number = ((root / 'sync' / scene.name, frame) if scene.split == 'train'
+                      else (root / 'official_splits/test' / scene.name, index))
+    _write_jpeg(rgb, _with_folder(folder / f'rgb_{number:05d}.jpg'))
+    write_millimetre_png(depth, folder / f'sync_depth_{number:05d}.png', NYU_MAX_DEPTH)
+    if index is not None:
+        _write_rgb(rgb, _with_folder(root / 'labelled' / scene.split / f'rgb_{index:05d}.png'))
+        _write_rgb(nyu40_labels(label)[None], root / 'labelled' / scene.split / f'labels40_{index:05d}.png')
+
+
+def _write_folder_view(root, scene, frame, view, drive, K, index):
+    """A frame of a folder of one's own: a video sequence's image <sequence>/<frame:06d>.png, or an RGB-D pair
+    rgbd/<scene>_<frame:06d>_rgb.png with _depth.npy (float32 metres, 0 = sky)."""
+    rgb, depth = view[:2]
+    if scene.split == 'video':
+        _write_rgb(rgb, _with_folder(root / scene.name / f'{frame:06d}.png'))
+        return
+    stem = f'{scene.name}_{frame:06d}'
+    _write_rgb(rgb, _with_folder(root / 'rgbd' / f'{stem}_rgb.png'))
+    np.save(root / 'rgbd' / f'{stem}_depth.npy', depth.numpy())
+
+
+# Per layout other than KITTI's: its scenes, and the writer of each rendered frame.
+_LAYOUTS = {'cityscapes': (_cityscapes_scenes, _write_cityscapes_view), 'nyu': (_nyu_scenes, _write_nyu_view),
+            'folder': (_folder_scenes, _write_folder_view)}
+
+
+def _render_layout(layout, root, height, width, drives, frames, test_frames, labelled, seed):
+    """The body of render_toy_world for the layouts other than KITTI's: every frame of every scene
+    (layout_scenes) rendered once, in order, and handed to the layout's writer with its index if it is a key
+    frame (1, 2, ... over the whole world, in order: NYU's numbering of its labelled images), else None;
+    then, for a folder of one's own, intrinsics.txt ("fx fy cx cy")."""
+    scenes = layout_scenes(layout, drives, frames, test_frames, labelled, seed)
+    write, K, index = _LAYOUTS[layout][1], toy_intrinsics(height, width), 0
+    root.mkdir(parents=True)
+    with tqdm(total=sum(len(scene.frames) for scene in scenes), unit='frame') as bar:
+        for scene in scenes:
+            bar.set_description(f'toy world: {scene.split} {scene.name}')
+            drive = scene_drive(scene)
+            for f in scene.frames:
+                key = f in scene.keyframes
+                index += key
+                write(root, scene, f, render_view(drive, f, K, height, width), drive, K, index if key else None)
+                bar.update(1)
+    if layout == 'folder':
+        (root / 'intrinsics.txt').write_text(' '.join(str(float(x)) for x in K[[0, 1, 0, 1], [0, 1, 2, 2]]) + '\n')
+
+
 TOY_WORLD_VERSION = 2  # 2: velodyne scans, the raw-data mapping, labelled ids after the scene-flow ids
 
 
-def ensure_toy_world(root, **render_args):
-    """Render the toy world into `root` on first use; afterwards reuse it (it is deterministic). A world
-    an older version of this code rendered lacks files the readers now need: that stops with a sentence."""
+def ensure_toy_world(root, layout='kitti', **render_args):
+    """Render the toy world into `root`, in `layout`, on first use; afterwards reuse it (it is deterministic).
+    A world in another layout (one without a layout in its toy_world.json is KITTI's), or one an older version
+    of this code rendered, which lacks files the readers now need, stops with a sentence."""
     root = Path(root)
     if (root / 'toy_world.json').exists():
-        version = json.loads((root / 'toy_world.json').read_text()).get('version', 1)
+        meta = json.loads((root / 'toy_world.json').read_text())
+        found, version = meta.get('layout', 'kitti'), meta.get('version', 1)
+        if found != layout:
+            raise SystemExit(f'{root} holds a toy world in the {found} layout, not the {layout} layout asked for: '
+                             f'pass another folder (the {layout} world is rendered there on first use) or delete '
+                             f'this one (rm -r {root}).')
         if version != TOY_WORLD_VERSION:
             raise SystemExit(f'{root} holds a toy world of version {version}, from an older version of this code '
                              f'(without velodyne scans and the raw-data mapping): delete it (rm -r {root}) and run '
@@ -717,20 +962,34 @@ def ensure_toy_world(root, **render_args):
     if root.exists() and any(root.iterdir()):
         raise SystemExit(f'{root} exists but holds no complete toy world (no toy_world.json): '
                          f'move it away or pass another --data-root.')
-    print(f'Rendering the toy world into {root} (once; about a minute on a CPU core)...', flush=True)
-    seconds = render_toy_world(root, **render_args)
+    print(f'Rendering the toy world into {root}, in the {layout} layout (once; under a minute on a CPU core)...',
+          flush=True)
+    seconds = render_toy_world(root, layout=layout, **render_args)
     print(f'Rendered the toy world in {seconds:.0f} s.', flush=True)
 
 
+def _layout_help():
+    """The CLI's --help epilog: per layout, its default size and counts and what each count means."""
+    lines = ['What the counts mean, and their defaults, per layout:']
+    for layout, meanings in LAYOUT_COUNTS.items():
+        defaults = LAYOUT_DEFAULTS[layout]
+        lines.append(f'  --layout {layout} (default --height {defaults["height"]} --width {defaults["width"]}):')
+        lines += [f'    --{key.replace("_", "-")} {defaults[key]}: {meaning}' for key, meaning in meanings.items()]
+    return '\n'.join(lines)
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description='Render the toy world into a new folder, in KITTI\'s layout.')
+    parser = argparse.ArgumentParser(description='Render the toy world into a new folder, in the layout of KITTI '
+                                     '(by default), Cityscapes, NYU-Depth-V2 or a folder of one\'s own.',
+                                     epilog=_layout_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('root', metavar='DIR', help='the folder to render into (must not exist)')
-    parser.add_argument('--height', type=int, default=TOY_SIZE[0], help='render height (pixels)')
-    parser.add_argument('--width', type=int, default=TOY_SIZE[1], help='render width (pixels)')
-    parser.add_argument('--drives', type=int, default=4, help='training drives')
-    parser.add_argument('--frames', type=int, default=100, help='frames per training drive')
-    parser.add_argument('--test-frames', type=int, default=60, help='frames of the held-out drive')
-    parser.add_argument('--labelled', type=int, default=100, help='images with semantic labels')
+    parser.add_argument('--layout', choices=LAYOUT_DEFAULTS, default='kitti', help='the dataset layout to write')
+    parser.add_argument('--height', type=int, help='render height (pixels; default: per layout, below)')
+    parser.add_argument('--width', type=int, help='render width (pixels; default: per layout, below)')
+    parser.add_argument('--drives', type=int, help='training drives (or sequences, scenes: per layout, below)')
+    parser.add_argument('--frames', type=int, help='frames per training drive (per layout, below)')
+    parser.add_argument('--test-frames', type=int, help='frames of the held-out drive (per layout, below)')
+    parser.add_argument('--labelled', type=int, help='images with semantic labels (per layout, below)')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--threads', type=int, default=1,
                         help='torch threads for rendering (more only help on idle cores: see render_toy_world)')
@@ -738,7 +997,7 @@ def main(argv=None):
     if Path(args.root).exists():
         raise SystemExit(f'{args.root} already exists: choose a new folder (nothing was overwritten).')
     seconds = render_toy_world(args.root, args.height, args.width, args.drives, args.frames, args.test_frames,
-                               args.labelled, args.seed, args.threads)
+                               args.labelled, args.seed, args.threads, args.layout)
     print(f'Rendered the toy world into {args.root} in {seconds:.1f} s.')
 
 
