@@ -1,30 +1,42 @@
-"""Where images come from: readers and datasets of KITTI's real on-disk layout.
+"""Where images come from: readers of each dataset's real on-disk layout, the datasets built on them, and
+split files.
 
-The same code reads real KITTI and the toy world (toyworld.py writes KITTI's layout), so every code path
-the experiments use on a GPU machine is exercised on a laptop.
+The same code reads the real datasets and the toy world (toyworld.py writes each layout), so every code
+path the experiments use on a GPU machine is exercised on a laptop.
 
 Contents, top to bottom:
   1. reading the KITTI layout: calibration, images, depth (annotated maps and velodyne scans), labels
      (Cityscapes label ids -> the 19 train ids), flow, split files;
-  2. datasets: video snippets for self-supervised depth, test frames with the ground truth of an
-     evaluation protocol, labelled images for few-shot segmentation, flow pairs; the few-shot pick and
-     `python data.py --make-splits ROOT`, which writes leakage-free split files for a KITTI raw tree.
+  2. reading the other layouts: Cityscapes (disparity -> depth through the camera file), NYU-Depth-V2
+     (millimetre depth, NYU-40 labels), a folder of your own (intrinsics.txt, .npy / .png depth);
+  3. datasets, for any layout: video snippets (self-supervised or ground-truth depth), test frames with
+     the ground truth of an evaluation protocol, labelled images for few-shot segmentation, KITTI's
+     flow pairs; the few-shot pick;
+  4. layouts: what each dataset's splits hold (Kitti, Cityscapes, Nyu, Folder; LAYOUTS by --data);
+  5. split files: `python data.py --make-splits ROOT` (KITTI by drive), and for any layout a random or a
+     leakage-free split by image similarity (--by-similarity, the minimal-transfer paper's Sect. 2.2).
 
 Coordinates: camera x right, y down, z forward; depth is the z coordinate in metres; pixel centres sit
 at integer (u, v).
 """
 import argparse
+import json
 import os
 import struct
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.io import ImageReadMode, decode_image, decode_png, read_file
 from torchvision.transforms import v2
 from torchvision import tv_tensors
+from tqdm import tqdm
+
+import models
 
 # torchvision 0.29 announces that its image codecs will move to TorchCodec; they work, and the
 # design keeps to torchvision, so the notice is silenced rather than printed once per image.
@@ -97,11 +109,19 @@ PNG_KINDS = {
     'depth': ('depth map', 0, 16, "KITTI's depth archive keeps one per frame in proj_depth/groundtruth/image_0x/",
               'KITTI depth maps are 16-bit single-channel PNGs (metres x 256, 0 = no measurement): use the '
               'maps of data_depth_annotated (proj_depth/groundtruth/), not images'),
-    'labels': ('label map', 0, 8, 'KITTI semantics keeps one per image in data_semantics/training/semantic/',
-               "label maps are 8-bit single-channel PNGs of Cityscapes label ids (KITTI's instance/ PNGs "
-               'are 16-bit: use the semantic/ folder)'),
+    'labels': ('label map', 0, 8, 'KITTI semantics keeps one per image in data_semantics/training/semantic/, '
+               'Cityscapes in gtFine/<split>/<city>/', "label maps are 8-bit single-channel PNGs of label ids "
+               "(KITTI's instance/ PNGs are 16-bit: use the semantic/ folder; Cityscapes: the *_labelIds.png)"),
     'flow': ('flow map', 2, 16, 'KITTI keeps one per pair in data_scene_flow/training/flow_noc/',
              'KITTI flow maps are 16-bit 3-channel PNGs (u, v, valid): use those of data_scene_flow/training/flow_noc/'),
+    'disparity': ('disparity map', 0, 16, 'Cityscapes keeps one per frame in disparity/<split>/<city>/',
+                  'Cityscapes disparity maps are 16-bit single-channel PNGs ((p - 1) / 256 pixels, 0 = invalid)'),
+    'nyu depth': ('depth map', 0, 16, 'the extracted NYU-Depth-V2 keeps sync_depth_XXXXX.png beside each rgb_XXXXX.jpg',
+                  'NYU depth maps are 16-bit single-channel PNGs of millimetres'),
+    'labels40': ('label map', 0, 8, 'labelled/<split>/labels40_XXXXX.png beside each rgb_XXXXX.png',
+                 'NYU-40 label maps are 8-bit single-channel PNGs (0 unlabelled, 1..40)'),
+    'depth png': ('depth map', 0, 16, 'a folder keeps <name>_depth.png (or .npy) beside each <name>_rgb image',
+                  'PNG depth maps are 16-bit single-channel PNGs (value x --depth-scale = metres)'),
 }
 _PNG_LAYOUTS = {0: 'single-channel', 2: '3-channel (RGB)', 3: 'palette', 4: '2-channel (grey + alpha)',
                 6: '4-channel (RGBA)'}
@@ -320,55 +340,189 @@ def resize(image, size):
 
 
 # ----------------------------------------------------------------------------------------------
-# 2. Datasets
+# 2. Reading the other layouts: Cityscapes, NYU-Depth-V2, a folder of your own
 # ----------------------------------------------------------------------------------------------
 
-class VideoSnippets(torch.utils.data.Dataset):
-    """Snippets of consecutive frames for self-supervised depth (Monodepth2's training data).
+# Cityscapes names every file of a frame <city>_<sequence>_<frame>_<suffix> under <folder>/<split>/<city>/.
+CITYSCAPES_FILES = {'left': ('leftImg8bit', 'leftImg8bit.png'), 'right': ('rightImg8bit', 'rightImg8bit.png'),
+                    'labels': ('gtFine', 'gtFine_labelIds.png'), 'disparity': ('disparity', 'disparity.png'),
+                    'camera': ('camera', 'camera.json'), 'sequence': ('leftImg8bit_sequence', 'leftImg8bit.png')}
+# Depth from Cityscapes uses the top three quarters of each frame: the bottom quarter shows the ego
+# vehicle's bonnet (and its reflections), whose disparity is not the scene's; the common practice of
+# ManyDepth (Watson et al., 2021), whose evaluation this code follows (evaluate.PROTOCOLS['cityscapes']).
+CITYSCAPES_KEEP_ROWS = 0.75
 
-    An item holds `frames` [F, 3, H, W] in [0, 1] for the frame offsets `frame_ids` (target first),
-    `frames_aug`, the network's input (colour-jittered when augmenting; the loss compares the
-    un-jittered `frames`), the 4x4 intrinsics `K` / `inv_K` scaled to (height, width), and with
-    `with_depth` the ground-truth `depth` [1, H0, W0] at its stored resolution, and with `stereo` the
-    other camera's frame t (`stereo` [3, H, W], jittered like the rest in `stereo_aug`) and `stereo_T`,
-    the 4x4 transform from this camera's frame to the other's (baseline read from the calibration).
-    Augmentation as Monodepth2 and the paper: horizontal flip (principal point mirrored, stereo
-    baseline reversed) and, half of the time (unless `jitter=False`, as in fine-tuning), colour jitter
-    shared by all frames of a snippet.
-    With `crop` (h, w) each snippet is a random crop of that size, intrinsics shifted with it. When
-    augmenting or cropping, `depth` is resized (nearest) to (height, width) and transformed with the images.
-    The split is read from `split_dir` (default <root>/splits); every frame an item needs must exist.
+
+def cityscapes_name(path):
+    """(split, city, sequence, frame) of a Cityscapes file <folder>/<split>/<city>/<city>_<seq>_<frame>_<suffix>."""
+    path = Path(path)
+    fields = path.name.split('_')
+    if len(fields) < 4 or not (fields[-3].isdigit() and fields[-2].isdigit()):
+        raise ValueError(f'{path} is not named as Cityscapes names its files (<city>_<sequence>_<frame>_'
+                         f'leftImg8bit.png, e.g. frankfurt_000000_000294_leftImg8bit.png).')
+    return path.parent.parent.name, path.parent.name, fields[-3], int(fields[-2])
+
+
+def cityscapes_path(root, kind, split, city, sequence, frame):
+    """Where Cityscapes keeps the `kind` file (a key of CITYSCAPES_FILES) of a frame."""
+    folder, suffix = CITYSCAPES_FILES[kind]
+    return Path(root) / folder / split / city / f'{city}_{sequence}_{frame:06d}_{suffix}'
+
+
+def read_cityscapes_camera(path):
+    """A Cityscapes camera file (camera/<split>/<city>/*_camera.json) -> ((fx, fy, u0, v0) in pixels, baseline
+    in metres); a missing file or entry stops with one sentence."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f'no camera file {path}: Cityscapes keeps one per frame in camera/<split>/<city>/ '
+                                f'(the camera_trainvaltest archive); extract it into --data-root.')
+    try:
+        camera = json.loads(Path(path).read_text())
+        intrinsic = camera['intrinsic']
+        return tuple(float(intrinsic[k]) for k in ('fx', 'fy', 'u0', 'v0')), float(camera['extrinsic']['baseline'])
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f'{path} is not a Cityscapes camera file (JSON with intrinsic fx, fy, u0, v0 and '
+                         f'extrinsic baseline): re-extract it from the camera archive.') from None
+
+
+def read_disparity_depth(disparity_path, camera_path):
+    """A Cityscapes disparity PNG (uint16: 0 = invalid, else disparity d = (p - 1) / 256 pixels) turned
+    into depth = baseline * fx / d, float [1, H, W] metres, 0 where there is no disparity. fx is the
+    camera file's, for the stored images."""
+    (fx, _, _, _), baseline = read_cityscapes_camera(camera_path)
+    p = read_png(disparity_path, 'disparity').float()
+    d = (p - 1) / 256
+    return torch.where(d > 0, baseline * fx / d.clamp(min=1 / 256), 0.0)
+
+
+def read_nyu_depth(path):
+    """An NYU-Depth-V2 depth PNG (uint16 millimetres, 0 = no measurement) -> float [1, H, W] metres."""
+    return read_png(path, 'nyu depth').float() / 1000
+
+
+NYU_CLASSES = 40  # Gupta et al.'s 40-class grouping of NYU-Depth-V2's labels, the one segmentation papers use
+
+
+def read_nyu40_labels(path):
+    """An NYU-40 label PNG (uint8: 0 unlabelled, 1..40 the classes of Gupta et al.) -> int64 [H, W] of
+    train ids 0..39, 255 = ignore; a value above 40 (a map of NYU's 894 raw classes) stops with a sentence."""
+    labels = read_png(path, 'labels40')[0].long()
+    if labels.max() > NYU_CLASSES:
+        raise ValueError(f'{path} holds class {int(labels.max())}, but NYU-40 label maps hold 0 (unlabelled) to '
+                         f'40: it is a map of another class set (NYU\'s 894 raw classes?); convert it to the 40 classes.')
+    return torch.where(labels == 0, 255, labels - 1)
+
+
+def read_intrinsics_txt(path):
+    """intrinsics.txt of a folder of video: one line 'fx fy cx cy', pixels of the stored images."""
+    fields = Path(path).read_text().split()
+    try:
+        values = tuple(float(x) for x in fields)
+    except ValueError:
+        values = ()
+    if len(values) != 4 or min(values[:2]) <= 0:
+        raise ValueError(f'{path} must hold one line "fx fy cx cy" (pixels of the stored images, e.g. "721.5 '
+                         f'721.5 609.6 172.9"), got {" ".join(fields)!r}.')
+    return values
+
+
+def read_depth_file(path, depth_scale=None):
+    """A depth map of a folder of RGB-D pairs -> float [1, H, W] metres, 0 = no measurement: <name>_depth.npy
+    holds metres ([H, W] float); <name>_depth.png holds uint16 values times --depth-scale (0.001 for mm)."""
+    path = Path(path)
+    if path.suffix == '.npy':
+        try:
+            depth = torch.from_numpy(np.load(path).astype(np.float32))
+        except (ValueError, OSError):
+            raise ValueError(f'{path} cannot be read as a NumPy array: the file is truncated or not a .npy.') from None
+        if depth.ndim != 2:
+            raise ValueError(f'{path} holds an array of shape {tuple(depth.shape)}, but a depth map is [H, W] metres.')
+        return depth[None]
+    if depth_scale is None:
+        raise ValueError(f'{path} is a PNG depth map: pass --depth-scale, the metres of one stored unit (0.001 for '
+                         f'millimetres, 1/256 for KITTI-style maps).')
+    return read_png(path, 'depth png').float() * depth_scale
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. Datasets (any layout: section 4 lists what each layout's splits hold)
+# ----------------------------------------------------------------------------------------------
+
+class Snippet(NamedTuple):
+    """What one training item reads, in any layout.
+
+    frames: image paths for the frame offsets, target first. intrinsics: (fx, fy, cx, cy) in pixels of
+    the stored images (None where no loss needs them). other: the other stereo camera's frame t, and
+    stereo_shift the x translation (metres) taking points from this camera's frame to the other's.
+    depth: (reader, *arguments) giving the ground truth [1, H, W] in metres. keep_rows: the fraction of
+    each image's rows used, from the top (Cityscapes: 0.75, the ego vehicle left out).
+    """
+    frames: tuple
+    intrinsics: tuple = None
+    other: object = None
+    stereo_shift: float = 0.0
+    depth: tuple = None
+    keep_rows: float = 1.0
+
+
+def read_images(paths):
+    """Images of one snippet, uint8 [F, 3, H, W]; frames of different sizes stop with one sentence."""
+    images = [read_image(p) for p in paths]
+    sizes = {tuple(image.shape[-2:]) for image in images}
+    if len(sizes) > 1:
+        raise ValueError(f'the frames {", ".join(str(p) for p in paths)} differ in size ({" and ".join(f"{w}x{h}" for h, w in sorted(sizes))}): '
+                         f'the frames of a sequence and its stereo partner must share one size.')
+    return torch.stack(images)
+
+
+def read_ground_truth(depth):
+    """The ground truth a Snippet's `depth` (reader, *arguments) names, float [1, H, W] metres."""
+    reader, *arguments = depth
+    return reader(*arguments)
+
+
+def check_ground_truth(depth, image, snippet):
+    """Ground truth must line up with its image pixel for pixel: a different size stops with one sentence."""
+    if depth.shape[-2:] != image.shape[-2:]:
+        raise ValueError(f'the ground truth of {snippet.frames[0]} ({snippet.depth[1]}) is {depth.shape[-1]}x'
+                         f'{depth.shape[-2]} but the image is {image.shape[-1]}x{image.shape[-2]}: they must match '
+                         f'pixel for pixel; replace one of them with its true partner.')
+    return depth
+
+
+def top_rows(x, keep_rows):
+    """The top `keep_rows` fraction of the rows of [..., H, W] (all of them for 1.0)."""
+    return x if keep_rows == 1.0 else x[..., :int(round(x.shape[-2] * keep_rows)), :]
+
+
+def intrinsics_matrix(intrinsics):
+    """(fx, fy, cx, cy) -> 3x3 K."""
+    fx, fy, cx, cy = intrinsics
+    return torch.tensor([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
+
+
+class VideoSnippets(torch.utils.data.Dataset):
+    """Snippets of frames for depth training (Monodepth2's training data), from a list of Snippets.
+
+    An item holds `frames` [F, 3, H, W] in [0, 1] (target first), `frames_aug`, the network's input
+    (colour-jittered when augmenting; the loss compares the un-jittered `frames`), and where the snippets
+    have intrinsics the 4x4 `K` / `inv_K` scaled to (height, width); with ground truth, `depth` [1, H0, W0]
+    at its stored resolution; with another camera, `stereo` [3, H, W] (jittered like the rest in
+    `stereo_aug`) and `stereo_T`, the 4x4 transform from this camera's frame to the other's.
+    Augmentation as Monodepth2 and the paper: horizontal flip (principal point mirrored, stereo shift
+    reversed) and, half of the time (unless `jitter=False`, as in fine-tuning), colour jitter shared by
+    all frames of a snippet. With `crop` (h, w) each snippet is a random crop of that size, intrinsics
+    shifted with it. When augmenting or cropping, `depth` is resized (nearest) to (height, width) and
+    transformed with the images.
     """
 
-    def __init__(self, root, split, height, width, frame_ids=(0, -1, 1), augment=False, with_depth=False,
-                 stereo=False, crop=None, jitter=True, split_dir=None):
-        self.root, self.size, self.frame_ids = Path(root), (height, width), frame_ids
-        self.entries = read_split(root, split, split_dir)
-        self.augment, self.with_depth, self.stereo, self.crop = augment, with_depth, stereo, crop
+    def __init__(self, snippets, height, width, augment=False, crop=None, jitter=True):
+        self.snippets, self.size, self.augment, self.crop = list(snippets), (height, width), augment, crop
         if crop and not (crop[0] <= height and crop[1] <= width):
             raise ValueError(f'crop {crop[0]}x{crop[1]} does not fit in the {height}x{width} images.')
         self.jitter = v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.1) if jitter else None
-        self.calib = {}
-        check_frames_exist(root, self.entries, frame_ids, stereo, split)
-        if with_depth:
-            missing = [e for e in self.entries if not depth_path(root, *e).exists()]
-            if missing:
-                raise FileNotFoundError(f'{len(missing)} of {len(self.entries)} frames of split "{split}" have no '
-                                        f'ground-truth depth, e.g. {depth_path(root, *missing[0])}: list only '
-                                        f'frames with proj_depth/groundtruth in that split (on KITTI: '
-                                        f'`python data.py --make-splits <root> --depth-only`).')
-            if self.entries:  # a map of the wrong format stops here, not inside a DataLoader worker
-                check_png(depth_path(root, *self.entries[0]), 'depth')
 
     def __len__(self):
-        return len(self.entries)
-
-    def calibration(self, folder):
-        """The calibration of a drive's date folder, read once."""
-        date = Path(folder).parts[0]
-        if date not in self.calib:
-            self.calib[date] = read_calib(self.root / date / 'calib_cam_to_cam.txt')
-        return self.calib[date]
+        return len(self.snippets)
 
     def random_crop(self, images, K, depth):
         """A random crop of the images (and depth), with the principal point shifted into the crop, so
@@ -376,43 +530,105 @@ class VideoSnippets(torch.utils.data.Dataset):
         h, w = self.crop
         top = int(torch.randint(self.size[0] - h + 1, ()))
         left = int(torch.randint(self.size[1] - w + 1, ()))
-        K = K.clone()
-        K[0, 2] -= left
-        K[1, 2] -= top
+        if K is not None:
+            K = K.clone()
+            K[0, 2] -= left
+            K[1, 2] -= top
         crop = lambda x: None if x is None else x[..., top:top + h, left:left + w]
         return crop(images), K, crop(depth)
 
-    def __getitem__(self, index):
-        folder, frame, side = self.entries[index]
-        paths = [image_path(self.root, folder, frame + k, side) for k in self.frame_ids]
-        if self.stereo:  # the other camera's frame t rides along as one more image
-            paths.append(image_path(self.root, folder, frame, {'l': 'r', 'r': 'l'}[side]))
-        raw = torch.stack([read_image(p) for p in paths])
+    def read(self, snippet):
+        """The snippet's frames (and the other camera's) resized to the network size, its scaled 4x4 K
+        (or None) and its ground truth (or None), the rows below keep_rows left out of all of them."""
+        paths = list(snippet.frames) + ([snippet.other] if snippet.other else [])
+        full = read_images(paths)
+        depth = None if snippet.depth is None else check_ground_truth(read_ground_truth(snippet.depth), full, snippet)
+        raw, depth = top_rows(full, snippet.keep_rows), depth if depth is None else top_rows(depth, snippet.keep_rows)
         frames = resize(raw.float() / 255, self.size)
-        K, _ = camera_intrinsics(self.calibration(folder), {'l': '02', 'r': '03'}[side])
-        K = scale_intrinsics(K, raw.shape[-2:], self.size)
-        depth = read_depth(depth_path(self.root, folder, frame, side)) if self.with_depth else None
+        K = (None if snippet.intrinsics is None else
+             scale_intrinsics(intrinsics_matrix(snippet.intrinsics), raw.shape[-2:], self.size))
         if depth is not None and (self.augment or self.crop):  # depth follows the images' geometry
             depth = F.interpolate(depth[None], self.size, mode='nearest')[0]  # nearest keeps 0 = none
+        return frames, K, depth
+
+    def __getitem__(self, index):
+        snippet = self.snippets[index]
+        frames, K, depth = self.read(snippet)
         if self.crop:
             frames, K, depth = self.random_crop(frames, K, depth)
-        # the other camera sits at +baseline along x from the left one: points move by -baseline
-        sign = -1.0 if side == 'l' else 1.0
+        shift = snippet.stereo_shift
         if self.augment and torch.rand(1) < 0.5:
             frames, depth = frames.flip(-1), None if depth is None else depth.flip(-1)
-            K[0, 2] = frames.shape[-1] - 1 - K[0, 2]
-            sign = -sign
+            if K is not None:
+                K[0, 2] = frames.shape[-1] - 1 - K[0, 2]
+            shift = -shift  # mirrored, the other camera is on the other side
         jitter = self.augment and self.jitter is not None and torch.rand(1) < 0.5
         frames_aug = self.jitter(frames) if jitter else frames
-        item = dict(frames=frames[:len(self.frame_ids)], frames_aug=frames_aug[:len(self.frame_ids)],
-                    K=K, inv_K=torch.linalg.inv(K))
-        if self.stereo:
+        count = len(snippet.frames)
+        item = dict(frames=frames[:count], frames_aug=frames_aug[:count])
+        if K is not None:
+            item['K'], item['inv_K'] = K, torch.linalg.inv(K)
+        if snippet.other:
             item['stereo'], item['stereo_aug'] = frames[-1], frames_aug[-1]
             item['stereo_T'] = torch.eye(4)
-            item['stereo_T'][0, 3] = sign * stereo_baseline(self.calibration(folder))
+            item['stereo_T'][0, 3] = shift
         if depth is not None:
             item['depth'] = depth
         return item
+
+
+class DepthTestFrames(torch.utils.data.Dataset):
+    """Test frames with the ground truth of a depth protocol, at its native size, for evaluation.
+
+    `items` are Snippets of one frame with `depth`; `protocol` names how evaluate.py scores them
+    (evaluate.PROTOCOLS) and `skipped` counts the split's frames left out for want of ground truth. An
+    item holds `frames` [1, 3, height, width] in [0, 1] (the network's input, as VideoSnippets gives it)
+    and `depth` [1, H0, W0] in metres, 0 = none, at the frame's own size, which may differ between
+    frames (KITTI's dates): batch one item at a time.
+    """
+
+    def __init__(self, items, height, width, protocol, skipped=0):
+        self.items, self.size, self.protocol, self.skipped = list(items), (height, width), protocol, skipped
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, index):
+        item = self.items[index]
+        image = read_image(item.frames[0])
+        depth = check_ground_truth(read_ground_truth(item.depth), image, item)
+        image = top_rows(image, item.keep_rows).float() / 255
+        return dict(frames=resize(image[None], self.size), depth=top_rows(depth, item.keep_rows))
+
+
+class LabelledImages(torch.utils.data.Dataset):
+    """Images with semantic labels (train ids, 255 = ignore) for few-shot segmentation.
+
+    `pairs` are (image PNG, label PNG, label reader); image and label are transformed together by
+    torchvision.transforms.v2 (the label as a Mask, so it is resized with nearest neighbours);
+    augmentation is the paper's: horizontal flip only, and with `crop` (h, w) a random crop of that size
+    (DeepLab's, App. B.4), from the images resized to (height, width). Every pair's PNG headers are checked when the set
+    is built (a missing label, a label map of the wrong format or size stops there with one sentence,
+    not later inside a DataLoader worker).
+    """
+
+    def __init__(self, pairs, height, width, augment=False, crop=None):
+        self.pairs = list(pairs)
+        for image_file, label_file, _ in self.pairs:
+            check_pair(image_file, label_file, 'labels')
+        steps = [v2.Resize((height, width), antialias=True)] + ([v2.RandomHorizontalFlip()] if augment else [])
+        steps += [v2.RandomCrop(crop)] if crop else []
+        self.transform = v2.Compose(steps)
+
+    def __len__(self):
+        return len(self.pairs)
+
+    def __getitem__(self, index):
+        image_file, label_file, read = self.pairs[index]
+        image = tv_tensors.Image(read_image(image_file).float() / 255)
+        label = tv_tensors.Mask(read(label_file))
+        image, label = self.transform(image, label)
+        return dict(image=image.as_subclass(torch.Tensor), label=label.as_subclass(torch.Tensor))
 
 
 def frame_numbers(directory):
@@ -441,60 +657,6 @@ def check_frames_exist(root, entries, frame_ids, stereo, split):
                     f'{image_path(root, folder, f, camera_side)} does not exist, but item {number} of split '
                     f'"{split}" ("{folder} {frame} {side}") needs it: extract the whole drive, or list only frames '
                     f'whose neighbours (and other camera) exist, as Monodepth2\'s splits do.')
-
-
-EVAL_PROTOCOLS = ('eigen', 'benchmark')
-
-
-def ground_truth_path(root, folder, frame, side, protocol):
-    """Where a frame's ground truth for a KITTI depth protocol is: its velodyne scan (eigen) or its
-    annotated depth map (benchmark)."""
-    return velodyne_path(root, folder, frame) if protocol == 'eigen' else depth_path(root, folder, frame, side)
-
-
-class DepthTestFrames(torch.utils.data.Dataset):
-    """The frames of a test split with the ground truth of one of KITTI's two depth protocols, at its
-    native size, for evaluation.
-
-    eigen: Eigen et al.'s test frames scored against their velodyne scan, projected into the image
-    (read_velodyne_depth); benchmark: KITTI's depth benchmark, scored against the annotated maps
-    (proj_depth/groundtruth). An item holds `frames` [1, 3, height, width] in [0, 1] (the network's
-    input, as VideoSnippets gives it) and `depth` [1, H0, W0] in metres, 0 = none, at the frame's own
-    size, which differs between KITTI's dates: batch one item at a time. Frames whose ground-truth file
-    does not exist are left out, and counted in `skipped`; none left stops with a sentence.
-    """
-
-    def __init__(self, root, split, height, width, protocol='eigen', split_dir=None):
-        if protocol not in EVAL_PROTOCOLS:
-            raise ValueError(f'unknown depth protocol {protocol}: choose one of {", ".join(EVAL_PROTOCOLS)}.')
-        self.root, self.size, self.protocol = Path(root), (height, width), protocol
-        entries = read_split(root, split, split_dir)
-        self.entries = [e for e in entries if ground_truth_path(root, *e, protocol).exists()]
-        self.skipped = len(entries) - len(self.entries)
-        if not self.entries:
-            example = ground_truth_path(root, *entries[0], protocol) if entries else 'its first line'
-            what = ('velodyne scans (velodyne_points/data/*.bin, from the raw archives)' if protocol == 'eigen'
-                    else 'annotated depth maps (proj_depth/groundtruth, from data_depth_annotated)')
-            raise FileNotFoundError(f'none of the {len(entries)} frames of split "{split}" has {what}, e.g. '
-                                    f'{example}: extract them into --data-root, or choose the other --eval-protocol.')
-        check_frames_exist(root, self.entries, (0,), False, split)
-        if protocol == 'benchmark':  # a map of the wrong format stops here, not inside a DataLoader worker
-            check_png(ground_truth_path(root, *self.entries[0], protocol), 'depth')
-
-    def __len__(self):
-        return len(self.entries)
-
-    def __getitem__(self, index):
-        folder, frame, side = self.entries[index]
-        image = read_image(image_path(self.root, folder, frame, side)).float() / 255
-        frames = resize(image[None], self.size)
-        path = ground_truth_path(self.root, folder, frame, side, self.protocol)
-        if self.protocol == 'eigen':
-            date = self.root / Path(folder).parts[0]
-            depth = read_velodyne_depth(date, path, {'l': '02', 'r': '03'}[side])[None]
-        else:
-            depth = read_depth(path)
-        return dict(frames=frames, depth=depth)
 
 
 def semantic_files(root):
@@ -531,32 +693,21 @@ def few_shot_split(count, train_size, seed):
     return order[:train_size], order[train_size:]
 
 
-class LabelledImages(torch.utils.data.Dataset):
-    """Images with semantic labels (19 train ids, 255 = ignore) for few-shot segmentation.
-
-    Image and label are transformed together by torchvision.transforms.v2 (the label as a Mask, so it
-    is resized with nearest neighbours); augmentation is the paper's: horizontal flip only.
-    Every pair's PNG headers are checked when the set is built (a missing label, a label map of the
-    wrong format or size stops there with one sentence, not later inside a DataLoader worker).
-    """
-
-    def __init__(self, root, indices, height, width, augment=False):
-        files = semantic_files(root)
-        self.files = [files[i] for i in indices]
-        for image_file, label_file in self.files:
-            check_pair(image_file, label_file, 'labels')
-        steps = [v2.Resize((height, width), antialias=True)] + ([v2.RandomHorizontalFlip()] if augment else [])
-        self.transform = v2.Compose(steps)
-
-    def __len__(self):
-        return len(self.files)
-
-    def __getitem__(self, index):
-        image_file, label_file = self.files[index]
-        image = tv_tensors.Image(read_image(image_file).float() / 255)
-        label = tv_tensors.Mask(read_labels(label_file))
-        image, label = self.transform(image, label)
-        return dict(image=image.as_subclass(torch.Tensor), label=label.as_subclass(torch.Tensor))
+def few_shot_sets(layout, train_size, seed, split_dir=None):
+    """(training pairs, evaluation pairs) of a few-shot segmentation run: `train_size` of the layout's
+    labelled pool picked with the seed, scored on its held-out set (Cityscapes val, NYU test, --split's val
+    files), or where it has none (KITTI) on the rest of the pool. `train_size` 0 takes the whole pool."""
+    pool, held_out = layout.labelled(split_dir)
+    if train_size == 0 and held_out is not None:
+        return pool, held_out
+    if held_out is None:
+        train, rest = few_shot_split(len(pool), train_size, seed)
+        return [pool[i] for i in train], [pool[i] for i in rest]
+    if not 0 < train_size <= len(pool):
+        raise ValueError(f'--train-size must be between 1 and {len(pool)} (the labelled training images); got '
+                         f'{train_size}.')
+    order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed)).tolist()
+    return [pool[i] for i in order[:train_size]], held_out
 
 
 class FlowPairs(torch.utils.data.Dataset):
@@ -581,6 +732,366 @@ class FlowPairs(torch.utils.data.Dataset):
         flow, valid = read_flow(flow_file)
         return dict(frames=frames, flow=flow, valid=valid)
 
+
+# ----------------------------------------------------------------------------------------------
+# 4. Layouts: what each dataset's splits hold, as Snippets and labelled pairs
+# ----------------------------------------------------------------------------------------------
+# Every layout answers the same questions: the training snippets of a split (video, stereo, ground
+# truth), the depth test frames of its evaluation protocol, the labelled images (a training pool and a
+# held-out set), and the images a similarity split may regroup (`pool`). Split files: KITTI's are lines
+# "<date>/<drive> <frame> l|r"; every other layout's are image paths relative to the root, one a line.
+
+class Kitti:
+    """KITTI's layout (real KITTI and the toy world): raw drives listed by split files (default
+    <root>/splits), depth tested by the Eigen or the benchmark protocol, data_semantics labelled."""
+    protocols, classes, max_depth, eval_max_depth = ('eigen', 'benchmark'), 'cityscapes', 100.0, 80.0
+
+    def __init__(self, root, depth_scale=None):
+        self.root, self.calib = Path(root), {}
+
+    def calibration(self, folder):
+        """The calibration of a drive's date folder, read once."""
+        date = Path(folder).parts[0]
+        if date not in self.calib:
+            self.calib[date] = read_calib(self.root / date / 'calib_cam_to_cam.txt')
+        return self.calib[date]
+
+    def snippets(self, split, frame_ids=(0,), stereo=False, with_depth=False, split_dir=None):
+        """The split's frames (every frame an item needs must exist; with_depth, every ground truth)."""
+        entries = read_split(self.root, split, split_dir)
+        check_frames_exist(self.root, entries, frame_ids, stereo, split)
+        if with_depth:
+            missing = [e for e in entries if not depth_path(self.root, *e).exists()]
+            if missing:
+                raise FileNotFoundError(f'{len(missing)} of {len(entries)} frames of split "{split}" have no '
+                                        f'ground-truth depth, e.g. {depth_path(self.root, *missing[0])}: list only '
+                                        f'frames with proj_depth/groundtruth in that split (on KITTI: '
+                                        f'`python data.py --make-splits <root> --depth-only`).')
+            if entries:  # a map of the wrong format stops here, not inside a DataLoader worker
+                check_png(depth_path(self.root, *entries[0]), 'depth')
+        return [self.snippet(e, frame_ids, stereo, with_depth) for e in entries]
+
+    def snippet(self, entry, frame_ids, stereo, with_depth):
+        folder, frame, side = entry
+        calib = self.calibration(folder)
+        K, _ = camera_intrinsics(calib, {'l': '02', 'r': '03'}[side])
+        # the other camera sits at +baseline along x from the left one: points move by -baseline
+        shift = (-1.0 if side == 'l' else 1.0) * stereo_baseline(calib) if stereo else 0.0
+        return Snippet(tuple(image_path(self.root, folder, frame + k, side) for k in frame_ids),
+                       (float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2])),
+                       image_path(self.root, folder, frame, OTHER_SIDE[side]) if stereo else None, shift,
+                       (read_depth, depth_path(self.root, folder, frame, side)) if with_depth else None)
+
+    def depth_test(self, protocol, split_dir=None):
+        """The test split's frames with the protocol's ground truth, and how many had none: eigen scores
+        Eigen et al.'s test frames against their velodyne scan projected into the image
+        (read_velodyne_depth), benchmark against KITTI's annotated maps (proj_depth/groundtruth)."""
+        entries = read_split(self.root, 'test', split_dir)
+        kept = [e for e in entries if ground_truth_path(self.root, *e, protocol).exists()]
+        if not kept:
+            example = ground_truth_path(self.root, *entries[0], protocol) if entries else 'its first line'
+            what = ('velodyne scans (velodyne_points/data/*.bin, from the raw archives)' if protocol == 'eigen'
+                    else 'annotated depth maps (proj_depth/groundtruth, from data_depth_annotated)')
+            raise FileNotFoundError(f'none of the {len(entries)} frames of split "test" has {what}, e.g. '
+                                    f'{example}: extract them into --data-root, or choose the other --eval-protocol.')
+        check_frames_exist(self.root, kept, (0,), False, 'test')
+        if protocol == 'benchmark':  # a map of the wrong format stops here, not inside a DataLoader worker
+            check_png(ground_truth_path(self.root, *kept[0], protocol), 'depth')
+        return [Snippet((image_path(self.root, f, n, s),), depth=self.ground_truth(f, n, s, protocol))
+                for f, n, s in kept], len(entries) - len(kept)
+
+    def ground_truth(self, folder, frame, side, protocol):
+        path = ground_truth_path(self.root, folder, frame, side, protocol)
+        if protocol == 'eigen':
+            return velodyne_ground_truth, self.root / Path(folder).parts[0], path, {'l': '02', 'r': '03'}[side]
+        return read_depth, path
+
+    def labelled(self, split_dir=None):
+        """data_semantics: every labelled image is in the pool; the few-shot pick's rest is held out (None)."""
+        if split_dir:
+            raise ValueError('--split lists KITTI raw frames, not data_semantics images; few-shot segmentation on '
+                             'KITTI picks --train-size of the labelled images and evaluates on the rest.')
+        return [(image, label, read_labels) for image, label in semantic_files(self.root)], None
+
+    def pool(self, split_dir=None):
+        """The frames of the train and val splits ((line, image path) each), for a similarity split to
+        regroup; the test split stays as it is."""
+        lines = [e for split in ('train', 'val') for e in read_split(self.root, split, split_dir)]
+        return [(f'{f} {n} {s}', image_path(self.root, f, n, s)) for f, n, s in lines]
+
+
+OTHER_SIDE = {'l': 'r', 'r': 'l'}
+
+
+def velodyne_ground_truth(calib_dir, velo_path, camera):
+    """read_velodyne_depth as ground truth: float [1, H, W] metres."""
+    return read_velodyne_depth(calib_dir, velo_path, camera)[None]
+
+
+def ground_truth_path(root, folder, frame, side, protocol):
+    """Where a frame's ground truth for a KITTI depth protocol is: its velodyne scan (eigen) or its
+    annotated depth map (benchmark)."""
+    return velodyne_path(root, folder, frame) if protocol == 'eigen' else depth_path(root, folder, frame, side)
+
+
+def read_path_split(root, split, split_dir):
+    """The image paths of <split_dir>/<split>_files.txt (lines relative to the root), each of which must exist."""
+    path = Path(split_dir) / f'{split}_files.txt'
+    if not path.is_file():
+        raise FileNotFoundError(f'no split file {path}: write split files with `python data.py --make-splits '
+                                f'<data-root> [--by-similarity]`, or point --split at a folder holding {split}_files.txt.')
+    paths = [Path(root) / line.strip() for line in path.read_text().splitlines() if line.strip()]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f'{len(missing)} of the {len(paths)} images listed in {path} do not exist, e.g. '
+                                f'{missing[0]}: its lines must be image paths relative to --data-root.')
+    return paths
+
+
+def relative_lines(root, paths):
+    """(line, path) pairs of images for a split file: each path relative to the root."""
+    return [(Path(p).relative_to(root).as_posix(), Path(p)) for p in paths]
+
+
+class Cityscapes:
+    """Cityscapes' official layout: leftImg8bit (2,975 train, 500 val) with gtFine labels, disparity and
+    camera files, rightImg8bit for stereo, leftImg8bit_sequence for video. Depth uses the top
+    CITYSCAPES_KEEP_ROWS of each frame; the 500 val images are the depth test set (or --eval-split's
+    test_files.txt) and the segmentation held-out set."""
+    protocols, classes, max_depth, eval_max_depth = ('cityscapes',), 'cityscapes', 100.0, 80.0
+
+    def __init__(self, root, depth_scale=None):
+        self.root, self.cameras = Path(root), {}
+
+    def frames(self, split, split_dir=None, kind='left'):
+        """(split, city, sequence, frame) of the split's labelled frames (kind 'left') or video frames
+        ('sequence'), sorted; from <split_dir>/<split>_files.txt where given."""
+        if split_dir:
+            return sorted(cityscapes_name(p) for p in read_path_split(self.root, split, split_dir))
+        folder = self.root / CITYSCAPES_FILES[kind][0] / split
+        found = sorted(cityscapes_name(p) for p in folder.glob(f'*/*_{CITYSCAPES_FILES[kind][1]}'))
+        if not found:
+            raise FileNotFoundError(f'no Cityscapes images in {folder}/<city>/: extract the {CITYSCAPES_FILES[kind][0]} '
+                                    f'archive into --data-root, keeping its layout.')
+        return found
+
+    def path(self, kind, frame):
+        return cityscapes_path(self.root, kind, *frame)
+
+    def camera(self, split, city, sequence, frame):
+        """The camera file of a frame, or for a video frame that of its sequence's labelled frame."""
+        own = self.path('camera', (split, city, sequence, frame))
+        if own.is_file():
+            return own
+        if (split, city, sequence) not in self.cameras:
+            found = sorted((self.root / 'camera' / split / city).glob(f'{city}_{sequence}_*_camera.json'))
+            self.cameras[split, city, sequence] = found[0] if found else own
+        return self.cameras[split, city, sequence]
+
+    def snippets(self, split, frame_ids=(0,), stereo=False, with_depth=False, split_dir=None):
+        """Video snippets from leftImg8bit_sequence (every frame whose neighbours exist), or the labelled
+        frames alone; with stereo, only frames with a rightImg8bit partner; K and the baseline from the
+        camera files."""
+        video, kind = len(frame_ids) > 1, 'sequence' if len(frame_ids) > 1 else 'left'
+        frames = self.frames(split, split_dir)
+        if video:  # targets: every video frame, or those --split lists; neighbours from the whole sequence
+            sequence = [f for s in sorted({f[0] for f in frames} if split_dir else {split})
+                        for f in self.frames(s, kind='sequence')]
+            frames = sequence if not split_dir else sorted(set(sequence) & set(frames))
+            present = set(sequence)
+        else:
+            present = set(frames)
+        keep = [f for f in frames if all((*f[:3], f[3] + k) in present for k in frame_ids)
+                and (not stereo or self.path('right', f).is_file())]
+        if not keep:
+            raise FileNotFoundError(f'no {split} frame of {self.root} has all it needs (frames {frame_ids} around '
+                                    f'it{", its rightImg8bit partner" if stereo else ""}): check the '
+                                    f'{CITYSCAPES_FILES[kind][0]} and rightImg8bit archives.')
+        return [self.snippet(f, kind, frame_ids, stereo, with_depth) for f in keep]
+
+    def snippet(self, frame, kind, frame_ids, stereo, with_depth):
+        intrinsics, baseline = read_cityscapes_camera(self.camera(*frame))
+        depth = (read_disparity_depth, self.path('disparity', frame), self.camera(*frame)) if with_depth else None
+        return Snippet(tuple(self.path(kind, (*frame[:3], frame[3] + k)) for k in frame_ids), intrinsics,
+                       self.path('right', frame) if stereo else None, -baseline if stereo else 0.0, depth,
+                       CITYSCAPES_KEEP_ROWS)
+
+    def depth_test(self, protocol, split_dir=None):
+        """The val frames (or --eval-split's test_files.txt) with depth from their disparity."""
+        frames = self.frames('test', split_dir) if split_dir else self.frames('val')
+        kept = [f for f in frames if self.path('disparity', f).is_file()]
+        if not kept:
+            raise FileNotFoundError(f'none of the {len(frames)} test frames has a disparity map, e.g. '
+                                    f'{self.path("disparity", frames[0])}: extract the disparity archive.')
+        return [self.snippet(f, 'left', (0,), False, True) for f in kept], len(frames) - len(kept)
+
+    def labelled(self, split_dir=None):
+        """gtFine: the train images are the few-shot pool, the val images held out (or --split's files)."""
+        pairs = lambda frames: [(self.path('left', f), self.path('labels', f), read_labels) for f in frames]
+        if split_dir:
+            return pairs(self.frames('train', split_dir)), pairs(self.frames('val', split_dir))
+        return pairs(self.frames('train')), pairs(self.frames('val'))
+
+    def pool(self, split_dir=None):
+        """The training images, for a similarity split (val stays the held-out set)."""
+        return relative_lines(self.root, [self.path('left', f) for f in self.frames('train')])
+
+
+def nyu_sibling(rgb, kind):
+    """The depth (sync_depth_XXXXX.png) or NYU-40 labels (labels40_XXXXX.png) beside rgb_XXXXX.{jpg,png}."""
+    number = Path(rgb).stem[len('rgb_'):]
+    return Path(rgb).with_name(f'sync_depth_{number}.png' if kind == 'depth' else f'labels40_{number}.png')
+
+
+class Nyu:
+    """NYU-Depth-V2 as the field extracts it: depth pairs <scene>/rgb_XXXXX.jpg + sync_depth_XXXXX.png under
+    sync/ (training) and official_splits/test/ (the 654 test images; BTS's layout), and the 795 / 654
+    labelled images as labelled/{train,test}/rgb_XXXXX.png + labels40_XXXXX.png. Depth is supervised by
+    the sensor (App. B.5) and scored by Eigen's crop with a 10 m cap."""
+    protocols, classes, max_depth, eval_max_depth = ('nyu',), 'nyu40', 10.0, 10.0
+
+    def __init__(self, root, depth_scale=None):
+        self.root = Path(root)
+
+    def rgb(self, folder, pattern, split=None, split_dir=None, kind='depth'):
+        """RGB images under <root>/<folder> matching pattern (or --split's lines) whose `kind` sibling exists."""
+        paths = (read_path_split(self.root, split, split_dir) if split_dir
+                 else sorted((self.root / folder).glob(pattern)))
+        kept = [p for p in paths if nyu_sibling(p, kind).is_file()]
+        if not kept:
+            raise FileNotFoundError(f'no NYU-Depth-V2 images with {"depth" if kind == "depth" else "NYU-40 labels"} '
+                                    f'in {split_dir or self.root / folder}: see "NYU-Depth-V2" in the README for the '
+                                    f'layout (<scene>/rgb_XXXXX.jpg beside sync_depth_XXXXX.png).')
+        return kept
+
+    def snippets(self, split, frame_ids=(0,), stereo=False, with_depth=False, split_dir=None):
+        if len(frame_ids) > 1 or stereo or not with_depth:
+            raise ValueError('NYU-Depth-V2 depth is learnt from its depth sensor (the paper\'s App. B.5): use '
+                             '--supervision gt (the extracted frames are not consecutive video).')
+        return [Snippet((p,), depth=(read_nyu_depth, nyu_sibling(p, 'depth')))
+                for p in self.rgb('sync', '*/rgb_*.jpg', split, split_dir)]
+
+    def depth_test(self, protocol, split_dir=None):
+        frames = self.rgb('official_splits/test', '*/rgb_*.jpg', 'test', split_dir)
+        return [Snippet((p,), depth=(read_nyu_depth, nyu_sibling(p, 'depth'))) for p in frames], 0
+
+    def labelled(self, split_dir=None):
+        pairs = lambda paths: [(p, nyu_sibling(p, 'labels'), read_nyu40_labels) for p in paths]
+        if split_dir:
+            return (pairs(self.rgb(None, None, 'train', split_dir, 'labels')),
+                    pairs(self.rgb(None, None, 'val', split_dir, 'labels')))
+        return (pairs(self.rgb('labelled/train', 'rgb_*.png', kind='labels')),
+                pairs(self.rgb('labelled/test', 'rgb_*.png', kind='labels')))
+
+    def pool(self, split_dir=None):
+        """Every training image, depth frames and labelled ones together: a labelled image and its
+        neighbouring video frames must land on one side."""
+        images = sorted((self.root / 'sync').glob('*/rgb_*.jpg')) + sorted((self.root / 'labelled/train').glob('rgb_*.png'))
+        return relative_lines(self.root, images)
+
+
+IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg')
+
+
+class Folder:
+    """A folder of your own: video sequences <root>/<sequence>/*.{png,jpg} (sorted by name; intrinsics
+    'fx fy cx cy' in <sequence>/intrinsics.txt or <root>/intrinsics.txt) for self-supervised depth, and
+    RGB-D pairs <name>_rgb.{png,jpg} + <name>_depth.{npy,png} anywhere under the root for supervised
+    depth. Splits: <root>/splits (or --split) train_files.txt / val_files.txt; without them every pair
+    trains and nothing is tested. Depth is scored on every measured pixel below the cap (no crop)."""
+    protocols, classes, max_depth, eval_max_depth = ('pairs',), None, 100.0, 80.0
+
+    def __init__(self, root, depth_scale=None):
+        self.root, self.depth_scale = Path(root), depth_scale
+
+    def sequences(self):
+        """{sequence folder: its frames sorted by name}: folders under the root holding images other than pairs."""
+        found = {}
+        for folder in sorted(p for p in self.root.iterdir() if p.is_dir() and p.name != 'splits'):
+            frames = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
+                            and not p.stem.endswith(('_rgb', '_depth')))
+            if frames:
+                found[folder] = frames
+        return found
+
+    def intrinsics(self, folder):
+        for path in (folder / 'intrinsics.txt', self.root / 'intrinsics.txt'):
+            if path.is_file():
+                return read_intrinsics_txt(path)
+        raise FileNotFoundError(f'no intrinsics for the video in {folder}: write one line "fx fy cx cy" (pixels of '
+                                f'the stored images) into {self.root / "intrinsics.txt"} or {folder / "intrinsics.txt"}.')
+
+    def video_snippets(self, frame_ids, allowed=None):
+        """Every frame of every sequence whose offsets frame_ids (in frames) exist in its sequence."""
+        snippets, short = [], []
+        for folder, frames in self.sequences().items():
+            K, span = self.intrinsics(folder), range(-min(frame_ids), len(frames) - max(frame_ids))
+            short += [folder.name] if not len(span) else []
+            snippets += [Snippet(tuple(frames[t + k] for k in frame_ids), K) for t in span
+                         if allowed is None or frames[t] in allowed]
+        if not snippets:
+            what = f'; too short for frames {frame_ids}: {", ".join(short)}' if short else ''
+            raise FileNotFoundError(f'no video snippets in {self.root} (sequences are folders of frames '
+                                    f'<root>/<sequence>/*.png or *.jpg{what}): add frames, or lower --frame-stride.')
+        return snippets
+
+    def depth_of(self, rgb):
+        stem = Path(rgb).stem[:-len('_rgb')]
+        for suffix in ('.npy', '.png'):
+            if (Path(rgb).parent / f'{stem}_depth{suffix}').is_file():
+                return read_depth_file, Path(rgb).parent / f'{stem}_depth{suffix}', self.depth_scale
+        raise FileNotFoundError(f'{rgb} has no depth beside it ({stem}_depth.npy or {stem}_depth.png).')
+
+    def pairs(self, split=None, split_dir=None):
+        """RGB-D pairs of a split (all of them without split files) as one-frame Snippets with depth."""
+        paths = (read_path_split(self.root, split, split_dir) if split_dir else
+                 sorted(p for p in self.root.rglob('*_rgb.*') if p.suffix.lower() in IMAGE_SUFFIXES))
+        paths = [p for p in paths if p.stem.endswith('_rgb')]
+        if not paths:
+            raise FileNotFoundError(f'no RGB-D pairs (<name>_rgb.png or .jpg with <name>_depth.npy or .png) in '
+                                    f'{split_dir or self.root}.')
+        return [Snippet((p,), depth=self.depth_of(p)) for p in paths]
+
+    def split_dir(self, split_dir):
+        """--split, else <root>/splits when it exists, else None (no split files)."""
+        return split_dir or (self.root / 'splits' if (self.root / 'splits').is_dir() else None)
+
+    def snippets(self, split, frame_ids=(0,), stereo=False, with_depth=False, split_dir=None):
+        if stereo:
+            raise ValueError('a folder of your own has no calibrated stereo pairs: use --supervision mono (video) '
+                             'or gt (RGB-D pairs).')
+        split_dir = self.split_dir(split_dir)
+        if with_depth:
+            return self.pairs(split, split_dir)
+        allowed = set(read_path_split(self.root, split, split_dir)) if split_dir else None
+        return self.video_snippets(frame_ids, allowed)
+
+    def depth_test(self, protocol, split_dir=None):
+        """The val split's RGB-D pairs; None without split files (nothing to test on)."""
+        split_dir = self.split_dir(split_dir)
+        lines = read_path_split(self.root, 'val', split_dir) if split_dir else []
+        if not any(p.stem.endswith('_rgb') for p in lines):
+            return None, 0
+        return self.pairs('val', split_dir), 0
+
+    def labelled(self, split_dir=None):
+        raise ValueError('a folder of your own holds no semantic labels: few-shot segmentation runs on --data '
+                         'kitti, cityscapes or nyu (or toy); --task depth fine-tunes on its RGB-D pairs.')
+
+    def pool(self, split_dir=None):
+        """Every image: the pairs' RGB images and the video frames."""
+        frames = [p for frames in self.sequences().values() for p in frames]
+        pairs = sorted(p for p in self.root.rglob('*_rgb.*') if p.suffix.lower() in IMAGE_SUFFIXES)
+        return relative_lines(self.root, frames + pairs)
+
+
+LAYOUTS = {'toy': Kitti, 'kitti': Kitti, 'cityscapes': Cityscapes, 'nyu': Nyu, 'folder': Folder}
+EVAL_PROTOCOLS = tuple(dict.fromkeys(p for layout in LAYOUTS.values() for p in layout.protocols))
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. Split files
+# ----------------------------------------------------------------------------------------------
 
 def read_raw_mapping(path):
     """KITTI's raw-data mapping of the scene-flow devkit (devkit_scene_flow.zip: devkit/mapping/train_mapping.txt).
@@ -672,27 +1183,233 @@ def make_splits(root, seed=0, depth_only=False, mapping=None):
     return dict({split: len(lines) for split, lines in splits.items()}, kept_out=kept_out)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description='Write split files (train, val, test) for a KITTI raw tree.')
-    parser.add_argument('--make-splits', metavar='ROOT', required=True,
-                        help='write ROOT/splits/*_files.txt for a KITTI raw tree')
-    parser.add_argument('--depth-only', action='store_true',
-                        help='keep only frames with ground-truth depth in every split')
-    parser.add_argument('--mapping', metavar='FILE',
-                        help='KITTI\'s scene-flow devkit train_mapping.txt (default: '
-                             f'ROOT/{RAW_MAPPING}); drives of data_semantics/data_scene_flow images stay out of train and val')
-    parser.add_argument('--seed', type=int, default=0)
-    args = parser.parse_args(argv)
-    try:
-        counts = make_splits(args.make_splits, args.seed, args.depth_only, args.mapping)
-    except (FileNotFoundError, ValueError) as error:
-        raise SystemExit(str(error)) from None
+EMBEDDING_SIZE = (224, 224)  # MobileNet's ImageNet input size; every image is resized to it (aspect ignored)
+
+
+def image_embeddings(paths, embed, batch_size=32):
+    """L2-normalised embeddings float32 [N, D] of the images at `paths` (read by data.read_image), in batches
+    of `batch_size`, each image resized to EMBEDDING_SIZE first so that images of any size batch together.
+    On unit vectors a dot product is the cosine similarity, which similar_components compares."""
+    paths, chunks = list(paths), []
+    device = next(embed.parameters()).device if isinstance(embed, nn.Module) else torch.device('cpu')
+    with torch.no_grad(), tqdm(total=len(paths), unit='image', desc='embedding', dynamic_ncols=True) as bar:
+        for start in range(0, len(paths), batch_size):
+            batch = torch.stack([resize(read_image(p)[None].float() / 255, EMBEDDING_SIZE)[0]
+                                 for p in paths[start:start + batch_size]])
+            chunks.append(F.normalize(embed(batch.to(device)).float(), dim=1).cpu())
+            bar.update(len(batch))
+    return torch.cat(chunks) if chunks else torch.zeros(0, 0)
+
+
+def similar_components(embeddings, threshold=0.9, block=2048):
+    """Connected components of the graph linking images i, j whose cosine similarity is > `threshold`
+    (strictly): LongTensor [N] of component ids 0..C-1, numbered in order of first appearance.
+
+    Embeddings are L2-normalised here (a copy), so any [N, D] will do. Rows are taken `block` at a time and
+    compared with themselves and every later row (a block x (N - start) matrix product: pairs with earlier
+    rows were seen with those rows' block), and each block's links are merged into a union-find forest.
+    Memory, besides the normalised copy (4 N D bytes), is at most about 6 block N bytes (float32
+    similarities, then boolean masks and int32 labels), however many pairs are linked: for N = 24,000,
+    D = 1280, block = 2048, 123 MB + 295 MB (measured: about 410 MB above the embeddings). Never N x N.
+    """
+    unit = F.normalize(embeddings.float(), dim=1)
+    n = len(unit)
+    parent = torch.arange(n)  # union-find forest; a parent is never larger than its child
+    for start in range(0, n, block):
+        stop = min(start + block, n)
+        linked = unit[start:stop] @ unit[start:].T > threshold  # [rows, later columns]
+        if linked.any():
+            parent = _merge_links(parent, torch.arange(start, stop), start, linked)
+    return torch.unique(_roots(parent), return_inverse=True)[1]  # a root is its component's first member
+
+
+def _roots(parent):
+    """Each node's root in a forest whose parents are never larger than their children (pointer jumping)."""
+    while True:
+        grand = parent[parent]
+        if torch.equal(grand, parent):
+            return parent
+        parent = grand
+
+
+def _merge_links(parent, rows, start, linked):
+    """Union of every row with every column (start + position) it is linked to: bool [rows, columns].
+
+    Vectorised union-find: in each round every row hooks onto the smallest root among its linked columns of
+    other components, and every such column onto the smallest root among its rows; the larger root always
+    points to the smaller, so no cycle forms however the writes collide. Rounds go on until no link joins
+    two components; each merges at least two, so it ends, and stars (one image like many) take one round.
+    """
+    n = len(parent)
+    while True:
+        roots = _roots(parent)
+        row_roots, column_roots = roots[rows].int()[:, None], roots[start:].int()[None]
+        pending = linked & (column_roots != row_roots)
+        if not pending.any():
+            return roots
+        row_target = torch.where(pending, column_roots, n).amin(1)  # n: nothing pending
+        column_target = torch.where(pending, row_roots, n).amin(0)
+        a = torch.cat([row_roots[:, 0], column_roots[0]]).long()
+        b = torch.cat([row_target, column_target]).long()
+        a, b = a[b < n], b[b < n]
+        parent = roots.clone()
+        parent[torch.maximum(a, b)] = torch.minimum(a, b)
+
+
+def split_by_clusters(components, val_fraction=0.2):
+    """(train_indices, val_indices), sorted lists, from component ids [N] (similar_components'): whole clusters,
+    largest first (ties: the one with the smallest member index first), go to validation whenever they
+    still fit under round(val_fraction * N) images; every other image trains.
+
+    The paper "sorted the clusters by size and selected clusters for the validation set until approximately
+    20%". Largest first, because big clusters are the hardest to place: left to the end they would overshoot
+    20% or never fit, and small ones (singletons above all) then fill the rest almost exactly. A cluster
+    that no longer fits is skipped rather than ending the selection, so validation never exceeds its share
+    and no cluster is ever split between the two sets. A cluster larger than the share always trains: with a
+    degenerate embedder (every image like every other) validation stays empty, as cluster_histogram shows.
+    """
+    if not 0 < val_fraction < 1:
+        raise ValueError(f'val_fraction must lie strictly between 0 and 1 (a share of the images); got {val_fraction}.')
+    components = torch.as_tensor(components).long()
+    room = round(val_fraction * len(components))
+    val = []
+    for members in _clusters_largest_first(components):
+        if len(members) <= room:
+            val += members
+            room -= len(members)
+    chosen = set(val)
+    return [i for i in range(len(components)) if i not in chosen], sorted(val)
+
+
+def _clusters_largest_first(components):
+    """The member indices of each cluster, clusters by decreasing size, ties by their smallest member."""
+    clusters = {}
+    for index, label in enumerate(components.tolist()):
+        clusters.setdefault(label, []).append(index)  # members in increasing order
+    return sorted(clusters.values(), key=lambda members: (-len(members), members[0]))
+
+
+def cluster_histogram(components):
+    """[(cluster size, number of clusters of that size)], by increasing size."""
+    sizes = torch.bincount(torch.unique(torch.as_tensor(components), return_inverse=True)[1])
+    size, count = torch.unique(sizes, return_counts=True)
+    return list(zip(size.tolist(), count.tolist()))
+
+
+def histogram_lines(histogram, width=40):
+    """Printable lines of cluster_histogram's (size, count) pairs, one per size, with a bar of '#' scaled to
+    the largest count (at least one '#'), and how many images clusters of that size hold."""
+    top = max((count for _, count in histogram), default=1)
+    return [f'size {size:>5}: {count:>6} clusters, {size * count:>6} images  {"#" * max(1, round(width * count / top))}'
+            for size, count in histogram]
+
+
+def write_split_files(out, splits, overwrite=False, copy=()):
+    """Write <out>/<split>_files.txt for each {split: lines}, and copy the files in `copy` beside them. Split
+    files already in `out` stop with a sentence unless `overwrite`: earlier splits are never lost silently."""
+    out = Path(out)
+    existing = [p for p in out.glob('*_files.txt')] if out.is_dir() else []
+    if existing and not overwrite:
+        raise ValueError(f'{out} already holds split files ({", ".join(sorted(p.name for p in existing))}): pass '
+                         f'--out NEW_FOLDER, or --overwrite to replace them.')
+    sources = {Path(c).name: Path(c).read_text() for c in copy}  # read before anything is replaced
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in list(sources.items()) + [(f'{k}_files.txt', ''.join(f'{line}\n' for line in v))
+                                               for k, v in splits.items()]:
+        tmp = out / f'.{name}.tmp'
+        tmp.write_text(text)
+        os.replace(tmp, out / name)
+
+
+def random_split(lines, val_fraction, seed):
+    """(train, val) lines, val about val_fraction of them drawn at random: the leaky split that a similarity
+    split is compared with (near-duplicates may straddle it)."""
+    if not 0 < val_fraction < 1:
+        raise ValueError(f'--val-fraction must lie between 0 and 1; got {val_fraction}.')
+    order = torch.randperm(len(lines), generator=torch.Generator().manual_seed(seed)).tolist()
+    val = set(order[:round(val_fraction * len(lines))])
+    return [l for i, l in enumerate(lines) if i not in val], [l for i, l in enumerate(lines) if i in val]
+
+
+def similarity_split(pool, embed, threshold=0.9, val_fraction=0.2, block=2048):
+    """The minimal-transfer paper's leakage-free split (Sect. 2.2) of a layout's pool of (line, image): image
+    embeddings, pairs more similar than `threshold` linked, connected components as clusters, clusters moved
+    whole to val (largest first) until about `val_fraction`. Returns (train lines, val lines, components)."""
+    embeddings = image_embeddings([path for _, path in pool], embed)
+    components = similar_components(embeddings, threshold, block)
+    train, val = split_by_clusters(components, val_fraction)
+    return [pool[i][0] for i in train], [pool[i][0] for i in val], components
+
+
+def splits_command(args):
+    """--make-splits: KITTI's by-drive split, or for any layout a random or a similarity split of its pool."""
+    if not (args.by_similarity or args.random):
+        if args.data != 'kitti':
+            raise ValueError(f'--data {args.data}: pass --by-similarity (leakage-free) or --random; the by-drive '
+                             f'split is KITTI\'s.')
+        return kitti_splits_command(args)
+    layout = LAYOUTS[args.data](args.make_splits)
+    pool = layout.pool(args.split)
+    if len(pool) < 2:
+        raise ValueError(f'{args.make_splits} holds {len(pool)} image(s) to split in --data {args.data}\'s layout.')
+    lines = [line for line, _ in pool]
+    if args.random:
+        train, val = random_split(lines, args.val_fraction, args.seed)
+        print(f'Random split of {len(lines)} images (near-duplicates may fall on both sides).')
+    else:
+        embed, what = ((models.checkpoint_embedder(args.embed_checkpoint), f'the encoder of {args.embed_checkpoint}')
+                       if args.embed_checkpoint else (models.mobilenet_embedder(), "torchvision's ImageNet MobileNet V2"))
+        print(f'Embedding {len(lines)} images with {what}; linking pairs of cosine similarity above {args.threshold}.')
+        train, val, components = similarity_split(pool, embed, args.threshold, args.val_fraction)
+        print(f'{int(components.max()) + 1} clusters; sizes (size: count):')
+        print('\n'.join(histogram_lines(cluster_histogram(components))))
+    out = Path(args.out or Path(args.make_splits) / 'splits')
+    test = Path(args.split or Path(args.make_splits) / 'splits') / 'test_files.txt'
+    write_split_files(out, {'train': train, 'val': val}, args.overwrite, [test] if args.data == 'kitti' and test.is_file() else [])
+    print(f'Wrote {out}: train {len(train)}, val {len(val)} images ({100 * len(val) / len(lines):.1f} % val).')
+
+
+def kitti_splits_command(args):
+    counts = make_splits(args.make_splits, args.seed, args.depth_only, args.mapping)
     kept_out = counts.pop('kept_out')
     print(f'Wrote {args.make_splits}/splits: ' + ', '.join(f'{k} {v} frames' for k, v in counts.items()))
     if kept_out:
         print(f'Kept {len(kept_out)} drive(s) out of train and val, as they hold the raw frames of '
               f'data_semantics/data_scene_flow training images: '
               + ', '.join(f'{folder} (ids {" ".join(f"{i:06d}" for i in ids)})' for folder, ids in sorted(kept_out.items())))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description='Write split files (train_files.txt, val_files.txt, ...) for a dataset.')
+    parser.add_argument('--make-splits', metavar='ROOT', required=True, help='the dataset\'s folder')
+    parser.add_argument('--data', choices=[k for k in LAYOUTS if k != 'toy'], default='kitti',
+                        help='ROOT\'s layout (the toy world\'s is kitti unless rendered with another --layout)')
+    parser.add_argument('--by-similarity', action='store_true',
+                        help='leakage-free train/val split of the training images by image similarity '
+                             '(minimal-transfer paper, Sect. 2.2)')
+    parser.add_argument('--random', action='store_true', help='a random train/val split of the same images, to compare')
+    parser.add_argument('--threshold', type=float, default=0.9, help='--by-similarity: cosine similarity that links two images')
+    parser.add_argument('--val-fraction', type=float, default=0.2, help='share of the images moved to val')
+    parser.add_argument('--embed-checkpoint', metavar='FILE',
+                        help='--by-similarity: embed with the encoder of this project\'s checkpoint instead of '
+                             'torchvision\'s ImageNet MobileNet V2')
+    parser.add_argument('--split', metavar='DIR', help='kitti: the split folder whose train and val frames are '
+                                                       'regrouped (default ROOT/splits; its test_files.txt is copied)')
+    parser.add_argument('--out', metavar='DIR', help='where the split files go (default ROOT/splits)')
+    parser.add_argument('--overwrite', action='store_true', help='replace split files already in --out')
+    parser.add_argument('--depth-only', action='store_true',
+                        help='kitti by drive: keep only frames with ground-truth depth in every split')
+    parser.add_argument('--mapping', metavar='FILE',
+                        help='kitti by drive: the scene-flow devkit\'s train_mapping.txt (default: '
+                             f'ROOT/{RAW_MAPPING}); drives of data_semantics/data_scene_flow images stay out of train and val')
+    parser.add_argument('--seed', type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.by_similarity and args.random:
+        raise SystemExit('--by-similarity and --random are two kinds of split: pass one.')
+    try:
+        splits_command(args)
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(str(error)) from None
 
 
 if __name__ == '__main__':

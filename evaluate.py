@@ -17,6 +17,7 @@
     python evaluate.py --checkpoint CKPT --predict IMAGE_OR_FOLDER [--out-dir predictions]
 """
 import argparse
+import colorsys
 import json
 import math
 import re
@@ -42,6 +43,17 @@ CITYSCAPES_PALETTE = ((128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 1
                       (153, 153, 153), (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152),
                       (70, 130, 180), (220, 20, 60), (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100),
                       (0, 80, 100), (0, 0, 230), (119, 11, 32))
+# NYU-Depth-V2's 40 classes (Gupta et al., 2013), train ids 0..39 (stored 1..40, 0 unlabelled).
+NYU40_CLASSES = ('wall', 'floor', 'cabinet', 'bed', 'chair', 'sofa', 'table', 'door', 'window', 'bookshelf',
+                 'picture', 'counter', 'blinds', 'desk', 'shelves', 'curtain', 'dresser', 'pillow', 'mirror',
+                 'floor mat', 'clothes', 'ceiling', 'books', 'refridgerator', 'television', 'paper', 'towel',
+                 'shower curtain', 'box', 'whiteboard', 'person', 'night stand', 'toilet', 'sink', 'lamp',
+                 'bathtub', 'bag', 'otherstructure', 'otherfurniture', 'otherprop')
+# 40 colours far apart: hues by the golden ratio, alternating saturation and value.
+NYU40_PALETTE = tuple(tuple(int(255 * c) for c in colorsys.hsv_to_rgb((i * 0.618034) % 1, 0.9 - 0.3 * (i % 2),
+                                                                       1.0 - 0.25 * (i % 3)))
+                      for i in range(len(NYU40_CLASSES)))
+CLASS_SETS = {'cityscapes': (CITYSCAPES_CLASSES, CITYSCAPES_PALETTE), 'nyu40': (NYU40_CLASSES, NYU40_PALETTE)}
 SILOG_LAMBDA = 0.5  # the paper's "typical" balance between scale invariance and scale awareness (Sec. 2.3)
 
 
@@ -57,10 +69,10 @@ def confusion_matrix(pred, label, num_classes, ignore_index=255):
     return counts.reshape(num_classes, num_classes).cpu()
 
 
-def colourise(labels):
-    """Train-id maps [..., H, W] -> RGB [..., H, W, 3] uint8 in the Cityscapes colours (ignore: black)."""
+def colourise(labels, colours=CITYSCAPES_PALETTE):
+    """Train-id maps [..., H, W] -> RGB [..., H, W, 3] uint8 in a class set's colours (ignore: black)."""
     palette = torch.zeros(256, 3, dtype=torch.uint8)
-    palette[:len(CITYSCAPES_PALETTE)] = torch.tensor(CITYSCAPES_PALETTE, dtype=torch.uint8)
+    palette[:len(colours)] = torch.tensor(colours, dtype=torch.uint8)
     return palette[labels.long().clamp(0, 255)]
 
 
@@ -88,23 +100,32 @@ def segmentation_metrics(confusion):
 
 # ---------------------------------------------------------------- depth
 
-# KITTI's two depth protocols, as Monodepth2's evaluate_depth.py scores them (data.DepthTestFrames reads
-# their ground truth): eigen scores velodyne depth with 1e-3 < gt < 80 m inside Garg et al.'s crop;
-# benchmark scores every annotated pixel (gt > 0, no crop). Both clamp predictions to [1e-3, 80] m.
+# The depth protocols, one per way the field scores a dataset. KITTI's two as Monodepth2's
+# evaluate_depth.py scores them: eigen scores velodyne depth with 1e-3 < gt < 80 m inside Garg et al.'s crop;
+# benchmark scores every annotated pixel (gt > 0, no crop). cityscapes as ManyDepth (Watson et al., 2021):
+# depth from disparity in the top 3/4 of the frame (data.CITYSCAPES_KEEP_ROWS: the ego vehicle out), of
+# that rows 256-767 and columns 192-1855 of 2048 x 768, 1e-3 < gt < 80 m. nyu as Eigen et al. and BTS:
+# rows 45-470 and columns 41-600 of 480 x 640, 1e-3 < gt < 10 m. pairs (a folder of your own): every
+# measured pixel under the cap. Predictions are clamped to [1e-3, cap] m.
 GARG_CROP = (0.40810811, 0.99189189, 0.03594771, 0.96405229)  # rows top, bottom; columns left, right (fractions)
-PROTOCOLS = {'eigen': dict(crop='garg', cap_gt=True), 'benchmark': dict(crop=None, cap_gt=False)}
+CROPS = {'garg': (GARG_CROP, int),  # bounds truncated to whole pixels, as Monodepth2 does
+         'cityscapes': ((256 / 768, 1.0, 192 / 2048, 1856 / 2048), round),
+         'nyu': ((45 / 480, 471 / 480, 41 / 640, 601 / 640), round)}
+PROTOCOLS = {'eigen': dict(crop='garg', cap_gt=True), 'benchmark': dict(crop=None, cap_gt=False),
+             'cityscapes': dict(crop='cityscapes', cap_gt=True), 'nyu': dict(crop='nyu', cap_gt=True),
+             'pairs': dict(crop=None, cap_gt=True)}
 
 
 def crop_mask(shape, crop):
-    """Bool [H, W]: the pixels scored. 'garg': Garg et al.'s crop of the Eigen split (the sky and the
-    image's edges out), its bounds truncated to whole pixels as Monodepth2 does; None: every pixel."""
+    """Bool [H, W]: the pixels scored, inside a crop of CROPS given as fractions of the ground truth's
+    size (its bounds rounded as the protocol's reference code does); None: every pixel."""
     if crop is None:
         return torch.ones(shape, dtype=torch.bool)
-    if crop != 'garg':
-        raise ValueError(f'unknown crop {crop}: use "garg" or None.')
-    (h, w), (top, bottom, left, right) = shape, GARG_CROP
+    if crop not in CROPS:
+        raise ValueError(f'unknown crop {crop}: use one of {", ".join(CROPS)} or None.')
+    (h, w), ((top, bottom, left, right), whole) = shape, CROPS[crop]
     mask = torch.zeros(shape, dtype=torch.bool)
-    mask[int(top * h):int(bottom * h), int(left * w):int(right * w)] = True
+    mask[whole(top * h):whole(bottom * h), whole(left * w):whole(right * w)] = True
     return mask
 
 
@@ -223,10 +244,13 @@ def evaluate_depth(net, frames, device, min_depth=0.1, max_depth=100.0, eval_max
     return dict(metrics, skipped=metrics['skipped'] + frames.skipped)
 
 
-def depth_test_set(args, root):
-    """The test split's frames with the ground truth of --eval-protocol, said in one line."""
-    frames = training.open_dataset(data.DepthTestFrames, root, 'test', args.height, args.width, args.eval_protocol,
-                          args.eval_split or args.split)
+def depth_test_set(args, layout):
+    """The test frames of --data's layout with the ground truth of --eval-protocol, said in one line; None
+    where the layout has none (a folder without a val split)."""
+    items, skipped = training.open_dataset(layout.depth_test, args.eval_protocol, args.eval_split or args.split)
+    if items is None:
+        return None
+    frames = data.DepthTestFrames(items, args.height, args.width, args.eval_protocol, skipped)
     how = describe_depth_evaluation(args.eval_protocol, args.median_scaling == 'on')
     print(f'Depth is scored by the {how}: {len(frames)} test frames'
           + (f', {frames.skipped} skipped (no ground truth).' if frames.skipped else '.'))
@@ -307,7 +331,7 @@ def _decimal(value):
 DEPTH_KEYS = ('abs_rel', 'sq_rel', 'rmse', 'rmse_log', 'log10', 'a1', 'a2', 'a3', 'silog', 'si_rmse')
 # (header, split of the metrics line, key, format) of the metric columns of each task's table
 METRIC_COLUMNS = {
-    'seg': [('mIoU (7 cls) %', 'eval', 'miou7', _percent), ('mIoU (19) %', 'eval', 'miou', _percent),
+    'seg': [('mIoU (7 cls) %', 'eval', 'miou7', _percent), ('mIoU (all classes) %', 'eval', 'miou', _percent),
             ('pixel acc %', 'eval', 'pixel_acc', _percent)],
     'depth': [(key, 'eval', key, _decimal) for key in DEPTH_KEYS]
              + [('baseline abs_rel', 'baseline', 'abs_rel', _decimal)],
@@ -602,17 +626,20 @@ def load_network(checkpoint, source='checkpoint'):
 
 
 def held_out_set(checkpoint, root, protocol=None, split_dir=None):
-    """The images a checkpoint was not trained on, at its resolution: the labelled images outside its
-    few-shot pick (segmentation), or the test split's frames with the ground truth of its depth protocol
-    (depth; `protocol` and `split_dir` override the run's --eval-protocol and --eval-split)."""
+    """The images a checkpoint was not trained on, at its resolution, in the layout of its --data: the
+    labelled images outside its few-shot pick (segmentation), or the test frames with the ground truth of
+    its depth protocol (depth; `protocol` and `split_dir` override the run's --eval-protocol and --eval-split)."""
     args = checkpoint.get('args') or {}
     size = (checkpoint['height'], checkpoint['width'])
+    layout = data.LAYOUTS[args.get('data', 'toy')](root, depth_scale=args.get('depth_scale'))
     if checkpoint['task'] == 'seg':
-        files = data.semantic_files(root)
-        _, held_out = data.few_shot_split(len(files), args.get('train_size', 16), args.get('seed', 0))
-        return data.LabelledImages(root, held_out, *size)
-    split_dir = split_dir or args.get('eval_split') or args.get('split')
-    return data.DepthTestFrames(root, 'test', *size, protocol or args.get('eval_protocol', 'eigen'), split_dir)
+        _, held_out = data.few_shot_sets(layout, args.get('train_size', 16), args.get('seed', 0), args.get('split'))
+        return data.LabelledImages(held_out, *size)
+    protocol = protocol or args.get('eval_protocol') or layout.protocols[0]
+    items, skipped = layout.depth_test(protocol, split_dir or args.get('eval_split') or args.get('split'))
+    if items is None:
+        raise ValueError(f'{root} holds no test frames with ground truth (a folder needs a val split with RGB-D pairs).')
+    return data.DepthTestFrames(items, *size, protocol, skipped)
 
 
 def median_scaling_of(args):
@@ -630,10 +657,14 @@ def depth_settings(checkpoint):
     return args.get('min_depth', 0.1), args.get('max_depth', 100.0), median_scaling_of(args)
 
 
+PROTOCOL_WORDS = {'eigen': 'velodyne ground truth, Garg crop', 'benchmark': 'annotated ground truth, no crop',
+                  'cityscapes': 'depth from disparity, ego vehicle out, ManyDepth crop',
+                  'nyu': 'sensor depth, Eigen crop, 10 m cap', 'pairs': 'every measured pixel, no crop'}
+
+
 def describe_depth_evaluation(protocol, median_scaling):
     """How depth was scored, in words, for tables and logs."""
-    truth = ('velodyne ground truth, Garg crop' if protocol == 'eigen'
-             else 'annotated ground truth, no crop' if protocol == 'benchmark' else 'protocol not recorded')
+    truth = PROTOCOL_WORDS.get(protocol, 'protocol not recorded')
     return f'{protocol} ({truth}), {"median-scaled" if median_scaling else "metric"}'
 
 
@@ -641,7 +672,7 @@ def evaluate_checkpoint(path, root, device=torch.device('cpu'), protocol=None, m
     """Metrics of one checkpoint on its held-out images, and how they were scored (a sentence): segmentation
     metrics, or the depth table by the run's protocol and scaling unless `protocol` ('eigen'/'benchmark'),
     `median_scaling` (True/False) or `split_dir` (the folder of test_files.txt) say otherwise."""
-    checkpoint = training.load_checkpoint(path)
+    checkpoint = models.load_checkpoint(path)
     net = load_network(checkpoint, str(path)).to(device)
     held_out = held_out_set(checkpoint, root, protocol, split_dir)
     if checkpoint['task'] == 'seg':
@@ -659,10 +690,10 @@ def evaluate_checkpoint(path, root, device=torch.device('cpu'), protocol=None, m
 def _common_held_out(runs, root, count):
     """Up to `count` items held out by every run (their few-shot picks differ with the seed), a list: depth
     ground truth keeps each frame's own size."""
-    sets = [held_out_set(training.load_checkpoint(run['checkpoint']), root) for run in runs]
+    sets = [held_out_set(models.load_checkpoint(run['checkpoint']), root) for run in runs]
     if isinstance(sets[0], data.LabelledImages):
-        common = set.intersection(*({str(image) for image, _ in s.files} for s in sets))
-        indices = [i for i, (image, _) in enumerate(sets[0].files) if str(image) in common][:count]
+        common = set.intersection(*({str(pair[0]) for pair in s.pairs} for s in sets))
+        indices = [i for i, pair in enumerate(sets[0].pairs) if str(pair[0]) in common][:count]
     else:
         indices = data.evenly_spaced(len(sets[0]), count)
     if not indices:
@@ -678,7 +709,7 @@ def _common_held_out(runs, root, count):
 def _predicted_maps(run, images, gt_depths):
     """One run's prediction on the images [B, 3, H, W]: train ids [B, H, W], or a list of inverse depth
     maps in 1/m, each at its ground truth's size (median-scaled where the evaluation median-scales)."""
-    checkpoint = training.load_checkpoint(run['checkpoint'])
+    checkpoint = models.load_checkpoint(run['checkpoint'])
     out = load_network(checkpoint, run['name'])(images)
     if checkpoint['task'] == 'seg':
         return out.argmax(1)
@@ -693,19 +724,23 @@ def _predicted_maps(run, images, gt_depths):
     return maps
 
 
-def _class_legend(fig, label_maps):
-    """A legend of the Cityscapes classes that appear in the label maps, in their palette colours."""
+def class_set(run):
+    """(class names, colours) of a run's (or a checkpoint's) labels: those of its --data's layout."""
+    return CLASS_SETS[data.LAYOUTS[(run.get('args') or {}).get('data', 'toy')].classes or 'cityscapes']
+
+
+def _class_legend(fig, label_maps, classes):
+    """A legend of the classes (names, colours) that appear in the label maps, in their palette colours."""
     from matplotlib.patches import Patch
-    present = torch.unique(torch.cat([m.flatten() for m in label_maps])).tolist()
-    handles = [Patch(color=[c / 255 for c in CITYSCAPES_PALETTE[i]], label=CITYSCAPES_CLASSES[i])
-               for i in present if i < len(CITYSCAPES_CLASSES)]
+    (names, colours), present = classes, torch.unique(torch.cat([m.flatten() for m in label_maps])).tolist()
+    handles = [Patch(color=[c / 255 for c in colours[i]], label=names[i]) for i in present if i < len(names)]
     fig.legend(handles=handles, loc='outside right upper', fontsize='small', title='classes')
 
 
 @torch.no_grad()
 def plot_qualitative(runs, root, path, count=4):
     """PNG grid, one row per held-out image: the image, its ground truth, then each run's prediction.
-    Segmentation in the Cityscapes palette with a legend of the classes shown; depth as inverse depth
+    Segmentation in its class set's palette with a legend of the classes shown; depth as inverse depth
     (1/m, ground truth and predictions on one magma scale with its colour bar; predictions median-scaled
     where the evaluation median-scales, pixels without ground truth black). Returns the figure."""
     seg = _task(runs[0]) == 'seg'
@@ -724,12 +759,12 @@ def plot_qualitative(runs, root, path, count=4):
             if c == 0:
                 axes[r, c].imshow(picture.numpy())
             elif seg:
-                axes[r, c].imshow(colourise(picture).numpy())
+                axes[r, c].imshow(colourise(picture, class_set(runs[0])[1]).numpy())
             else:
                 shown = axes[r, c].imshow(picture.numpy(), cmap='magma', vmin=0, vmax=vmax)
             axes[r, c].axis('off')
     if seg:
-        _class_legend(fig, maps)
+        _class_legend(fig, maps, class_set(runs[0]))
     else:
         fig.colorbar(shown, ax=axes[:, 1:], label='inverse depth, 1/m', shrink=0.8)
     _save_figure(fig, path)
@@ -760,7 +795,7 @@ def plot_grad_cam(runs, root, path, count=4, layer='layer1'):
     images = torch.stack([item['image'] for item in _common_held_out(runs, root, count)])
     fig, axes = _figure(len(images), len(runs), width=3, height=1.3)
     for r, run in enumerate(runs):
-        net = load_network(training.load_checkpoint(run['checkpoint']), run['name'])
+        net = load_network(models.load_checkpoint(run['checkpoint']), run['name'])
         cam = grad_cam(net, images, getattr(net.encoder, layer))
         for c, (image, heat) in enumerate(zip(images, cam)):
             axes[r, c].imshow(image.permute(1, 2, 0).numpy())
@@ -815,10 +850,10 @@ def _magma(disp):
     return torch.from_numpy((rgba[..., :3] * 255).round().astype(np.uint8))
 
 
-def write_prediction(prediction, task, out_dir, stem):
+def write_prediction(prediction, task, out_dir, stem, colours=CITYSCAPES_PALETTE):
     """<stem>_depth.png (magma of disparity) and <stem>_depth.npy (metres, float32), or <stem>_seg.png
-    (Cityscapes palette) and <stem>_seg.npy (train ids, uint8), all [H, W]."""
-    picture = colourise(prediction) if task == 'seg' else _magma(1 / prediction)
+    (in `colours`, its class set's palette) and <stem>_seg.npy (train ids, uint8), all [H, W]."""
+    picture = colourise(prediction, colours) if task == 'seg' else _magma(1 / prediction)
     write_png(picture.permute(2, 0, 1).contiguous(), str(out_dir / f'{stem}_{task}.png'))
     np.save(out_dir / f'{stem}_{task}.npy', prediction.numpy())
 
@@ -826,12 +861,13 @@ def write_prediction(prediction, task, out_dir, stem):
 def predict_images(checkpoint_path, source, out_dir):
     """Run a segmentation or depth checkpoint on an image or a folder of images and write each
     prediction into out_dir; returns the number of images."""
-    checkpoint = training.load_checkpoint(checkpoint_path)
+    checkpoint = models.load_checkpoint(checkpoint_path)
     net = load_network(checkpoint, str(checkpoint_path))
     files = image_files(source)
     out_dir.mkdir(parents=True, exist_ok=True)
     for file in files:  # data.read_image says in one sentence when a file cannot be decoded
-        write_prediction(predict(net, checkpoint, data.read_image(file)), checkpoint['task'], out_dir, file.stem)
+        write_prediction(predict(net, checkpoint, data.read_image(file)), checkpoint['task'], out_dir, file.stem,
+                         class_set(checkpoint)[1])
     return len(files)
 
 
@@ -913,7 +949,7 @@ def predict_command(args, parser):
 
 def checkpoint_command(args):
     """--checkpoint CKPT: its metrics on its held-out images, the depth table titled with how it was scored."""
-    checkpoint_args = training.load_checkpoint(args.checkpoint).get('args') or {}
+    checkpoint_args = models.load_checkpoint(args.checkpoint).get('args') or {}
     root = args.data_root or checkpoint_args.get('data_root') or 'data/toy'
     scaling = None if args.median_scaling is None else args.median_scaling == 'on'
     metrics, how = evaluate_checkpoint(args.checkpoint, root, protocol=args.eval_protocol,

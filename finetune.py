@@ -40,7 +40,6 @@ import training
 from pretrain import save_depth_sample, supervised_depth_loss
 from training import autocast
 
-NUM_CLASSES = len(evaluate.CITYSCAPES_CLASSES)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -72,7 +71,7 @@ def build_network(args):
                              f'pass --arch {checkpoint.get("arch")}.')
     normalization = checkpoint['normalization'] if checkpoint else 'imagenet' if args.init == 'imagenet' else 'unit'
     xnet = models.xnet_options(args)
-    net = (models.build_seg_net(args.arch, NUM_CLASSES, normalization, args.decoder, xnet) if args.task == 'seg'
+    net = (models.build_seg_net(args.arch, num_classes(args), normalization, args.decoder, xnet) if args.task == 'seg'
            else models.build_depth_net(args.arch, normalization, args.decoder, xnet))
     if args.init == 'imagenet':
         training.init_encoders(args, net.encoder)
@@ -121,14 +120,21 @@ def set_train_mode(net, freeze_encoder):
         net.encoder.eval()
 
 
-def segmentation_task(args, root, net, device):
-    """(training batches, loss of a batch, evaluation, sample) for few-shot segmentation."""
-    files = training.open_dataset(data.semantic_files, root)
-    train_ids, eval_ids = few_shot(len(files), args)
-    train_set = training.open_dataset(data.LabelledImages, root, train_ids, args.height, args.width, augment=True)
-    eval_set = training.open_dataset(data.LabelledImages, root, eval_ids, args.height, args.width)
+def num_classes(args):
+    """The classes of --data's labels: Cityscapes' 19 train ids (KITTI, Cityscapes) or NYU-40."""
+    return len(evaluate.CLASS_SETS[data.LAYOUTS[args.data].classes][0])
+
+
+def segmentation_task(args, layout, net, device):
+    """(training set, loss of a batch, evaluation, baseline) for few-shot segmentation: --train-size labelled
+    images picked with the seed, scored on the layout's held-out images (data.few_shot_sets)."""
+    train_pairs, eval_pairs = training.open_dataset(data.few_shot_sets, layout, args.train_size, args.seed, args.split)
+    train_set = training.open_dataset(data.LabelledImages, train_pairs, args.height, args.width, augment=True,
+                                      crop=args.crop_size)
+    eval_set = training.open_dataset(data.LabelledImages, eval_pairs, args.height, args.width)
     eval_batches = list(torch.utils.data.DataLoader(eval_set, batch_size=args.batch_size))
-    sample = {k: v[:4] for k, v in eval_batches[0].items()}
+    sample, classes = {k: v[:4] for k, v in eval_batches[0].items()}, num_classes(args)
+    colours = evaluate.CLASS_SETS[layout.classes][1]
 
     def loss_fn(batch):
         with autocast(device):
@@ -136,28 +142,32 @@ def segmentation_task(args, root, net, device):
         return losses.nll_loss(logits.float(), batch['label'])  # eq. 12
 
     def evaluate_now(iteration, folder):
-        save_seg_sample(net, sample, folder / f'sample_{iteration:06d}.png', device)
-        return evaluate.evaluate_segmentation(net, eval_batches, device, NUM_CLASSES)
-    return train_set, loss_fn, evaluate_now, lambda: majority_baseline([files[i][1] for i in train_ids], eval_batches)
+        save_seg_sample(net, sample, folder / f'sample_{iteration:06d}.png', device, colours)
+        return evaluate.evaluate_segmentation(net, eval_batches, device, classes)
+    return train_set, loss_fn, evaluate_now, lambda: majority_baseline(train_pairs, eval_batches, classes)
 
 
-def majority_baseline(label_files, eval_batches):
+def majority_baseline(train_pairs, eval_batches, classes):
     """What labelling every pixel with the training labels' most frequent class scores on the evaluation set."""
-    counts = sum(torch.bincount(data.read_labels(path).flatten(), minlength=256)[:NUM_CLASSES] for path in label_files)
+    counts = sum(torch.bincount(read(label).flatten(), minlength=256)[:classes] for _, label, read in train_pairs)
     majority = int(counts.argmax())
-    confusion = sum(evaluate.confusion_matrix(torch.full_like(b['label'], majority), b['label'], NUM_CLASSES)
+    confusion = sum(evaluate.confusion_matrix(torch.full_like(b['label'], majority), b['label'], classes)
                     for b in eval_batches)
     return evaluate.segmentation_metrics(confusion)
 
 
-def depth_task(args, root, net, device):
-    """(training set, loss of a batch, evaluation) for few-shot depth: --train-size frames of the training
-    drives with ground truth, flipped as in fine-tuning; scored on the test split by --eval-protocol, metric
-    (no median scaling) unless --median-scaling on."""
-    frames = training.open_dataset(data.VideoSnippets, root, 'train', args.height, args.width, frame_ids=(0,),
-                          augment=True, with_depth=True, jitter=False, split_dir=args.split)
+def depth_task(args, layout, net, device):
+    """(training set, loss of a batch, evaluation, baseline) for few-shot depth: --train-size frames of the
+    training split with ground truth, flipped as in fine-tuning; scored on the layout's test frames by
+    --eval-protocol, metric (no median scaling) unless --median-scaling on."""
+    snippets = training.open_dataset(layout.snippets, 'train', (0,), with_depth=True, split_dir=args.split)
+    frames = data.VideoSnippets(snippets, args.height, args.width, augment=True, crop=args.crop_size, jitter=False)
     train_set = torch.utils.data.Subset(frames, few_shot(len(frames), args)[0])
-    test_set = evaluate.depth_test_set(args, root)  # read anew at each evaluation: memory stays flat
+    test_set = evaluate.depth_test_set(args, layout)  # read anew at each evaluation: memory stays flat
+    if test_set is None:
+        raise SystemExit(f'--task depth scores the fine-tuned network on held-out ground truth, and {layout.root} '
+                         f'has none: write a val split of its RGB-D pairs (`python data.py --make-splits '
+                         f'{layout.root} --by-similarity`).')
     sample = training.sample_frames(test_set, device)
 
     def loss_fn(batch):
@@ -174,20 +184,23 @@ def depth_task(args, root, net, device):
 
 
 def few_shot(count, args):
-    """--train-size of `count` items picked with --seed, and the rest; a size that cannot work stops the run."""
+    """--train-size of `count` items picked with --seed (0: all of them), and the rest; a size that cannot work
+    stops the run."""
+    if args.train_size == 0:
+        return list(range(count)), []
     try:
         return data.few_shot_split(count, args.train_size, args.seed)
     except ValueError as error:
         raise SystemExit(str(error)) from None
 
 
-def save_seg_sample(net, batch, path, device):
-    """A PNG: images, ground truth and predictions, in the Cityscapes colours."""
+def save_seg_sample(net, batch, path, device, colours):
+    """A PNG: images, ground truth and predictions, in the class set's colours."""
     net.eval()
     with torch.no_grad():
         pred = net(batch['image'].to(device)).argmax(1).cpu()
-    evaluate.save_image_grid([batch['image'].permute(0, 2, 3, 1), evaluate.colourise(batch['label']),
-                     evaluate.colourise(pred)], path)
+    evaluate.save_image_grid([batch['image'].permute(0, 2, 3, 1), evaluate.colourise(batch['label'], colours),
+                              evaluate.colourise(pred, colours)], path)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -205,13 +218,12 @@ def parse_args(argv=None):
                         help='load only the encoder from --init; the decoder starts from random weights (Table 2)')
     parser.add_argument('--freeze-encoder', action='store_true',
                         help='keep encoder weights and BatchNorm statistics fixed; train the rest only')
-    parser.add_argument('--train-size', type=int, default=16, help='labelled training images (the paper: 16)')
+    parser.add_argument('--train-size', type=int, default=16,
+                        help='labelled training images (the paper: 16), or training frames for --task depth; 0: all '
+                             'of them (a full-data run, where the dataset has a held-out set of its own)')
     parser.add_argument('--loss', choices=['l1', 'silog'], default='silog',
                         help='--task depth: masked L1 (eq. 15) or the scale-invariant log loss (Sect. 2.3)')
     parser.add_argument('--silog-lambda', type=float, default=0.5, help='lambda of SILog (1: scale-invariant)')
-    parser.add_argument('--min-depth', type=float, default=0.1, help='--task depth: depth of disparity 1 (m)')
-    parser.add_argument('--max-depth', type=float, default=100.0, help='--task depth: depth of disparity 0 (m)')
-    parser.add_argument('--eval-max-depth', type=float, default=80.0, help='--task depth: evaluation cap (m)')
     parser.add_argument('--optim', choices=['adam', 'adamw', 'sgd'], default='adam', help='the optimiser')
     parser.add_argument('--weight-decay', type=float, default=0.0, help='weight decay (decoupled for adamw)')
     parser.add_argument('--momentum', type=float, default=0.9, help='momentum of sgd')
@@ -225,10 +237,13 @@ def parse_args(argv=None):
     training.add_depth_eval_args(parser)
     args = parser.parse_args(argv)
     training.resolve_depth_eval_args(args, args.task, median_scaling=False)  # fine-tuned depth is metric
-    if args.task == 'seg' and args.split:
-        raise SystemExit('--split applies to --task depth; segmentation reads data_semantics and its --train-size pick.')
+    if args.task == 'seg' and data.LAYOUTS[args.data].classes is None:
+        raise SystemExit(f'--data {args.data} holds no semantic labels: few-shot segmentation runs on --data toy, '
+                         f'kitti, cityscapes or nyu; --task depth fine-tunes on its RGB-D pairs.')
     args.name = args.name or run_name(args)
     training.check_args(args)
+    if args.train_size < 0:
+        raise SystemExit(f'--train-size must be 0 (all) or more; got {args.train_size}.')
     if not 0 <= args.warmup < args.iters:
         raise SystemExit(f'--warmup must be between 0 and --iters - 1 ({args.iters - 1}); got {args.warmup}.')
     return args
@@ -242,8 +257,11 @@ def run_name(args):
         init = re.sub(r'-s\d+$', '', Path(args.init).parent.name)
     decoder = models.describe_decoder(args.decoder, models.xnet_options(args), args.decoder_init, args.reset_decoder)
     frozen = 'frozen' if args.freeze_encoder else 'full'
+    frozen += f'-crop{args.crop_size[0]}x{args.crop_size[1]}' if args.crop_size else ''
     task = '-'.join([args.task] + ([args.loss] + training.depth_eval_name(args, False) if args.task == 'depth' else []))
-    return f'{task}-{init}-{decoder}-{frozen}-n{args.train_size}-{args.arch}-{args.height}x{args.width}-s{args.seed}'
+    task = '-'.join(training.dataset_name(args) + [task])
+    size = args.train_size or 'all'
+    return f'{task}-{init}-{decoder}-{frozen}-n{size}-{args.arch}-{args.height}x{args.width}-s{args.seed}'
 
 
 def main(argv=None):
@@ -251,12 +269,12 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     device = training.pick_device(args.device)
     net = build_network(args).to(device)  # a missing --init checkpoint stops the run before any rendering
-    root = training.data_root(args)
+    layout = training.open_layout(args)
     if args.freeze_encoder:
         net.encoder.requires_grad_(False)
     set_train_mode(net, args.freeze_encoder)
     task = segmentation_task if args.task == 'seg' else depth_task
-    train_set, loss_fn, evaluate_now, baseline = task(args, root, net, device)
+    train_set, loss_fn, evaluate_now, baseline = task(args, layout, net, device)
     optimizer = make_optimizer(net, args)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(args.schedule, args.iters, args.warmup))
     batches = lambda start: training.training_batches(train_set, args, device, start)
@@ -266,7 +284,7 @@ def main(argv=None):
         set_train_mode(net, args.freeze_encoder)
         return metrics
 
-    info = dict(decoder=args.decoder, xnet=models.xnet_options(args), num_classes=NUM_CLASSES if args.task == 'seg' else None)
+    info = dict(decoder=args.decoder, xnet=models.xnet_options(args), num_classes=num_classes(args) if args.task == 'seg' else None)
     training.fit(args, {'model': net}, optimizer, scheduler, loss_fn, batches, evaluate_and_resume, baseline, info)
 
 

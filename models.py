@@ -11,6 +11,7 @@ Fig. 1a/1c), and xNet's reversed decoder, a second ResNet run as the decoder so 
 too (Re-Shape modules, input mixed with the image or the stem, Post Feature Pyramid).
 """
 import os
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -77,21 +78,34 @@ def load_imagenet_weights(encoder, arch):
     number (Monodepth2's PoseNet trick), so the summed response matches the single-image one.
     """
     _check_choice('arch', arch, IMAGENET_WEIGHTS)
-    file_name = os.path.basename(IMAGENET_WEIGHTS[arch].url)
-    folder = os.path.join(torch.hub.get_dir(), 'checkpoints')
-    path = os.path.join(folder, file_name)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'ImageNet weights for {arch} not found: torchvision looks for {file_name} in '
-                                f'{folder}; download {IMAGENET_WEIGHTS[arch].url} on a machine with internet '
-                                f'and copy it there.')
+    state = cached_weights(IMAGENET_WEIGHTS[arch], arch)
     try:
-        state = torch.load(path, map_location='cpu', weights_only=True)
         num_images = encoder.conv1.in_channels // 3
         state['conv1.weight'] = state['conv1.weight'].repeat(1, num_images, 1, 1) / num_images
         encoder.load_state_dict(state)
-    except Exception:  # a truncated download, another file under that name, another architecture's weights
-        raise FileNotFoundError(f'{path} is not torchvision\'s ImageNet {arch} weights (it cannot be read as '
-                                f'them): download {IMAGENET_WEIGHTS[arch].url} again and replace it.') from None
+    except Exception:  # another architecture's weights under that name
+        raise FileNotFoundError(f'{_weights_path(IMAGENET_WEIGHTS[arch])} is not torchvision\'s ImageNet {arch} '
+                                f'weights (it cannot be read as them): download {IMAGENET_WEIGHTS[arch].url} again '
+                                f'and replace it.') from None
+
+
+def _weights_path(weights):
+    return os.path.join(torch.hub.get_dir(), 'checkpoints', os.path.basename(weights.url))
+
+
+def cached_weights(weights, name):
+    """The state dict of torchvision's `weights` (a Weights enum member) from torch.hub's checkpoint folder,
+    where torchvision keeps what it downloaded; a missing or unreadable file stops with one sentence."""
+    path = _weights_path(weights)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'ImageNet weights for {name} not found: torchvision looks for '
+                                f'{os.path.basename(path)} in {os.path.dirname(path)}; download {weights.url} on a '
+                                f'machine with internet and copy it there.')
+    try:
+        return torch.load(path, map_location='cpu', weights_only=True)
+    except Exception:  # a truncated download, another file under that name
+        raise FileNotFoundError(f'{path} is not torchvision\'s ImageNet {name} weights (it cannot be read as '
+                                f'them): download {weights.url} again and replace it.') from None
 
 
 def conv_block(in_channels, out_channels):
@@ -455,3 +469,72 @@ def load_parts(model, state_dict, prefixes=('encoder.', 'decoder.'), source='che
                              f'expects {tuple(target[key].shape)}; was it trained with a different --arch?')
     model.load_state_dict({k: state_dict[k] for k in wanted}, strict=False)
     return wanted
+
+
+# ---------------------------------------------------------------- checkpoints, and embedding images
+
+def load_checkpoint(path):
+    """A checkpoint's contents, or one sentence on why it cannot be read."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f'{path} does not exist; a run writes runs/<name>/checkpoint.pt.')
+    try:
+        checkpoint = torch.load(path, map_location='cpu', weights_only=False)
+    except Exception as error:
+        raise ValueError(f'could not read {path} ({error}); the file is damaged.') from None
+    if not isinstance(checkpoint, dict) or not {'model', 'task', 'arch'} <= set(checkpoint):
+        bare = isinstance(checkpoint, dict) and 'conv1.weight' in checkpoint
+        what = ('a bare state dict (such as torchvision\'s ImageNet weights; for those use --init imagenet)' if bare
+                else 'not a checkpoint written by pretrain.py or finetune.py')
+        raise ValueError(f'{path} is {what}: pass one of their checkpoints (runs/<name>/checkpoint.pt or '
+                         f'checkpoints/<task>.pt).')
+    return checkpoint
+
+
+MOBILENET_WEIGHTS = torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1
+
+
+class Embedder(nn.Module):
+    """Images in [0,1] [B,3,H,W] (data.image_embeddings resizes them to 224 x 224) -> normalised by mean/std -> `features` -> its
+    (last) feature map, global-average-pooled: [B, D]. Frozen and in eval mode (batch norm's running
+    statistics, not the batch's)."""
+
+    def __init__(self, features, normalization):
+        super().__init__()
+        self.features = features
+        _register_normalization(self, normalization)  # the networks' own mean/std buffers
+        self.eval().requires_grad_(False)
+
+    def forward(self, images):
+        x = (images - self.mean) / self.std
+        maps = self.features(x)
+        return (maps[-1] if isinstance(maps, (list, tuple)) else maps).mean((2, 3))  # a ResnetEncoder's: 1/32
+
+
+def mobilenet_embedder():
+    """The paper's embedder: torchvision's ImageNet MobileNet V2, its 1280-channel last feature map pooled.
+
+    The weights come from the local torch.hub cache only, as models.load_imagenet_weights reads ResNet's:
+    never downloaded, and a missing or unreadable file stops with one sentence on where to put it.
+    """
+    net = torchvision.models.mobilenet_v2()
+    net.load_state_dict(cached_weights(MOBILENET_WEIGHTS, 'MobileNet V2'))
+    return Embedder(net.features, 'imagenet')
+
+
+def checkpoint_embedder(path):
+    """An embedder from a checkpoint of this project (pretrain.py, finetune.py): its encoder's last feature
+    map (1/32 scale; 512 channels for resnet18, 2048 for resnet50), pooled, after the normalisation the
+    network was trained with. DeepLab's encoder is dilated as in training, so its features are the ones the
+    network saw. What is not such a checkpoint stops with one sentence (load_checkpoint's, or ours)."""
+    checkpoint = load_checkpoint(path)
+    normalization = checkpoint.get('normalization')
+    if normalization not in NORMALIZATION:
+        raise ValueError(f'{path} records no input normalisation ({normalization!r}, not one of '
+                         f'{", ".join(NORMALIZATION)}): pass a checkpoint written by pretrain.py or '
+                         f'finetune.py.')
+    holder = nn.Module()  # load_parts reads the keys under 'encoder.' of the network's state dict
+    holder.encoder = ResnetEncoder(checkpoint['arch'])
+    if checkpoint.get('decoder') == 'deeplab':
+        dilate(holder.encoder)
+    load_parts(holder, checkpoint['model'], ('encoder.',), source=str(path))
+    return Embedder(holder.encoder, normalization)

@@ -121,6 +121,7 @@ def flow_loss(flows, batch, args):
 SUPERVISIONS = ('mono', 'stereo', 'mono+stereo', 'gt')
 # Where the depth network starts (models.start_at_depth), and the PoseNet with it (start_moving_forward).
 METRIC_START_DEPTH = 10.0  # metres, a typical depth of a driving scene: the stereo warp stays in the image
+INDOOR_START_SHARE = 0.3  # of --max-depth where that is under twice the above (NYU: 3 m of 10, a room's depth)
 VIDEO_START_DEPTH = 1.0  # video fixes no scale: near the sigmoid's midpoint, yet the near road (~1/15 of the
                          # median depth) stays above the 0.1 m floor
 FRAMES_TO_MEDIAN_DEPTH = 15  # a car filmed at 10 Hz covers the median depth of its view in about 15 frames
@@ -137,13 +138,15 @@ def pretrain_depth(args, device):
     training.init_encoders(args, *(net.encoder for net in networks.values()))
     if args.decoder == 'xnet':
         training.init_decoder_backbone(networks['model'], args)
-    start = VIDEO_START_DEPTH if args.supervision == 'mono' else METRIC_START_DEPTH
+    metric_start = min(METRIC_START_DEPTH, INDOOR_START_SHARE * args.max_depth)
+    start = VIDEO_START_DEPTH if args.supervision == 'mono' else metric_start
     models.start_at_depth(networks['model'], start, args.min_depth, args.max_depth)
     if mono:
         networks['pose_net'].start_moving_forward(start / FRAMES_TO_MEDIAN_DEPTH)
     for net in networks.values():
         net.to(device)
     depth_net, pose_net = networks['model'], networks.get('pose_net')
+    info = dict(init=args.init, decoder=args.decoder, xnet=models.xnet_options(args), supervision=args.supervision)
 
     def loss_fn(batch):
         with autocast(device):
@@ -153,11 +156,15 @@ def pretrain_depth(args, device):
                                          args.max_depth)
         return monodepth2_loss(disps, *source_views(batch, pose_net, args.supervision), batch, args)
 
-    root = training.data_root(args)
-    train_set = training.open_dataset(data.VideoSnippets, root, 'train', args.height, args.width,
-                                      frame_ids=(0, -1, 1) if mono else (0,), augment=True, with_depth=gt,
-                                      stereo='stereo' in args.supervision, crop=args.crop_size, split_dir=args.split)
-    test_set = evaluate.depth_test_set(args, root)  # read anew at each evaluation: memory stays flat
+    layout = training.open_layout(args)
+    frame_ids = (0, -args.frame_stride, args.frame_stride) if mono else (0,)
+    snippets = training.open_dataset(layout.snippets, 'train', frame_ids, stereo='stereo' in args.supervision,
+                                     with_depth=gt, split_dir=args.split)
+    train_set = training.open_dataset(data.VideoSnippets, snippets, args.height, args.width, augment=True,
+                                      crop=args.crop_size)
+    test_set = evaluate.depth_test_set(args, layout)  # read anew at each evaluation: memory stays flat
+    if test_set is None:
+        return pretrain(args, networks, loss_fn, train_set, None, None, info)
     sample = training.sample_frames(test_set, device)
 
     def evaluate_now(iteration, folder):
@@ -168,16 +175,22 @@ def pretrain_depth(args, device):
         return metrics
 
     baseline = lambda: evaluate.constant_baseline_on(test_set, args.eval_max_depth, args.workers)
-    pretrain(args, networks, loss_fn, train_set, evaluate_now, baseline,
-                    dict(init=args.init, decoder=args.decoder, xnet=models.xnet_options(args), supervision=args.supervision))
+    pretrain(args, networks, loss_fn, train_set, evaluate_now, baseline, info)
+
+
+def step_schedule(args):
+    """The learning-rate factor of a step schedule: 1, then --step-factor from --step-at of the iterations on
+    (Monodepth2: tenfold down for the last quarter; the paper's NYU recipe: halved at half way, App. B.5)."""
+    return lambda it: 1.0 if it < args.step_at * args.iters else args.step_factor
 
 
 def pretrain(args, networks, loss_fn, train_set, evaluate_now, baseline, info):
-    """Adam over every network ({checkpoint key: module}) with Monodepth2's step schedule (the rate drops
-    tenfold for the last quarter of the iterations), on the seeded training stream (training.fit does the
+    """Adam over every network ({checkpoint key: module}) with a step schedule (step_schedule) or linear
+    decay to 0 (the paper's Cityscapes recipe, App. B.4), on the seeded training stream (training.fit does the
     rest: the run folder, --resume, evaluations, checkpoints and the exported --out)."""
     optimizer = torch.optim.Adam([p for net in networks.values() for p in net.parameters()], lr=args.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: 1.0 if it < 0.75 * args.iters else 0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, step_schedule(args) if args.schedule == 'step'
+                                                  else lambda it: 1 - it / args.iters)
     device = next(networks['model'].parameters()).device
     batches = lambda start: training.training_batches(train_set, args, device, start)
     training.fit(args, networks, optimizer, scheduler, loss_fn, batches, evaluate_now, baseline, info)
@@ -197,15 +210,20 @@ def pretrain_flow(args, device):
     flow_net = models.build_flow_net(args.arch, 'imagenet' if args.init == 'imagenet' else 'unit')
     training.init_encoders(args, flow_net.encoder)
     flow_net.to(device)
-    root = training.data_root(args)
-    train_set = training.open_dataset(data.VideoSnippets, root, 'train', args.height, args.width, frame_ids=(0, 1),
-                             augment=True, crop=args.crop_size, split_dir=args.split)
+    if args.data not in ('toy', 'kitti'):
+        raise SystemExit('optical flow is scored on KITTI\'s scene-flow pairs (data_scene_flow): --task flow runs '
+                         'with --data toy or kitti.')
+    layout = training.open_layout(args)
+    snippets = training.open_dataset(layout.snippets, 'train', (0, args.frame_stride), split_dir=args.split)
+    train_set = training.open_dataset(data.VideoSnippets, snippets, args.height, args.width, augment=True,
+                                      crop=args.crop_size)
+
     def loss_fn(batch):
         with autocast(device):
             flows = [f.float() for f in flow_net(batch['frames_aug'][:, 0], batch['frames_aug'][:, 1])]
         return flow_loss(flows, batch, args)
 
-    pair_set = training.open_dataset(data.FlowPairs, root, args.height, args.width)
+    pair_set = training.open_dataset(data.FlowPairs, layout.root, args.height, args.width)
     pairs, sample = evaluate.one_at_a_time(pair_set), training.sample_frames(pair_set, device)
 
     def baseline():
@@ -267,20 +285,19 @@ def parse_args(argv=None):
     parser.add_argument('--init', choices=['none', 'imagenet'], default='none',
                         help='encoder before pre-training: none (the paper\'s Depth-Rand) or torchvision\'s '
                              'ImageNet weights (the paper\'s Depth), which also sets ImageNet normalisation')
-    parser.add_argument('--crop-size', type=int, nargs=2, metavar=('H', 'W'), default=None,
-                        help='train on random HxW crops of the --height x --width images, intrinsics shifted '
-                             'with each crop (the paper\'s Depth-cropped, App. D.1); evaluation uses whole images')
     training.add_common_args(parser, iters=300, lr=1e-4, batch_size=8, eval_every=100)
     training.add_decoder_args(parser)
     training.add_depth_eval_args(parser)
     parser.add_argument('--out', default=None, help='checkpoint to export at the end (default checkpoints/<task>.pt)')
     parser.add_argument('--overwrite', action='store_true',
                         help='replace an --out written by another run (without it, that stops the run at the start)')
+    parser.add_argument('--schedule', choices=['step', 'linear'], default='step',
+                        help='learning rate: step (--step-factor from --step-at of the iterations on; Monodepth2) or '
+                             'linear decay to 0 (the paper\'s Cityscapes recipe, App. B.4)')
+    parser.add_argument('--step-at', type=float, default=0.75, help='step: the share of iterations before the step')
+    parser.add_argument('--step-factor', type=float, default=0.1, help='step: the rate is multiplied by this after it')
     parser.add_argument('--scales', type=int, default=4, choices=[1, 2, 3, 4], help='output scales in the loss')
     parser.add_argument('--smoothness', type=float, default=1e-3, help='w_sm of eq. 9 (divided by 2^scale)')
-    parser.add_argument('--min-depth', type=float, default=0.1, help='depth of disparity 1 (metres)')
-    parser.add_argument('--max-depth', type=float, default=100.0, help='depth of disparity 0 (metres)')
-    parser.add_argument('--eval-max-depth', type=float, default=80.0, help='evaluation cap (metres)')
     parser.add_argument('--no-automask', action='store_true', help='switch auto-masking off')
     parser.add_argument('--flow-colour-weight', type=float, default=0.15, help='lambda_co of eq. 13')
     parser.add_argument('--flow-ssim-weight', type=float, default=0.15, help='lambda_st of eq. 13')
@@ -292,24 +309,17 @@ def parse_args(argv=None):
     training.check_args(args)
     if args.task == 'flow' and args.decoder != 'unet':
         raise SystemExit('--decoder applies to --task depth; the flow network has its own siamese U-Net decoder.')
-    if args.crop_size:
-        try:
-            models.check_resolution(*args.crop_size)
-        except ValueError as error:
-            raise SystemExit(f'--crop-size: {error}') from None
-        if args.crop_size[0] > args.height or args.crop_size[1] > args.width:
-            raise SystemExit(f'--crop-size {args.crop_size[0]} {args.crop_size[1]} must fit in --height '
-                             f'{args.height} x --width {args.width}.')
     return args
 
 
 def run_name(args):
     """A run folder name that says what was trained: task, supervision, init, crop, arch, size, seed."""
-    parts = [args.task] + ([args.supervision] if args.task == 'depth' else [])
+    parts = training.dataset_name(args) + [args.task] + ([args.supervision] if args.task == 'depth' else [])
     if args.task == 'depth' and args.supervision == 'gt':
         parts.append(args.depth_loss)
     parts += ['imagenet'] if args.init == 'imagenet' else []
     parts += [f'crop{args.crop_size[0]}x{args.crop_size[1]}'] if args.crop_size else []
+    parts += ['linear'] if args.schedule == 'linear' else []
     if args.decoder != 'unet':
         parts.append(models.describe_decoder(args.decoder, models.xnet_options(args), args.decoder_init))
     if args.task == 'depth':

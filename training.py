@@ -39,10 +39,15 @@ TOY_ROOT = 'data/toy'
 
 def add_common_args(parser, iters, lr, batch_size, eval_every):
     """The flags spelled the same in both scripts, with the defaults each script gives."""
-    parser.add_argument('--data', choices=['toy', 'kitti'], default='toy',
-                        help='toy: the bundled toy world (rendered into --data-root on first use); '
-                             'kitti: a real KITTI tree at --data-root')
+    parser.add_argument('--data', choices=list(data.LAYOUTS), default='toy',
+                        help='toy: the bundled toy world (rendered into --data-root on first use); kitti, '
+                             'cityscapes, nyu: that dataset\'s tree at --data-root, in its official layout; folder: '
+                             'your own video and RGB-D pairs (the README says each layout)')
     parser.add_argument('--data-root', default=None, help=f'dataset folder (default for toy: {TOY_ROOT})')
+    parser.add_argument('--frame-stride', type=int, default=1, metavar='N',
+                        help='video: the source frames are t-N and t+N (default 1: the neighbours)')
+    parser.add_argument('--depth-scale', type=float, default=None, metavar='S',
+                        help='folder: metres per unit of <name>_depth.png maps (0.001 for millimetres)')
     parser.add_argument('--arch', choices=['resnet18', 'resnet50'], default='resnet18', help='encoder')
     parser.add_argument('--height', type=int, default=64, help='network input height (multiple of 32)')
     parser.add_argument('--width', type=int, default=192, help='network input width (multiple of 32)')
@@ -58,6 +63,10 @@ def add_common_args(parser, iters, lr, batch_size, eval_every):
     parser.add_argument('--eval-every', type=int, default=eval_every, help='evaluate every N iterations')
     parser.add_argument('--save-every', type=int, default=100, help='checkpoint every N iterations')
     parser.add_argument('--log-every', type=int, default=10, help='log the training loss every N iterations')
+    parser.add_argument('--crop-size', type=int, nargs=2, metavar=('H', 'W'), default=None,
+                        help='train on random HxW crops of the --height x --width images (depth: intrinsics shifted '
+                             'with each crop, the paper\'s Depth-cropped, App. D.1; segmentation: DeepLab\'s '
+                             'crops, App. B.4); evaluation uses whole images')
     parser.add_argument('--bench', type=int, default=0, metavar='N',
                         help='run N timed training steps, print images/s, ms/step, data-wait share and '
                              'peak memory, and exit (no run folder is written)')
@@ -89,9 +98,15 @@ def add_depth_eval_args(parser):
                         help='depth: folder holding test_files.txt (default: --split), e.g. Monodepth2\'s '
                              'splits/eigen (697 frames) or splits/eigen_benchmark (652)')
     parser.add_argument('--eval-protocol', choices=data.EVAL_PROTOCOLS, default=None,
-                        help='depth: eigen (default; velodyne ground truth, Garg crop, 1e-3 < gt < 80 m) or '
-                             'benchmark (KITTI\'s annotated depth, no crop); test frames without that ground '
-                             'truth are skipped and counted')
+                        help='depth: KITTI: eigen (default; velodyne ground truth, Garg crop, 1e-3 < gt < 80 m) or '
+                             'benchmark (KITTI\'s annotated depth, no crop); cityscapes, nyu and folder have one each '
+                             '(the README\'s "Depth protocols"); test frames without that ground truth are skipped '
+                             'and counted')
+    parser.add_argument('--min-depth', type=float, default=0.1, help='depth: depth of disparity 1 (metres)')
+    parser.add_argument('--max-depth', type=float, default=None,
+                        help='depth: depth of disparity 0 (metres; default 100, nyu 10)')
+    parser.add_argument('--eval-max-depth', type=float, default=None,
+                        help='depth: evaluation cap (metres; default 80, nyu 10)')
     parser.add_argument('--median-scaling', choices=['on', 'off'], default=None,
                         help='depth: scale each prediction by median(gt) / median(prediction) before scoring; '
                              'default on for --supervision mono (video fixes no scale), off for metric depth '
@@ -99,16 +114,23 @@ def add_depth_eval_args(parser):
 
 
 def resolve_depth_eval_args(args, task, median_scaling):
-    """Fill in the depth evaluation's defaults (recorded in args.json, so tables say what was used); the
-    flags stop with a sentence where nothing is scored by them."""
+    """Fill in the depth evaluation's defaults, those of --data's layout (recorded in args.json, so tables say
+    what was used); the flags stop with a sentence where nothing is scored by them or the layout has no such
+    protocol."""
     if task != 'depth':
         given = [f for f in ('eval_split', 'eval_protocol', 'median_scaling') if getattr(args, f) is not None]
         if given:
             raise SystemExit(f'--{given[0].replace("_", "-")} applies to depth evaluation; --task {task} does '
                              f'not score depth.')
         return
-    args.eval_protocol = args.eval_protocol or 'eigen'
+    layout = data.LAYOUTS[args.data]
+    if args.eval_protocol not in (None,) + layout.protocols:
+        raise SystemExit(f'--eval-protocol {args.eval_protocol} is not a protocol of --data {args.data}: choose '
+                         f'{" or ".join(layout.protocols)}.')
+    args.eval_protocol = args.eval_protocol or layout.protocols[0]
     args.median_scaling = args.median_scaling or ('on' if median_scaling else 'off')
+    args.max_depth = args.max_depth or layout.max_depth
+    args.eval_max_depth = args.eval_max_depth or layout.eval_max_depth
 
 
 def depth_eval_name(args, median_scaling):
@@ -130,6 +152,18 @@ def check_args(args):
             raise SystemExit(f'--{flag.replace("_", "-")} must be at least 1.')
     if not args.lr >= 0:
         raise SystemExit(f'--lr must be a learning rate of 0 or more (e.g. 1e-4); got {args.lr}.')
+    if args.crop_size:
+        try:
+            models.check_resolution(*args.crop_size)
+        except ValueError as error:
+            raise SystemExit(f'--crop-size: {error}') from None
+        if args.crop_size[0] > args.height or args.crop_size[1] > args.width:
+            raise SystemExit(f'--crop-size {args.crop_size[0]} {args.crop_size[1]} must fit in --height '
+                             f'{args.height} x --width {args.width}.')
+    if args.frame_stride < 1:
+        raise SystemExit(f'--frame-stride must be 1 or more (frames between a target and its sources); got {args.frame_stride}.')
+    if args.depth_scale is not None and not (args.data == 'folder' and args.depth_scale > 0):
+        raise SystemExit('--depth-scale applies to --data folder\'s PNG depth maps and must be above 0 (e.g. 0.001).')
     if args.workers < 0:
         raise SystemExit(f'--workers must be 0 (read data in this process) or more; got {args.workers}.')
     xnet_flags = args.decoder_init != 'none' or args.xnet_mix != 'stem' or args.xnet_pyramid or args.no_pfp
@@ -159,7 +193,7 @@ def autocast(device):
 
 
 def data_root(args):
-    """The dataset folder: the toy world is rendered there on first use; KITTI must exist."""
+    """The dataset folder: the toy world is rendered there on first use; any other dataset must exist."""
     if args.data == 'toy':
         if args.data_root and not Path(args.data_root).exists():  # a typo must not start a render silently
             raise SystemExit(f'--data-root {args.data_root} does not exist: pass a rendered toy world, render one '
@@ -169,9 +203,19 @@ def data_root(args):
         toyworld.ensure_toy_world(root)
         return root
     if not args.data_root or not Path(args.data_root).is_dir():
-        raise SystemExit(f'--data kitti needs --data-root pointing at a KITTI tree (got {args.data_root}); '
-                         f'see "Real KITTI" in the README for the layout.')
+        raise SystemExit(f'--data {args.data} needs --data-root pointing at its folder (got {args.data_root}); '
+                         f'see "Datasets" in the README for the layout.')
     return args.data_root
+
+
+def dataset_name(args):
+    """The run-name part naming the dataset: none for KITTI's layout (the toy world's and real KITTI's)."""
+    return [] if data.LAYOUTS[args.data] is data.Kitti else [args.data]
+
+
+def open_layout(args):
+    """The layout of --data at its root (data.LAYOUTS), which lists what each split holds."""
+    return data.LAYOUTS[args.data](data_root(args), depth_scale=args.depth_scale)
 
 
 def open_dataset(make, *args, **kwargs):
@@ -194,23 +238,6 @@ def init_encoders(args, *encoders):
     print(f'Initialised {len(encoders)} encoder(s) from torchvision\'s ImageNet {args.arch} weights; the rest is new.')
 
 
-def load_checkpoint(path):
-    """A checkpoint's contents, or one sentence on why it cannot be read."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f'{path} does not exist; a run writes runs/<name>/checkpoint.pt.')
-    try:
-        checkpoint = torch.load(path, map_location='cpu', weights_only=False)
-    except Exception as error:
-        raise ValueError(f'could not read {path} ({error}); the file is damaged.') from None
-    if not isinstance(checkpoint, dict) or not {'model', 'task', 'arch'} <= set(checkpoint):
-        bare = isinstance(checkpoint, dict) and 'conv1.weight' in checkpoint
-        what = ('a bare state dict (such as torchvision\'s ImageNet weights; for those use --init imagenet)' if bare
-                else 'not a checkpoint written by pretrain.py or finetune.py')
-        raise ValueError(f'{path} is {what}: pass one of their checkpoints (runs/<name>/checkpoint.pt or '
-                         f'checkpoints/<task>.pt).')
-    return checkpoint
-
-
 def init_checkpoint(init, flag='--init'):
     """The checkpoint a flag names, as (path, contents): an existing file, or a name (depth, flow) of
     checkpoints/<name>.pt; what is not a checkpoint of this code stops with one sentence."""
@@ -220,7 +247,7 @@ def init_checkpoint(init, flag='--init'):
                 and init in ('depth', 'flow') else 'check the path')
         raise SystemExit(f'{flag} {init}: {path} does not exist; {hint}.')
     try:
-        checkpoint = load_checkpoint(path)
+        checkpoint = models.load_checkpoint(path)
     except ValueError as error:
         raise SystemExit(f'{flag} {init}: {error}') from None
     return path, checkpoint
@@ -334,7 +361,8 @@ def fit(args, networks, optimizer, scheduler, loss_fn, batches, evaluate_now, ba
     checkpoint with --resume), log the baseline (what a trivial prediction scores: `baseline()`), train with
     evaluations (`evaluate_now(iteration, run folder)` -> metrics) and checkpoints, and, where the script has
     --out, export the network. `batches(start)` is the training stream from iteration `start` on; `info` is
-    what else a checkpoint records."""
+    what else a checkpoint records. Without held-out ground truth (a folder of video), evaluate_now and
+    baseline are None."""
     device = next(iter(networks['model'].parameters())).device
     step = lambda batch: optimisation_step(loss_fn(to_device(batch, device)), optimizer, scheduler)
     if args.bench:
@@ -352,12 +380,16 @@ def fit(args, networks, optimizer, scheduler, loss_fn, batches, evaluate_now, ba
                     normalization=networks['model'].normalization, height=args.height, width=args.width,
                     args=vars(args), iter=iteration, metrics=state['metrics'], **info)
 
-    reference = baseline()
-    train(args, run, step, batches, state, lambda it: evaluate_now(it, run.path), checkpoint, reference)
+    reference = baseline() if baseline else {}
+    if evaluate_now is None:
+        print('Nothing to evaluate on (no held-out ground truth): the run logs its training loss only.')
+    train(args, run, step, batches, state, evaluate_now and (lambda it: evaluate_now(it, run.path)), checkpoint,
+          reference)
     if export:
         final = checkpoint(args.iters)
         save_atomic({k: v for k, v in final.items() if k not in ('optimizer', 'scheduler', 'rng')}, export)
-    print(f'{args.task} after {args.iters} iterations: {metrics_line(state["metrics"], reference)}')
+    summary = metrics_line(state['metrics'], reference) or 'not evaluated (no held-out ground truth)'
+    print(f'{args.task} after {args.iters} iterations: {summary}')
     print(f'Wrote {run.path}' + (f' and {export}.' if export else '.'))
 
 
@@ -365,7 +397,7 @@ def train(args, run, step, batches, state, evaluate_now, checkpoint, baseline):
     """The loop both scripts share: step, log, evaluate, checkpoint, with a tqdm bar. `batches(start)` is
     the training stream from iteration `start` on. The baseline (what a trivial prediction scores) is
     logged once and printed next to every evaluation."""
-    if not run.resume:
+    if not run.resume and baseline:
         run.log(iter=0, split='baseline', **baseline)
     batches = batches(state['iter'])
     bar = tqdm(range(state['iter'], args.iters), initial=state['iter'], total=args.iters, dynamic_ncols=True)
@@ -378,7 +410,7 @@ def train(args, run, step, batches, state, evaluate_now, checkpoint, baseline):
         bar.set_postfix(loss=f'{loss.item():.4f}', img_s=f'{speed:.1f}')
         if done % args.log_every == 0:
             run.log(iter=done, split='train', loss=loss.item(), lr=lr, images_per_s=speed)
-        if done % args.eval_every == 0 or done == args.iters:
+        if evaluate_now and (done % args.eval_every == 0 or done == args.iters):
             metrics = evaluate_now(done)
             run.log(iter=done, split='eval', **metrics)
             state['metrics'] = metrics
@@ -433,18 +465,19 @@ def peak_memory_mb(device):
 
 
 # The measures printed after each evaluation: key -> (label, shown in %).
-SUMMARY = {'miou7': ('mIoU(7)', True), 'miou': ('mIoU(19)', True), 'pixel_acc': ('pixel acc', True),
+SUMMARY = {'miou7': ('mIoU(7)', True), 'miou': ('mIoU', True), 'pixel_acc': ('pixel acc', True),
            'abs_rel': ('abs_rel', False), 'rmse': ('rmse', False), 'a1': ('δ<1.25', False),
            'si_rmse': ('SI-RMSE', False), 'epe': ('EPE px', False), 'fl': ('Fl', True)}
 
 
 def metrics_line(metrics, baseline):
-    """One line: each headline measure, with the baseline's value in brackets."""
+    """One line: each headline measure (those that are not NaN: mIoU(7) of NYU's classes), with the
+    baseline's value in brackets."""
     def show(value, percent):
         return f'{100 * value:.1f} %' if percent else f'{value:.3f}'
     line = ', '.join(f'{label} {show(metrics[key], percent)}'
                      + (f' (baseline {show(baseline[key], percent)})' if key in baseline else '')
-                     for key, (label, percent) in SUMMARY.items() if key in metrics)
+                     for key, (label, percent) in SUMMARY.items() if key in metrics and metrics[key] == metrics[key])
     if metrics.get('scale_std'):  # median scaling: its ratios as Monodepth2 prints them
         line += f', scale ratios median {metrics["median_scale"]:.3f} (std {metrics["scale_std"]:.3f})'
     if 'images' in metrics:

@@ -26,6 +26,30 @@ def seeded():
     torch.manual_seed(0)
 
 
+def kitti_snippets(root, split, height, width, frame_ids, stereo=False, with_depth=False, split_dir=None, **flags):
+    """data.VideoSnippets of a KITTI-layout split (the toy world's too): data.Kitti(root).snippets with the
+    frame offsets, stereo, ground truth and split folder asked for, made into a dataset at (height, width);
+    `flags` (augment, crop, jitter) go to the dataset. Errors of either step propagate as they are."""
+    import data
+    snippets = data.Kitti(root).snippets(split, frame_ids, stereo=stereo, with_depth=with_depth, split_dir=split_dir)
+    return data.VideoSnippets(snippets, height, width, **flags)
+
+
+def kitti_test_frames(root, height, width, protocol, split_dir=None):
+    """data.DepthTestFrames of a KITTI-layout test split by a protocol (eigen or benchmark), counting the
+    frames skipped for want of its ground truth, as the scripts build it (evaluate.depth_test_set)."""
+    import data
+    items, skipped = data.Kitti(root).depth_test(protocol, split_dir)
+    return data.DepthTestFrames(items, height, width, protocol, skipped)
+
+
+def kitti_labelled(root, indices, height, width, augment=False):
+    """data.LabelledImages of the KITTI data_semantics images at `indices` (sorted by id)."""
+    import data
+    pairs, _ = data.Kitti(root).labelled()
+    return data.LabelledImages([pairs[i] for i in indices], height, width, augment)
+
+
 def read_metrics(run):
     """The lines of a run folder's metrics.jsonl."""
     return [json.loads(line) for line in (run / 'metrics.jsonl').read_text().splitlines()]

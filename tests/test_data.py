@@ -16,7 +16,7 @@ import data
 import toyworld
 import losses
 import training
-from conftest import project, warp
+from conftest import kitti_labelled, kitti_snippets, kitti_test_frames, project, warp
 
 REALDATA = Path(__file__).resolve().parents[2] / 'shared' / 'realdata'
 needs_realdata = pytest.mark.skipif(not REALDATA.exists(), reason='the real KITTI sample files are not here')
@@ -247,9 +247,9 @@ def _crop_offset(part, whole):
 
 @pytest.mark.parametrize('size, crop', [((64, 192), (48, 96)), ((56, 168), (32, 128))])
 def test_random_crop_cuts_images_and_depth_at_one_place_and_shifts_the_principal_point(toy_root, size, crop):
-    whole = data.VideoSnippets(toy_root, 'train', *size, frame_ids=(0, -1), with_depth=True)[1]
+    whole = kitti_snippets(toy_root, 'train', *size, (0, -1), with_depth=True)[1]
     whole_depth = F.interpolate(whole['depth'][None], size, mode='nearest')[0]  # stored at 64 x 192
-    cropped = data.VideoSnippets(toy_root, 'train', *size, frame_ids=(0, -1), with_depth=True, crop=crop)
+    cropped = kitti_snippets(toy_root, 'train', *size, (0, -1), with_depth=True, crop=crop)
     offsets = set()
     for _ in range(6):
         item = cropped[1]
@@ -289,12 +289,13 @@ def _ground_truth_warp(root, size, depth_scale=1.0, crop=None, shift_intrinsics=
     photometric error on pixels seen in both and static, the identity error there, and their share.
     `depth_scale` corrupts the warp, to show the test can tell. With `crop` the loader's random crop is
     used (its offset read off the principal point); `shift_intrinsics=False` undoes the shift."""
-    snippets = data.VideoSnippets(root, 'train', *size, frame_ids=(0, 1), with_depth=True, crop=crop)
-    folder, frame, _ = snippets.entries[2]
+    snippets = kitti_snippets(root, 'train', *size, (0, 1), with_depth=True, crop=crop)
+    folder, frame, _ = data.read_split(root, 'train')[2]
+    assert snippets.snippets[2].frames == (data.image_path(root, folder, frame), data.image_path(root, folder, frame + 1))
     torch.manual_seed(0)
     item = snippets[2]
     K = item['K'][None]
-    full_K = data.VideoSnippets(root, 'train', *size, frame_ids=(0,))[2]['K']
+    full_K = kitti_snippets(root, 'train', *size, (0,))[2]['K']
     left, top = (int(round(float(full_K[i, 2] - K[0, i, 2]))) for i in (0, 1))
     shape = tuple(item['frames'].shape[-2:])
     cut = lambda x: x[..., top:top + shape[0], left:left + shape[1]]
@@ -356,9 +357,8 @@ def test_ground_truth_flow_warps_the_next_frame_onto_the_first(toy_root):
 def test_depth_follows_flips_and_crops(toy_root, crop):
     """With augmentation (and a crop), images and depth are cut at one place and flipped together, and the
     principal point moves into the crop, then mirrors: cx' = w - 1 - (cx - left), cy' = cy - top."""
-    whole = data.VideoSnippets(toy_root, 'train', 64, 192, frame_ids=(0,), with_depth=True)[0]
-    augmented = data.VideoSnippets(toy_root, 'train', 64, 192, frame_ids=(0,), with_depth=True, augment=True,
-                                   crop=crop)
+    whole = kitti_snippets(toy_root, 'train', 64, 192, (0,), with_depth=True)[0]
+    augmented = kitti_snippets(toy_root, 'train', 64, 192, (0,), with_depth=True, augment=True, crop=crop)
     h, w = crop or (64, 192)
     seen = set()
     for _ in range(12):
@@ -377,7 +377,7 @@ def test_depth_follows_flips_and_crops(toy_root, crop):
 def _stereo_warp_error(root, size, focal_scale=1.0):
     """Mean photometric error of the other camera's image warped into this one with ground-truth
     depth and the loader's stereo transform (baseline from the calibration)."""
-    snippets = data.VideoSnippets(root, 'train', *size, frame_ids=(0,), with_depth=True, stereo=True)
+    snippets = kitti_snippets(root, 'train', *size, (0,), with_depth=True, stereo=True)
     item = snippets[2]
     depth = F.interpolate(item['depth'][None], size=size, mode='nearest')
     K = item['K'][None].clone()
@@ -396,7 +396,7 @@ def test_ground_truth_stereo_warp_reproduces_the_left_image(toy_root):
 
 
 def test_flipped_stereo_reverses_the_baseline(toy_root):
-    snippets = data.VideoSnippets(toy_root, 'train', 64, 192, stereo=True, augment=True)
+    snippets = kitti_snippets(toy_root, 'train', 64, 192, (0, -1, 1), stereo=True, augment=True)
     signs = set()
     for _ in range(12):  # the toy world's principal point lies left of the centre; flips mirror it
         item = snippets[0]
@@ -432,8 +432,10 @@ def _semantics(root, image_size=(10, 12), label_size=(10, 12), label16=False):
 
 def test_label_map_of_another_size_stops_with_both_sizes_and_files(tmp_path):
     image, label = _semantics(tmp_path, image_size=(370, 1224), label_size=(375, 1242))
-    for build in (lambda: data.LabelledImages(tmp_path, [0], 64, 192),
-                  lambda: training.open_dataset(data.LabelledImages, tmp_path, [0], 64, 192)):
+    pairs, held_out = data.Kitti(tmp_path).labelled()
+    assert pairs == [(image, label, data.read_labels)] and held_out is None  # the headers are checked later
+    for build in (lambda: kitti_labelled(tmp_path, [0], 64, 192),
+                  lambda: training.open_dataset(data.LabelledImages, pairs[:1], 64, 192)):
         with pytest.raises((ValueError, SystemExit)) as caught:
             build()
         message = str(caught.value)
@@ -451,7 +453,7 @@ def test_rgb_png_read_as_depth_stops_with_the_format(tmp_path):
     (tmp_path / 'splits').mkdir()
     (tmp_path / 'splits/train_files.txt').write_text('2011_09_26/2011_09_26_drive_0001_sync 1 l\n')
     with pytest.raises(ValueError, match='16-bit single-channel') as caught:  # when the set is built
-        data.VideoSnippets(tmp_path, 'train', 64, 192, with_depth=True)
+        kitti_snippets(tmp_path, 'train', 64, 192, (0, -1, 1), with_depth=True)
     assert str(depth) in str(caught.value)
 
 
@@ -474,7 +476,7 @@ def test_depth_test_frames_read_monodepth2_splits_and_jpg_frames_and_skip_frames
     png.unlink()
     data.velodyne_path(root, folder2, int(frame2)).unlink()  # one scan missing
     for protocol, skipped in (('eigen', 1), ('benchmark', 0)):
-        frames = data.DepthTestFrames(root, 'test', 64, 192, protocol, split_dir=split_dir)
+        frames = kitti_test_frames(root, 64, 192, protocol, split_dir=split_dir)
         assert (len(frames), frames.skipped) == (len(lines) - skipped, skipped)
         first = frames[0]
         assert first['frames'].shape == (1, 3, 64, 192) and first['depth'].shape == (1, 64, 192)
@@ -482,7 +484,7 @@ def test_depth_test_frames_read_monodepth2_splits_and_jpg_frames_and_skip_frames
     for scan in root.glob('*/*/velodyne_points/data/*.bin'):
         scan.unlink()
     with pytest.raises(FileNotFoundError, match=f'none of the {len(lines)} frames of split "test" has velodyne scans'):
-        data.DepthTestFrames(root, 'test', 64, 192, 'eigen', split_dir=split_dir)
+        kitti_test_frames(root, 64, 192, 'eigen', split_dir=split_dir)
 
 
 def test_a_missing_neighbour_frame_stops_when_the_set_is_built(tmp_path):
@@ -491,16 +493,17 @@ def test_a_missing_neighbour_frame_stops_when_the_set_is_built(tmp_path):
         _rgb(drive / f'image_02/data/{frame:010d}.png')
     (tmp_path / 'splits').mkdir()
     (tmp_path / 'splits/train_files.txt').write_text('2011_09_26/2011_09_26_drive_0001_sync 0000000005 l\n')
-    data.VideoSnippets(tmp_path, 'train', 64, 192, frame_ids=(0, -1))  # frames 5 and 4: there
+    _velodyne_calib(tmp_path / '2011_09_26')  # the date's calibration: a snippet holds its camera's intrinsics
+    kitti_snippets(tmp_path, 'train', 64, 192, (0, -1))  # frames 5 and 4: there
     with pytest.raises(FileNotFoundError, match='0000000006.png does not exist, but item 1 of split "train"'):
-        data.VideoSnippets(tmp_path, 'train', 64, 192, frame_ids=(0, -1, 1))
+        kitti_snippets(tmp_path, 'train', 64, 192, (0, -1, 1))
     with pytest.raises(FileNotFoundError, match='image_03/data/0000000005.png does not exist'):
-        data.VideoSnippets(tmp_path, 'train', 64, 192, frame_ids=(0,), stereo=True)  # the other camera's frame
+        kitti_snippets(tmp_path, 'train', 64, 192, (0,), stereo=True)  # the other camera's frame
 
 
 def test_16_bit_label_map_points_to_the_semantic_folder(tmp_path):
     image, label = _semantics(tmp_path, label16=True)
-    for read in (lambda: data.read_labels(label), lambda: data.LabelledImages(tmp_path, [0], 8, 8)):
+    for read in (lambda: data.read_labels(label), lambda: kitti_labelled(tmp_path, [0], 8, 8)):
         with pytest.raises(ValueError, match='16-bit single-channel') as caught:
             read()
         assert str(label) in str(caught.value) and 'instance/' in str(caught.value) and 'semantic/' in str(caught.value)
@@ -559,7 +562,7 @@ def test_real_kitti_files_through_every_reader(tmp_path):
     (tmp_path / 'splits').mkdir()
     (tmp_path / 'splits/train_files.txt').write_text(
         ''.join(f'2011_09_26/2011_09_26_drive_0002_sync {f} l\n' for f in range(1, 9)))
-    snippets = data.VideoSnippets(tmp_path, 'train', 64, 192, stereo=True)
+    snippets = kitti_snippets(tmp_path, 'train', 64, 192, (0, -1, 1), stereo=True)
     item = snippets[0]
     assert item['frames'].shape == (3, 3, 64, 192) and 0.4 < item['stereo_T'][0, 3].abs() < 0.6  # 0.54 m rig
     assert data.read_image(data.image_path(tmp_path, '2011_09_26/2011_09_26_drive_0002_sync', 5)).shape == (3, 375, 1242)
@@ -571,8 +574,9 @@ def test_real_kitti_files_through_every_reader(tmp_path):
     with pytest.raises(ValueError, match=re.escape(str(rgb)) + '.*16-bit single-channel'):
         data.read_depth(rgb)
     # data_semantics: the true pairs load, the mismatched image beside its label stops
-    labelled = data.LabelledImages(kitti, [0, 1], 64, 192)
-    labels = torch.stack([data.read_labels(label) for _, label in labelled.files])
+    labelled = kitti_labelled(kitti, [0, 1], 64, 192)
+    assert all(read is data.read_labels for _, _, read in labelled.pairs)
+    labels = torch.stack([data.read_labels(label) for _, label, _ in labelled.pairs])
     assert labels.shape == (2, 375, 1242) and {0, 2, 13} <= set(labels.unique().tolist()) <= set(range(19)) | {255}
     assert labelled[0]['label'].shape == (64, 192)
     label = kitti / 'data_semantics/training/semantic/000000_10.png'
@@ -581,7 +585,7 @@ def test_real_kitti_files_through_every_reader(tmp_path):
     (tmp_path / 'data_semantics/training/image_2/000000_10.png').symlink_to(mismatched)
     (tmp_path / 'data_semantics/training/semantic').symlink_to(label.parent, target_is_directory=True)
     with pytest.raises(ValueError, match='1242x375 but its image .* is 1224x370') as caught:
-        data.LabelledImages(tmp_path, [0], 64, 192)
+        kitti_labelled(tmp_path, [0], 64, 192)
     assert 'semantic/000000_10.png' in str(caught.value) and 'image_2/000000_10.png' in str(caught.value)
     # Cityscapes ids: labelIds read, the 16-bit instanceIds stop with the way out
     gt = REALDATA / 'cityscapes/gtFine/val/frankfurt/frankfurt_000000_000294_gtFine_'
@@ -606,7 +610,7 @@ def test_real_eigen_test_frame_is_scored_at_native_size_and_frames_without_a_sca
     (tmp_path / 'eigen').mkdir()  # Monodepth2's form; only frame 5 of the real drive has its scan here
     (tmp_path / 'eigen/test_files.txt').write_text(''.join(
         f'2011_09_26/2011_09_26_drive_0002_sync {f:010d} l\n' for f in (4, 5, 6)))
-    frames = data.DepthTestFrames(kitti, 'test', 64, 192, 'eigen', split_dir=tmp_path / 'eigen')
+    frames = kitti_test_frames(kitti, 64, 192, 'eigen', split_dir=tmp_path / 'eigen')
     assert (len(frames), frames.skipped) == (1, 2)
     item = frames[0]
     assert item['frames'].shape == (1, 3, 64, 192) and item['depth'].shape == (1, 375, 1242)

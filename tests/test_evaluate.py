@@ -21,7 +21,8 @@ import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import evaluate  # noqa: E402
-import training  # noqa: E402
+import models  # noqa: E402
+from conftest import kitti_test_frames  # noqa: E402
 
 # ---------------------------------------------------------------- segmentation
 
@@ -356,7 +357,9 @@ def test_garg_crop_truncates_bounds_and_pins_the_fractions_to_six_digits():
 
 
 def test_benchmark_protocol_scores_every_pixel_and_eigen_the_garg_crop():
-    assert evaluate.PROTOCOLS == {'eigen': dict(crop='garg', cap_gt=True), 'benchmark': dict(crop=None, cap_gt=False)}
+    assert evaluate.PROTOCOLS == {'eigen': dict(crop='garg', cap_gt=True), 'benchmark': dict(crop=None, cap_gt=False),
+                                  'cityscapes': dict(crop='cityscapes', cap_gt=True), 'nyu': dict(crop='nyu', cap_gt=True),
+                                  'pairs': dict(crop=None, cap_gt=True)}  # the other layouts' protocols beside KITTI's
     assert evaluate.crop_mask((375, 1242), None).all()
     with pytest.raises(ValueError, match='unknown crop'):
         evaluate.crop_mask((375, 1242), 'eigen')
@@ -959,7 +962,7 @@ def test_grad_cam_figure_overlays_each_runs_map_on_the_held_out_images(trained_r
     axes = np.array(fig.axes).reshape(len(runs), len(images))
     assert len(calls) == len(runs)
     for r, (run, call) in enumerate(zip(runs, calls)):  # row r: run r's Grad-CAM of encoder.layer1
-        assert _holds_weights(call['net'], training.load_checkpoint(run['checkpoint']))
+        assert _holds_weights(call['net'], models.load_checkpoint(run['checkpoint']))
         assert call['layer'] is call['net'].encoder.layer1 and torch.equal(call['images'], images)
         for c in range(len(images)):
             picture, heat = axes[r, c].images
@@ -988,7 +991,7 @@ def _holds_weights(net, checkpoint):
 def test_evaluating_a_checkpoint_scores_its_held_out_images_by_its_own_settings(trained_runs, toy_root, capsys,
                                                                                monkeypatch):
     metrics = evaluate.main(['--checkpoint', str(trained_runs[0] / 'checkpoint.pt')])
-    checkpoint = training.load_checkpoint(trained_runs[0] / 'checkpoint.pt')
+    checkpoint = models.load_checkpoint(trained_runs[0] / 'checkpoint.pt')
     held_out = evaluate.held_out_set(checkpoint, checkpoint['args']['data_root'])
     assert len(held_out) == 12 - 4  # every labelled image outside the run's 4-image pick
     batches = torch.utils.data.DataLoader(held_out, batch_size=3)
@@ -999,10 +1002,9 @@ def test_evaluating_a_checkpoint_scores_its_held_out_images_by_its_own_settings(
     call, = calls
     # the run's network on the test split by the default protocol (eigen); in metres (no --supervision mono:
     # no median scaling), its sigmoid mapped to 0.1..100 m, scored up to 80 m
-    assert _holds_weights(call['net'], training.load_checkpoint(trained_runs[2] / 'checkpoint.pt'))
-    import data
-    test_frames = data.DepthTestFrames(toy_root, 'test', 64, 192, 'eigen')  # the run's data root's test split
-    assert call['frames'].protocol == 'eigen' and call['frames'].entries == test_frames.entries
+    assert _holds_weights(call['net'], models.load_checkpoint(trained_runs[2] / 'checkpoint.pt'))
+    test_frames = kitti_test_frames(toy_root, 64, 192, 'eigen')  # the run's data root's test split
+    assert call['frames'].protocol == 'eigen' and call['frames'].items == test_frames.items
     assert (call['min_depth'], call['max_depth'], call['eval_max_depth'], call['median_scaling']) == (0.1, 100.0, 80.0,
                                                                                                        False)
     assert depth == call['result'] and depth['median_scale'] == 1.0
@@ -1132,7 +1134,7 @@ def _depth_checkpoint(path, **args):
 @pytest.mark.parametrize('protocol', ['eigen', 'benchmark'])
 def test_a_test_split_of_two_image_sizes_is_scored_image_by_image_at_native_size(two_size_root, tmp_path, protocol):
     data, models, net = _depth_checkpoint(tmp_path / 'depth.pt', supervision='stereo', eval_protocol=protocol)
-    frames = data.DepthTestFrames(two_size_root, 'test', 64, 192, protocol)
+    frames = kitti_test_frames(two_size_root, 64, 192, protocol)
     sizes = {tuple(frames[i]['depth'].shape[-2:]) for i in range(len(frames))}
     assert sizes == {(64, 192), (48, 160)}  # each ground truth at its own size; the inputs at the network's
     metrics = evaluate.evaluate_depth(net, frames, torch.device('cpu'), median_scaling=False)

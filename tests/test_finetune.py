@@ -178,10 +178,16 @@ def test_a_training_set_smaller_than_the_batch_trains_on_what_there_is(toy_root,
     assert 'holds 2 items, fewer than --batch-size 4: each batch is all 2 of them' in capsys.readouterr().out
 
 
-def test_depth_evaluation_flags_apply_to_depth_only():
+def test_depth_evaluation_flags_apply_to_depth_only(toy_root, tmp_path):
     args = finetune.parse_args(['--task', 'depth'])
     assert (args.eval_protocol, args.median_scaling) == ('eigen', 'off')  # fine-tuned depth is metric
     assert 'benchmark' in finetune.parse_args(['--task', 'depth', '--eval-protocol', 'benchmark']).name
-    for flags in (['--eval-protocol', 'benchmark'], ['--median-scaling', 'on'], ['--split', 'splits/eigen_zhou']):
+    for flags in (['--eval-protocol', 'benchmark'], ['--median-scaling', 'on']):
         with pytest.raises(SystemExit, match='applies to'):
-            finetune.parse_args(flags)  # --task seg scores no depth and reads no split file
+            finetune.parse_args(flags)  # --task seg scores no depth
+    # --split may list Cityscapes' or NYU's labelled images for --task seg; KITTI's (the toy world's) split files
+    # list raw frames, not data_semantics images: a seg run on them stops with a sentence, before any run folder
+    with pytest.raises(SystemExit, match='--split lists KITTI raw frames, not data_semantics images'):
+        finetune.main(['--data-root', str(toy_root), '--runs', str(tmp_path), '--name', 'split', '--split',
+                       str(toy_root / 'splits')] + SMALL)
+    assert not (tmp_path / 'split').exists()

@@ -14,13 +14,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import data
 import evaluate
 import finetune
 import models
 import pretrain
 import training
-from conftest import SMALL, read_metrics
+from conftest import SMALL, kitti_test_frames, read_metrics
 
 
 @pytest.fixture(autouse=True)
@@ -59,7 +58,7 @@ def test_every_depth_supervision_trains_and_evaluates(flags, networks, toy_root,
     # metric supervisions are scored unscaled, by the Eigen protocol on every test frame, and say so
     assert (checkpoint['args']['eval_protocol'], checkpoint['args']['median_scaling']) == ('eigen', 'off')
     assert evals[0]['median_scale'] == 1.0 and evals[0]['scale_std'] == 0.0
-    assert evals[0]['images'] == len(data.DepthTestFrames(toy_root, 'test', 64, 192, 'eigen')) > 0
+    assert evals[0]['images'] == len(kitti_test_frames(toy_root, 64, 192, 'eigen')) > 0
 
 
 def test_video_supervision_starts_at_its_own_scale(toy_root, tmp_path):
@@ -156,7 +155,7 @@ def test_depth_is_scored_up_to_the_evaluation_cap_from_1_mm(flags, cap, toy_root
     assert checkpoint['args']['eval_max_depth'] == cap
     lines = read_metrics(run)
     logged, baseline = (next(m for m in lines if m['split'] == split) for split in ('eval', 'baseline'))
-    frames = data.DepthTestFrames(toy_root, 'test', 64, 96, 'eigen')
+    frames = kitti_test_frames(toy_root, 64, 96, 'eigen')
     by_hand = _scores_by_hand(checkpoint, frames, cap)
     assert logged['abs_rel'] == pytest.approx(by_hand['abs_rel'], rel=1e-6)
     assert logged['rmse'] == pytest.approx(by_hand['rmse'], rel=1e-6)

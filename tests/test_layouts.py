@@ -1,0 +1,299 @@
+"""The layouts beside KITTI's (data.py sections 2 and 4): Cityscapes, NYU-Depth-V2 and a folder of your own.
+Their encodings pinned on values written out by hand and on the real Cityscapes and NYU sample files
+(copied into a temporary tree in the official layout), the depth protocols' crops, what each layout's
+splits hold, and one sentence for each kind of bad input. End-to-end runs of every layout's toy world
+are in test_end_to_end_layouts.py."""
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torchvision.io import ImageReadMode, decode_image, decode_png, read_file, write_jpeg, write_png
+
+import data
+import evaluate
+import toyworld
+
+REALDATA = Path(__file__).resolve().parents[2] / 'shared' / 'realdata'
+needs_realdata = pytest.mark.skipif(not REALDATA.exists(), reason='the real dataset sample files are not here')
+REAL_FRAME = 'frankfurt_000000_000294'
+CAMERA = {'extrinsic': {'baseline': 0.209313, 'pitch': 0.038, 'roll': 0.0, 'x': 1.7, 'y': 0.1, 'yaw': -0.0195,
+                        'z': 1.22},
+          'intrinsic': {'fx': 2262.52, 'fy': 2265.3017905988554, 'u0': 1096.98, 'v0': 513.137}}
+
+
+def _image(height, width, seed):
+    return torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+# ----------------------------------------------------------------------------------------------
+# Cityscapes
+# ----------------------------------------------------------------------------------------------
+
+def _cityscapes_frame(root, split, city, sequence, frame, height=8, width=16, camera=CAMERA, kinds=('left',)):
+    """Write the files `kinds` of one Cityscapes frame (random images, the CAMERA file, a disparity of 4 px)."""
+    name = (split, city, f'{sequence:06d}', frame)
+    for kind in kinds:
+        path = data.cityscapes_path(root, kind, *name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if kind == 'camera':
+            path.write_text(json.dumps(camera))
+        elif kind == 'disparity':
+            toyworld.write_png16(np.full((height, width), 4 * 256 + 1), path)
+        elif kind == 'labels':
+            write_png(torch.full((1, height, width), 7, dtype=torch.uint8), str(path))
+        else:
+            write_png(_image(height, width, frame), str(path))
+    return name
+
+
+def test_disparity_is_p_minus_1_over_256_and_depth_is_baseline_times_fx_over_it(tmp_path):
+    """Cityscapes' disparity PNG: p = 0 invalid, else d = (p - 1) / 256 pixels; depth = baseline * fx / d."""
+    (tmp_path / 'camera.json').write_text(json.dumps(CAMERA))
+    p = np.array([[0, 1, 2, 257], [513, 1025, 25601, 65535]])
+    toyworld.write_png16(p, tmp_path / 'disparity.png')
+    depth = data.read_disparity_depth(tmp_path / 'disparity.png', tmp_path / 'camera.json')
+    d = (p - 1) / 256
+    expected = np.where(p > 1, 0.209313 * 2262.52 / np.where(d > 0, d, 1), 0.0)
+    assert depth.shape == (1, 2, 4) and depth.dtype == torch.float32
+    np.testing.assert_allclose(depth[0].numpy(), expected, rtol=1e-6)
+    assert depth[0, 0, 0] == 0 and depth[0, 0, 1] == 0  # no disparity, and a disparity of 0: no depth
+    assert depth[0, 1, 1] == pytest.approx(0.209313 * 2262.52 / 4)  # p = 1025 is 4 px
+
+
+def test_camera_file_gives_the_intrinsics_and_baseline_and_a_bad_one_a_sentence(tmp_path):
+    (tmp_path / 'camera.json').write_text(json.dumps(CAMERA))
+    assert data.read_cityscapes_camera(tmp_path / 'camera.json') == ((2262.52, 2265.3017905988554, 1096.98, 513.137),
+                                                                      0.209313)
+    (tmp_path / 'bad.json').write_text(json.dumps({'intrinsic': {'fx': 1}}))
+    with pytest.raises(ValueError, match='is not a Cityscapes camera file'):
+        data.read_cityscapes_camera(tmp_path / 'bad.json')
+    with pytest.raises(FileNotFoundError, match='no camera file .*camera_trainvaltest'):
+        data.read_cityscapes_camera(tmp_path / 'missing.json')
+
+
+def test_cityscapes_names_and_paths_follow_the_official_layout(tmp_path):
+    name = data.cityscapes_name(tmp_path / f'leftImg8bit/val/frankfurt/{REAL_FRAME}_leftImg8bit.png')
+    assert name == ('val', 'frankfurt', '000000', 294)
+    assert data.cityscapes_path('R', 'labels', *name) == Path(f'R/gtFine/val/frankfurt/{REAL_FRAME}_gtFine_labelIds.png')
+    assert data.cityscapes_path('R', 'disparity', *name) == Path(f'R/disparity/val/frankfurt/{REAL_FRAME}_disparity.png')
+    assert data.cityscapes_path('R', 'camera', *name) == Path(f'R/camera/val/frankfurt/{REAL_FRAME}_camera.json')
+    assert data.cityscapes_path('R', 'right', *name) == Path(f'R/rightImg8bit/val/frankfurt/{REAL_FRAME}_rightImg8bit.png')
+    assert (data.cityscapes_path('R', 'sequence', 'val', 'frankfurt', '000000', 275)
+            == Path('R/leftImg8bit_sequence/val/frankfurt/frankfurt_000000_000275_leftImg8bit.png'))
+    with pytest.raises(ValueError, match='is not named as Cityscapes names its files'):
+        data.cityscapes_name(tmp_path / 'leftImg8bit/val/frankfurt/photo.png')
+
+
+@needs_realdata
+def test_real_cityscapes_frame_reads_as_the_train_ids_of_its_label_ids(tmp_path):
+    """The real frame (downscaled) copied into the official layout: the labelled pair of the val split,
+    its label ids read as train ids that agree with Cityscapes' own labelTrainIds except where the two maps
+    were downscaled apart (SOURCES.md: 77 boundary pixels)."""
+    for folder, suffix in (('leftImg8bit', 'leftImg8bit'), ('gtFine', 'gtFine_labelIds')):
+        target = tmp_path / folder / 'val/frankfurt' / f'{REAL_FRAME}_{suffix}.png'
+        target.parent.mkdir(parents=True)
+        shutil.copy(REALDATA / 'cityscapes' / folder / 'val/frankfurt' / target.name, target)
+    _cityscapes_frame(tmp_path, 'train', 'aachen', 0, 19, 128, 256, kinds=('left', 'labels'))
+    layout = data.Cityscapes(tmp_path)
+    pool, held_out = layout.labelled()
+    assert [p[0].name for p in held_out] == [f'{REAL_FRAME}_leftImg8bit.png'] and len(pool) == 1
+    item = data.LabelledImages(held_out, 128, 256)[0]
+    train_ids = decode_png(read_file(str(REALDATA / f'cityscapes/gtFine/val/frankfurt/{REAL_FRAME}_gtFine_labelTrainIds.png')))[0].long()
+    assert item['image'].shape == (3, 128, 256) and item['label'].shape == (128, 256)
+    assert (item['label'] != train_ids).sum() <= 77
+    assert set(item['label'].unique().tolist()) == {0, 1, 2, 4, 5, 7, 8, 10, 11, 13, 255}  # road ... car, and ignored
+
+
+def test_cityscapes_video_snippets_take_neighbours_from_the_sequence_and_k_from_the_camera_file(tmp_path):
+    for frame in (18, 19, 20, 21):
+        _cityscapes_frame(tmp_path, 'train', 'aachen', 3, frame, kinds=('sequence',))
+    _cityscapes_frame(tmp_path, 'train', 'aachen', 3, 19, kinds=('left', 'right', 'camera', 'disparity'))
+    layout = data.Cityscapes(tmp_path)
+    snippets = layout.snippets('train', (0, -1, 1))
+    assert [s.frames[0].name for s in snippets] == ['aachen_000003_000019_leftImg8bit.png',
+                                                    'aachen_000003_000020_leftImg8bit.png']  # 18, 21: a neighbour missing
+    assert snippets[1].frames[1].name == 'aachen_000003_000019_leftImg8bit.png'
+    assert snippets[1].intrinsics == (2262.52, 2265.3017905988554, 1096.98, 513.137)  # the sequence's camera file
+    assert all(s.keep_rows == 0.75 and s.other is None for s in snippets)
+    stereo = layout.snippets('train', (0, -1, 1), stereo=True)  # only the frame with a right image
+    assert len(stereo) == 1 and stereo[0].other.name.endswith('_000019_rightImg8bit.png')
+    assert stereo[0].stereo_shift == -0.209313  # the right camera is +baseline along x: points move by -baseline
+
+
+def test_cityscapes_depth_keeps_the_top_three_quarters_for_images_and_ground_truth(tmp_path):
+    name = _cityscapes_frame(tmp_path, 'val', 'lindau', 0, 19, 8, 16, kinds=('left', 'camera', 'disparity'))
+    items, skipped = data.Cityscapes(tmp_path).depth_test('cityscapes')
+    frames = data.DepthTestFrames(items, 6, 16, 'cityscapes', skipped)
+    item = frames[0]
+    image = decode_image(read_file(str(data.cityscapes_path(tmp_path, 'left', *name)))).float() / 255
+    assert item['depth'].shape == (1, 6, 16)  # 8 rows -> the top 6
+    torch.testing.assert_close(item['frames'][0], image[:, :6])  # the same size: no resampling
+    assert float(item['depth'][0, 0, 0]) == pytest.approx(0.209313 * 2262.52 / 4)
+
+
+def test_cityscapes_crop_is_manydepths_rows_256_to_767_and_columns_192_to_1855():
+    mask = evaluate.crop_mask((768, 2048), 'cityscapes')  # 1024 x 2048 with the bottom quarter out
+    rows, cols = mask.any(1).nonzero()[:, 0], mask.any(0).nonzero()[:, 0]
+    assert (int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])) == (256, 767, 192, 1855)
+    assert int(mask.sum()) == 512 * 1664
+
+
+# ----------------------------------------------------------------------------------------------
+# NYU-Depth-V2
+# ----------------------------------------------------------------------------------------------
+
+@needs_realdata
+def test_real_nyu_depth_is_millimetres(tmp_path):
+    path = REALDATA / 'nyu/metric3d_nyu_demo/depth/sync_depth_00000.png'
+    depth = data.read_nyu_depth(path)
+    raw = decode_png(read_file(str(path)), mode=ImageReadMode.UNCHANGED).int()
+    assert depth.shape == (1, 480, 640)
+    torch.testing.assert_close(depth, raw.float() / 1000)
+    assert float(depth.max()) == pytest.approx(6.625) and 0.7 < float((depth > 0).float().mean()) < 0.75
+
+
+def _nyu_tree(root, folders=('sync/bookstore_0001', 'official_splits/test/bathroom')):
+    """The three real NYU frames (BTS's form) copied into sync/ and official_splits/test/."""
+    for folder in folders:
+        (root / folder).mkdir(parents=True)
+        for n in ('00000', '00050', '00100'):
+            shutil.copy(REALDATA / f'nyu/metric3d_nyu_demo/rgb/rgb_{n}.jpg', root / folder / f'rgb_{n}.jpg')
+            shutil.copy(REALDATA / f'nyu/metric3d_nyu_demo/depth/sync_depth_{n}.png', root / folder / f'sync_depth_{n}.png')
+
+
+@needs_realdata
+def test_real_nyu_frames_train_and_test_in_btss_layout(tmp_path):
+    _nyu_tree(tmp_path)
+    layout = data.Nyu(tmp_path)
+    train = data.VideoSnippets(layout.snippets('train', with_depth=True), 96, 128)
+    assert len(train) == 3 and set(train[0]) == {'frames', 'frames_aug', 'depth'}  # no intrinsics needed
+    items, skipped = layout.depth_test('nyu')
+    test = data.DepthTestFrames(items, 96, 128, 'nyu', skipped)
+    assert len(test) == 3 and test[0]['frames'].shape == (1, 3, 96, 128) and test[0]['depth'].shape == (1, 480, 640)
+    with pytest.raises(ValueError, match='--supervision gt'):
+        layout.snippets('train', (0, -1, 1))
+
+
+def test_nyu_crop_is_eigens_rows_45_to_470_and_columns_41_to_600():
+    mask = evaluate.crop_mask((480, 640), 'nyu')
+    rows, cols = mask.any(1).nonzero()[:, 0], mask.any(0).nonzero()[:, 0]
+    assert (int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])) == (45, 470, 41, 600)
+
+
+def test_nyu_is_scored_up_to_10_m():
+    gt = torch.tensor([[0.5, 9.9, 10.0, 12.0]]).repeat(480, 160)
+    pred = torch.full_like(gt, 1.0)
+    metrics = evaluate.average_depth_metrics([(pred, gt)], max_depth=10.0, **evaluate.PROTOCOLS['nyu'])
+    assert metrics['abs_rel'] == pytest.approx((0.5 / 0.5 + 8.9 / 9.9) / 2)  # 10 m and beyond are not scored
+
+
+def test_nyu40_labels_0_is_ignored_and_1_to_40_are_train_ids_0_to_39(tmp_path):
+    write_png(torch.tensor([[[0, 1, 2, 40]]], dtype=torch.uint8), str(tmp_path / 'labels40_00001.png'))
+    assert data.read_nyu40_labels(tmp_path / 'labels40_00001.png').tolist() == [[255, 0, 1, 39]]
+    write_png(torch.tensor([[[0, 41]]], dtype=torch.uint8), str(tmp_path / 'labels40_00002.png'))
+    with pytest.raises(ValueError, match='holds class 41'):
+        data.read_nyu40_labels(tmp_path / 'labels40_00002.png')
+
+
+def test_nyu_labelled_images_pair_rgb_with_labels40(tmp_path):
+    for split, n in (('train', 3), ('test', 2)):
+        (tmp_path / 'labelled' / split).mkdir(parents=True)
+        for i in range(n):
+            write_png(_image(8, 8, i), str(tmp_path / f'labelled/{split}/rgb_{i + 1:05d}.png'))
+            write_png(torch.full((1, 8, 8), i + 1, dtype=torch.uint8), str(tmp_path / f'labelled/{split}/labels40_{i + 1:05d}.png'))
+    pool, held_out = data.Nyu(tmp_path).labelled()
+    assert [p[1].name for p in pool] == ['labels40_00001.png', 'labels40_00002.png', 'labels40_00003.png']
+    assert len(held_out) == 2 and held_out[1][2] is data.read_nyu40_labels
+    train, test = data.few_shot_sets(data.Nyu(tmp_path), 3, seed=0)  # all of the pool may train: test is apart
+    assert sorted(p[0].name for p in train) == [p[0].name for p in pool] and test == held_out
+
+
+# ----------------------------------------------------------------------------------------------
+# A folder of your own
+# ----------------------------------------------------------------------------------------------
+
+def _sequence(root, name, count, size=(8, 12)):
+    (root / name).mkdir(parents=True)
+    for i in range(count):
+        write_png(_image(*size, i), str(root / name / f'{i:04d}.png'))
+
+
+def test_folder_video_snippets_with_a_frame_stride_and_intrinsics_from_the_root(tmp_path):
+    _sequence(tmp_path, 'walk', 6)
+    (tmp_path / 'intrinsics.txt').write_text('100 101 5.5 3.5\n')
+    layout = data.Folder(tmp_path)
+    snippets = layout.snippets('train', (0, -2, 2))
+    assert [[p.name for p in s.frames] for s in snippets] == [['0002.png', '0000.png', '0004.png'],
+                                                              ['0003.png', '0001.png', '0005.png']]
+    assert snippets[0].intrinsics == (100.0, 101.0, 5.5, 3.5)
+    item = data.VideoSnippets(snippets, 16, 24)[0]
+    assert item['K'][0, 0] == 200 and item['K'][1, 1] == 202 and item['K'][0, 2] == pytest.approx(11.5)
+    (tmp_path / 'walk' / 'intrinsics.txt').write_text('50 50 6 4\n')  # a sequence's own file wins
+    assert layout.snippets('train', (0, -1, 1))[0].intrinsics == (50.0, 50.0, 6.0, 4.0)
+
+
+def test_folder_video_says_what_is_missing(tmp_path):
+    _sequence(tmp_path, 'still', 1)
+    with pytest.raises(FileNotFoundError, match='no intrinsics for the video in .*still: write one line "fx fy cx cy"'):
+        data.Folder(tmp_path).snippets('train', (0, -1, 1))
+    (tmp_path / 'intrinsics.txt').write_text('100 100 5\n')
+    with pytest.raises(ValueError, match='must hold one line "fx fy cx cy"'):
+        data.Folder(tmp_path).snippets('train', (0, -1, 1))
+    (tmp_path / 'intrinsics.txt').write_text('100 100 5 4\n')
+    with pytest.raises(FileNotFoundError, match=r'too short for frames \(0, -1, 1\): still'):
+        data.Folder(tmp_path).snippets('train', (0, -1, 1))
+    _sequence(tmp_path, 'mixed', 3)
+    write_png(_image(9, 12, 0), str(tmp_path / 'mixed' / '0001.png'))
+    snippets = data.Folder(tmp_path).snippets('train', (0, -1, 1))
+    with pytest.raises(ValueError, match='differ in size .*must share one size'):
+        data.VideoSnippets(snippets, 8, 12)[0]
+
+
+def test_folder_rgbd_pairs_read_npy_metres_and_png_times_the_depth_scale(tmp_path):
+    (tmp_path / 'rooms').mkdir()
+    write_png(_image(4, 6, 0), str(tmp_path / 'rooms/a_rgb.png'))
+    np.save(tmp_path / 'rooms/a_depth.npy', np.full((4, 6), 2.5, np.float32))
+    write_jpeg(_image(4, 6, 1), str(tmp_path / 'rooms/b_rgb.jpg'))
+    toyworld.write_png16(np.full((4, 6), 1234), tmp_path / 'rooms/b_depth.png')
+    snippets = data.Folder(tmp_path, depth_scale=0.001).snippets('train', with_depth=True)
+    depths = [data.read_ground_truth(s.depth) for s in snippets]
+    assert [s.frames[0].name for s in snippets] == ['a_rgb.png', 'b_rgb.jpg']
+    assert float(depths[0].max()) == 2.5 and float(depths[1].max()) == pytest.approx(1.234)
+    with pytest.raises(ValueError, match='pass --depth-scale'):
+        data.read_ground_truth(data.Folder(tmp_path).snippets('train', with_depth=True)[1].depth)
+    np.save(tmp_path / 'rooms/a_depth.npy', np.ones((5, 6), np.float32))
+    with pytest.raises(ValueError, match='is 6x5 but the image is 6x4'):
+        data.VideoSnippets(snippets, 4, 6)[0]
+
+
+def test_folder_tests_on_its_val_split_and_without_one_on_nothing(tmp_path):
+    for name in ('a', 'b', 'c'):
+        write_png(_image(4, 6, 0), str(tmp_path / f'{name}_rgb.png'))
+        np.save(tmp_path / f'{name}_depth.npy', np.ones((4, 6), np.float32))
+    layout = data.Folder(tmp_path)
+    assert layout.depth_test('pairs') == (None, 0)
+    data.write_split_files(tmp_path / 'splits', {'train': ['a_rgb.png', 'b_rgb.png'], 'val': ['c_rgb.png']})
+    assert [s.frames[0].name for s in layout.snippets('train', with_depth=True)] == ['a_rgb.png', 'b_rgb.png']
+    items, _ = layout.depth_test('pairs')
+    assert [s.frames[0].name for s in items] == ['c_rgb.png']
+    with pytest.raises(ValueError, match='holds no semantic labels'):
+        layout.labelled()
+
+
+def test_split_files_are_never_overwritten_without_asking(tmp_path):
+    data.write_split_files(tmp_path, {'train': ['a'], 'val': ['b']})
+    with pytest.raises(ValueError, match='already holds split files .*--overwrite'):
+        data.write_split_files(tmp_path, {'train': ['c'], 'val': ['d']})
+    assert (tmp_path / 'train_files.txt').read_text() == 'a\n'
+    data.write_split_files(tmp_path, {'train': ['c'], 'val': ['d']}, overwrite=True)
+    assert (tmp_path / 'train_files.txt').read_text() == 'c\n'
+
+
+def test_a_split_file_naming_a_missing_image_says_so(tmp_path):
+    (tmp_path / 'splits').mkdir()
+    (tmp_path / 'splits' / 'train_files.txt').write_text('gone_rgb.png\n')
+    with pytest.raises(FileNotFoundError, match='1 of the 1 images listed in .*do not exist, e.g. .*gone_rgb.png'):
+        data.Folder(tmp_path).snippets('train', with_depth=True)
