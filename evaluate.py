@@ -321,11 +321,11 @@ def _task(run):
 
 
 def _percent(value):
-    return '–' if value is None else f'{100 * value:.2f}'
+    return '–' if value is None or value != value else f'{100 * value:.2f}'  # None or NaN (mIoU(7) on NYU)
 
 
 def _decimal(value):
-    return '–' if value is None else f'{value:.3f}'
+    return '–' if value is None or value != value else f'{value:.3f}'
 
 
 DEPTH_KEYS = ('abs_rel', 'sq_rel', 'rmse', 'rmse_log', 'log10', 'a1', 'a2', 'a3', 'silog', 'si_rmse')

@@ -37,7 +37,7 @@ import evaluate
 import losses
 import models
 import training
-from pretrain import save_depth_sample, supervised_depth_loss
+from pretrain import depth_evaluation, supervised_depth_loss
 from training import autocast
 
 
@@ -163,24 +163,17 @@ def depth_task(args, layout, net, device):
     snippets = training.open_dataset(layout.snippets, 'train', (0,), with_depth=True, split_dir=args.split)
     frames = data.VideoSnippets(snippets, args.height, args.width, augment=True, crop=args.crop_size, jitter=False)
     train_set = torch.utils.data.Subset(frames, few_shot(len(frames), args)[0])
-    test_set = evaluate.depth_test_set(args, layout)  # read anew at each evaluation: memory stays flat
-    if test_set is None:
+    evaluate_now, baseline = depth_evaluation(args, layout, net, device)
+    if evaluate_now is None:
         raise SystemExit(f'--task depth scores the fine-tuned network on held-out ground truth, and {layout.root} '
                          f'has none: write a val split of its RGB-D pairs (`python data.py --make-splits '
-                         f'{layout.root} --by-similarity`).')
-    sample = training.sample_frames(test_set, device)
+                         f'{layout.root} --data folder --by-similarity`).')
 
     def loss_fn(batch):
         with autocast(device):
             disp = net(batch['frames_aug'][:, 0])[0].float()
         return supervised_depth_loss(disp, batch['depth'], args.loss, args.silog_lambda, args.min_depth, args.max_depth)
-
-    def evaluate_now(iteration, folder):
-        save_depth_sample(net, sample, folder / f'sample_{iteration:06d}.png')
-        return evaluate.evaluate_depth(net, test_set, device, args.min_depth, args.max_depth,
-                                       args.eval_max_depth, args.median_scaling == 'on', args.workers)
-    return train_set, loss_fn, evaluate_now, lambda: evaluate.constant_baseline_on(test_set, args.eval_max_depth,
-                                                                                   args.workers)
+    return train_set, loss_fn, evaluate_now, baseline
 
 
 def few_shot(count, args):

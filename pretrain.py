@@ -127,13 +127,12 @@ VIDEO_START_DEPTH = 1.0  # video fixes no scale: near the sigmoid's midpoint, ye
 FRAMES_TO_MEDIAN_DEPTH = 15  # a car filmed at 10 Hz covers the median depth of its view in about 15 frames
 
 
-def pretrain_depth(args, device):
-    """Depth pre-training with the chosen supervision; evaluated on the test split's ground truth. The
-    networks (and their ImageNet weights) come first, so a missing file stops the run before any rendering."""
-    mono, gt = 'mono' in args.supervision, args.supervision == 'gt'
+def depth_networks(args, device):
+    """The depth network (and with video the PoseNet), {checkpoint key: module} on `device`: ImageNet weights
+    with --init imagenet, xNet's decoder from --decoder-init, and a starting depth (models.start_at_depth)."""
     normalization = 'imagenet' if args.init == 'imagenet' else 'unit'
     networks = {'model': models.build_depth_net(args.arch, normalization, args.decoder, models.xnet_options(args))}
-    if mono:
+    if 'mono' in args.supervision:
         networks['pose_net'] = models.build_pose_net(args.arch, normalization)
     training.init_encoders(args, *(net.encoder for net in networks.values()))
     if args.decoder == 'xnet':
@@ -141,12 +140,33 @@ def pretrain_depth(args, device):
     metric_start = min(METRIC_START_DEPTH, INDOOR_START_SHARE * args.max_depth)
     start = VIDEO_START_DEPTH if args.supervision == 'mono' else metric_start
     models.start_at_depth(networks['model'], start, args.min_depth, args.max_depth)
-    if mono:
+    if 'pose_net' in networks:
         networks['pose_net'].start_moving_forward(start / FRAMES_TO_MEDIAN_DEPTH)
-    for net in networks.values():
-        net.to(device)
-    depth_net, pose_net = networks['model'], networks.get('pose_net')
-    info = dict(init=args.init, decoder=args.decoder, xnet=models.xnet_options(args), supervision=args.supervision)
+    return {key: net.to(device) for key, net in networks.items()}
+
+
+def depth_evaluation(args, layout, depth_net, device):
+    """(evaluate_now(iteration, folder), baseline()) of depth on the layout's test frames by --eval-protocol,
+    or (None, None) where it has none (a folder of video). One for pre-training and fine-tuning."""
+    test_set = evaluate.depth_test_set(args, layout)  # read anew at each evaluation: memory stays flat
+    if test_set is None:
+        return None, None
+    sample = training.sample_frames(test_set, device)
+
+    def evaluate_now(iteration, folder):
+        save_depth_sample(depth_net, sample, folder / f'sample_{iteration:06d}.png')
+        metrics = evaluate.evaluate_depth(depth_net, test_set, device, args.min_depth, args.max_depth,
+                                          args.eval_max_depth, args.median_scaling == 'on', args.workers)
+        depth_net.train()
+        return metrics
+    return evaluate_now, lambda: evaluate.constant_baseline_on(test_set, args.eval_max_depth, args.workers)
+
+
+def pretrain_depth(args, device):
+    """Depth pre-training with the chosen supervision; evaluated on the test frames' ground truth. The
+    networks (and their ImageNet weights) come first, so a missing file stops the run before any rendering."""
+    networks = depth_networks(args, device)
+    depth_net, pose_net, gt = networks['model'], networks.get('pose_net'), args.supervision == 'gt'
 
     def loss_fn(batch):
         with autocast(device):
@@ -157,25 +177,14 @@ def pretrain_depth(args, device):
         return monodepth2_loss(disps, *source_views(batch, pose_net, args.supervision), batch, args)
 
     layout = training.open_layout(args)
-    frame_ids = (0, -args.frame_stride, args.frame_stride) if mono else (0,)
+    frame_ids = (0, -args.frame_stride, args.frame_stride) if pose_net is not None else (0,)
     snippets = training.open_dataset(layout.snippets, 'train', frame_ids, stereo='stereo' in args.supervision,
                                      with_depth=gt, split_dir=args.split)
     train_set = training.open_dataset(data.VideoSnippets, snippets, args.height, args.width, augment=True,
                                       crop=args.crop_size)
-    test_set = evaluate.depth_test_set(args, layout)  # read anew at each evaluation: memory stays flat
-    if test_set is None:
-        return pretrain(args, networks, loss_fn, train_set, None, None, info)
-    sample = training.sample_frames(test_set, device)
-
-    def evaluate_now(iteration, folder):
-        save_depth_sample(depth_net, sample, folder / f'sample_{iteration:06d}.png')
-        metrics = evaluate.evaluate_depth(depth_net, test_set, device, args.min_depth, args.max_depth,
-                                          args.eval_max_depth, args.median_scaling == 'on', args.workers)
-        depth_net.train()
-        return metrics
-
-    baseline = lambda: evaluate.constant_baseline_on(test_set, args.eval_max_depth, args.workers)
-    pretrain(args, networks, loss_fn, train_set, evaluate_now, baseline, info)
+    evaluate_now, baseline = depth_evaluation(args, layout, depth_net, device)
+    pretrain(args, networks, loss_fn, train_set, evaluate_now, baseline,
+             dict(init=args.init, decoder=args.decoder, xnet=models.xnet_options(args), supervision=args.supervision))
 
 
 def step_schedule(args):

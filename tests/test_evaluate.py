@@ -1210,3 +1210,37 @@ def test_a_file_that_is_not_a_checkpoint_stops_with_a_sentence(tmp_path, capsys)
         evaluate.main(['--checkpoint', str(tmp_path / 'list.pt')])
     assert stop.value.code == 2
     assert 'list.pt is not a checkpoint written by pretrain.py or finetune.py' in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- NYU-40 classes, and what a line shows
+
+def test_metrics_line_leaves_out_measures_that_are_nan():
+    """NYU-40 has no 7 representative classes: mIoU(7) is NaN, and the printed line leaves it out."""
+    import training
+    metrics = dict(miou7=float('nan'), miou=0.25, pixel_acc=0.5, per_class_iou=[0.25] * 40)
+    baseline = dict(miou7=float('nan'), miou=0.125, pixel_acc=0.375)
+    line = training.metrics_line(metrics, baseline)
+    assert line == 'mIoU 25.0 % (baseline 12.5 %), pixel acc 50.0 % (baseline 37.5 %)'
+    assert 'mIoU(7)' not in line and 'nan' not in line
+    line = training.metrics_line(dict(metrics, miou7=0.75), dict(baseline, miou7=0.5))  # Cityscapes' 19: shown
+    assert line.startswith('mIoU(7) 75.0 % (baseline 50.0 %), mIoU 25.0 %')
+    assert training.metrics_line(dict(abs_rel=float('nan'), rmse=2.0), {}) == 'rmse 2.000'
+
+
+def test_class_set_follows_the_runs_data():
+    nyu = evaluate.class_set({'args': {'data': 'nyu'}})
+    assert nyu == (evaluate.NYU40_CLASSES, evaluate.NYU40_PALETTE)
+    assert len(nyu[0]) == len(nyu[1]) == 40 and nyu[0][0] == 'wall' and nyu[0][39] == 'otherprop'
+    assert len(set(nyu[1])) == 40  # 40 different colours
+    for data in ('kitti', 'toy', 'cityscapes'):
+        assert evaluate.class_set({'args': {'data': data}}) == (evaluate.CITYSCAPES_CLASSES, evaluate.CITYSCAPES_PALETTE)
+    assert evaluate.class_set({}) == evaluate.class_set({'args': None}) == evaluate.class_set({'args': {'data': 'kitti'}})
+
+
+def test_colourise_in_the_nyu40_palette():
+    labels = torch.tensor([[39, 255], [0, 19]])
+    rgb = evaluate.colourise(labels, evaluate.NYU40_PALETTE)
+    assert rgb.dtype == torch.uint8 and rgb.shape == (2, 2, 3)
+    assert rgb[0, 0].tolist() == list(evaluate.NYU40_PALETTE[39]) and rgb[0, 1].tolist() == [0, 0, 0]
+    assert rgb[1, 0].tolist() == list(evaluate.NYU40_PALETTE[0]) and rgb[1, 1].tolist() == list(evaluate.NYU40_PALETTE[19])
+    assert evaluate.NYU40_PALETTE[19] != evaluate.CITYSCAPES_PALETTE[19 - 1]  # its own colours, not Cityscapes'

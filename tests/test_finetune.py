@@ -191,3 +191,98 @@ def test_depth_evaluation_flags_apply_to_depth_only(toy_root, tmp_path):
         finetune.main(['--data-root', str(toy_root), '--runs', str(tmp_path), '--name', 'split', '--split',
                        str(toy_root / 'splits')] + SMALL)
     assert not (tmp_path / 'split').exists()
+
+
+# ----------------------------------------------------------------------------------------------------
+# --train-size 0 (all), few-shot picks of a layout with a held-out set, segmentation crops
+# ----------------------------------------------------------------------------------------------------
+
+def _nyu_labelled(root, train=3, test=2):
+    """NYU's labelled layout by hand: labelled/{train,test}/rgb_XXXXX.png with labels40_XXXXX.png (8 x 8)."""
+    from torchvision.io import write_png
+    for split, count in (('train', train), ('test', test)):
+        (root / 'labelled' / split).mkdir(parents=True)
+        for i in range(1, count + 1):
+            image = torch.randint(0, 256, (3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(i))
+            write_png(image, str(root / f'labelled/{split}/rgb_{i:05d}.png'))
+            write_png(torch.full((1, 8, 8), i, dtype=torch.uint8), str(root / f'labelled/{split}/labels40_{i:05d}.png'))
+    import data
+    return data.Nyu(root)
+
+
+def test_train_size_0_takes_the_whole_pool_where_the_layout_holds_out_its_own_set(tmp_path):
+    import data
+    layout = _nyu_labelled(tmp_path)
+    pool, held_out = layout.labelled()
+    assert data.few_shot_sets(layout, 0, seed=0) == (pool, held_out) and len(pool) == 3 and len(held_out) == 2
+    # a smaller size: that many of the pool, picked with the seed; the held-out set is the layout's, whatever the pick
+    picks = {}
+    for seed in range(6):
+        train, test = data.few_shot_sets(layout, 2, seed)
+        assert len(train) == 2 and len(set(train)) == 2 and set(train) <= set(pool) and test == held_out
+        assert data.few_shot_sets(layout, 2, seed)[0] == train  # the same seed, the same pick
+        picks[seed] = tuple(p[0].name for p in train)
+    assert len(set(picks.values())) > 1  # seeds pick differently
+    with pytest.raises(ValueError, match='--train-size must be between 1 and 3 \\(the labelled training images\\); got 4'):
+        data.few_shot_sets(layout, 4, seed=0)
+    # fine-tuning depth on frames: 0 is every frame, in order
+    assert finetune.few_shot(5, finetune.parse_args(['--train-size', '0'])) == ([0, 1, 2, 3, 4], [])
+    assert finetune.few_shot(5, finetune.parse_args(['--train-size', '2', '--seed', '3'])) == tuple(
+        data.few_shot_split(5, 2, 3))
+
+
+def test_train_size_0_on_kitti_whose_pool_is_also_its_evaluation_set_stops_with_a_sentence(toy_root, tmp_path):
+    import data
+    with pytest.raises(ValueError, match=r'--train-size must be between 1 and 11 \(there are 12 labelled images and '
+                                         r'the rest are needed for evaluation\); got 0\.'):
+        data.few_shot_sets(data.Kitti(toy_root), 0, seed=0)
+    with pytest.raises(SystemExit, match=r'--train-size must be between 1 and 11 .*got 0\.'):
+        finetune.main(['--data-root', str(toy_root), '--runs', str(tmp_path), '--name', 'all', '--train-size', '0',
+                       '--iters', '1'] + SMALL)
+    assert not (tmp_path / 'all').exists()  # stopped before the run folder
+    with pytest.raises(SystemExit, match='--train-size must be 0 \\(all\\) or more; got -1'):
+        finetune.parse_args(['--train-size', '-1'])
+
+
+def test_segmentation_crops_train_items_of_the_crop_size_and_evaluates_whole_images(toy_root, tmp_path, monkeypatch):
+    import data
+    import evaluate
+    args = finetune.parse_args(['--data-root', str(toy_root), '--train-size', '4', '--crop-size', '64', '128'] + SMALL)
+    layout = data.Kitti(toy_root)
+    net = finetune.build_network(args)
+    train_set, _, evaluate_now, _ = finetune.segmentation_task(args, layout, net, torch.device('cpu'))
+    for index in range(len(train_set)):
+        item = train_set[index]
+        assert item['image'].shape == (3, 64, 128) and item['label'].shape == (64, 128)
+    seen = []
+    monkeypatch.setattr(evaluate, 'evaluate_segmentation', lambda net, batches, *rest: seen.extend(batches) or {})
+    evaluate_now(0, tmp_path)
+    assert len(seen) == 4 and all(b['image'].shape[1:] == (3, 64, 192) and b['label'].shape[1:] == (64, 192)
+                                  for b in seen)  # 8 held-out images, batches of 2, at --height x --width
+
+
+def test_labelled_crops_cut_image_and_label_at_the_same_place(tmp_path):
+    """Each pixel's label is its column and its image's red value 8 x its column: a crop keeps them together."""
+    import data
+    from torchvision.io import write_png
+    columns = torch.arange(32, dtype=torch.uint8).expand(16, 32)
+    image = torch.stack([columns * 8, torch.zeros_like(columns), torch.zeros_like(columns)])
+    write_png(image.contiguous(), str(tmp_path / 'image.png'))
+    write_png(columns[None].contiguous(), str(tmp_path / 'label.png'))
+    read = lambda path: data.read_png(path, 'labels')[0].long()
+    crops = data.LabelledImages([(tmp_path / 'image.png', tmp_path / 'label.png', read)], 16, 32, augment=True,
+                                crop=(8, 12))
+    lefts = set()
+    for _ in range(20):
+        item = crops[0]
+        assert item['image'].shape == (3, 8, 12) and item['label'].shape == (8, 12)
+        assert torch.equal((item['image'][0] * 255 / 8).round().long(), item['label'])
+        lefts.add(int(item['label'][0].min()))
+    assert len(lefts) > 3  # random crops, not one place
+
+
+def test_run_names_say_all_and_the_crop():
+    name = finetune.parse_args(['--train-size', '0', '--crop-size', '64', '64']).name
+    assert name == 'seg-none-unet-full-crop64x64-nall-resnet18-64x192-s0'
+    assert '-nall-' in finetune.parse_args(['--data', 'nyu', '--train-size', '0']).name
+    assert '-n16-' in finetune.parse_args([]).name and 'crop' not in finetune.parse_args([]).name

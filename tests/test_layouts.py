@@ -3,8 +3,12 @@ Their encodings pinned on values written out by hand and on the real Cityscapes 
 (copied into a temporary tree in the official layout), the depth protocols' crops, what each layout's
 splits hold, and one sentence for each kind of bad input. End-to-end runs of every layout's toy world
 are in test_end_to_end_layouts.py."""
+import filecmp
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +18,7 @@ from torchvision.io import ImageReadMode, decode_image, decode_png, read_file, w
 
 import data
 import evaluate
+import models
 import toyworld
 
 REALDATA = Path(__file__).resolve().parents[2] / 'shared' / 'realdata'
@@ -297,3 +302,284 @@ def test_a_split_file_naming_a_missing_image_says_so(tmp_path):
     (tmp_path / 'splits' / 'train_files.txt').write_text('gone_rgb.png\n')
     with pytest.raises(FileNotFoundError, match='1 of the 1 images listed in .*do not exist, e.g. .*gone_rgb.png'):
         data.Folder(tmp_path).snippets('train', with_depth=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Encodings pinned without the real sample files, the protocols' caps, top_rows
+# ----------------------------------------------------------------------------------------------
+
+def test_nyu_depth_png_is_millimetres_written_by_hand(tmp_path):
+    toyworld.write_png16(np.array([[0, 1, 1000], [2500, 10000, 65535]]), tmp_path / 'sync_depth_00001.png')
+    depth = data.read_nyu_depth(tmp_path / 'sync_depth_00001.png')
+    assert depth.shape == (1, 2, 3) and depth.dtype == torch.float32
+    torch.testing.assert_close(depth[0], torch.tensor([[0.0, 0.001, 1.0], [2.5, 10.0, 65.535]]))
+
+
+def test_nyu_siblings_are_sync_depth_and_labels40_of_the_same_number(tmp_path):
+    assert data.nyu_sibling(tmp_path / 'kitchen_0001/rgb_00042.jpg', 'depth') == tmp_path / 'kitchen_0001/sync_depth_00042.png'
+    assert data.nyu_sibling(tmp_path / 'labelled/train/rgb_00007.png', 'labels') == tmp_path / 'labelled/train/labels40_00007.png'
+
+
+@pytest.mark.parametrize('height, kept', [(8, 6), (10, 8), (9, 7), (2, 2), (4, 3), (11, 8)])
+def test_top_rows_keeps_round_of_the_share_of_rows(height, kept):
+    """round(0.75 H), not int: 10 rows keep 8 (7.5 rounds up to even), 9 keep 7 (6.75), 2 keep 2 (1.5)."""
+    x = torch.arange(height * 3).view(1, height, 3)
+    assert torch.equal(data.top_rows(x, 0.75), x[:, :kept])
+    assert data.top_rows(x, 1.0) is x
+
+
+@pytest.mark.parametrize('protocol', ['cityscapes', 'nyu', 'pairs', 'eigen'])
+def test_capped_protocols_score_only_ground_truth_under_the_cap(protocol):
+    """A pixel at or beyond the evaluation cap is not scored by a capped protocol; the benchmark scores every
+    measured pixel. Predictions are 1.5 x the ground truth (abs_rel 0.5 wherever the prediction stays under
+    the cap), so an unscored cap shows as an abs_rel other than 0.5."""
+    cap = 10.0 if protocol == 'nyu' else 80.0
+    gt = torch.tensor([[0.2 * cap, 0.4 * cap, cap, 1.5 * cap]]).repeat(768, 512)  # every kind inside every crop
+    pred = 1.5 * gt
+    metrics = evaluate.average_depth_metrics([(pred, gt)], max_depth=cap, **evaluate.PROTOCOLS[protocol])
+    assert metrics['abs_rel'] == pytest.approx(0.5)
+    uncapped = evaluate.average_depth_metrics([(pred, gt)], max_depth=cap, **evaluate.PROTOCOLS['benchmark'])
+    assert uncapped['abs_rel'] == pytest.approx((0.5 + 0.5 + 0 + 1 / 3) / 4)  # predictions clamped to the cap
+
+
+# ----------------------------------------------------------------------------------------------
+# Split files from the command line: python data.py --make-splits ROOT --data ... (data.main)
+# ----------------------------------------------------------------------------------------------
+
+SPLIT_RENDER = dict(height=64, width=128, drives=2, test_frames=2, seed=0)
+
+
+@pytest.fixture(scope='module')
+def split_worlds(tmp_path_factory):
+    """Tiny toy worlds in the folder and NYU layouts, rendered once; each test works on a copy."""
+    root = tmp_path_factory.mktemp('split_worlds')
+    toyworld.render_toy_world(root / 'folder', layout='folder', frames=4, labelled=0, **SPLIT_RENDER)
+    toyworld.render_toy_world(root / 'nyu', layout='nyu', frames=3, labelled=2, **SPLIT_RENDER)
+    return root
+
+
+def _save_fresh_checkpoint(path):
+    """A freshly initialised depth network in the format pretrain.py exports (as test_similarity_split's)."""
+    net = models.build_depth_net('resnet18').eval()
+    torch.save(dict(model=net.state_dict(), task='depth', arch='resnet18', normalization='unit', decoder='unet',
+                    height=64, width=128), path)
+    return path
+
+
+def _copy(source, target):
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(source, target)
+
+
+def _split_world(layout, split_worlds, toy_root, tmp_path):
+    """A copy of a toy world with one picture copied under a second name (a near-duplicate made by hand), and
+    what a similarity split of it must give: (root, val fraction, the two names of the copied picture (split
+    file lines), the val lines, the cluster histogram).
+
+    The embedder is a random network (a fresh build_depth_net): its pooled features make every toy image
+    alike (cosine above 0.997), frames of one scene above 0.9993, images of different scenes below 0.9986
+    (measured). At --threshold 0.999 its clusters are therefore the scenes (each with its copies): a split
+    with something to separate, where the paper's 0.9 would link everything into one cluster."""
+    root = tmp_path / 'world'
+    if layout == 'kitti':
+        shutil.copytree(toy_root, root)
+        drive = '2011_09_26/2011_09_26_drive_0001_sync'
+        copy = '2011_09_26/2011_09_26_drive_0003_sync'
+        _copy(data.image_path(root, drive, 3), data.image_path(root, copy, 3))
+        with open(root / 'splits/train_files.txt', 'a') as split:
+            split.write(f'{copy} 3 l\n')
+        # clusters: drive 1's six train frames with the copy (7), drive 2's val frame (1); room for round(1.6) = 2
+        return root, 0.2, (f'{drive} 3 l', f'{copy} 3 l'), ['2011_09_26/2011_09_26_drive_0002_sync 1 l'], [(1, 1), (7, 1)]
+    shutil.copytree(split_worlds / layout, root)
+    if layout == 'folder':
+        for suffix in ('_rgb.png', '_depth.npy'):
+            _copy(root / f'rgbd/scene_000_000000{suffix}', root / f'rgbd/copy_000000{suffix}')
+        # clusters: seq_000 (4 frames), seq_001 (4), the RGB-D pairs with the copy (3); room for round(3.3) = 3
+        val = ['rgbd/copy_000000_rgb.png', 'rgbd/scene_000_000000_rgb.png', 'rgbd/scene_000_000001_rgb.png']
+        return root, 0.3, ('rgbd/scene_000_000000_rgb.png', 'rgbd/copy_000000_rgb.png'), val, [(3, 1), (4, 2)]
+    for name in ('rgb_00002.jpg', 'sync_depth_00002.png'):  # nyu: a frame of room 2 copied as a scene of its own
+        _copy(root / 'sync/toyroom_0002' / name, root / 'sync/toyroom_0009' / name.replace('00002', '00000'))
+    # clusters: room 1's three frames with its labelled image (4), room 2's with its labelled image and the
+    # copy (5); room for round(0.45 * 9) = 4: room 1 goes to val, the labelled image with its video frames
+    val = ['sync/toyroom_0001/rgb_00000.jpg', 'sync/toyroom_0001/rgb_00001.jpg', 'sync/toyroom_0001/rgb_00002.jpg',
+           'labelled/train/rgb_00001.png']
+    return root, 0.45, ('sync/toyroom_0002/rgb_00002.jpg', 'sync/toyroom_0009/rgb_00000.jpg'), val, [(4, 1), (5, 1)]
+
+
+def _lines(folder, split):
+    return (folder / f'{split}_files.txt').read_text().splitlines()
+
+
+def _images_read_back(layout, root, out):
+    """{split: sorted image paths} of what the layout reads from the split files in `out` (its split_dir)."""
+    if layout == 'kitti':
+        kitti = data.Kitti(root)
+        return {split: sorted(s.frames[0] for s in kitti.snippets(split, (0,), split_dir=out)) for split in ('train', 'val')}
+    if layout == 'folder':  # the video frames train (video_snippets), the RGB-D pairs are val (depth_test)
+        folder = data.Folder(root)
+        items, _ = folder.depth_test('pairs', out)
+        return {'train': sorted(s.frames[0] for s in folder.snippets('train', (0,), split_dir=out)),
+                'val': sorted(s.frames[0] for s in items)}
+    nyu = data.Nyu(root)  # sync frames with their depth, labelled images with their labels
+    labelled = dict(zip(('train', 'val'), nyu.labelled(out)))
+    return {split: sorted([s.frames[0] for s in nyu.snippets(split, with_depth=True, split_dir=out)]
+                          + [pair[0] for pair in labelled[split]]) for split in ('train', 'val')}
+
+
+def _line_image(layout, root, line):
+    if layout == 'kitti':
+        folder, frame, side = line.split()
+        return data.image_path(root, folder, int(frame), side)
+    return root / line
+
+
+@pytest.mark.parametrize('layout', ['folder', 'nyu', 'kitti'])
+def test_similarity_split_from_the_command_line_keeps_copies_together_and_reads_back(
+        layout, split_worlds, toy_root, tmp_path, capsys):
+    root, fraction, (original, copy), expected_val, histogram = _split_world(layout, split_worlds, toy_root, tmp_path)
+    pool = sorted(line for line, _ in data.LAYOUTS[layout](root).pool())
+    assert original in pool and copy in pool and filecmp.cmp(_line_image(layout, root, original),
+                                                             _line_image(layout, root, copy), shallow=False)
+    checkpoint = _save_fresh_checkpoint(tmp_path / 'depth.pt')
+    out = tmp_path / 'out'
+    data.main(['--make-splits', str(root), '--data', layout, '--by-similarity', '--embed-checkpoint', str(checkpoint),
+               '--threshold', '0.999', '--val-fraction', str(fraction), '--out', str(out)])
+    printed = capsys.readouterr().out
+    train, val = _lines(out, 'train'), _lines(out, 'val')
+    assert sorted(train + val) == pool and not set(train) & set(val)  # every image of the pool, once
+    assert sorted(val) == sorted(expected_val)
+    assert (original in train) == (copy in train)  # the copies never straddle train and val
+    # relative lines (KITTI's "<drive> <frame> l"), read back by the layout from the split folder
+    assert not any(line.startswith('/') or str(tmp_path) in line for line in train + val)
+    read = _images_read_back(layout, root, out)
+    assert read == {'train': sorted(_line_image(layout, root, line) for line in train),
+                    'val': sorted(_line_image(layout, root, line) for line in val)}
+    # what it printed: the embedder, the clusters and their histogram, what was written
+    assert (f'Embedding {len(pool)} images with the encoder of {checkpoint}; linking pairs of cosine similarity '
+            f'above 0.999.') in printed
+    clusters = sum(count for _, count in histogram)
+    assert f'{clusters} clusters; sizes (size: count):\n' + '\n'.join(data.histogram_lines(histogram)) + '\n' in printed
+    assert all(f'size {size:>5}: {count:>6} clusters, {size * count:>6} images' in printed for size, count in histogram)
+    assert (f'Wrote {out}: train {len(train)}, val {len(val)} images ({100 * len(val) / len(pool):.1f} % val).'
+            in printed)
+
+
+@pytest.mark.parametrize('layout', ['folder', 'nyu', 'kitti'])
+def test_random_split_and_split_files_are_never_replaced_without_overwrite(layout, split_worlds, toy_root, tmp_path,
+                                                                           capsys):
+    root, _, _, _, _ = _split_world(layout, split_worlds, toy_root, tmp_path)
+    pool = sorted(line for line, _ in data.LAYOUTS[layout](root).pool())
+    out = tmp_path / 'out'
+    data.main(['--make-splits', str(root), '--data', layout, '--random', '--val-fraction', '0.25', '--out', str(out)])
+    assert f'Random split of {len(pool)} images (near-duplicates may fall on both sides).' in capsys.readouterr().out
+    train, val = _lines(out, 'train'), _lines(out, 'val')
+    assert sorted(train + val) == pool and not set(train) & set(val)
+    assert len(val) == round(0.25 * len(pool)) > 0  # 11, 9 and 8 images: 3, 2 and 2 in val
+    read = _images_read_back(layout, root, out) if layout != 'folder' else None  # a folder's val may hold no pair
+    if read:
+        assert read['val'] == sorted(_line_image(layout, root, line) for line in val)
+    # the same seed gives the same split
+    data.main(['--make-splits', str(root), '--data', layout, '--random', '--val-fraction', '0.25', '--out',
+               str(tmp_path / 'again')])
+    assert _lines(tmp_path / 'again', 'val') == val
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    for flags in (['--random', '--seed', '1'], ['--random', '--val-fraction', '0.5']):
+        with pytest.raises(SystemExit, match=r'already holds split files \(.*train_files.txt, val_files.txt\): pass '
+                                             r'--out NEW_FOLDER, or --overwrite to replace them'):
+            data.main(['--make-splits', str(root), '--data', layout, *flags, '--out', str(out)])
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # untouched, nothing added
+    data.main(['--make-splits', str(root), '--data', layout, '--random', '--val-fraction', '0.5', '--out', str(out),
+               '--overwrite'])
+    assert len(_lines(out, 'val')) == round(0.5 * len(pool)) and sorted(_lines(out, 'train') + _lines(out, 'val')) == pool
+
+
+def test_kitti_splits_regroup_train_and_val_of_the_split_folder_and_copy_its_test_file(toy_root, tmp_path, capsys):
+    root = tmp_path / 'world'
+    shutil.copytree(toy_root, root)
+    splits = {split: (root / 'splits' / f'{split}_files.txt').read_bytes() for split in ('train', 'val', 'test')}
+    pool = sorted(_lines(root / 'splits', 'train') + _lines(root / 'splits', 'val'))
+    assert len(pool) == 7 and not set(pool) & set(_lines(root / 'splits', 'test'))
+    # ROOT/splits, the default --out, already holds split files: refused, and left as it was
+    with pytest.raises(SystemExit, match='already holds split files'):
+        data.main(['--make-splits', str(root), '--data', 'kitti', '--random'])
+    assert {split: (root / 'splits' / f'{split}_files.txt').read_bytes() for split in splits} == splits
+    data.main(['--make-splits', str(root), '--data', 'kitti', '--random', '--out', str(tmp_path / 'out')])
+    out = tmp_path / 'out'
+    assert sorted(_lines(out, 'train') + _lines(out, 'val')) == pool  # the test frames stay out of the pool
+    assert (out / 'test_files.txt').read_bytes() == splits['test']  # copied unchanged
+    # --split: another split folder's train and val are the pool, and its test file is the one copied
+    other = tmp_path / 'other'
+    other.mkdir()
+    (other / 'train_files.txt').write_text(''.join(line + '\n' for line in pool[:3]))
+    (other / 'val_files.txt').write_text(pool[3] + '\n')
+    (other / 'test_files.txt').write_text(pool[6] + '\n')
+    data.main(['--make-splits', str(root), '--data', 'kitti', '--random', '--split', str(other), '--out',
+               str(tmp_path / 'out2')])
+    assert sorted(_lines(tmp_path / 'out2', 'train') + _lines(tmp_path / 'out2', 'val')) == pool[:4]
+    assert (tmp_path / 'out2' / 'test_files.txt').read_text() == pool[6] + '\n'
+    # by drive (no --by-similarity, --random) is KITTI's own; other layouts must choose one
+    with pytest.raises(SystemExit, match='pass --by-similarity \\(leakage-free\\) or --random'):
+        data.main(['--make-splits', str(root), '--data', 'folder'])
+
+
+def test_similarity_and_random_together_stop_with_a_sentence(toy_root, tmp_path):
+    with pytest.raises(SystemExit) as stop:
+        data.main(['--make-splits', str(toy_root), '--data', 'kitti', '--by-similarity', '--random',
+                   '--out', str(tmp_path / 'out')])
+    assert stop.value.code == '--by-similarity and --random are two kinds of split: pass one.'
+    assert not (tmp_path / 'out').exists()
+
+
+def test_similarity_split_without_mobilenet_weights_stops_with_one_sentence_naming_the_file(split_worlds, tmp_path):
+    """The default embedder (torchvision's ImageNet MobileNet V2) is never downloaded: with no cached weights in
+    TORCH_HOME the command stops with one sentence naming the file, no traceback, no split written."""
+    env = dict(os.environ, TORCH_HOME=str(tmp_path / 'torch'))
+    result = subprocess.run([sys.executable, str(Path(data.__file__)), '--make-splits', str(split_worlds / 'folder'),
+                             '--data', 'folder', '--by-similarity', '--out', str(tmp_path / 'out')],
+                            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert result.returncode == 1
+    message = result.stderr.strip()
+    assert 'mobilenet_v2-b0353104.pth' in message and 'Traceback' not in message and len(message.splitlines()) == 1
+    assert not (tmp_path / 'out').exists() and not (split_worlds / 'folder' / 'splits').exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# --frame-stride on KITTI's layout, --depth-scale for folders only
+# ----------------------------------------------------------------------------------------------
+
+def test_kitti_snippets_at_a_frame_stride_take_frames_t_minus_and_plus_the_stride(toy_root, tmp_path):
+    drive = '2011_09_26/2011_09_26_drive_0001_sync'  # frames 0..7 on disk
+    (tmp_path / 'train_files.txt').write_text(''.join(f'{drive} {t} l\n' for t in (2, 5)))
+    snippets = data.Kitti(toy_root).snippets('train', (0, -2, 2), split_dir=tmp_path)
+    assert [[p.name for p in s.frames] for s in snippets] == [
+        ['0000000002.png', '0000000000.png', '0000000004.png'], ['0000000005.png', '0000000003.png', '0000000007.png']]
+    assert all(p.parent == toy_root / drive / 'image_02/data' for s in snippets for p in s.frames)
+    # the toy world's own split lists frames 1..6, whose neighbours exist at stride 1 but not at stride 2
+    assert len(data.Kitti(toy_root).snippets('train', (0, -1, 1))) == 6
+    with pytest.raises(FileNotFoundError, match=r'does not exist, but item 1 of split "train" \(".*drive_0001_sync 1 l"\) '
+                                                r'needs it: extract the whole drive, or list only frames whose neighbours'):
+        data.Kitti(toy_root).snippets('train', (0, -2, 2))
+
+
+def test_frame_stride_reaches_the_training_snippets_and_zero_is_refused(toy_root, tmp_path):
+    import pretrain
+    assert pretrain.parse_args(['--frame-stride', '3']).frame_stride == 3
+    assert pretrain.parse_args([]).frame_stride == 1
+    for stride in ('0', '-1'):
+        with pytest.raises(SystemExit, match=f'--frame-stride must be 1 or more .*; got {stride}\\.'):
+            pretrain.parse_args(['--frame-stride', stride])
+    # video at stride 2 needs frame t - 2 of the first listed frame (1): the run stops with the loader's sentence
+    with pytest.raises(SystemExit, match=r'-000000001.png does not exist, but item 1 of split "train"'):
+        pretrain.main(['--data-root', str(toy_root), '--runs', str(tmp_path), '--supervision', 'mono', '--frame-stride',
+                       '2', '--iters', '1', '--height', '64', '--width', '192', '--batch-size', '2', '--workers', '0',
+                       '--out', str(tmp_path / 'depth.pt')])
+
+
+@pytest.mark.parametrize('data_flag', ['kitti', 'toy', 'nyu', 'cityscapes'])
+def test_depth_scale_is_refused_outside_a_folder(data_flag):
+    import pretrain
+    with pytest.raises(SystemExit, match="--depth-scale applies to --data folder's PNG depth maps and must be above 0"):
+        pretrain.parse_args(['--data', data_flag, '--depth-scale', '0.001'])
+    with pytest.raises(SystemExit, match='--depth-scale applies to --data folder'):
+        pretrain.parse_args(['--data', 'folder', '--depth-scale', '0'])
+    assert pretrain.parse_args(['--data', 'folder', '--depth-scale', '0.001']).depth_scale == 0.001

@@ -300,3 +300,85 @@ def test_the_training_stream_is_a_function_of_the_iteration():
     assert [i for i, _ in stream[0] + stream[1]] != [i for i, _ in stream[2] + stream[3]]  # a new order each epoch
     small = list(itertools.islice(training.epoch_batches(2, 8, seed=0), 3))
     assert all(sorted(i for i, _ in batch) == [0, 1] for batch in small)  # smaller than a batch: the whole set
+
+
+# ----------------------------------------------------------------------------------------------------
+# Learning-rate schedules (--schedule step | linear) and where depth starts, per layout
+# ----------------------------------------------------------------------------------------------------
+
+def test_step_schedule_is_1_before_step_at_of_the_iterations_and_step_factor_from_there():
+    args = pretrain.parse_args(['--iters', '100'])
+    assert (args.schedule, args.step_at, args.step_factor) == ('step', 0.75, 0.1)  # Monodepth2's: tenfold down
+    factor = pretrain.step_schedule(args)
+    assert [factor(it) for it in (0, 50, 74, 75, 76, 99)] == [1.0, 1.0, 1.0, 0.1, 0.1, 0.1]
+    factor = pretrain.step_schedule(pretrain.parse_args(['--iters', '10', '--step-at', '0.5', '--step-factor', '0.5']))
+    assert [factor(it) for it in range(10)] == [1.0] * 5 + [0.5] * 5  # the NYU recipe: halved at half way
+
+
+def _scheduled_rates(monkeypatch, flags, iters):
+    """The learning rate of each of `iters` iterations as pretrain.pretrain schedules it, read off its optimiser
+    (training.fit replaced by stepping a one-parameter network's optimiser and scheduler)."""
+    rates = []
+
+    def fit(args, networks, optimizer, scheduler, *rest):
+        for _ in range(args.iters):
+            rates.append(optimizer.param_groups[0]['lr'])
+            optimizer.step()
+            scheduler.step()
+    monkeypatch.setattr(training, 'fit', fit)
+    args = pretrain.parse_args(['--iters', str(iters), '--lr', '2.0'] + flags)
+    pretrain.pretrain(args, {'model': torch.nn.Linear(1, 1)}, None, None, None, None, {})
+    return rates
+
+
+def test_step_and_linear_schedules_set_the_optimisers_rate(monkeypatch):
+    assert _scheduled_rates(monkeypatch, [], 8) == pytest.approx([2.0] * 6 + [0.2] * 2)
+    assert _scheduled_rates(monkeypatch, ['--step-at', '0.5', '--step-factor', '0.25'], 4) == pytest.approx(
+        [2.0, 2.0, 0.5, 0.5])
+    linear = _scheduled_rates(monkeypatch, ['--schedule', 'linear'], 8)
+    assert linear == pytest.approx([2.0 * (1 - it / 8) for it in range(8)])  # 1 - it / iters: to 0 at the end
+    assert pretrain.parse_args(['--schedule', 'linear']).name.split('-')[:4] == ['depth', 'mono', 'linear', 'resnet18']
+
+
+class _Stop(Exception):
+    """Raised where pre-training would open the dataset: the networks are built and started by then."""
+
+
+@pytest.mark.parametrize('flags, start, max_depth', [
+    (['--data', 'nyu', '--supervision', 'gt'], 3.0, 10.0),          # 0.3 x NYU's 10 m: a room's depth
+    (['--data', 'kitti', '--supervision', 'stereo'], 10.0, 100.0),  # a driving scene's; 0.3 x 100 m is more
+    (['--data', 'cityscapes', '--supervision', 'mono+stereo'], 10.0, 100.0),
+    (['--data', 'kitti', '--supervision', 'gt', '--max-depth', '20'], 6.0, 20.0),  # min(10, 0.3 x 20)
+])
+def test_metric_depth_starts_at_the_smaller_of_10_m_and_three_tenths_of_max_depth(flags, start, max_depth, monkeypatch,
+                                                                                   tmp_path):
+    built = []
+    build = models.build_depth_net
+    monkeypatch.setattr(models, 'build_depth_net', lambda *a, **k: built.append(build(*a, **k)) or built[-1])
+
+    def stop(args):
+        raise _Stop(args.max_depth)
+    monkeypatch.setattr(training, 'open_layout', stop)
+    with pytest.raises(_Stop) as stopped:
+        pretrain.main(flags + ['--data-root', str(tmp_path), '--runs', str(tmp_path), '--device', 'cpu'])
+    assert stopped.value.args == (max_depth,)  # the layout's default (NYU: 10 m), or --max-depth
+    (net,) = built
+    # every disparity bias is the logit of the start depth's scaled disparity (models.disp_to_depth inverted)
+    scaled = (1 / start - 1 / max_depth) / (1 / 0.1 - 1 / max_depth)
+    for conv in net.head.convs:
+        assert torch.allclose(conv.bias, torch.logit(torch.tensor(scaled)))
+    with torch.no_grad():
+        depth = models.disp_to_depth(net.eval()(torch.rand(2, 3, 64, 192))[0], 0.1, max_depth)
+    assert 0.6 * start < float(depth.median()) < 1.6 * start  # random weights spread it a little
+
+
+@pytest.mark.parametrize('data_flag, max_depth, eval_max_depth', [
+    ('nyu', 10.0, 10.0), ('kitti', 100.0, 80.0), ('toy', 100.0, 80.0), ('cityscapes', 100.0, 80.0),
+    ('folder', 100.0, 80.0)])
+def test_depth_range_and_cap_default_to_the_layouts(data_flag, max_depth, eval_max_depth):
+    args = pretrain.parse_args(['--data', data_flag])
+    assert (args.max_depth, args.eval_max_depth) == (max_depth, eval_max_depth)
+    args = finetune.parse_args(['--data', data_flag, '--task', 'depth'])
+    assert (args.max_depth, args.eval_max_depth) == (max_depth, eval_max_depth)
+    args = pretrain.parse_args(['--data', data_flag, '--max-depth', '50', '--eval-max-depth', '40'])
+    assert (args.max_depth, args.eval_max_depth) == (50.0, 40.0)  # given: kept
