@@ -1363,6 +1363,11 @@ def splits_command(args):
         train, val, components = similarity_split(pool, embed, args.threshold, args.val_fraction)
         print(f'{int(components.max()) + 1} clusters; sizes (size: count):')
         print('\n'.join(histogram_lines(cluster_histogram(components))))
+        if not val:
+            raise ValueError(f'no cluster fits in val ({args.val_fraction:.0%} of {len(lines)} images: at most '
+                             f'{round(args.val_fraction * len(lines))}; the largest holds {int(torch.bincount(components).max())}): '
+                             f'raise --threshold (the embeddings are more alike than {args.threshold}) or --val-fraction; '
+                             f'nothing was written.')
     out = Path(args.out or Path(args.make_splits) / 'splits')
     test = Path(args.split or Path(args.make_splits) / 'splits') / 'test_files.txt'
     write_split_files(out, {'train': train, 'val': val}, args.overwrite, [test] if args.data == 'kitti' and test.is_file() else [])

@@ -583,3 +583,17 @@ def test_depth_scale_is_refused_outside_a_folder(data_flag):
     with pytest.raises(SystemExit, match='--depth-scale applies to --data folder'):
         pretrain.parse_args(['--data', 'folder', '--depth-scale', '0'])
     assert pretrain.parse_args(['--data', 'folder', '--depth-scale', '0.001']).depth_scale == 0.001
+
+
+def test_cityscapes_training_frames_are_the_top_three_quarters_resized_with_their_intrinsics(tmp_path):
+    """A 16 x 16 frame keeps its top 12 rows (ground truth too), then is resized to the network's 24 x 32: the
+    intrinsics scale by 24 / 12 vertically and 32 / 16 horizontally (pixel centres as in scale_intrinsics)."""
+    name = _cityscapes_frame(tmp_path, 'train', 'aachen', 0, 19, 16, 16, kinds=('left', 'camera', 'disparity'))
+    snippets = data.Cityscapes(tmp_path).snippets('train', with_depth=True)
+    item = data.VideoSnippets(snippets, 24, 32)[0]
+    image = decode_image(read_file(str(data.cityscapes_path(tmp_path, 'left', *name)))).float() / 255
+    torch.testing.assert_close(item['frames'][0], data.resize(image[None, :, :12], (24, 32))[0])
+    assert item['depth'].shape == (1, 12, 16)
+    fx, fy, u0, v0 = CAMERA['intrinsic']['fx'], CAMERA['intrinsic']['fy'], CAMERA['intrinsic']['u0'], CAMERA['intrinsic']['v0']
+    expected = torch.tensor([[2 * fx, 0, (u0 + 0.5) * 2 - 0.5], [0, 2 * fy, (v0 + 0.5) * 2 - 0.5], [0, 0, 1]])
+    torch.testing.assert_close(item['K'][:3, :3], expected.float())
