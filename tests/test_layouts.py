@@ -530,9 +530,15 @@ def test_similarity_and_random_together_stop_with_a_sentence(toy_root, tmp_path)
     assert not (tmp_path / 'out').exists()
 
 
-def test_similarity_split_without_mobilenet_weights_stops_with_one_sentence_naming_the_file(split_worlds, tmp_path):
+def test_similarity_split_without_mobilenet_weights_stops_with_one_sentence_naming_the_file(split_worlds, tmp_path,
+                                                                                           monkeypatch):
     """The default embedder (torchvision's ImageNet MobileNet V2) is never downloaded: with no cached weights in
     TORCH_HOME the command stops with one sentence naming the file, no traceback, no split written."""
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch'))
+    with pytest.raises(SystemExit) as stop:
+        data.main(['--make-splits', str(split_worlds / 'folder'), '--data', 'folder', '--by-similarity',
+                   '--out', str(tmp_path / 'out')])
+    assert 'mobilenet_v2-b0353104.pth' in stop.value.code and stop.value.__suppress_context__
     env = dict(os.environ, TORCH_HOME=str(tmp_path / 'torch'))
     result = subprocess.run([sys.executable, str(Path(data.__file__)), '--make-splits', str(split_worlds / 'folder'),
                              '--data', 'folder', '--by-similarity', '--out', str(tmp_path / 'out')],
@@ -597,3 +603,15 @@ def test_cityscapes_training_frames_are_the_top_three_quarters_resized_with_thei
     fx, fy, u0, v0 = CAMERA['intrinsic']['fx'], CAMERA['intrinsic']['fy'], CAMERA['intrinsic']['u0'], CAMERA['intrinsic']['v0']
     expected = torch.tensor([[2 * fx, 0, (u0 + 0.5) * 2 - 0.5], [0, 2 * fy, (v0 + 0.5) * 2 - 0.5], [0, 0, 1]])
     torch.testing.assert_close(item['K'][:3, :3], expected.float())
+
+
+def test_a_similarity_split_with_nothing_in_val_stops_and_writes_nothing(split_worlds, toy_root, tmp_path, capsys):
+    """At the paper's 0.9 the random network links every toy image into one cluster (see _split_world), which
+    cannot fit in val: the command shows the histogram and stops with a sentence, writing no split files."""
+    root, _, _, _, _ = _split_world('folder', split_worlds, toy_root, tmp_path)
+    count = len(data.Folder(root).pool())
+    with pytest.raises(SystemExit, match=rf'no cluster fits in val \(20% of {count} images: at most {round(0.2 * count)}; '
+                                         rf'the largest holds {count}\): raise --threshold'):
+        data.main(['--make-splits', str(root), '--data', 'folder', '--by-similarity', '--embed-checkpoint',
+                   str(_save_fresh_checkpoint(tmp_path / 'depth.pt')), '--out', str(tmp_path / 'out')])
+    assert f'size {count:>5}:      1 clusters' in capsys.readouterr().out and not (tmp_path / 'out').exists()
