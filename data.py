@@ -684,12 +684,17 @@ def evenly_spaced(length, count):
     return list(range(0, length, max(1, length // count)))[:count]
 
 
+def seeded_permutation(count, seed):
+    """range(count) in the order of a permutation drawn with `seed` (the same on every machine and run)."""
+    return torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()
+
+
 def few_shot_split(count, train_size, seed):
     """Pick `train_size` of `count` labelled images with the seed; the rest are the evaluation set."""
     if not 0 < train_size < count:
         raise ValueError(f'--train-size must be between 1 and {count - 1} (there are {count} labelled '
                          f'images and the rest are needed for evaluation); got {train_size}.')
-    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()
+    order = seeded_permutation(count, seed)
     return order[:train_size], order[train_size:]
 
 
@@ -706,7 +711,7 @@ def few_shot_sets(layout, train_size, seed, split_dir=None):
     if not 0 < train_size <= len(pool):
         raise ValueError(f'--train-size must be between 1 and {len(pool)} (the labelled training images); got '
                          f'{train_size}.')
-    order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed)).tolist()
+    order = seeded_permutation(len(pool), seed)
     return [pool[i] for i in order[:train_size]], held_out
 
 
@@ -1035,6 +1040,10 @@ class Folder:
                                     f'<root>/<sequence>/*.png or *.jpg{what}): add frames, or lower --frame-stride.')
         return snippets
 
+    def rgb_images(self):
+        """Every <name>_rgb.png / .jpg under the root, sorted."""
+        return sorted(p for p in self.root.rglob('*_rgb.*') if p.suffix.lower() in IMAGE_SUFFIXES)
+
     def depth_of(self, rgb):
         stem = Path(rgb).stem[:-len('_rgb')]
         for suffix in ('.npy', '.png'):
@@ -1044,8 +1053,7 @@ class Folder:
 
     def pairs(self, split=None, split_dir=None):
         """RGB-D pairs of a split (all of them without split files) as one-frame Snippets with depth."""
-        paths = (read_path_split(self.root, split, split_dir) if split_dir else
-                 sorted(p for p in self.root.rglob('*_rgb.*') if p.suffix.lower() in IMAGE_SUFFIXES))
+        paths = read_path_split(self.root, split, split_dir) if split_dir else self.rgb_images()
         paths = [p for p in paths if p.stem.endswith('_rgb')]
         if not paths:
             raise FileNotFoundError(f'no RGB-D pairs (<name>_rgb.png or .jpg with <name>_depth.npy or .png) in '
@@ -1081,8 +1089,7 @@ class Folder:
     def pool(self, split_dir=None):
         """Every image: the pairs' RGB images and the video frames."""
         frames = [p for frames in self.sequences().values() for p in frames]
-        pairs = sorted(p for p in self.root.rglob('*_rgb.*') if p.suffix.lower() in IMAGE_SUFFIXES)
-        return relative_lines(self.root, frames + pairs)
+        return relative_lines(self.root, frames + self.rgb_images())
 
 
 LAYOUTS = {'toy': Kitti, 'kitti': Kitti, 'cityscapes': Cityscapes, 'nyu': Nyu, 'folder': Folder}
@@ -1158,7 +1165,7 @@ def make_splits(root, seed=0, depth_only=False, mapping=None):
     if not drives:
         raise FileNotFoundError(f'no KITTI raw drives (<date>/<date>_drive_XXXX_sync/image_02/data) under {root}.')
     labelled = labelled_drives(root, mapping)
-    order = torch.randperm(len(drives), generator=torch.Generator().manual_seed(seed)).tolist()
+    order = seeded_permutation(len(drives), seed)
     splits, kept_out = {'train': [], 'val': [], 'test': []}, {}
     for rank, d in enumerate(order):
         folder = drives[d].relative_to(root).as_posix()
@@ -1326,7 +1333,7 @@ def random_split(lines, val_fraction, seed):
     split is compared with (near-duplicates may straddle it)."""
     if not 0 < val_fraction < 1:
         raise ValueError(f'--val-fraction must lie between 0 and 1; got {val_fraction}.')
-    order = torch.randperm(len(lines), generator=torch.Generator().manual_seed(seed)).tolist()
+    order = seeded_permutation(len(lines), seed)
     val = set(order[:round(val_fraction * len(lines))])
     return [l for i, l in enumerate(lines) if i not in val], [l for i, l in enumerate(lines) if i in val]
 

@@ -807,20 +807,17 @@ def plot_grad_cam(runs, root, path, count=4, layer='layer1'):
 
 # ---------------------------------------------------------------- predictions on your own images
 
-IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg')
-
-
 def image_files(path):
     """The images to predict on: the file itself, or a folder's PNG and JPEG files, sorted by name."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f'{path} does not exist; give an image (.png, .jpg) or a folder of them.')
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in data.IMAGE_SUFFIXES)
         if not files:
             raise ValueError(f'{path} holds no .png or .jpg images.')
         return files
-    if path.suffix.lower() not in IMAGE_SUFFIXES:
+    if path.suffix.lower() not in data.IMAGE_SUFFIXES:
         raise ValueError(f'{path} is not an image: give a .png or .jpg file, or a folder of them.')
     return [path]
 

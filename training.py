@@ -100,7 +100,7 @@ def add_depth_eval_args(parser):
     parser.add_argument('--eval-protocol', choices=data.EVAL_PROTOCOLS, default=None,
                         help='depth: KITTI: eigen (default; velodyne ground truth, Garg crop, 1e-3 < gt < 80 m) or '
                              'benchmark (KITTI\'s annotated depth, no crop); cityscapes, nyu and folder have one each '
-                             '(the README\'s "Depth protocols"); test frames without that ground truth are skipped '
+                             '(the README says each); test frames without that ground truth are skipped '
                              'and counted')
     parser.add_argument('--min-depth', type=float, default=0.1, help='depth: depth of disparity 1 (metres)')
     parser.add_argument('--max-depth', type=float, default=None,
@@ -204,7 +204,7 @@ def data_root(args):
         return root
     if not args.data_root or not Path(args.data_root).is_dir():
         raise SystemExit(f'--data {args.data} needs --data-root pointing at its folder (got {args.data_root}); '
-                         f'see "Datasets" in the README for the layout.')
+                         f'the README says each dataset\'s layout ("Real KITTI", "Cityscapes, NYU-Depth-V2 and a folder of your own").')
     return args.data_root
 
 
@@ -293,7 +293,7 @@ def epoch_batches(count, batch_size, seed, start=0):
     for k in itertools.count(start):
         if k // per_epoch != epoch:
             epoch = k // per_epoch
-            order = torch.randperm(count, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+            order = data.seeded_permutation(count, seed + epoch)
         first = (k % per_epoch) * size
         yield [(item, k * size + j) for j, item in enumerate(order[first:first + size])]
 
