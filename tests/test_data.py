@@ -230,10 +230,10 @@ def test_scale_intrinsics_agrees_with_the_resized_pixel_grid():
         scaled = data.scale_intrinsics(K, (height, width), size)
         for new_u in range(6, size[1] - 6, 7):  # away from the borders, where the filter is cut
             ray = (new_u - scaled[0, 2]) / scaled[0, 0]  # x / z of the ray through that new column
-            assert resized[0, size[0] // 2, new_u] == pytest.approx(K[0, 0] * ray + K[0, 2], abs=1e-3)
+            assert float(resized[0, size[0] // 2, new_u]) == pytest.approx(float(K[0, 0] * ray + K[0, 2]), abs=1e-3)
         for new_v in range(6, size[0] - 6, 5):
             ray = (new_v - scaled[1, 2]) / scaled[1, 1]
-            assert resized[1, new_v, size[1] // 2] == pytest.approx(K[1, 1] * ray + K[1, 2], abs=1e-3)
+            assert float(resized[1, new_v, size[1] // 2]) == pytest.approx(float(K[1, 1] * ray + K[1, 2]), abs=1e-3)
 
 
 def _crop_offset(part, whole):

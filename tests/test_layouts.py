@@ -65,7 +65,7 @@ def test_disparity_is_p_minus_1_over_256_and_depth_is_baseline_times_fx_over_it(
     assert depth.shape == (1, 2, 4) and depth.dtype == torch.float32
     np.testing.assert_allclose(depth[0].numpy(), expected, rtol=1e-6)
     assert depth[0, 0, 0] == 0 and depth[0, 0, 1] == 0  # no disparity, and a disparity of 0: no depth
-    assert depth[0, 1, 1] == pytest.approx(0.209313 * 2262.52 / 4)  # p = 1025 is 4 px
+    assert float(depth[0, 1, 1]) == pytest.approx(0.209313 * 2262.52 / 4)  # p = 1025 is 4 px
 
 
 def test_camera_file_gives_the_intrinsics_and_baseline_and_a_bad_one_a_sentence(tmp_path):
