@@ -10,6 +10,7 @@ The other decoders the papers compare: DeepLabV3's head on a dilated encoder (th
 Fig. 1a/1c), and xNet's reversed decoder, a second ResNet run as the decoder so that it can be pre-trained
 too (Re-Shape modules, input mixed with the image or the stem, Post Feature Pyramid).
 """
+import functools
 import json
 import math
 import os
@@ -866,12 +867,14 @@ def _hugging_face_arch(config, path):
 def _arch_of(state):
     """The encoder whose tensors (names and shapes) `state`'s 'encoder.' ones are, or None."""
     shapes = {k[len('encoder.'):]: tuple(v.shape) for k, v in state.items() if k.startswith('encoder.')}
-    for arch in ARCHS:
-        with torch.device('meta'):
-            encoder = build_encoder(arch)
-        if {k: tuple(v.shape) for k, v in encoder.state_dict().items()} == shapes:
-            return arch
-    return None
+    return next((arch for arch in ARCHS if _encoder_shapes(arch) == shapes), None)
+
+
+@functools.cache
+def _encoder_shapes(arch):
+    """{name: shape} of an encoder's tensors, from one built on the meta device (no memory, no time)."""
+    with torch.device('meta'):
+        return {k: tuple(v.shape) for k, v in build_encoder(arch).state_dict().items()}
 
 
 PARTS = ('encoder.', 'decoder.', 'head.')
