@@ -354,7 +354,8 @@ class SegFormerDecoder(nn.Module):
         self.width, self.num_ch_dec = width, (width,)
         for i, channels in enumerate(num_ch_enc[-4:]):
             setattr(self, f'linear_c{i + 1}', nn.ModuleDict({'proj': nn.Linear(channels, width)}))
-        self.linear_fuse = nn.ModuleDict({'conv': nn.Conv2d(4 * width, width, 1, bias=False), 'bn': nn.BatchNorm2d(width)})
+        self.linear_fuse = nn.ModuleDict({'conv': nn.Conv2d(4 * width, width, 1, bias=False),
+                                          'bn': nn.BatchNorm2d(width)})
         self.dropout = nn.Dropout2d(dropout)  # the authors' (mmseg's) dropout: whole channels
 
     def forward(self, features, image=None):
@@ -735,26 +736,29 @@ def _renamed(state, renames, drop=()):
     return out
 
 
+# Hugging Face's SegFormer names -> this code's (the authors', under encoder., decoder., head.), after the
+# stage numbers: its patch_embeddings.i, block.i and layer_norm.i are the authors' patch_embed, block, norm i+1.
+HF_RENAMES = (('.layer_norm_1.', '.norm1.'), ('.layer_norm_2.', '.norm2.'), ('.attention.self.query.', '.attn.q.'),
+              ('.attention.self.sr.', '.attn.sr.'), ('.attention.self.layer_norm.', '.attn.norm.'),
+              ('.attention.output.dense.', '.attn.proj.'), ('.mlp.dense1.', '.mlp.fc1.'), ('.mlp.dense2.', '.mlp.fc2.'),
+              ('decode_head.linear_fuse.', 'decoder.linear_fuse.conv.'),
+              ('decode_head.batch_norm.', 'decoder.linear_fuse.bn.'), ('decode_head.classifier.', 'head.conv.'))
+HF_STAGES = dict(patch_embeddings='patch_embed', block='block', layer_norm='norm')
+
+
 def _from_hugging_face(state):
-    """Hugging Face's SegFormer names -> the authors' (then this code's): stage i+1's patch_embeddings.i,
-    block.i.j, layer_norm.i; query + key/value rows joined into the authors' single `kv`; the decode head's
-    linear_c.i, linear_fuse, batch_norm and classifier."""
+    """Hugging Face's SegFormer names -> this code's; its query and key/value rows joined into the authors'
+    single `kv` (keys' rows, then values'); the image classifier's `classifier` left out."""
     hf = {}
     for key, tensor in state.items():
         key = re.sub(r'^segformer\.encoder\.(patch_embeddings|block|layer_norm)\.(\d+)',
-                     lambda m: f'encoder.{dict(patch_embeddings="patch_embed", block="block", layer_norm="norm")[m[1]]}'
-                               f'{int(m[2]) + 1}', key)
-        key = re.sub(r'^decode_head\.linear_c\.(\d+)', lambda m: f'decoder.linear_c{int(m[1]) + 1}', key)
-        for old, new in (('.layer_norm_1.', '.norm1.'), ('.layer_norm_2.', '.norm2.'), ('.attention.self.query.', '.attn.q.'),
-                         ('.attention.self.sr.', '.attn.sr.'), ('.attention.self.layer_norm.', '.attn.norm.'),
-                         ('.attention.output.dense.', '.attn.proj.'), ('.mlp.dense1.', '.mlp.fc1.'),
-                         ('.mlp.dense2.', '.mlp.fc2.'),
-                         ('decode_head.linear_fuse.', 'decoder.linear_fuse.conv.'),
-                         ('decode_head.batch_norm.', 'decoder.linear_fuse.bn.'), ('decode_head.classifier.', 'head.conv.')):
-            key = key.replace(old, new)
+                     lambda m: f'encoder.{HF_STAGES[m[1]]}{int(m[2]) + 1}', key)
         key = re.sub(r'^(encoder\.patch_embed\d)\.layer_norm\.', r'\1.norm.', key)
+        key = re.sub(r'^decode_head\.linear_c\.(\d+)', lambda m: f'decoder.linear_c{int(m[1]) + 1}', key)
+        for old, new in HF_RENAMES:
+            key = key.replace(old, new)
         hf[key] = tensor
-    for key in [k for k in hf if '.attention.self.key.' in k]:  # the authors' kv: keys' rows, then values'
+    for key in [k for k in hf if '.attention.self.key.' in k]:
         value = key.replace('.key.', '.value.')
         hf[key.replace('.attention.self.key.', '.attn.kv.')] = torch.cat([hf.pop(key), hf.pop(value)])
     return _renamed(hf, {'encoder.': 'encoder.', 'decoder.': 'decoder.', 'head.': 'head.'}, drop=('classifier.',))
@@ -897,11 +901,12 @@ def load_pretrained(net, source, parts=None, quiet=False):
     head_fits = 'head.' in parts and all(k in weights.state and weights.state[k].shape == v.shape
                                          for k, v in net.state_dict().items() if k.startswith('head.'))
     loaded = load_parts(net, weights.state, [p for p in parts if p != 'head.' or head_fits], weights.source)
-    new = [p[:-1] for p in PARTS if hasattr(net, p[:-1]) and not any(k.startswith(p) for k in loaded)]
+    done = [p[:-1] for p in PARTS if any(k.startswith(p) for k in loaded)]
+    new = [p[:-1] for p in PARTS if hasattr(net, p[:-1]) and p[:-1] not in done]
     if not quiet:
         why = f' ({_head_mismatch(net, weights.state)})' if 'head.' in parts and not head_fits else ''
-        print(f'Initialised {len(loaded)} tensors of the {", ".join(p[:-1] for p in PARTS if any(k.startswith(p) for k in loaded))} '
-              f'from {weights.source}, {weights.normalization} normalisation; new: {", ".join(new) or "nothing"}{why}.')
+        print(f'Initialised {len(loaded)} tensors of the {", ".join(done)} from {weights.source}, '
+              f'{weights.normalization} normalisation; new: {", ".join(new) or "nothing"}{why}.')
     return loaded
 
 

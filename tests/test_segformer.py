@@ -493,3 +493,12 @@ def test_pretraining_a_mix_transformer_for_depth(toy_root, tmp_path):
     assert checkpoint['arch'] == 'mit_b0' and checkpoint['decoder'] == 'segformer' and checkpoint['metrics']
     with pytest.raises(SystemExit, match='PoseNet that video supervision needs are ResNets'):
         pretrain.parse_args(['--arch', 'mit_b0', '--decoder', 'segformer'])
+
+
+def test_grad_cam_of_a_mix_transformer_reads_its_first_map_after_stage_1():
+    import evaluate
+    net = models.build_seg_net('mit_b0', 3, decoder='segformer').eval()
+    layer = net.encoder.get_submodule(evaluate.GRAD_CAM_LAYERS[1])
+    assert layer.in_channels == 32 and layer.stride == (2, 2)  # reads stage 1's map
+    cam = evaluate.grad_cam(net, torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(6)), layer)
+    assert cam.shape == (2, 64, 64) and float(cam.amax()) == 1.0 and float(cam.amin()) >= 0
