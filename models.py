@@ -8,7 +8,12 @@ torchvision's and weights move freely between torchvision, this code and other c
 
 The other decoders the papers compare: DeepLabV3's head on a dilated encoder (the common practice,
 Fig. 1a/1c), and xNet's reversed decoder, a second ResNet run as the decoder so that it can be pre-trained
-too (Re-Shape modules, input mixed with the image or the stem, Post Feature Pyramid).
+too (Re-Shape modules, input mixed with the image or the stem, Post Feature Pyramid). The minimal-transfer
+paper's network is SegFormer: the Mix Transformer encoder (mit_b0 ... mit_b5, the SegFormer authors' keys)
+with its all-MLP decoder, whose head predicts K classes or one depth channel.
+
+`load_pretrained` reads every published weight layout this code meets (its own checkpoints, torchvision's
+ResNets, the SegFormer authors' files, Hugging Face folders, safetensors), from a small table of layouts.
 """
 import functools
 import json
@@ -183,7 +188,7 @@ class DeepLabDecoder(nn.Module):
 
 # ---------------------------------------------------------------- SegFormer: the Mix Transformer and its all-MLP head
 
-# Xie et al. 2021 (SegFormer), Sect. 3.1 and Table 6: widths C_i and blocks L_i of the four stages per size
+# Xie et al. 2021 (SegFormer), Sect. 3.1 and its MiT settings: widths C_i and blocks L_i of the four stages per size
 # (b0 ... b5); every size has heads N_i = 1, 2, 5, 8, sequence-reduction ratios R_i = 8, 4, 2, 1 and an MLP
 # expansion of 4. Stochastic depth rises linearly over the blocks to 0.1 (the authors' training setting; it
 # acts in training only).
