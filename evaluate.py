@@ -789,14 +789,20 @@ def grad_cam(net, images, layer):
     return (cam / cam.amax((1, 2), keepdim=True).clamp(min=1e-12)).detach()
 
 
-def plot_grad_cam(runs, root, path, count=4, layer='layer1'):
-    """PNG like the paper's Fig. 6: Grad-CAM of a shallow encoder layer for each segmentation run (rows)
-    on the same held-out images (columns), over the images."""
+# The shallow encoder layer of Fig. 6, by encoder: a ResNet's first stage; a Mix Transformer's first patch
+# merging after its first stage (the earliest map it computes from that stage's output).
+GRAD_CAM_LAYERS = ('layer1', 'patch_embed2.proj')
+
+
+def plot_grad_cam(runs, root, path, count=4):
+    """PNG like the paper's Fig. 6: Grad-CAM of a shallow encoder layer (GRAD_CAM_LAYERS) for each
+    segmentation run (rows) on the same held-out images (columns), over the images."""
     images = torch.stack([item['image'] for item in _common_held_out(runs, root, count)])
     fig, axes = _figure(len(images), len(runs), width=3, height=1.3)
     for r, run in enumerate(runs):
         net = load_network(models.load_checkpoint(run['checkpoint']), run['name'])
-        cam = grad_cam(net, images, getattr(net.encoder, layer))
+        layer = next(name for name in GRAD_CAM_LAYERS if hasattr(net.encoder, name.split('.')[0]))
+        cam = grad_cam(net, images, net.encoder.get_submodule(layer))
         for c, (image, heat) in enumerate(zip(images, cam)):
             axes[r, c].imshow(image.permute(1, 2, 0).numpy())
             axes[r, c].imshow(heat.numpy(), cmap='jet', alpha=0.5)

@@ -46,47 +46,42 @@ from training import autocast
 # What transfers, how it trains, what it is scored on
 # ----------------------------------------------------------------------------------------------------
 
-def transferable_parts(checkpoint, args):
-    """Which parts of a checkpoint's network carry over: the encoder always; the decoder when it is the
-    same kind and not reset (never from flow, whose decoder reads two frames); the head when the task
-    is the same too (a depth checkpoint fine-tuned for depth, a segmentation one for segmentation)."""
+def transferable_parts(weights, args):
+    """Which parts of pre-trained weights (models.Weights) carry over: the encoder always; the decoder when
+    it is the same kind and not reset (never from flow, whose decoder reads two frames' features); the head
+    when the task is the same too (a depth checkpoint fine-tuned for depth, a segmentation one for
+    segmentation; models.load_pretrained leaves a head of another number of classes new)."""
     parts = ['encoder.']
-    same_decoder = (checkpoint.get('decoder', 'unet') == args.decoder and checkpoint['task'] != 'flow'
-                    and checkpoint.get('xnet') == models.xnet_options(args))  # xNet variants differ in shape
+    same_decoder = (weights.decoder == args.decoder and weights.task != 'flow'
+                    and weights.xnet == models.xnet_options(args))  # xNet variants differ in shape
     if same_decoder and not args.reset_decoder:
         parts.append('decoder.')
-        if checkpoint['task'] == args.task:
+        if weights.task == args.task:
             parts.append('head.')
     return parts
 
 
 def build_network(args):
-    """The network for --task and --decoder, initialised as --init says; image normalisation follows the
-    weights (ImageNet mean/std for ImageNet weights, else what the checkpoint was trained with)."""
-    checkpoint = None
+    """The network for --task and --decoder, initialised as --init says (models.load_pretrained reads every
+    published layout); image normalisation follows the weights (ImageNet mean/std for ImageNet, SegFormer
+    and other published weights, else what the checkpoint was trained with)."""
+    weights = None
     if args.init not in ('none', 'imagenet'):
-        path, checkpoint = training.init_checkpoint(args.init)
-        if checkpoint.get('arch') != args.arch:
-            raise SystemExit(f'--init {args.init}: {path} holds a {checkpoint.get("arch")} network; '
-                             f'pass --arch {checkpoint.get("arch")}.')
-    normalization = checkpoint['normalization'] if checkpoint else 'imagenet' if args.init == 'imagenet' else 'unit'
+        path, weights = training.init_weights(args.init)
+        if weights.arch != args.arch:
+            held = f'a {weights.arch} network; pass --arch {weights.arch}' if weights.arch else \
+                'an encoder of no --arch this code builds'
+            raise SystemExit(f'--init {args.init}: {weights.source} holds {held}.')
+    normalization = weights.normalization if weights else 'imagenet' if args.init == 'imagenet' else 'unit'
     xnet = models.xnet_options(args)
     net = (models.build_seg_net(args.arch, num_classes(args), normalization, args.decoder, xnet) if args.task == 'seg'
            else models.build_depth_net(args.arch, normalization, args.decoder, xnet))
     if args.init == 'imagenet':
         training.init_encoders(args, net.encoder)
-    elif checkpoint:
-        parts = transferable_parts(checkpoint, args)
-        try:
-            loaded = models.load_parts(net, checkpoint['model'], parts, source=str(path))
-        except ValueError as error:
-            raise SystemExit(f'--init {args.init}: {error}') from None
-        new = [p[:-1] for p in ('decoder.', 'head.') if p not in parts]
-        why = (' (a flow network\'s decoder reads two frames\' features: it does not transfer)'
-               if checkpoint['task'] == 'flow' else '')
-        print(f'Initialised {len(loaded)} tensors of the {", ".join(p[:-1] for p in parts)} from {path} '
-              f'({checkpoint["task"]}, {checkpoint.get("decoder", "unet")} decoder, {normalization} normalisation); '
-              f'new: {", ".join(new) or "nothing"}{why}.')
+    elif weights:
+        training.load_weights(net, weights, transferable_parts(weights, args), '--init')
+        if weights.task == 'flow':
+            print('(A flow network\'s decoder reads two frames\' features: it does not transfer.)')
     training.init_decoder_backbone(net, args)
     return net
 
@@ -205,7 +200,9 @@ def parse_args(argv=None):
     parser.add_argument('--task', choices=['seg', 'depth'], default='seg', help='the downstream task')
     parser.add_argument('--init', default='none',
                         help='none (random weights), imagenet (torchvision\'s weights), depth or flow '
-                             '(checkpoints/<name>.pt from pretrain.py), or a checkpoint path')
+                             '(checkpoints/<name>.pt from pretrain.py), or a weight file or folder: a checkpoint, '
+                             'torchvision\'s ResNet state dict, the SegFormer authors\' mit_b*.pth or segmentation '
+                             'checkpoint, a Hugging Face SegFormer folder (models.load_pretrained)')
     training.add_decoder_args(parser)
     parser.add_argument('--reset-decoder', action='store_true',
                         help='load only the encoder from --init; the decoder starts from random weights (Table 2)')
@@ -245,9 +242,12 @@ def parse_args(argv=None):
 def run_name(args):
     """A run folder name saying what was fine-tuned, from what, how; runs differing only in seed share
     all of it up to the seed."""
-    init = Path(args.init).stem if args.init.endswith('.pt') else args.init
+    path = Path(args.init)
+    init = args.init if '/' not in args.init and not path.suffix else path.name if path.is_dir() else path.stem
     if init == 'checkpoint':  # runs/<name>/checkpoint.pt: the run's name says more, but for its seed
-        init = re.sub(r'-s\d+$', '', Path(args.init).parent.name)
+        init = re.sub(r'-s\d+$', '', path.parent.name)
+    elif init in ('model', 'pytorch_model'):  # a Hugging Face folder's weight file: the folder's name
+        init = path.parent.name
     decoder = models.describe_decoder(args.decoder, models.xnet_options(args), args.decoder_init, args.reset_decoder)
     frozen = 'frozen' if args.freeze_encoder else 'full'
     frozen += f'-crop{args.crop_size[0]}x{args.crop_size[1]}' if args.crop_size else ''

@@ -8,10 +8,21 @@ torchvision's and weights move freely between torchvision, this code and other c
 
 The other decoders the papers compare: DeepLabV3's head on a dilated encoder (the common practice,
 Fig. 1a/1c), and xNet's reversed decoder, a second ResNet run as the decoder so that it can be pre-trained
-too (Re-Shape modules, input mixed with the image or the stem, Post Feature Pyramid).
+too (Re-Shape modules, input mixed with the image or the stem, Post Feature Pyramid). The minimal-transfer
+paper's network is SegFormer: the Mix Transformer encoder (mit_b0 ... mit_b5, the SegFormer authors' keys)
+with its all-MLP decoder, whose head predicts K classes or one depth channel.
+
+`load_pretrained` reads every published weight layout this code meets (its own checkpoints, torchvision's
+ResNets, the SegFormer authors' files, Hugging Face folders, safetensors), from a small table of layouts.
 """
+import functools
+import json
+import math
 import os
+import re
+import struct
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -59,7 +70,7 @@ class ResnetEncoder(torchvision.models.ResNet):
         if num_input_images > 1:  # PoseNet: frames stacked on channels
             self.conv1 = nn.Conv2d(3 * num_input_images, 64, kernel_size=7, stride=2, padding=3, bias=False)
             nn.init.kaiming_normal_(self.conv1.weight, mode='fan_out', nonlinearity='relu')
-        self.num_ch_enc = ENCODER_CHANNELS[arch]
+        self.arch, self.num_ch_enc = arch, ENCODER_CHANNELS[arch]
         self.to(memory_format=torch.channels_last)
 
     def forward(self, x):
@@ -77,7 +88,9 @@ def load_imagenet_weights(encoder, arch):
     For a multi-image encoder, conv1's filters are repeated over the stacked frames and divided by their
     number (Monodepth2's PoseNet trick), so the summed response matches the single-image one.
     """
-    _check_choice('arch', arch, IMAGENET_WEIGHTS)
+    if arch not in IMAGENET_WEIGHTS:
+        raise FileNotFoundError(f'torchvision publishes no ImageNet weights for {arch}: pass the SegFormer authors\' '
+                                f'{arch}.pth or Hugging Face\'s nvidia/{arch.replace("_", "-")} folder with --init PATH.')
     state = cached_weights(IMAGENET_WEIGHTS[arch], arch)
     try:
         num_images = encoder.conv1.in_channels // 3
@@ -171,6 +184,194 @@ class DeepLabDecoder(nn.Module):
 
     def forward(self, features, image=None):
         return [self.layers(features[-1])]
+
+
+# ---------------------------------------------------------------- SegFormer: the Mix Transformer and its all-MLP head
+
+# Xie et al. 2021 (SegFormer), Sect. 3.1 and its MiT settings: widths C_i and blocks L_i of the four stages per size
+# (b0 ... b5); every size has heads N_i = 1, 2, 5, 8, sequence-reduction ratios R_i = 8, 4, 2, 1 and an MLP
+# expansion of 4. Stochastic depth rises linearly over the blocks to 0.1 (the authors' training setting; it
+# acts in training only).
+MIT_SPECS = {'mit_b0': ([32, 64, 160, 256], [2, 2, 2, 2]), 'mit_b1': ([64, 128, 320, 512], [2, 2, 2, 2]),
+             'mit_b2': ([64, 128, 320, 512], [3, 4, 6, 3]), 'mit_b3': ([64, 128, 320, 512], [3, 4, 18, 3]),
+             'mit_b4': ([64, 128, 320, 512], [3, 8, 27, 3]), 'mit_b5': ([64, 128, 320, 512], [3, 6, 40, 3])}
+MIT_HEADS, MIT_REDUCTION, MIT_MLP_RATIO, MIT_DROP_PATH = (1, 2, 5, 8), (8, 4, 2, 1), 4, 0.1
+SEGFORMER_WIDTH = {'mit_b0': 256, 'mit_b1': 256}  # the all-MLP head's width C; 768 for every other encoder
+ARCHS = tuple(RESNET_BLOCKS) + tuple(MIT_SPECS)
+
+
+def tokens(x):
+    """[B, C, H, W] -> [B, H*W, C]: a view when x is channels-last, as every map of the Mix Transformer is."""
+    return x.permute(0, 2, 3, 1).flatten(1, 2)
+
+
+def token_map(x, height, width):
+    """[B, H*W, C] -> [B, C, H, W], a channels-last view of the same memory (no copy)."""
+    return x.unflatten(1, (height, width)).permute(0, 3, 1, 2)
+
+
+class OverlapPatchEmbed(nn.Module):
+    """Overlapped patch merging (Sect. 3.1): a strided convolution whose kernel is wider than its stride
+    (K=7, S=4, P=3 into stage 1; K=3, S=2, P=1 after), so patches share their borders; then LayerNorm."""
+
+    def __init__(self, in_channels, channels, kernel_size, stride):
+        super().__init__()
+        self.proj = nn.Conv2d(in_channels, channels, kernel_size, stride, padding=kernel_size // 2)
+        self.norm = nn.LayerNorm(channels)
+
+    def forward(self, x):
+        x = self.proj(x)
+        return self.norm(tokens(x)), x.shape[-2:]
+
+
+class EfficientSelfAttention(nn.Module):
+    """Multi-head self-attention whose keys and values come from a sequence shortened R^2 times (Sect. 3.1,
+    eq. 2): a convolution of kernel and stride R (`sr`) and a LayerNorm, when R > 1. Keys and values share
+    one linear layer `kv` (rows: keys, then values), as in the authors' weights."""
+
+    def __init__(self, dim, heads, reduction):
+        super().__init__()
+        self.heads = heads
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+        if reduction > 1:
+            self.sr = nn.Conv2d(dim, dim, reduction, reduction)
+            self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x, size):
+        context = self.norm(tokens(self.sr(token_map(x, *size)))) if hasattr(self, 'sr') else x
+        q = self.q(x).unflatten(-1, (self.heads, -1)).transpose(1, 2)  # [B, heads, N, d]
+        k, v = self.kv(context).unflatten(-1, (2, self.heads, -1)).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v)  # eq. 1: softmax(Q K^T / sqrt(d)) V
+        return self.proj(out.transpose(1, 2).flatten(2))
+
+
+class DepthwiseConv(nn.Module):
+    """The 3x3 depthwise convolution of Mix-FFN, on tokens (under the name `dwconv` the authors give it)."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.dwconv = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+
+    def forward(self, x, size):
+        return tokens(self.dwconv(token_map(x, *size)))
+
+
+class MixFFN(nn.Module):
+    """Mix-FFN (Sect. 3.1, eq. 3): MLP(GELU(Conv3x3(MLP(x)))); the depthwise convolution leaks enough
+    position information that no positional encoding is needed."""
+
+    def __init__(self, dim, hidden):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.dwconv = DepthwiseConv(hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x, size):
+        return self.fc2(F.gelu(self.dwconv(self.fc1(x), size)))
+
+
+class MixBlock(nn.Module):
+    """A pre-norm Transformer block: x + Attn(LN(x)), then x + MixFFN(LN(x)) (eq. 3), each branch dropped
+    for a whole sample with probability `drop_path` in training (stochastic depth)."""
+
+    def __init__(self, dim, heads, reduction, drop_path):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = EfficientSelfAttention(dim, heads, reduction)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = MixFFN(dim, MIT_MLP_RATIO * dim)
+        self.drop_path = drop_path
+
+    def forward(self, x, size):
+        x = x + torchvision.ops.stochastic_depth(self.attn(self.norm1(x), size), self.drop_path, 'row', self.training)
+        return x + torchvision.ops.stochastic_depth(self.mlp(self.norm2(x), size), self.drop_path, 'row', self.training)
+
+
+class MixTransformer(nn.Module):
+    """SegFormer's hierarchical encoder MiT-B0 ... B5 (Xie et al. 2021, Sect. 3.1): four stages, each an
+    overlapped patch merging, Transformer blocks and a LayerNorm, giving maps at 1/4, 1/8, 1/16 and 1/32.
+
+    State-dict keys are the SegFormer authors' (`patch_embed1.proj`, `block1.0.attn.kv`, `norm1`, ...), so
+    their released mit_b*.pth files load as they are. Maps are channels-last, which makes every switch
+    between tokens [B, N, C] and maps [B, C, H, W] a view.
+    """
+
+    def __init__(self, arch='mit_b0'):
+        super().__init__()
+        _check_choice('arch', arch, MIT_SPECS)
+        widths, depths = MIT_SPECS[arch]
+        self.arch, self.num_ch_enc = arch, widths
+        drop_paths = [MIT_DROP_PATH * j / (sum(depths) - 1) for j in range(sum(depths))]  # 0 ... 0.1, linearly
+        for i, (width, depth) in enumerate(zip(widths, depths)):
+            first = sum(depths[:i])
+            setattr(self, f'patch_embed{i + 1}', OverlapPatchEmbed(widths[i - 1] if i else 3, width, 3 if i else 7,
+                                                                   2 if i else 4))
+            setattr(self, f'block{i + 1}', nn.ModuleList(
+                MixBlock(width, MIT_HEADS[i], MIT_REDUCTION[i], drop_paths[first + j]) for j in range(depth)))
+            setattr(self, f'norm{i + 1}', nn.LayerNorm(width, eps=1e-6))
+        self.apply(_init_mit_weights)
+
+    def forward(self, x):
+        maps = []
+        x = x.contiguous(memory_format=torch.channels_last)
+        for i in range(1, 5):
+            x, size = getattr(self, f'patch_embed{i}')(x)
+            for block in getattr(self, f'block{i}'):
+                x = block(x, size)
+            x = token_map(getattr(self, f'norm{i}')(x), *size)
+            maps.append(x)
+        return maps  # 1/4, 1/8, 1/16, 1/32
+
+
+def _init_mit_weights(module):
+    """The authors' initialisation: linear layers truncated normal (std 0.02), convolutions normal with
+    He's fan-out variance, biases zero, LayerNorms the identity."""
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+    elif isinstance(module, nn.Conv2d):
+        fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels // module.groups
+        nn.init.normal_(module.weight, 0, math.sqrt(2.0 / fan_out))
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+    if isinstance(module, (nn.Linear, nn.Conv2d, nn.LayerNorm)) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+
+
+class SegFormerDecoder(nn.Module):
+    """SegFormer's all-MLP decoder trunk (Sect. 3.2, eq. 4) on the encoder's last four maps (1/4 ... 1/32):
+    a linear layer per map to width C (`linear_c1..4`), upsampling to 1/4, concatenation (the authors'
+    order: c4, c3, c2, c1), a fusing 1x1 convolution with BatchNorm and ReLU (`linear_fuse`), dropout. The
+    prediction layer is the task head: K classes, or the minimal-transfer paper's one depth channel
+    (Sect. 2.4), whose output EncoderDecoder upsamples bilinearly to the input size.
+
+    The fusing convolution is linear and so is bilinear upsampling (its weights sum to one, so it keeps
+    biases), so they commute: each map's slice of the fusing weights is folded into its linear layer and
+    applied before upsampling. The function and the parameters (names and shapes as in the authors'
+    weights) are SegFormer's; the 4C x C product at 1/4 resolution becomes a C_i x C one at each map's
+    own resolution.
+    """
+    upsample_output = True
+
+    def __init__(self, num_ch_enc, width=768, dropout=0.1):
+        super().__init__()
+        self.width, self.num_ch_dec = width, (width,)
+        for i, channels in enumerate(num_ch_enc[-4:]):
+            setattr(self, f'linear_c{i + 1}', nn.ModuleDict({'proj': nn.Linear(channels, width)}))
+        self.linear_fuse = nn.ModuleDict({'conv': nn.Conv2d(4 * width, width, 1, bias=False),
+                                          'bn': nn.BatchNorm2d(width)})
+        self.dropout = nn.Dropout2d(dropout)  # the authors' (mmseg's) dropout: whole channels
+
+    def forward(self, features, image=None):
+        maps = features[-4:]
+        fuse = self.linear_fuse.conv.weight.flatten(1).unflatten(1, (4, self.width))  # [C, 4 (c4..c1), C]
+        x = 0
+        for i, f in enumerate(maps):
+            linear, w = getattr(self, f'linear_c{i + 1}').proj, fuse[:, 3 - i]
+            y = token_map(F.linear(tokens(f), w @ linear.weight, w @ linear.bias), *f.shape[-2:])  # eq. 4, folded
+            x = x + (y if i == 0 else F.interpolate(y, maps[0].shape[-2:], mode='bilinear', align_corners=False))
+        return [self.dropout(F.relu(self.linear_fuse.bn(x)))]
 
 
 class Reshape(nn.Module):
@@ -392,26 +593,49 @@ class FlowNet(nn.Module):
         return self.head(self.decoder([torch.cat([f[:B], f[B:]], 1) for f in features]))
 
 
-DECODERS = ('unet', 'deeplab', 'xnet')
+DECODERS = ('unet', 'deeplab', 'xnet', 'segformer')
+RESNET_DECODERS = ('unet', 'deeplab', 'xnet')  # they need a ResNet's five maps (1/2 ... 1/32) or its layers
+
+
+def build_encoder(arch):
+    """The encoder --arch names: a torchvision ResNet or a Mix Transformer."""
+    _check_choice('arch', arch, ARCHS)
+    return MixTransformer(arch) if arch in MIT_SPECS else ResnetEncoder(arch)
+
+
+def check_encoder_decoder(arch, decoder):
+    """Refuse, with one sentence, a decoder that cannot run on the encoder."""
+    _check_choice('arch', arch, ARCHS)
+    _check_choice('decoder', decoder, DECODERS)
+    if arch in MIT_SPECS and decoder in RESNET_DECODERS:
+        raise ValueError(f'--decoder {decoder} runs on a ResNet encoder (five maps, 1/2 to 1/32, or its dilated '
+                         f'layers); {arch}, a Mix Transformer with four maps (1/4 to 1/32), takes --decoder segformer.')
 
 
 def _encoder_and_decoder(arch, decoder, xnet=None):
-    """A ResNet encoder and the decoder named: Monodepth2's U-Net, DeepLabV3's head on a dilated encoder, or
-    xNet's reversed ResNet (`xnet`: its options, XNET_DEFAULTS where not given)."""
-    _check_choice('decoder', decoder, DECODERS)
-    encoder = ResnetEncoder(arch)
+    """The encoder and the decoder named: Monodepth2's U-Net, DeepLabV3's head on a dilated encoder, xNet's
+    reversed ResNet (`xnet`: its options, XNET_DEFAULTS where not given), or SegFormer's all-MLP head."""
+    check_encoder_decoder(arch, decoder)
+    encoder = build_encoder(arch)
     if decoder == 'deeplab':
         return dilate(encoder), DeepLabDecoder(encoder.num_ch_enc)
     if decoder == 'xnet':
         return encoder, XNetDecoder(encoder.num_ch_enc, arch, **dict(XNET_DEFAULTS, **(xnet or {})))
+    if decoder == 'segformer':
+        return encoder, SegFormerDecoder(encoder.num_ch_enc, SEGFORMER_WIDTH.get(arch, 768))
     return encoder, UNetDecoder(encoder.num_ch_enc)
 
 
 def build_depth_net(arch='resnet18', normalization='unit', decoder='unet', xnet=None):
-    """Sigmoid disparity: at four scales, finest first, from the U-Net; one, upsampled, from DeepLab and xNet
-    (whose prediction head is linear, 1x1)."""
+    """Sigmoid disparity: at four scales, finest first, from the U-Net; one, upsampled, from DeepLab, xNet and
+    SegFormer (whose prediction heads are linear, 1x1).
+
+    SegFormer's depth head is the minimal-transfer paper's one output channel (Sect. 2.4), made sigmoid
+    disparity as every depth head here: the paper names no output activation, its SILog loss needs a
+    positive depth, and disparity in [1/max_depth, 1/min_depth] is one, bounded at both ends, that every
+    loss, evaluation and start_at_depth of this code already reads."""
     encoder, trunk = _encoder_and_decoder(arch, decoder, xnet)
-    head = DispHead() if decoder == 'unet' else DispHead(trunk.num_ch_dec, 1 if decoder == 'xnet' else 3)
+    head = DispHead() if decoder == 'unet' else DispHead(trunk.num_ch_dec, 3 if decoder == 'deeplab' else 1)
     return EncoderDecoder(encoder, trunk, head, normalization)
 
 
@@ -471,6 +695,234 @@ def load_parts(model, state_dict, prefixes=('encoder.', 'decoder.'), source='che
     return wanted
 
 
+# ---------------------------------------------------------------- published weights: one loader for every layout
+
+def read_safetensors(path):
+    """The tensors of a .safetensors file, read from the format's published layout: an 8-byte little-endian
+    header length, a JSON header {name: {dtype, shape, data_offsets: [begin, end]}} (offsets into the
+    buffer after the header; `__metadata__` holds strings), then the raw little-endian buffer."""
+    raw = Path(path).read_bytes()
+    try:
+        (length,) = struct.unpack('<Q', raw[:8])
+        header = json.loads(raw[8:8 + length])
+        buffer = raw[8 + length:]
+        state = {}
+        for name, entry in header.items():
+            if name == '__metadata__':
+                continue
+            dtype, shape, (begin, end) = SAFETENSORS_DTYPES[entry['dtype']], entry['shape'], entry['data_offsets']
+            if not 0 <= begin <= end <= len(buffer) or end - begin != math.prod(shape) * dtype.itemsize:
+                raise ValueError(name)
+            data = bytearray(buffer[begin:end]) or bytearray(dtype.itemsize)  # frombuffer refuses an empty one
+            state[name] = torch.frombuffer(data, dtype=dtype)[:math.prod(shape)].reshape(shape)
+        return state
+    except (struct.error, ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
+        raise ValueError(f'{path} is not a readable safetensors file (its header or offsets do not fit the '
+                         f'format); download it again.') from None
+
+
+SAFETENSORS_DTYPES = {'F64': torch.float64, 'F32': torch.float32, 'F16': torch.float16, 'BF16': torch.bfloat16,
+                      'I64': torch.int64, 'I32': torch.int32, 'I16': torch.int16, 'I8': torch.int8,
+                      'U8': torch.uint8, 'BOOL': torch.bool}
+HF_WEIGHT_FILES = ('model.safetensors', 'pytorch_model.bin')
+
+
+def _renamed(state, renames, drop=()):
+    """The tensors of `state` whose names start with a key of `renames` (tried in order), that prefix replaced
+    by its value; names starting with a prefix in `drop` are left out; any other name is refused."""
+    out = {}
+    for key, tensor in state.items():
+        if key.startswith(tuple(drop)):
+            continue
+        old = next((o for o in renames if key.startswith(o)), None)
+        if old is None:
+            raise ValueError(f'it holds a tensor {key!r} that this layout does not have')
+        out[renames[old] + key[len(old):]] = tensor
+    return out
+
+
+# Hugging Face's SegFormer names -> this code's (the authors', under encoder., decoder., head.), after the
+# stage numbers: its patch_embeddings.i, block.i and layer_norm.i are the authors' patch_embed, block, norm i+1.
+HF_RENAMES = (('.layer_norm_1.', '.norm1.'), ('.layer_norm_2.', '.norm2.'), ('.attention.self.query.', '.attn.q.'),
+              ('.attention.self.sr.', '.attn.sr.'), ('.attention.self.layer_norm.', '.attn.norm.'),
+              ('.attention.output.dense.', '.attn.proj.'), ('.mlp.dense1.', '.mlp.fc1.'), ('.mlp.dense2.', '.mlp.fc2.'),
+              ('decode_head.linear_fuse.', 'decoder.linear_fuse.conv.'),
+              ('decode_head.batch_norm.', 'decoder.linear_fuse.bn.'), ('decode_head.classifier.', 'head.conv.'))
+HF_STAGES = dict(patch_embeddings='patch_embed', block='block', layer_norm='norm')
+
+
+def _from_hugging_face(state):
+    """Hugging Face's SegFormer names -> this code's; its query and key/value rows joined into the authors'
+    single `kv` (keys' rows, then values'); the image classifier's `classifier` left out."""
+    hf = {}
+    for key, tensor in state.items():
+        key = re.sub(r'^segformer\.encoder\.(patch_embeddings|block|layer_norm)\.(\d+)',
+                     lambda m: f'encoder.{HF_STAGES[m[1]]}{int(m[2]) + 1}', key)
+        key = re.sub(r'^(encoder\.patch_embed\d)\.layer_norm\.', r'\1.norm.', key)
+        key = re.sub(r'^decode_head\.linear_c\.(\d+)', lambda m: f'decoder.linear_c{int(m[1]) + 1}', key)
+        for old, new in HF_RENAMES:
+            key = key.replace(old, new)
+        hf[key] = tensor
+    for key in [k for k in hf if '.attention.self.key.' in k]:
+        value = key.replace('.key.', '.value.')
+        hf[key.replace('.attention.self.key.', '.attn.kv.')] = torch.cat([hf.pop(key), hf.pop(value)])
+    return _renamed(hf, {'encoder.': 'encoder.', 'decoder.': 'decoder.', 'head.': 'head.'}, drop=('classifier.',))
+
+
+class Layout(NamedTuple):
+    """A published weight layout: its name, a test on a state dict's names, the conversion to this code's
+    names (encoder., decoder., head.), and the decoder it carries (None: an encoder alone)."""
+    name: str
+    detect: object
+    convert: object
+    decoder: object = None
+
+
+# One entry per layout. Each state dict is the file's own, unwrapped from {'state_dict': ...} if so.
+WEIGHT_LAYOUTS = (
+    Layout('torchvision\'s ResNet', lambda s: 'layer1.0.conv1.weight' in s and 'fc.weight' in s,
+           lambda s: _renamed(s, {'': 'encoder.'})),
+    Layout('the SegFormer authors\' MiT encoder', lambda s: 'patch_embed1.proj.weight' in s,
+           lambda s: _renamed(s, {'': 'encoder.'}, drop=('head.',))),  # head: the ImageNet classifier
+    Layout('the SegFormer authors\' segmentation network', lambda s: 'backbone.patch_embed1.proj.weight' in s,
+           lambda s: _renamed(s, {'backbone.': 'encoder.', 'decode_head.linear_pred.': 'head.conv.',
+                                  'decode_head.': 'decoder.'}, drop=('backbone.head.', 'decode_head.conv_seg.')),
+           'segformer'),  # conv_seg: mmseg's unused classifier beside linear_pred
+    Layout('Hugging Face\'s SegFormer', lambda s: 'segformer.encoder.patch_embeddings.0.proj.weight' in s,
+           _from_hugging_face, 'segformer'),
+)
+
+
+class Weights(NamedTuple):
+    """Pre-trained weights under this code's names, with what is known of the network they come from."""
+    state: dict
+    source: str  # the path, and the layout
+    arch: object  # the encoder they fit (None: none this code builds)
+    normalization: str
+    task: object = None  # 'seg' or 'depth' (a decoder and head come with it), else None
+    decoder: object = None
+    xnet: object = None
+
+
+def read_weights(path):
+    """Read and name, as this code names them, the weights of one of: a checkpoint of this project;
+    torchvision's ResNet state dict; the SegFormer authors' mit_b*.pth or segmentation checkpoint; a
+    Hugging Face SegFormer folder (config.json beside model.safetensors or pytorch_model.bin) or its weight
+    file. Anything else stops with one sentence."""
+    path = Path(path)
+    config = None
+    if path.is_dir() or path.name in HF_WEIGHT_FILES:
+        path, config = _hugging_face_files(path)
+    if not path.is_file():
+        raise FileNotFoundError(f'{path} does not exist; check the path.')
+    state = _read_state(path)
+    if isinstance(state, dict) and {'model', 'task', 'arch'} <= set(state):  # this project's checkpoint
+        return Weights(state['model'], f'{path} (this project\'s {state["task"]} checkpoint)', state['arch'],
+                       state['normalization'], state['task'], state.get('decoder', 'unet'), state.get('xnet'))
+    if isinstance(state, dict) and isinstance(state.get('state_dict'), dict):
+        state = state['state_dict']
+    layout = next((l for l in WEIGHT_LAYOUTS if isinstance(state, dict) and l.detect(state)), None)
+    if layout is None:
+        raise ValueError(f'{path} holds weights of no layout this code reads (this project\'s checkpoints, '
+                         f'torchvision\'s ResNets, the SegFormer authors\' or Hugging Face\'s SegFormer).')
+    try:
+        converted = layout.convert(state)
+    except ValueError as error:
+        raise ValueError(f'{path} looks like {layout.name}, but {error}; is it damaged?') from None
+    arch = _hugging_face_arch(config, path) if config else _arch_of(converted)
+    decoder = layout.decoder if any(k.startswith('decoder.') for k in converted) else None
+    return Weights(converted, f'{path} ({layout.name})', arch, 'imagenet', 'seg' if decoder else None, decoder)
+
+
+def _read_state(path):
+    """A file's contents: a safetensors file's tensors, or what torch.load reads; one sentence if neither."""
+    if path.suffix == '.safetensors':
+        return read_safetensors(path)
+    try:
+        return torch.load(path, map_location='cpu', weights_only=False)
+    except Exception as error:
+        raise ValueError(f'could not read {path} ({type(error).__name__}): it is no PyTorch or safetensors '
+                         f'weight file, or it is damaged.') from None
+
+
+def _hugging_face_files(path):
+    """(weight file, config) of a Hugging Face model folder, or of a weight file in one."""
+    folder = path if path.is_dir() else path.parent
+    if not (folder / 'config.json').is_file():
+        raise FileNotFoundError(f'{folder} has no config.json: pass a Hugging Face model folder as published '
+                                f'(config.json beside {" or ".join(HF_WEIGHT_FILES)}).')
+    files = [path] if not path.is_dir() else [folder / f for f in HF_WEIGHT_FILES if (folder / f).is_file()]
+    if not files:
+        raise FileNotFoundError(f'{folder} holds no {" or ".join(HF_WEIGHT_FILES)}: download the model\'s weights '
+                                f'into it.')
+    return files[0], json.loads((folder / 'config.json').read_text())
+
+
+def _hugging_face_arch(config, path):
+    """The MiT size a Hugging Face config.json describes; one sentence if it describes another network."""
+    if config.get('model_type') != 'segformer':
+        raise ValueError(f'{path.parent / "config.json"} describes a {config.get("model_type")!r} model, not a '
+                         f'SegFormer.')
+    shared = dict(num_attention_heads=list(MIT_HEADS), sr_ratios=list(MIT_REDUCTION), patch_sizes=[7, 3, 3, 3],
+                  strides=[4, 2, 2, 2], mlp_ratios=[MIT_MLP_RATIO] * 4)
+    for arch, (widths, depths) in MIT_SPECS.items():
+        described = dict(shared, hidden_sizes=widths, depths=depths)
+        if all(config.get(k, v) == v for k, v in described.items()):
+            return arch
+    raise ValueError(f'{path.parent / "config.json"} describes a SegFormer of no MiT size (hidden_sizes '
+                     f'{config.get("hidden_sizes")}, depths {config.get("depths")}); mit_b0 ... mit_b5 load.')
+
+
+def _arch_of(state):
+    """The encoder whose tensors (names and shapes) `state`'s 'encoder.' ones are, or None."""
+    shapes = {k[len('encoder.'):]: tuple(v.shape) for k, v in state.items() if k.startswith('encoder.')}
+    return next((arch for arch in ARCHS if _encoder_shapes(arch) == shapes), None)
+
+
+@functools.cache
+def _encoder_shapes(arch):
+    """{name: shape} of an encoder's tensors, from one built on the meta device (no memory, no time)."""
+    with torch.device('meta'):
+        return {k: tuple(v.shape) for k, v in build_encoder(arch).state_dict().items()}
+
+
+PARTS = ('encoder.', 'decoder.', 'head.')
+
+
+def load_pretrained(net, source, parts=None, quiet=False):
+    """Load pre-trained weights (a path, read by read_weights, or its Weights) into `net`'s `parts`.
+
+    `parts` defaults to those the weights hold. The encoder and decoder must load whole (a missing tensor
+    or a shape that does not fit stops with one sentence); a head that does not fit (another number of
+    classes, or another task's) is left as it is, freshly initialised, and said so. Prints what was
+    loaded and what is new (unless `quiet`); returns the names loaded.
+    """
+    weights = source if isinstance(source, Weights) else read_weights(source)
+    arch = getattr(getattr(net, 'encoder', None), 'arch', None)
+    if arch and weights.arch and weights.arch != arch:
+        raise ValueError(f'{weights.source} holds a {weights.arch} network, not {arch}; pass --arch {weights.arch}.')
+    held = [p for p in PARTS if any(k.startswith(p) for k in weights.state)]
+    parts = [p for p in (parts or held) if hasattr(net, p[:-1])]
+    head_fits = 'head.' in parts and all(k in weights.state and weights.state[k].shape == v.shape
+                                         for k, v in net.state_dict().items() if k.startswith('head.'))
+    loaded = load_parts(net, weights.state, [p for p in parts if p != 'head.' or head_fits], weights.source)
+    done = [p[:-1] for p in PARTS if any(k.startswith(p) for k in loaded)]
+    new = [p[:-1] for p in PARTS if hasattr(net, p[:-1]) and p[:-1] not in done]
+    if not quiet:
+        why = f' ({_head_mismatch(net, weights.state)})' if 'head.' in parts and not head_fits else ''
+        print(f'Initialised {len(loaded)} tensors of the {", ".join(done)} from {weights.source}, '
+              f'{weights.normalization} normalisation; new: {", ".join(new) or "nothing"}{why}.')
+    return loaded
+
+
+def _head_mismatch(net, state):
+    """Why a head of pre-trained weights does not fit `net`'s: its number of classes, or its task."""
+    theirs, ours = state.get('head.conv.weight'), net.state_dict().get('head.conv.weight')
+    if theirs is not None and ours is not None:
+        return f'the weights\' head predicts {theirs.shape[0]} classes, this network {ours.shape[0]}'
+    return 'the weights\' head is another task\'s'
+
+
 # ---------------------------------------------------------------- checkpoints, and embedding images
 
 def load_checkpoint(path):
@@ -523,7 +975,7 @@ def mobilenet_embedder():
 
 def checkpoint_embedder(path):
     """An embedder from a checkpoint of this project (pretrain.py, finetune.py): its encoder's last feature
-    map (1/32 scale; 512 channels for resnet18, 2048 for resnet50), pooled, after the normalisation the
+    map (1/32 scale; 512 channels for resnet18, 2048 for resnet50, 256 for mit_b0), pooled, after the normalisation the
     network was trained with. DeepLab's encoder is dilated as in training, so its features are the ones the
     network saw. What is not such a checkpoint stops with one sentence (load_checkpoint's, or ours)."""
     checkpoint = load_checkpoint(path)
@@ -533,7 +985,7 @@ def checkpoint_embedder(path):
                          f'{", ".join(NORMALIZATION)}): pass a checkpoint written by pretrain.py or '
                          f'finetune.py.')
     holder = nn.Module()  # load_parts reads the keys under 'encoder.' of the network's state dict
-    holder.encoder = ResnetEncoder(checkpoint['arch'])
+    holder.encoder = build_encoder(checkpoint['arch'])
     if checkpoint.get('decoder') == 'deeplab':
         dilate(holder.encoder)
     load_parts(holder, checkpoint['model'], ('encoder.',), source=str(path))

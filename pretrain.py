@@ -318,6 +318,9 @@ def parse_args(argv=None):
     training.check_args(args)
     if args.task == 'flow' and args.decoder != 'unet':
         raise SystemExit('--decoder applies to --task depth; the flow network has its own siamese U-Net decoder.')
+    if args.arch in models.MIT_SPECS and (args.task == 'flow' or 'mono' in args.supervision):
+        raise SystemExit(f'--arch {args.arch}: the flow network and the PoseNet that video supervision needs are '
+                         f'ResNets here; pre-train a Mix Transformer for depth with --supervision stereo or gt.')
     return args
 
 

@@ -48,7 +48,9 @@ def add_common_args(parser, iters, lr, batch_size, eval_every):
                         help='video: the source frames are t-N and t+N (default 1: the neighbours)')
     parser.add_argument('--depth-scale', type=float, default=None, metavar='S',
                         help='folder: metres per unit of <name>_depth.png maps (0.001 for millimetres)')
-    parser.add_argument('--arch', choices=['resnet18', 'resnet50'], default='resnet18', help='encoder')
+    parser.add_argument('--arch', choices=models.ARCHS, default='resnet18',
+                        help='encoder: a torchvision ResNet, or SegFormer\'s Mix Transformer mit_b0 ... mit_b5 (with '
+                             '--decoder segformer)')
     parser.add_argument('--height', type=int, default=64, help='network input height (multiple of 32)')
     parser.add_argument('--width', type=int, default=192, help='network input width (multiple of 32)')
     parser.add_argument('--batch-size', type=int, default=batch_size)
@@ -76,10 +78,12 @@ def add_decoder_args(parser):
     """The decoder flags of both scripts: which decoder, and xNet's options (enough for its Table 1 ablation)."""
     parser.add_argument('--decoder', choices=models.DECODERS, default='unet',
                         help='unet: Monodepth2\'s U-Net (the paper, Fig. 1b); deeplab: torchvision\'s DeepLabV3 '
-                             'head on the dilated encoder (Fig. 1a/1c); xnet: a reversed ResNet as the decoder')
+                             'head on the dilated encoder (Fig. 1a/1c); xnet: a reversed ResNet as the decoder; '
+                             'segformer: SegFormer\'s all-MLP head on the last four maps (the minimal-transfer paper)')
     parser.add_argument('--decoder-init', default='none',
                         help='xnet: the reversed decoder\'s ResNet: none (random), imagenet (torchvision\'s '
-                             'weights), depth or flow (the encoder of checkpoints/<name>.pt), or a checkpoint path')
+                             'weights), depth or flow (the encoder of checkpoints/<name>.pt), or a weight file '
+                             '(a checkpoint, torchvision\'s ResNet state dict)')
     parser.add_argument('--xnet-mix', choices=models.XNET_MIXES, default='stem',
                         help='xnet: multiply the re-shaped encoder output into the stem\'s output (xNet), into '
                              'the RGB image (image: xNet-I), or feed it alone to the first stage (none)')
@@ -166,6 +170,10 @@ def check_args(args):
         raise SystemExit('--depth-scale applies to --data folder\'s PNG depth maps and must be above 0 (e.g. 0.001).')
     if args.workers < 0:
         raise SystemExit(f'--workers must be 0 (read data in this process) or more; got {args.workers}.')
+    try:
+        models.check_encoder_decoder(args.arch, args.decoder)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
     xnet_flags = args.decoder_init != 'none' or args.xnet_mix != 'stem' or args.xnet_pyramid or args.no_pfp
     if args.decoder != 'xnet' and xnet_flags:
         raise SystemExit('--decoder-init, --xnet-mix, --xnet-pyramid and --no-pfp apply to --decoder xnet only.')
@@ -238,24 +246,31 @@ def init_encoders(args, *encoders):
     print(f'Initialised {len(encoders)} encoder(s) from torchvision\'s ImageNet {args.arch} weights; the rest is new.')
 
 
-def init_checkpoint(init, flag='--init'):
-    """The checkpoint a flag names, as (path, contents): an existing file, or a name (depth, flow) of
-    checkpoints/<name>.pt; what is not a checkpoint of this code stops with one sentence."""
-    path = Path(init) if Path(init).is_file() or init.endswith('.pt') else Path(f'checkpoints/{init}.pt')
-    if not path.is_file():
+def init_weights(init, flag='--init'):
+    """The weights a flag names, as (path, models.Weights): an existing file or Hugging Face folder, or a name
+    (depth, flow) of checkpoints/<name>.pt; what models.read_weights cannot read stops with one sentence."""
+    path = Path(init) if Path(init).exists() or init.endswith('.pt') else Path(f'checkpoints/{init}.pt')
+    if not path.exists():
         hint = (f'run `python pretrain.py --task {init}` first' if path.parent == Path('checkpoints')
                 and init in ('depth', 'flow') else 'check the path')
         raise SystemExit(f'{flag} {init}: {path} does not exist; {hint}.')
     try:
-        checkpoint = models.load_checkpoint(path)
-    except ValueError as error:
+        return path, models.read_weights(path)
+    except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f'{flag} {init}: {error}') from None
-    return path, checkpoint
+
+
+def load_weights(net, weights, parts, flag):
+    """models.load_pretrained, its one-sentence refusals made the run's exit."""
+    try:
+        return models.load_pretrained(net, weights, parts, quiet=flag == '--decoder-init')
+    except ValueError as error:
+        raise SystemExit(f'{flag}: {error}') from None
 
 
 def init_decoder_backbone(net, args):
     """--decoder-init: start xNet's reversed decoder from a pre-trained ResNet: torchvision's ImageNet
-    weights, or the encoder of a checkpoint (`depth`: a depth-pretrained network used as the decoder, where
+    weights, or the encoder of a weight file (`depth`: a depth-pretrained network used as the decoder, where
     the two papers meet). The backbone's keys are torchvision's, so it loads strictly."""
     if args.decoder_init == 'none':
         return
@@ -267,14 +282,11 @@ def init_decoder_backbone(net, args):
             raise SystemExit(f'--decoder-init imagenet: {error}') from None
         print(f'Initialised the reversed decoder from torchvision\'s ImageNet {args.arch} weights.')
         return
-    path, checkpoint = init_checkpoint(args.decoder_init, '--decoder-init')
-    state = {k[len('encoder.'):]: v for k, v in checkpoint.get('model', {}).items() if k.startswith('encoder.')}
-    try:
-        backbone.load_state_dict(state)
-    except RuntimeError:
-        raise SystemExit(f'--decoder-init {args.decoder_init}: {path} holds no {args.arch} encoder to load into '
-                         f'the reversed decoder; pass a checkpoint trained with --arch {args.arch}.') from None
-    print(f'Initialised the reversed decoder from the encoder of {path} ({checkpoint.get("task")}).')
+    path, weights = init_weights(args.decoder_init, '--decoder-init')
+    holder = torch.nn.Module()  # the weights' encoder tensors go to the backbone, under the holder's 'encoder.'
+    holder.encoder = backbone
+    load_weights(holder, weights, ('encoder.',), '--decoder-init')
+    print(f'Initialised the reversed decoder from the encoder of {weights.source}.')
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -219,8 +219,8 @@ def _bad_inputs(tmp_path):
     ('pretrain', ['--out', '{tmp}/other.pt'], r'already holds the export of run someone-else: pass another --out, or --overwrite'),
     ('pretrain', ['--runs', '{tmp}/a_file'], r'cannot make the run folder .*: pass a writable --runs\.'),
     ('pretrain', ['--data-root', '{tmp}/typo'], r'--data-root .*typo does not exist: pass a rendered toy world'),
-    ('finetune', ['--init', '{tmp}/base.pth'], r'is a bare state dict .* use --init imagenet'),
-    ('finetune', ['--init', '{tmp}/list.pt'], r'is not a checkpoint written by pretrain.py or finetune.py'),
+    ('finetune', ['--init', '{tmp}/base.pth', '--arch', 'resnet50'], r"torchvision's ResNet\) holds a resnet18 network; pass --arch resnet18"),
+    ('finetune', ['--init', '{tmp}/list.pt'], r'list.pt holds weights of no layout this code reads'),
 ])
 def test_faulty_files_and_flags_stop_with_one_sentence_before_training(script, argv, message, toy_root, tmp_path):
     _bad_inputs(tmp_path)
