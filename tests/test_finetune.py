@@ -8,6 +8,7 @@ import torch
 import finetune
 import models
 import pretrain
+import training
 from conftest import SMALL, read_metrics
 
 
@@ -79,13 +80,21 @@ def test_segmentation_checkpoint_seeds_depth_finetuning(depth_checkpoint, toy_ro
 
 
 def test_learning_rate_schedules():
-    for name, end in (('cosine', 0.0), ('poly', 0.0), ('linear', 0.0)):
-        factor = finetune.lr_schedule(name, iters=100, warmup=10)
-        assert [round(factor(i), 6) for i in (0, 4, 9)] == [0.1, 0.5, 1.0]  # linear warm-up
+    for name, end in (('cosine', 0.0), ('poly', 0.0), ('linear', 0.0), ('constant', 1.0)):
+        factor = training.lr_schedule(name, iters=100, warmup=10)
+        assert [round(factor(i), 6) for i in (0, 4, 9)] == [0.1, 0.5, 1.0]  # linear warm-up: (it + 1) / warmup
         assert factor(10) == 1.0 and factor(100) == pytest.approx(end, abs=1e-9)
         assert all(factor(i) >= factor(i + 1) for i in range(10, 100))
-    assert finetune.lr_schedule('cosine', 100)(50) == pytest.approx(0.5)
-    assert finetune.lr_schedule('poly', 100)(50) == pytest.approx(0.5 ** 0.9)
+    assert training.lr_schedule('cosine', 100)(50) == pytest.approx(0.5)
+    assert training.lr_schedule('poly', 100)(50) == pytest.approx(0.5 ** 0.9)
+    assert training.lr_schedule('linear', 100, warmup=20)(60) == pytest.approx(0.5)  # half of the 80 after warm-up
+    assert training.lr_schedule('cosine', 100, warmup=20)(60) == pytest.approx(0.5)
+
+
+def test_warm_up_then_a_step_after_step_at_of_the_iterations_after_it():
+    factor = training.lr_schedule('step', iters=110, warmup=10, step_at=0.5, step_factor=0.1)
+    assert [factor(it) for it in (0, 1, 4, 9)] == [0.1, 0.2, 0.5, 1.0]
+    assert [factor(it) for it in (10, 59, 60, 109)] == [1.0, 1.0, 0.1, 0.1]  # 10 + 0.5 x (110 - 10) = 60
 
 
 @pytest.mark.parametrize('optim, kind', [('adam', torch.optim.Adam), ('adamw', torch.optim.AdamW),
@@ -93,13 +102,14 @@ def test_learning_rate_schedules():
 def test_optimisers_and_a_smaller_encoder_learning_rate(optim, kind):
     args = finetune.parse_args(['--optim', optim, '--lr', '1e-3', '--encoder-lr-mult', '0.1', '--weight-decay', '1e-4'])
     net = models.build_seg_net()
-    optimizer = finetune.make_optimizer(net, args)
+    optimizer = training.make_optimizer([net], args)
     assert type(optimizer) is kind
     decoder_group, encoder_group = optimizer.param_groups
     assert decoder_group['lr'] == 1e-3 and math.isclose(encoder_group['lr'], 1e-4)
+    assert decoder_group['weight_decay'] == encoder_group['weight_decay'] == 1e-4
     assert len(encoder_group['params']) == len(list(net.encoder.parameters()))
     net.encoder.requires_grad_(False)  # a frozen encoder has no group at all
-    assert len(finetune.make_optimizer(net, args).param_groups) == 1
+    assert len(training.make_optimizer([net], args).param_groups) == 1
 
 
 def test_runs_differing_only_in_seed_share_a_name_but_the_seed():
