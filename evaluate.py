@@ -224,7 +224,10 @@ NETWORK_MULTIPLE = 32  # the encoders halve the resolution five times
 
 
 def scaled_size(size, scale):
-    """(H, W) times `scale`, each rounded to the nearest multiple of NETWORK_MULTIPLE (halves up)."""
+    """(H, W) times `scale`, each rounded to the nearest multiple of NETWORK_MULTIPLE (halves up); scale 1:
+    (H, W) as it is."""
+    if scale == 1:
+        return tuple(size)
     return tuple(int(n * scale / NETWORK_MULTIPLE + 0.5) * NETWORK_MULTIPLE for n in size)
 
 
