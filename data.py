@@ -605,19 +605,24 @@ class LabelledImages(torch.utils.data.Dataset):
     """Images with semantic labels (train ids, 255 = ignore) for few-shot segmentation.
 
     `pairs` are (image PNG, label PNG, label reader); image and label are transformed together by
-    torchvision.transforms.v2 (the label as a Mask, so it is resized with nearest neighbours);
-    augmentation is the paper's: horizontal flip only, and with `crop` (h, w) a random crop of that size
-    (DeepLab's, App. B.4), from the images resized to (height, width). Every pair's PNG headers are checked when the set
-    is built (a missing label, a label map of the wrong format or size stops there with one sentence,
-    not later inside a DataLoader worker).
+    torchvision.transforms.v2 (the label as a Mask, so it is resized with nearest neighbours: its values
+    are never interpolated); augmentation is the paper's: horizontal flip only, and with `crop` (h, w) a
+    random crop of that size (DeepLab's, App. B.4), from the images resized to (height, width). xNet's
+    segmentation recipe (its App. A, mmsegmentation's defaults) adds `rescale` (min, max): image and label
+    rescaled by a random factor in [min, max] before the crop, which pads where the rescaled image is
+    smaller (image 0, label 255: ignored); and `photometric`: PhotoMetricDistortion on the image only. Every
+    pair's PNG headers are checked when the set is built (a missing label, a label map of the wrong format or
+    size stops there with one sentence, not later inside a DataLoader worker).
     """
 
-    def __init__(self, pairs, height, width, augment=False, crop=None):
+    def __init__(self, pairs, height, width, augment=False, crop=None, rescale=None, photometric=False):
         self.pairs = list(pairs)
         for image_file, label_file, _ in self.pairs:
             check_pair(image_file, label_file, 'labels')
-        steps = [v2.Resize((height, width), antialias=True)] + ([v2.RandomHorizontalFlip()] if augment else [])
-        steps += [v2.RandomCrop(crop)] if crop else []
+        steps = [v2.Resize((height, width), antialias=True)] + ([PhotoMetricDistortion()] if photometric else [])
+        steps += [v2.ScaleJitter((width, height), rescale, antialias=True)] if rescale else []  # size given (W, H)
+        steps += [v2.RandomHorizontalFlip()] if augment else []
+        steps += [v2.RandomCrop(crop, pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: 255})] if crop else []
         self.transform = v2.Compose(steps)
 
     def __len__(self):
@@ -629,6 +634,53 @@ class LabelledImages(torch.utils.data.Dataset):
         label = tv_tensors.Mask(read(label_file))
         image, label = self.transform(image, label)
         return dict(image=image.as_subclass(torch.Tensor), label=label.as_subclass(torch.Tensor))
+
+
+class PhotoMetricDistortion(v2.Transform):
+    """mmsegmentation's photometric distortion (xNet's segmentation recipe), on images only (labels pass
+    through): each step half of the time, in this order: brightness, contrast (here or after hue, at
+    random), saturation, hue. Its constants are mmsegmentation's on 0-255 images (brightness +-32, OpenCV's hue
+    +-18 of 180), here on [0, 1]. It acts on each pixel alone, so it is applied at the network size before the
+    rescale, flip and crop: only the rescale's interpolation tells that order from mmsegmentation's (after
+    the crop), and the crop's padding stays 0."""
+    _transformed_types = (tv_tensors.Image,)
+    BRIGHTNESS = 32 / 255  # the largest shift
+    CONTRAST = SATURATION = (0.5, 1.5)  # the factors' range
+    HUE = 18 / 180  # the largest hue shift, in turns
+
+    def make_params(self, flat_inputs):
+        """The draws: a value per step, or None for a step left out this time."""
+        def draw(low, high):
+            return float(low + (high - low) * torch.rand(())) if torch.rand(()) < 0.5 else None
+        brightness = draw(-self.BRIGHTNESS, self.BRIGHTNESS)
+        contrast_first = bool(torch.rand(()) < 0.5)
+        contrast = draw(*self.CONTRAST)
+        return dict(brightness=brightness, contrast=contrast, contrast_first=contrast_first,
+                    saturation=draw(*self.SATURATION), hue=draw(-self.HUE, self.HUE))
+
+    def transform(self, inpt, params):
+        return tv_tensors.wrap(photometric_distortion(inpt.as_subclass(torch.Tensor), **params), like=inpt)
+
+
+def photometric_distortion(image, brightness=None, contrast=None, contrast_first=True, saturation=None, hue=None):
+    """An image [..., 3, H, W] in [0, 1] distorted as mmsegmentation's PhotoMetricDistortion does it, each step
+    clipped to [0, 1] and skipped where its value is None: brightness adds, contrast multiplies every value
+    (mmsegmentation's, not a blend with the mean), saturation multiplies HSV's S (at most 1), hue shifts HSV's
+    H by that many turns."""
+    if brightness is not None:
+        image = (image + brightness).clamp(0, 1)
+    if contrast is not None and contrast_first:
+        image = (image * contrast).clamp(0, 1)
+    if saturation is not None:  # in HSV a channel is V - V S k(H): scaling S scales its distance to V = max
+        value = image.amax(-3, keepdim=True)
+        spread = value - image.amin(-3, keepdim=True)  # V S
+        scaled = torch.minimum(saturation * spread, value)  # V min(S x saturation, 1)
+        image = value - scaled / spread.clamp(min=1e-12) * (value - image)
+    if hue is not None:
+        image = v2.functional.adjust_hue(image, hue)
+    if contrast is not None and not contrast_first:
+        image = (image * contrast).clamp(0, 1)
+    return image
 
 
 def frame_numbers(directory):

@@ -3,6 +3,7 @@
 - Segmentation: a confusion matrix over the 19 Cityscapes train ids, and from it per-class IoU, mIoU, pixel
   accuracy and mean class accuracy. Like the depth pre-training paper (App. B.2) we also report mIoU over 7
   representative classes, because rare classes score zero IoU with few training images and drown the mean.
+  Optionally a multi-scale (and mirrored) test, class probabilities averaged, as xNet reports (App. B).
 - Depth: the standard KITTI error and accuracy measures (Eigen et al.), plus SILog and SI-RMSE from the
   minimal-transfer-learning paper (Sec. 2.3), optionally after per-image median scaling (monocular depth
   is only known up to scale), and the constant-depth baseline a depth network has to beat; KITTI's two
@@ -208,14 +209,62 @@ def constant_depth_baseline(gts, min_depth=1e-3, max_depth=80.0, crop=None, cap_
 # ---------------------------------------------------------------- networks on held-out data
 
 @torch.no_grad()
-def evaluate_segmentation(net, batches, device, num_classes=len(CITYSCAPES_CLASSES)):
-    """Segmentation metrics of a network over batches of {'image', 'label'}, from one confusion matrix."""
+def evaluate_segmentation(net, batches, device, num_classes=len(CITYSCAPES_CLASSES), scales=(1.0,), flip=False):
+    """Segmentation metrics of a network over batches of {'image', 'label'}, from one confusion matrix; with
+    several `scales` (or `flip`) a multi-scale test (segmentation_scores)."""
     net.eval()
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
     for batch in batches:
-        pred = net(batch['image'].to(device)).argmax(1)
+        pred = segmentation_scores(net, batch['image'].to(device), scales, flip).argmax(1)
         confusion += confusion_matrix(pred, batch['label'].to(device), num_classes).cpu()
     return segmentation_metrics(confusion)
+
+
+NETWORK_MULTIPLE = 32  # the encoders halve the resolution five times
+
+
+def scaled_size(size, scale):
+    """(H, W) times `scale`, each rounded to the nearest multiple of NETWORK_MULTIPLE (halves up); scale 1:
+    (H, W) as it is."""
+    if scale == 1:
+        return tuple(size)
+    return tuple(int(n * scale / NETWORK_MULTIPLE + 0.5) * NETWORK_MULTIPLE for n in size)
+
+
+def check_eval_scales(scales, size):
+    """Every scale must be above 0 and give images the network can read (models.check_resolution); a
+    ValueError says which does not."""
+    for scale in scales:
+        if not scale > 0:
+            raise ValueError(f'every scale must be above 0 (e.g. 0.5 0.75 1.0 1.25 1.5 1.75); got {scale:g}.')
+        scaled = scaled_size(size, scale)
+        try:
+            models.check_resolution(*scaled)
+        except ValueError:
+            raise ValueError(f'{scale:g} turns the {size[0]}x{size[1]} images into {scaled[0]}x{scaled[1]} '
+                             f'(multiples of {NETWORK_MULTIPLE}), smaller than the network\'s smallest input, '
+                             f'64x64: use larger scales or a larger --height/--width.') from None
+
+
+def segmentation_scores(net, images, scales=(1.0,), flip=False):
+    """Class scores [B, K, H, W] of images [B, 3, H, W], whose argmax is the prediction. One view (the
+    default: scale 1, no flip): the network's logits. Several: mmsegmentation's multi-scale test, which xNet
+    reports (App. B): the network runs on the images resized by each scale (scaled_size), and mirrored with
+    `flip`; each view's logits are mirrored back, resized (bilinear) to (H, W) and turned into class
+    probabilities (softmax), and the probabilities are averaged."""
+    size = images.shape[-2:]
+    views = []
+    for scale in scales:
+        scaled = data.resize(images, scaled_size(size, scale))
+        for mirrored in (False, True) if flip else (False,):
+            logits = net(scaled.flip(-1) if mirrored else scaled).float()
+            logits = logits.flip(-1) if mirrored else logits
+            if logits.shape[-2:] != size:
+                logits = torch.nn.functional.interpolate(logits, size, mode='bilinear', align_corners=False)
+            views.append(logits)
+    if len(views) == 1:
+        return views[0]
+    return torch.stack([v.softmax(1) for v in views]).mean(0)
 
 
 def one_at_a_time(frames, workers=0):
@@ -668,16 +717,26 @@ def describe_depth_evaluation(protocol, median_scaling):
     return f'{protocol} ({truth}), {"median-scaled" if median_scaling else "metric"}'
 
 
-def evaluate_checkpoint(path, root, device=torch.device('cpu'), protocol=None, median_scaling=None, split_dir=None):
+def evaluate_checkpoint(path, root, device=torch.device('cpu'), protocol=None, median_scaling=None, split_dir=None,
+                        scales=(1.0,), flip=False):
     """Metrics of one checkpoint on its held-out images, and how they were scored (a sentence): segmentation
-    metrics, or the depth table by the run's protocol and scaling unless `protocol` ('eigen'/'benchmark'),
-    `median_scaling` (True/False) or `split_dir` (the folder of test_files.txt) say otherwise."""
+    metrics (a multi-scale test with `scales` or `flip`), or the depth table by the run's protocol and scaling
+    unless `protocol` ('eigen'/'benchmark'), `median_scaling` (True/False) or `split_dir` (the folder of
+    test_files.txt) say otherwise."""
     checkpoint = models.load_checkpoint(path)
+    multi_scale = tuple(scales) != (1.0,) or flip
+    if multi_scale and checkpoint.get('task') != 'seg':
+        raise ValueError(f'--eval-scales and --eval-flip apply to segmentation; {path} holds a '
+                         f'{checkpoint.get("task")} network.')
     net = load_network(checkpoint, str(path)).to(device)
     held_out = held_out_set(checkpoint, root, protocol, split_dir)
     if checkpoint['task'] == 'seg':
+        check_eval_scales(scales, (checkpoint['height'], checkpoint['width']))
         batches = torch.utils.data.DataLoader(held_out, batch_size=1)
-        return evaluate_segmentation(net, batches, device, net.head.conv.out_channels), f'{len(held_out)} images'
+        how = f'{len(held_out)} images'
+        if multi_scale:
+            how += f', scales {" ".join(f"{s:g}" for s in scales)}' + (' and mirrored' if flip else '') + ', averaged'
+        return evaluate_segmentation(net, batches, device, net.head.conv.out_channels, scales, flip), how
     min_depth, max_depth, scaling = depth_settings(checkpoint)
     scaling = scaling if median_scaling is None else median_scaling
     eval_max_depth = (checkpoint.get('args') or {}).get('eval_max_depth', 80.0)
@@ -928,6 +987,11 @@ def main(argv=None):
     parser.add_argument('--eval-split', default=None,
                         help='with --checkpoint, depth: folder holding test_files.txt (e.g. Monodepth2\'s '
                              'splits/eigen); default: the run\'s own, else <data-root>/splits')
+    parser.add_argument('--eval-scales', type=float, nargs='+', default=[1.0], metavar='S',
+                        help='with --checkpoint, segmentation: a multi-scale test, the images resized by each factor '
+                             'and the class probabilities averaged (xNet: 0.5 0.75 1.0 1.25 1.5 1.75)')
+    parser.add_argument('--eval-flip', action='store_true',
+                        help='with --checkpoint, segmentation: each scale mirrored too, in the average')
     args = parser.parse_args(argv)
     try:
         if args.predict:
@@ -955,8 +1019,8 @@ def checkpoint_command(args):
     checkpoint_args = models.load_checkpoint(args.checkpoint).get('args') or {}
     root = args.data_root or checkpoint_args.get('data_root') or 'data/toy'
     scaling = None if args.median_scaling is None else args.median_scaling == 'on'
-    metrics, how = evaluate_checkpoint(args.checkpoint, root, protocol=args.eval_protocol,
-                                       median_scaling=scaling, split_dir=args.eval_split)
+    metrics, how = evaluate_checkpoint(args.checkpoint, root, protocol=args.eval_protocol, median_scaling=scaling,
+                                       split_dir=args.eval_split, scales=args.eval_scales, flip=args.eval_flip)
     if 'abs_rel' in metrics:  # the table's title says how depth was scored
         print(f'{args.checkpoint} on {root}\n' + _markdown(how, list(DEPTH_KEYS), [[_decimal(metrics[key]) for key in DEPTH_KEYS]]))
     else:

@@ -12,13 +12,16 @@ weights and its BatchNorm statistics fixed and trains the rest (Fig. 1d).
 Segmentation minimises the negative log-likelihood (eq. 12) on `--train-size` labelled images picked
 with the seed; every other labelled image is the evaluation set. `--task depth` instead fits
 ground-truth depth (L1 of eq. 15 or SILog) on `--train-size` frames of the training drives and is
-scored on the test drive with the full depth table. Optimisers and schedules: Adam with a cosine
-schedule per iteration by default (App. B.2), or AdamW / SGD, polynomial or linear decay, warm-up, and a
-smaller learning rate for the encoder.
+scored on the test drive with the full depth table. Optimisers and schedules (training.make_optimizer and
+training.lr_schedule, shared with pretrain.py): Adam with a cosine schedule per iteration by default (App.
+B.2), or AdamW / SGD, polynomial, linear or no decay, warm-up, and a smaller learning rate for the encoder.
+The length is --iters, or --epochs of the training set. xNet's segmentation recipe (its App. A) adds a
+random rescale before the crop and a photometric distortion to the training images (data.LabelledImages),
+and a multi-scale (and flipped) test (evaluate.segmentation_scores).
 
-Top to bottom: what transfers from a checkpoint, the optimisers and schedules, the two tasks (their data,
-loss and evaluation), the command line. The run's bookkeeping (run folder, --resume, checkpoints, --bench)
-is training.fit's.
+Top to bottom: what transfers from a checkpoint, how it trains, the two tasks (their data, loss and
+evaluation), the command line. The run's bookkeeping (run folder, --resume, checkpoints, --bench) is
+training.fit's.
 
     python finetune.py --init depth --freeze-encoder
     python finetune.py --init none
@@ -26,7 +29,6 @@ is training.fit's.
     python finetune.py --task depth --init runs/seg-depth-unet-full-n16-resnet18-64x192-s0/checkpoint.pt --loss silog
 """
 import argparse
-import math
 import re
 from pathlib import Path
 
@@ -86,28 +88,6 @@ def build_network(args):
     return net
 
 
-def make_optimizer(net, args):
-    """--optim over the trainable parameters, the encoder's at --lr x --encoder-lr-mult."""
-    encoder = [p for p in net.encoder.parameters() if p.requires_grad]
-    rest = [p for name, p in net.named_parameters() if not name.startswith('encoder.') and p.requires_grad]
-    groups = [dict(params=rest)] + ([dict(params=encoder, lr=args.lr * args.encoder_lr_mult)] if encoder else [])
-    if args.optim == 'sgd':
-        return torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
-    optimizer = torch.optim.AdamW if args.optim == 'adamw' else torch.optim.Adam
-    return optimizer(groups, lr=args.lr, weight_decay=args.weight_decay)
-
-
-def lr_schedule(name, iters, warmup=0):
-    """The learning-rate factor at each iteration: linear warm-up over `warmup` iterations, then cosine
-    (App. B.2), polynomial with power 0.9 (DeepLab, App. B.4) or linear decay towards 0."""
-    def factor(it):
-        if it < warmup:
-            return (it + 1) / warmup
-        t = min(it - warmup, iters - warmup) / (iters - warmup)
-        return {'cosine': 0.5 * (1 + math.cos(math.pi * t)), 'poly': (1 - t) ** 0.9, 'linear': 1 - t}[name]
-    return factor
-
-
 def set_train_mode(net, freeze_encoder):
     """Training mode, except a frozen encoder stays in eval mode so its BatchNorm statistics stay fixed."""
     net.train()
@@ -125,7 +105,7 @@ def segmentation_task(args, layout, net, device):
     images picked with the seed, scored on the layout's held-out images (data.few_shot_sets)."""
     train_pairs, eval_pairs = training.open_dataset(data.few_shot_sets, layout, args.train_size, args.seed, args.split)
     train_set = training.open_dataset(data.LabelledImages, train_pairs, args.height, args.width, augment=True,
-                                      crop=args.crop_size)
+                                      crop=args.crop_size, rescale=args.rescale, photometric=args.photometric)
     eval_set = training.open_dataset(data.LabelledImages, eval_pairs, args.height, args.width)
     eval_batches = list(torch.utils.data.DataLoader(eval_set, batch_size=args.batch_size))
     sample, classes = {k: v[:4] for k, v in eval_batches[0].items()}, num_classes(args)
@@ -138,7 +118,7 @@ def segmentation_task(args, layout, net, device):
 
     def evaluate_now(iteration, folder):
         save_seg_sample(net, sample, folder / f'sample_{iteration:06d}.png', device, colours)
-        return evaluate.evaluate_segmentation(net, eval_batches, device, classes)
+        return evaluate.evaluate_segmentation(net, eval_batches, device, classes, args.eval_scales, args.eval_flip)
     return train_set, loss_fn, evaluate_now, lambda: majority_baseline(train_pairs, eval_batches, classes)
 
 
@@ -214,18 +194,28 @@ def parse_args(argv=None):
     parser.add_argument('--loss', choices=['l1', 'silog'], default='silog',
                         help='--task depth: masked L1 (eq. 15) or the scale-invariant log loss (Sect. 2.3)')
     parser.add_argument('--silog-lambda', type=float, default=0.5, help='lambda of SILog (1: scale-invariant)')
-    parser.add_argument('--optim', choices=['adam', 'adamw', 'sgd'], default='adam', help='the optimiser')
-    parser.add_argument('--weight-decay', type=float, default=0.0, help='weight decay (decoupled for adamw)')
-    parser.add_argument('--momentum', type=float, default=0.9, help='momentum of sgd')
-    parser.add_argument('--schedule', choices=['cosine', 'poly', 'linear'], default='cosine',
+    training.add_optimizer_args(parser)
+    parser.add_argument('--schedule', choices=['cosine', 'poly', 'linear', 'constant'], default='cosine',
                         help='learning-rate decay per iteration: cosine (App. B.2), poly (power 0.9, DeepLab, '
-                             'App. B.4) or linear (xNet)')
-    parser.add_argument('--warmup', type=int, default=0, help='iterations of linear warm-up before the decay')
-    parser.add_argument('--encoder-lr-mult', type=float, default=1.0,
-                        help='the encoder\'s learning rate is --lr times this (e.g. 0.1 for a pre-trained encoder)')
-    training.add_common_args(parser, iters=300, lr=3e-4, batch_size=8, eval_every=50)
+                             'App. B.4), linear (xNet) or constant')
+    parser.add_argument('--rescale', type=float, nargs=2, metavar=('MIN', 'MAX'), default=None,
+                        help='segmentation: rescale each training image and its labels by a random factor in '
+                             '[MIN, MAX] before the --crop-size crop (xNet\'s recipe: 0.5 2.0)')
+    parser.add_argument('--photometric', action='store_true',
+                        help='segmentation: mmsegmentation\'s photometric distortion of the training images '
+                             '(brightness, contrast, saturation, hue)')
+    parser.add_argument('--eval-scales', type=float, nargs='+', default=[1.0], metavar='S',
+                        help='segmentation: evaluate on the images resized by each factor, class probabilities '
+                             'averaged (xNet\'s multi-scale test: 0.5 0.75 1.0 1.25 1.5 1.75)')
+    parser.add_argument('--eval-flip', action='store_true',
+                        help='segmentation: also evaluate each scale mirrored, its probabilities in the average')
+    training.add_common_args(parser, iters=None, lr=3e-4, batch_size=8, eval_every=50)
+    parser.add_argument('--epochs', type=int, default=None, metavar='N',
+                        help=f'train N epochs of the training set instead of --iters (default {ITERS}): N x its '
+                             f'batches per epoch, recorded as --iters once the set is known')
     training.add_depth_eval_args(parser)
     args = parser.parse_args(argv)
+    check_length(args)
     training.resolve_depth_eval_args(args, args.task, median_scaling=False)  # fine-tuned depth is metric
     if args.task == 'seg' and data.LAYOUTS[args.data].classes is None:
         raise SystemExit(f'--data {args.data} holds no semantic labels: few-shot segmentation runs on --data toy, '
@@ -234,9 +224,54 @@ def parse_args(argv=None):
     training.check_args(args)
     if args.train_size < 0:
         raise SystemExit(f'--train-size must be 0 (all) or more; got {args.train_size}.')
-    if not 0 <= args.warmup < args.iters:
-        raise SystemExit(f'--warmup must be between 0 and --iters - 1 ({args.iters - 1}); got {args.warmup}.')
+    check_segmentation_args(args)
     return args
+
+
+ITERS = 300  # the training length without --iters or --epochs
+
+
+def check_length(args):
+    """--iters or --epochs says how long to train, not both; neither: ITERS iterations."""
+    if args.epochs is not None and args.iters is not None:
+        raise SystemExit(f'--epochs {args.epochs} and --iters {args.iters} both say how long to train: give one.')
+    if args.epochs is not None and args.epochs < 1:
+        raise SystemExit(f'--epochs must be at least 1; got {args.epochs}.')
+    if args.epochs is None and args.iters is None:
+        args.iters = ITERS
+
+
+def resolve_epochs(args, train_set):
+    """With --epochs: --iters becomes that many epochs of the training set (training.epoch_batches's epochs,
+    which drop the last incomplete batch), recorded in args.json like a given --iters."""
+    if args.epochs is None:
+        return
+    training.check_not_empty(train_set)
+    count = len(train_set)
+    args.iters = args.epochs * training.batches_per_epoch(count, args.batch_size)
+    print(f'--epochs {args.epochs}: {args.iters} iterations of batch {min(args.batch_size, count)} over {count} '
+          f'training items.')
+    training.check_warmup(args)
+
+
+def check_segmentation_args(args):
+    """The segmentation-only flags: what they need, and that the evaluation scales give networks' sizes."""
+    if args.task != 'seg':
+        given = [f for f, default in (('rescale', None), ('photometric', False), ('eval_scales', [1.0]),
+                                      ('eval_flip', False)) if getattr(args, f) != default]
+        if given:
+            raise SystemExit(f'--{given[0].replace("_", "-")} applies to segmentation; --task {args.task} does not '
+                             f'use it.')
+        return
+    if args.rescale and not (0 < args.rescale[0] <= args.rescale[1]):
+        raise SystemExit(f'--rescale MIN MAX needs 0 < MIN <= MAX; got {args.rescale[0]:g} {args.rescale[1]:g}.')
+    if args.rescale and not args.crop_size:
+        raise SystemExit('--rescale needs --crop-size H W: rescaled images differ in size, and the crops (padded '
+                         'with ignored labels where an image is smaller) make them one size again.')
+    try:
+        evaluate.check_eval_scales(args.eval_scales, (args.height, args.width))
+    except ValueError as error:
+        raise SystemExit(f'--eval-scales: {error}') from None
 
 
 def run_name(args):
@@ -251,6 +286,8 @@ def run_name(args):
     decoder = models.describe_decoder(args.decoder, models.xnet_options(args), args.decoder_init, args.reset_decoder)
     frozen = 'frozen' if args.freeze_encoder else 'full'
     frozen += f'-crop{args.crop_size[0]}x{args.crop_size[1]}' if args.crop_size else ''
+    frozen += f'-rescale{args.rescale[0]:g}-{args.rescale[1]:g}' if args.rescale else ''
+    frozen += '-photometric' if args.photometric else ''
     task = '-'.join([args.task] + ([args.loss] + training.depth_eval_name(args, False) if args.task == 'depth' else []))
     task = '-'.join(training.dataset_name(args) + [task])
     size = args.train_size or 'all'
@@ -268,8 +305,9 @@ def main(argv=None):
     set_train_mode(net, args.freeze_encoder)
     task = segmentation_task if args.task == 'seg' else depth_task
     train_set, loss_fn, evaluate_now, baseline = task(args, layout, net, device)
-    optimizer = make_optimizer(net, args)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(args.schedule, args.iters, args.warmup))
+    resolve_epochs(args, train_set)
+    optimizer = training.make_optimizer([net], args)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, training.lr_schedule(args.schedule, args.iters, args.warmup))
     batches = lambda start: training.training_batches(train_set, args, device, start)
 
     def evaluate_and_resume(iteration, folder):

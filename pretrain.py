@@ -187,19 +187,16 @@ def pretrain_depth(args, device):
              dict(init=args.init, decoder=args.decoder, xnet=models.xnet_options(args), supervision=args.supervision))
 
 
-def step_schedule(args):
-    """The learning-rate factor of a step schedule: 1, then --step-factor from --step-at of the iterations on
-    (Monodepth2: tenfold down for the last quarter; the paper's NYU recipe: halved at half way, App. B.5)."""
-    return lambda it: 1.0 if it < args.step_at * args.iters else args.step_factor
-
-
 def pretrain(args, networks, loss_fn, train_set, evaluate_now, baseline, info):
-    """Adam over every network ({checkpoint key: module}) with a step schedule (step_schedule) or linear
-    decay to 0 (the paper's Cityscapes recipe, App. B.4), on the seeded training stream (training.fit does the
-    rest: the run folder, --resume, evaluations, checkpoints and the exported --out)."""
-    optimizer = torch.optim.Adam([p for net in networks.values() for p in net.parameters()], lr=args.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, step_schedule(args) if args.schedule == 'step'
-                                                  else lambda it: 1 - it / args.iters)
+    """--optim (Adam by default; AdamW for xNet, App. A) over every network ({checkpoint key: module}), the
+    encoders at --lr x --encoder-lr-mult, with --warmup iterations of linear warm-up, then a step schedule (1,
+    then --step-factor from --step-at of the iterations on: Monodepth2's tenfold drop for the last quarter, the
+    paper's NYU halving, App. B.5) or linear decay to 0 (the paper's Cityscapes recipe, App. B.4; xNet), on the
+    seeded training stream (training.fit does the rest: the run folder, --resume, evaluations, checkpoints and
+    the exported --out)."""
+    optimizer = training.make_optimizer(list(networks.values()), args)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, training.lr_schedule(
+        args.schedule, args.iters, args.warmup, args.step_at, args.step_factor))
     device = next(networks['model'].parameters()).device
     batches = lambda start: training.training_batches(train_set, args, device, start)
     training.fit(args, networks, optimizer, scheduler, loss_fn, batches, evaluate_now, baseline, info)
@@ -295,14 +292,15 @@ def parse_args(argv=None):
                         help='encoder before pre-training: none (the paper\'s Depth-Rand) or torchvision\'s '
                              'ImageNet weights (the paper\'s Depth), which also sets ImageNet normalisation')
     training.add_common_args(parser, iters=300, lr=1e-4, batch_size=8, eval_every=100)
+    training.add_optimizer_args(parser)
     training.add_decoder_args(parser)
     training.add_depth_eval_args(parser)
     parser.add_argument('--out', default=None, help='checkpoint to export at the end (default checkpoints/<task>.pt)')
     parser.add_argument('--overwrite', action='store_true',
                         help='replace an --out written by another run (without it, that stops the run at the start)')
     parser.add_argument('--schedule', choices=['step', 'linear'], default='step',
-                        help='learning rate: step (--step-factor from --step-at of the iterations on; Monodepth2) or '
-                             'linear decay to 0 (the paper\'s Cityscapes recipe, App. B.4)')
+                        help='learning rate after --warmup: step (--step-factor from --step-at of the iterations on; '
+                             'Monodepth2) or linear decay to 0 (the paper\'s Cityscapes recipe, App. B.4; xNet)')
     parser.add_argument('--step-at', type=float, default=0.75, help='step: the share of iterations before the step')
     parser.add_argument('--step-factor', type=float, default=0.1, help='step: the rate is multiplied by this after it')
     parser.add_argument('--scales', type=int, default=4, choices=[1, 2, 3, 4], help='output scales in the loss')

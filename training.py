@@ -2,6 +2,8 @@
 
 Nothing here is in the papers; it is what makes a run trustworthy and repeatable. Top to bottom:
   - the flags both scripts spell the same, and their one-sentence checks;
+  - the optimiser and learning-rate schedule both scripts build from those flags (the papers' recipes:
+    Adam, AdamW or SGD; warm-up, then cosine, polynomial, linear or step decay; a slower encoder);
   - where a run computes (--device, bfloat16 autocast on GPUs) and reads (--data, the toy world rendered on
     first use), and its starting points (--init and --decoder-init checkpoints, ImageNet weights);
   - the training stream: epoch after epoch, every augmentation seeded by the draw's number, so a resumed
@@ -13,6 +15,7 @@ Nothing here is in the papers; it is what makes a run trustworthy and repeatable
 import atexit
 import itertools
 import json
+import math
 import os
 import random
 import resource
@@ -72,6 +75,19 @@ def add_common_args(parser, iters, lr, batch_size, eval_every):
     parser.add_argument('--bench', type=int, default=0, metavar='N',
                         help='run N timed training steps, print images/s, ms/step, data-wait share and '
                              'peak memory, and exit (no run folder is written)')
+
+
+def add_optimizer_args(parser):
+    """The optimiser flags of both scripts (each script adds its own --schedule choices)."""
+    parser.add_argument('--optim', choices=['adam', 'adamw', 'sgd'], default='adam', help='the optimiser')
+    parser.add_argument('--weight-decay', type=float, default=0.0, help='weight decay (decoupled for adamw)')
+    parser.add_argument('--momentum', type=float, default=0.9, help='momentum of sgd')
+    parser.add_argument('--warmup', type=int, default=0,
+                        help='iterations of linear warm-up before the --schedule decay (xNet: 1,600 for depth, 1,500 '
+                             'for segmentation)')
+    parser.add_argument('--encoder-lr-mult', type=float, default=1.0,
+                        help='the encoder\'s learning rate is --lr times this (xNet: 0.1 for a Swin-L encoder, 0.01 '
+                             'for DINOv2-L)')
 
 
 def add_decoder_args(parser):
@@ -152,8 +168,10 @@ def check_args(args):
     except ValueError as error:
         raise SystemExit(f'--height/--width: {error}') from None
     for flag in ('batch_size', 'iters', 'eval_every', 'save_every', 'log_every'):
-        if getattr(args, flag) < 1:
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:  # --iters is None until --epochs resolves
             raise SystemExit(f'--{flag.replace("_", "-")} must be at least 1.')
+    if args.iters is not None:
+        check_warmup(args)
     if not args.lr >= 0:
         raise SystemExit(f'--lr must be a learning rate of 0 or more (e.g. 1e-4); got {args.lr}.')
     if args.crop_size:
@@ -177,6 +195,12 @@ def check_args(args):
     xnet_flags = args.decoder_init != 'none' or args.xnet_mix != 'stem' or args.xnet_pyramid or args.no_pfp
     if args.decoder != 'xnet' and xnet_flags:
         raise SystemExit('--decoder-init, --xnet-mix, --xnet-pyramid and --no-pfp apply to --decoder xnet only.')
+
+
+def check_warmup(args):
+    """--warmup must leave iterations to decay over."""
+    if not 0 <= args.warmup < args.iters:
+        raise SystemExit(f'--warmup must be between 0 and --iters - 1 ({args.iters - 1}); got {args.warmup}.')
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -290,8 +314,45 @@ def init_decoder_backbone(net, args):
 
 
 # ----------------------------------------------------------------------------------------------------
+# Optimisers and learning-rate schedules, the same in both scripts
+# ----------------------------------------------------------------------------------------------------
+
+def make_optimizer(networks, args):
+    """--optim over the trainable parameters of `networks` (a list of modules), their encoders' at
+    --lr x --encoder-lr-mult (xNet, App. A: a pre-trained encoder learns more slowly than the rest)."""
+    named = [(name, p) for net in networks for name, p in net.named_parameters() if p.requires_grad]
+    encoder = [p for name, p in named if name.startswith('encoder.')]
+    rest = [p for name, p in named if not name.startswith('encoder.')]
+    groups = [dict(params=rest)] + ([dict(params=encoder, lr=args.lr * args.encoder_lr_mult)] if encoder else [])
+    if args.optim == 'sgd':
+        return torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    optimizer = torch.optim.AdamW if args.optim == 'adamw' else torch.optim.Adam
+    return optimizer(groups, lr=args.lr, weight_decay=args.weight_decay)
+
+
+def lr_schedule(name, iters, warmup=0, step_at=0.75, step_factor=0.1):
+    """The learning-rate factor at each iteration: linear warm-up over `warmup` iterations, then, over the
+    rest, cosine (App. B.2), polynomial with power 0.9 (DeepLab, App. B.4), linear decay towards 0 (App. B.4,
+    xNet), constant, or a step to `step_factor` after `step_at` of them (Monodepth2; the NYU recipe, App. B.5)."""
+    def factor(it):
+        if it < warmup:
+            return (it + 1) / warmup
+        if name == 'step':
+            return 1.0 if it - warmup < step_at * (iters - warmup) else step_factor
+        t = min(it - warmup, iters - warmup) / (iters - warmup)
+        return {'cosine': 0.5 * (1 + math.cos(math.pi * t)), 'poly': (1 - t) ** 0.9, 'linear': 1 - t,
+                'constant': 1.0}[name]
+    return factor
+
+
+# ----------------------------------------------------------------------------------------------------
 # The training stream: seeded, resumable
 # ----------------------------------------------------------------------------------------------------
+
+def batches_per_epoch(count, batch_size):
+    """The batches of one epoch of `count` items (epoch_batches drops an epoch's last incomplete batch)."""
+    return count // min(batch_size, count)
+
 
 def epoch_batches(count, batch_size, seed, start=0):
     """Batches of (item, draw) pairs of a set of `count` items, epoch after epoch, without end: epoch e
@@ -299,8 +360,7 @@ def epoch_batches(count, batch_size, seed, start=0):
     batch (unless the set is smaller than one batch: then each batch is the whole set) and `draw` numbers
     the items drawn since the start. Batch k depends on nothing but k, so a resumed run continues the
     stream exactly where it stopped (start = the iterations done)."""
-    size = min(batch_size, count)
-    per_epoch = count // size
+    size, per_epoch = min(batch_size, count), batches_per_epoch(count, batch_size)
     order, epoch = None, None
     for k in itertools.count(start):
         if k // per_epoch != epoch:
@@ -328,12 +388,17 @@ class SeededDraws(torch.utils.data.Dataset):
             return self.dataset[item]
 
 
-def training_batches(dataset, args, device, start=0):
-    """The training stream from iteration `start` on: epoch_batches of SeededDraws, read by --workers
-    processes. A set smaller than one batch says so and trains as one smaller batch; an empty one stops."""
+def check_not_empty(dataset):
+    """An empty training set stops the run with a sentence."""
     if not len(dataset):
         raise SystemExit('the training split lists no items: check its split file (--split), or write splits '
                          'with `python data.py --make-splits <data-root>`.')
+
+
+def training_batches(dataset, args, device, start=0):
+    """The training stream from iteration `start` on: epoch_batches of SeededDraws, read by --workers
+    processes. A set smaller than one batch says so and trains as one smaller batch; an empty one stops."""
+    check_not_empty(dataset)
     if len(dataset) < args.batch_size:
         print(f'The training set holds {len(dataset)} items, fewer than --batch-size {args.batch_size}: '
               f'each batch is all {len(dataset)} of them.')
@@ -583,9 +648,9 @@ class Run:
         save_atomic(state, self.checkpoint)
 
 
-# What --resume may change: how long, how fast, how often it logs, evaluates and saves, and where it runs
+# What --resume may change: how long (--iters, or finetune.py's --epochs), how fast, how often it logs, evaluates and saves, and where it runs
 # and reads and writes (a run folder may be moved). Every other flag defines the run and must stay as it was.
-CHANGEABLE_ON_RESUME = ('iters', 'lr', 'log_every', 'eval_every', 'save_every', 'workers', 'device', 'data_root',
+CHANGEABLE_ON_RESUME = ('iters', 'epochs', 'lr', 'log_every', 'eval_every', 'save_every', 'workers', 'device', 'data_root',
                         'out', 'overwrite', 'runs', 'name')
 
 
@@ -626,7 +691,11 @@ def restore(run, device, networks, optimizer, scheduler):
     state = run.load(device)
     for key, net in networks.items():
         net.load_state_dict(state[key])
-    optimizer.load_state_dict(state['optimizer'])
+    try:
+        optimizer.load_state_dict(state['optimizer'])
+    except ValueError as error:  # other parameter groups: older code (pretrain.py's Adam had one group)
+        raise SystemExit(f'--resume: the optimiser in {run.checkpoint} does not fit this run\'s ({error}); it was '
+                         f'written by another version of this code: start a new run (--name).') from None
     scheduler.load_state_dict(state['scheduler'])
     if 'rng' in state:
         set_rng_state(state['rng'])

@@ -899,3 +899,102 @@ def test_real_velodyne_scan_projects_onto_the_road_ahead():
     assert road.sum() > 1000 and ((depth[335:][road] > 3) & (depth[335:][road] < 20)).all()
     assert 0.95 < (depth[335:][road] / flat).median() < 1.15
 
+
+
+# ----------------------------------------------------------------------------------------------------
+# xNet's segmentation augmentation: --rescale before the crop, --photometric on images only
+# ----------------------------------------------------------------------------------------------------
+
+def _striped_pair(tmp_path, classes=(3, 7), stripe=8, height=32, width=64):
+    """A labelled image written as PNGs: vertical stripes `stripe` columns wide alternating between two
+    classes, the image's red channel 0.25 on the first class and 0.75 on the second (green and blue 0.5)."""
+    second = (torch.arange(width) // stripe % 2).expand(height, width)
+    label = torch.where(second == 1, classes[1], classes[0]).to(torch.uint8)
+    red = (64 + 128 * second).to(torch.uint8)
+    image = torch.stack([red, torch.full_like(red, 128), torch.full_like(red, 128)])
+    write_png(image.contiguous(), str(tmp_path / 'image.png'))
+    write_png(label[None].contiguous(), str(tmp_path / 'label.png'))
+    read = lambda path: data.read_png(path, 'labels')[0].long()
+    return [(tmp_path / 'image.png', tmp_path / 'label.png', read)]
+
+
+def _runs(row):
+    """Lengths of the runs of equal values along a row."""
+    edges = [0] + [i for i in range(1, len(row)) if row[i] != row[i - 1]] + [len(row)]
+    return [b - a for a, b in zip(edges, edges[1:])]
+
+
+def test_rescale_scales_image_and_label_together_and_never_interpolates_labels(tmp_path):
+    pairs = _striped_pair(tmp_path)
+    twice = data.LabelledImages(pairs, 32, 64, augment=True, crop=(32, 64), rescale=(2.0, 2.0))
+    for seed in range(4):
+        torch.manual_seed(seed)
+        item = twice[0]
+        label, red = item['label'], item['image'][0]
+        assert label.shape == (32, 64) and set(label.unique().tolist()) == {3, 7}
+        assert all(length == 16 for length in _runs(label[0].tolist())[1:-1])  # stripes of 8 columns now 16 wide
+        assert (label == label[:1]).all()  # the stripes stay vertical
+        assert (label[red > 0.6] == 7).all() and (label[red < 0.4] == 3).all()  # the image moved with the labels
+    odd = data.LabelledImages(pairs, 32, 64, augment=True, crop=(32, 64), rescale=(1.3, 1.7))
+    for seed in range(4):
+        torch.manual_seed(seed)
+        assert set(odd[0]['label'].unique().tolist()) == {3, 7}  # nearest: no class 5 between 3 and 7
+
+
+def test_rescale_below_the_crop_pads_the_labels_with_255_and_the_image_with_0(tmp_path):
+    half = data.LabelledImages(_striped_pair(tmp_path), 32, 64, augment=True, crop=(32, 64), rescale=(0.5, 0.5))
+    places = set()
+    for seed in range(6):
+        torch.manual_seed(seed)
+        item = half[0]
+        inside = item['label'] != 255
+        rows, columns = inside.any(1).nonzero()[:, 0], inside.any(0).nonzero()[:, 0]
+        assert (len(rows), len(columns)) == (16, 32) and int(inside.sum()) == 16 * 32  # a 16 x 32 block: half size
+        assert all(length == 4 for length in _runs(item['label'][rows[0], columns].tolist())[1:-1])  # 8 -> 4 wide
+        assert (item['image'][:, ~inside] == 0).all() and (item['image'][:, inside] > 0).all()
+        places.add((int(rows[0]), int(columns[0])))
+    assert len(places) > 1  # the rescaled image lands at random places in the crop
+
+
+def test_photometric_distortion_changes_images_not_labels(tmp_path):
+    pairs = _striped_pair(tmp_path)
+    plain = data.LabelledImages(pairs, 32, 64)[0]
+    distorted = data.LabelledImages(pairs, 32, 64, photometric=True)
+    changed = 0
+    for seed in range(6):
+        torch.manual_seed(seed)
+        item = distorted[0]
+        assert torch.equal(item['label'], plain['label'])  # labels untouched
+        assert item['image'].min() >= 0 and item['image'].max() <= 1
+        changed += not torch.equal(item['image'], plain['image'])
+    assert changed >= 4  # each of four steps half of the time: left out entirely 1 time in 16
+
+
+def test_photometric_steps_are_mmsegmentations():
+    pixel = lambda *rgb: torch.tensor(rgb).view(3, 1, 1)
+    same = lambda x, y: torch.testing.assert_close(x, y, atol=1e-6, rtol=0)
+    x = pixel(0.8, 0.4, 0.2)
+    same(data.photometric_distortion(x, brightness=0.1), pixel(0.9, 0.5, 0.3))  # adds
+    same(data.photometric_distortion(x, brightness=0.3), pixel(1.0, 0.7, 0.5))  # clipped at 1
+    same(data.photometric_distortion(x, contrast=1.5), pixel(1.0, 0.6, 0.3))  # multiplies every value
+    # saturation: HSV's S = 0.75 halved, V = 0.8 and hue kept: each channel's distance to V halves
+    same(data.photometric_distortion(x, saturation=0.5), pixel(0.8, 0.6, 0.5))
+    same(data.photometric_distortion(x, saturation=2.0), pixel(0.8, 0.8 - 0.4 * 4 / 3, 0.0))  # S capped at 1: H kept
+    same(data.photometric_distortion(pixel(0.5, 0.5, 0.5), saturation=1.5), pixel(0.5, 0.5, 0.5))  # grey stays
+    same(data.photometric_distortion(pixel(1.0, 0.0, 0.0), hue=1 / 3), pixel(0.0, 1.0, 0.0))  # a third of a turn
+    # contrast before saturation and hue, or after them (clipping tells the orders apart)
+    same(data.photometric_distortion(x, contrast=1.5, saturation=0.5, contrast_first=True), pixel(1.0, 0.8, 0.65))
+    same(data.photometric_distortion(x, contrast=1.5, saturation=0.5, contrast_first=False), pixel(1.0, 0.9, 0.75))
+    same(data.photometric_distortion(x, brightness=0.1, contrast=0.5, contrast_first=False), pixel(0.45, 0.25, 0.15))
+
+
+def test_photometric_draws_mmsegmentations_ranges_each_step_half_of_the_time():
+    distortion, image = data.PhotoMetricDistortion(), torch.zeros(3, 2, 2)
+    torch.manual_seed(0)
+    draws = [distortion.make_params([image]) for _ in range(2000)]
+    for key, low, high in (('brightness', -32 / 255, 32 / 255), ('contrast', 0.5, 1.5), ('saturation', 0.5, 1.5),
+                           ('hue', -18 / 180, 18 / 180)):
+        values = [d[key] for d in draws if d[key] is not None]
+        assert 900 < len(values) < 1100, key
+        assert low <= min(values) < low + 0.02 * (high - low) and high - 0.02 * (high - low) < max(values) <= high, key
+    assert 900 < sum(d['contrast_first'] for d in draws) < 1100

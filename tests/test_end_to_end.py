@@ -274,3 +274,16 @@ def test_finetuning_resumes_bit_identically_too(toy_root, tmp_path, monkeypatch)
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
     losses = [[m['loss'] for m in read_metrics(tmp_path / f / 'f') if m['split'] == 'train'] for f in ('straight', 'crashed')]
     assert len(losses[0]) == 4 and losses[0] == losses[1]
+
+
+def test_resuming_a_checkpoint_whose_optimiser_has_other_parameter_groups_stops_with_a_sentence(toy_root, tmp_path):
+    _start(toy_root, tmp_path, '--supervision', 'stereo')
+    checkpoint = tmp_path / 'depth' / 'checkpoint.pt'
+    state = torch.load(checkpoint, weights_only=False)
+    groups = state['optimizer']['param_groups']
+    state['optimizer']['param_groups'] = [dict(groups[0], params=[p for g in groups for p in g['params']])]
+    torch.save(state, checkpoint)  # pretrain.py's single Adam group of older code
+    with pytest.raises(SystemExit, match=r'--resume: the optimiser in .*checkpoint\.pt does not fit this run\'s \(.*\); '
+                                         r'it was written by another version of this code: start a new run') as stop:
+        _start(toy_root, tmp_path, '--supervision', 'stereo', '--resume', '--iters', '4')
+    assert '\n' not in str(stop.value)

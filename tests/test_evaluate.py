@@ -166,6 +166,71 @@ def test_evaluate_segmentation_sums_one_confusion_over_the_batches():
     assert metrics['pixel_acc'] == pytest.approx(8 / 12) and math.isnan(metrics['per_class_iou'][3])
 
 
+class _LogitsBySize(torch.nn.Module):
+    """A 'network' whose logits, the same at every pixel, depend on the input's height only
+    (`table`: height -> logits); it records the sizes it ran at."""
+
+    def __init__(self, table):
+        super().__init__()
+        self.table, self.sizes = table, []
+
+    def forward(self, images):
+        self.sizes.append(tuple(images.shape[-2:]))
+        logits = torch.tensor(self.table[images.shape[-2]])
+        return logits.view(1, -1, 1, 1).expand(len(images), -1, *images.shape[-2:])
+
+
+def test_multi_scale_test_averages_each_scales_class_probabilities():
+    images = torch.rand(2, 3, 64, 128, generator=torch.Generator().manual_seed(0))
+    # at 64 rows class 0 just beats class 2; at 128 rows class 1 wins: the averaged probabilities pick class 1,
+    # averaged logits ([2, 1.5, 1.95]) would pick class 0
+    net = _LogitsBySize({64: [4.0, 0.0, 3.9], 96: [0.0, 0.0, 0.0], 128: [0.0, 3.0, 0.0]})
+    scores = evaluate.segmentation_scores(net, images, scales=(1.0, 2.0))
+    expected = (torch.tensor([4.0, 0.0, 3.9]).softmax(0) + torch.tensor([0.0, 3.0, 0.0]).softmax(0)) / 2
+    assert scores.shape == (2, 3, 64, 128) and net.sizes == [(64, 128), (128, 256)]
+    torch.testing.assert_close(scores, expected.view(1, 3, 1, 1).expand(2, 3, 64, 128))
+    assert (scores.argmax(1) == 1).all()
+    net.sizes = []
+    evaluate.segmentation_scores(net, images, scales=(0.75, 1.5))  # 48 x 96 and 96 x 192, to multiples of 32
+    assert net.sizes == [(64, 96), (96, 192)]
+
+
+def test_multi_scale_test_mirrors_each_flipped_view_back():
+    """A network that reads each pixel alone: its mirrored view, mirrored back, is its plain view."""
+    class Pointwise(torch.nn.Module):
+        def forward(self, images):
+            return torch.cat([images[:, :1] * images.shape[-2] / 64, 1 - images[:, :1]], 1)
+    images = torch.rand(1, 3, 64, 128, generator=torch.Generator().manual_seed(1))
+    net = Pointwise()
+    torch.testing.assert_close(evaluate.segmentation_scores(net, images, flip=True), net(images).softmax(1))
+    two = evaluate.segmentation_scores(net, images, scales=(1.0, 1.5), flip=True)
+    by_hand = [torch.nn.functional.interpolate(net(evaluate.data.resize(images, size)), (64, 128), mode='bilinear',
+                                               align_corners=False).softmax(1) for size in ((64, 128), (96, 192))]
+    torch.testing.assert_close(two, (by_hand[0] + by_hand[1]) / 2)
+
+
+def test_one_scale_is_the_single_scale_test_bit_for_bit():
+    torch.manual_seed(0)
+    net = models.build_seg_net(num_classes=4).eval()
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(evaluate.segmentation_scores(net, images), net(images))
+    batches = [{'image': images, 'label': torch.randint(0, 4, (2, 64, 64))}]
+    device = torch.device('cpu')
+    single, default = (evaluate.evaluate_segmentation(net, batches, device, 4, **scales)
+                       for scales in ({'scales': [1.0]}, {}))
+    assert json.dumps(single) == json.dumps(default)  # NaN (a class never seen) included
+
+
+def test_scales_that_shrink_images_below_the_networks_smallest_input_stop_with_a_sentence():
+    evaluate.check_eval_scales([0.5, 1.75], (128, 256))
+    with pytest.raises(ValueError, match=r'0\.5 turns the 64x192 images into 32x96 \(multiples of 32\), smaller than '
+                                         r'the network\'s smallest input, 64x64: use larger scales'):
+        evaluate.check_eval_scales([1.0, 0.5], (64, 192))
+    with pytest.raises(ValueError, match='every scale must be above 0'):
+        evaluate.check_eval_scales([0.0], (64, 192))
+
+
 # ---------------------------------------------------------------- depth metrics
 
 def _depth(shape=(2, 1, 4, 5)):
@@ -1011,6 +1076,21 @@ def test_evaluating_a_checkpoint_scores_its_held_out_images_by_its_own_settings(
     assert (depth['images'], depth['skipped']) == (len(test_frames), test_frames.skipped)
     with pytest.raises(SystemExit):
         evaluate.main(['--checkpoint', str(trained_runs[0] / 'missing.pt')])
+
+
+def test_evaluating_a_checkpoint_with_a_multi_scale_test(trained_runs, capsys):
+    checkpoint = str(trained_runs[0] / 'checkpoint.pt')
+    single = evaluate.main(['--checkpoint', checkpoint])
+    assert json.dumps(evaluate.main(['--checkpoint', checkpoint, '--eval-scales', '1.0'])) == json.dumps(single)
+    capsys.readouterr()
+    multi = evaluate.main(['--checkpoint', checkpoint, '--eval-scales', '1.0', '1.5', '--eval-flip'])
+    assert ', 8 images, scales 1 1.5 and mirrored, averaged' in capsys.readouterr().out and 0 <= multi['miou'] <= 1
+    with pytest.raises(SystemExit):
+        evaluate.main(['--checkpoint', str(trained_runs[2] / 'checkpoint.pt'), '--eval-scales', '1.0', '1.5'])
+    assert '--eval-scales and --eval-flip apply to segmentation' in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        evaluate.main(['--checkpoint', checkpoint, '--eval-scales', '0.5'])
+    assert '0.5 turns the 64x192 images into 32x96' in capsys.readouterr().err
 
 
 def test_an_xnet_checkpoint_is_rebuilt_as_the_variant_it_holds():

@@ -8,6 +8,7 @@ import torch
 import finetune
 import models
 import pretrain
+import training
 from conftest import SMALL, read_metrics
 
 
@@ -79,13 +80,21 @@ def test_segmentation_checkpoint_seeds_depth_finetuning(depth_checkpoint, toy_ro
 
 
 def test_learning_rate_schedules():
-    for name, end in (('cosine', 0.0), ('poly', 0.0), ('linear', 0.0)):
-        factor = finetune.lr_schedule(name, iters=100, warmup=10)
-        assert [round(factor(i), 6) for i in (0, 4, 9)] == [0.1, 0.5, 1.0]  # linear warm-up
+    for name, end in (('cosine', 0.0), ('poly', 0.0), ('linear', 0.0), ('constant', 1.0)):
+        factor = training.lr_schedule(name, iters=100, warmup=10)
+        assert [round(factor(i), 6) for i in (0, 4, 9)] == [0.1, 0.5, 1.0]  # linear warm-up: (it + 1) / warmup
         assert factor(10) == 1.0 and factor(100) == pytest.approx(end, abs=1e-9)
         assert all(factor(i) >= factor(i + 1) for i in range(10, 100))
-    assert finetune.lr_schedule('cosine', 100)(50) == pytest.approx(0.5)
-    assert finetune.lr_schedule('poly', 100)(50) == pytest.approx(0.5 ** 0.9)
+    assert training.lr_schedule('cosine', 100)(50) == pytest.approx(0.5)
+    assert training.lr_schedule('poly', 100)(50) == pytest.approx(0.5 ** 0.9)
+    assert training.lr_schedule('linear', 100, warmup=20)(60) == pytest.approx(0.5)  # half of the 80 after warm-up
+    assert training.lr_schedule('cosine', 100, warmup=20)(60) == pytest.approx(0.5)
+
+
+def test_warm_up_then_a_step_after_step_at_of_the_iterations_after_it():
+    factor = training.lr_schedule('step', iters=110, warmup=10, step_at=0.5, step_factor=0.1)
+    assert [factor(it) for it in (0, 1, 4, 9)] == [0.1, 0.2, 0.5, 1.0]
+    assert [factor(it) for it in (10, 59, 60, 109)] == [1.0, 1.0, 0.1, 0.1]  # 10 + 0.5 x (110 - 10) = 60
 
 
 @pytest.mark.parametrize('optim, kind', [('adam', torch.optim.Adam), ('adamw', torch.optim.AdamW),
@@ -93,13 +102,14 @@ def test_learning_rate_schedules():
 def test_optimisers_and_a_smaller_encoder_learning_rate(optim, kind):
     args = finetune.parse_args(['--optim', optim, '--lr', '1e-3', '--encoder-lr-mult', '0.1', '--weight-decay', '1e-4'])
     net = models.build_seg_net()
-    optimizer = finetune.make_optimizer(net, args)
+    optimizer = training.make_optimizer([net], args)
     assert type(optimizer) is kind
     decoder_group, encoder_group = optimizer.param_groups
     assert decoder_group['lr'] == 1e-3 and math.isclose(encoder_group['lr'], 1e-4)
+    assert decoder_group['weight_decay'] == encoder_group['weight_decay'] == 1e-4
     assert len(encoder_group['params']) == len(list(net.encoder.parameters()))
     net.encoder.requires_grad_(False)  # a frozen encoder has no group at all
-    assert len(finetune.make_optimizer(net, args).param_groups) == 1
+    assert len(training.make_optimizer([net], args).param_groups) == 1
 
 
 def test_runs_differing_only_in_seed_share_a_name_but_the_seed():
@@ -286,3 +296,61 @@ def test_run_names_say_all_and_the_crop():
     assert name == 'seg-none-unet-full-crop64x64-nall-resnet18-64x192-s0'
     assert '-nall-' in finetune.parse_args(['--data', 'nyu', '--train-size', '0']).name
     assert '-n16-' in finetune.parse_args([]).name and 'crop' not in finetune.parse_args([]).name
+
+
+# ----------------------------------------------------------------------------------------------------
+# The papers' recipes: --epochs, xNet's segmentation augmentation and multi-scale test
+# ----------------------------------------------------------------------------------------------------
+
+def _args_json(run):
+    import json
+    return json.loads((run / 'args.json').read_text())
+
+
+def test_epochs_become_iterations_recorded_in_args_json_and_resume_may_extend_them(toy_root, tmp_path, capsys):
+    flags = ['--data-root', str(toy_root), '--runs', str(tmp_path), '--name', 'e', '--train-size', '5',
+             '--eval-every', '100', '--log-every', '1'] + SMALL
+    finetune.main(flags + ['--epochs', '2'])  # 5 images in batches of 2: 2 batches an epoch (the fifth waits)
+    assert '--epochs 2: 4 iterations of batch 2 over 5 training items.' in capsys.readouterr().out
+    args = _args_json(tmp_path / 'e')
+    assert (args['epochs'], args['iters']) == (2, 4)
+    assert [m['iter'] for m in read_metrics(tmp_path / 'e') if m['split'] == 'train'] == [1, 2, 3, 4]
+    finetune.main(flags + ['--epochs', '3', '--resume'])
+    assert torch.load(tmp_path / 'e' / 'checkpoint.pt', weights_only=False)['iter'] == 6
+    assert _args_json(tmp_path / 'e')['changes'] == [dict(iter=4, iters=[4, 6], epochs=[2, 3])]
+
+
+def test_epochs_of_depth_frames(toy_root, tmp_path):
+    finetune.main(['--data-root', str(toy_root), '--runs', str(tmp_path), '--name', 'd', '--task', 'depth',
+                   '--train-size', '4', '--epochs', '1', '--eval-every', '100'] + SMALL)
+    assert _args_json(tmp_path / 'd')['iters'] == 2 and torch.load(tmp_path / 'd' / 'checkpoint.pt', weights_only=False)['iter'] == 2
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--epochs', '4', '--iters', '100'], r'--epochs 4 and --iters 100 both say how long to train: give one\.'),
+    (['--epochs', '0'], r'--epochs must be at least 1; got 0\.'),
+    (['--rescale', '0.5', '2.0'], r'--rescale needs --crop-size H W'),
+    (['--rescale', '2.0', '0.5', '--crop-size', '64', '64'], r'--rescale MIN MAX needs 0 < MIN <= MAX; got 2 0\.5\.'),
+    (['--task', 'depth', '--photometric'], r'--photometric applies to segmentation; --task depth does not use it\.'),
+    (['--task', 'depth', '--eval-scales', '1', '2'], r'--eval-scales applies to segmentation'),
+    (['--eval-scales', '0.5', '1.0'], r'--eval-scales: 0\.5 turns the 64x192 images into 32x96'),
+    (['--warmup', '300'], r'--warmup must be between 0 and --iters - 1 \(299\); got 300\.'),
+])
+def test_recipe_flags_that_cannot_work_stop_with_a_sentence(flags, message):
+    with pytest.raises(SystemExit, match=message):
+        finetune.parse_args(flags)
+
+
+def test_xnets_segmentation_recipe_runs_end_to_end(toy_root, tmp_path, monkeypatch):
+    import evaluate
+    seen = []
+    scores = evaluate.segmentation_scores
+    monkeypatch.setattr(evaluate, 'segmentation_scores',
+                        lambda net, images, scales, flip: seen.append((list(scales), flip)) or scores(net, images, scales, flip))
+    run, checkpoint = _finetune(toy_root, tmp_path, 'xnet-recipe', '--optim', 'adamw', '--weight-decay', '0.01',
+                                '--schedule', 'linear', '--warmup', '1', '--crop-size', '64', '128', '--rescale', '0.5',
+                                '2.0', '--photometric', '--eval-scales', '1.0', '1.5', '--eval-flip', iters=2)
+    assert seen and all(s == ([1.0, 1.5], True) for s in seen)  # every evaluation batch, multi-scale
+    assert [m['lr'] for m in read_metrics(run) if m['split'] == 'train'] == pytest.approx([3e-4, 3e-4])  # warm-up 1
+    assert finetune.parse_args(['--crop-size', '64', '128', '--rescale', '0.5', '2', '--photometric']).name.startswith(
+        'seg-none-unet-full-crop64x128-rescale0.5-2-photometric-n16-')

@@ -2,6 +2,7 @@
 optical flow, and what fine-tuning takes from each."""
 import inspect
 import itertools
+import math
 import os
 import re
 import shutil
@@ -309,9 +310,9 @@ def test_the_training_stream_is_a_function_of_the_iteration():
 def test_step_schedule_is_1_before_step_at_of_the_iterations_and_step_factor_from_there():
     args = pretrain.parse_args(['--iters', '100'])
     assert (args.schedule, args.step_at, args.step_factor) == ('step', 0.75, 0.1)  # Monodepth2's: tenfold down
-    factor = pretrain.step_schedule(args)
+    factor = training.lr_schedule(args.schedule, args.iters, args.warmup, args.step_at, args.step_factor)
     assert [factor(it) for it in (0, 50, 74, 75, 76, 99)] == [1.0, 1.0, 1.0, 0.1, 0.1, 0.1]
-    factor = pretrain.step_schedule(pretrain.parse_args(['--iters', '10', '--step-at', '0.5', '--step-factor', '0.5']))
+    factor = training.lr_schedule('step', 10, step_at=0.5, step_factor=0.5)
     assert [factor(it) for it in range(10)] == [1.0] * 5 + [0.5] * 5  # the NYU recipe: halved at half way
 
 
@@ -338,6 +339,33 @@ def test_step_and_linear_schedules_set_the_optimisers_rate(monkeypatch):
     linear = _scheduled_rates(monkeypatch, ['--schedule', 'linear'], 8)
     assert linear == pytest.approx([2.0 * (1 - it / 8) for it in range(8)])  # 1 - it / iters: to 0 at the end
     assert pretrain.parse_args(['--schedule', 'linear']).name.split('-')[:4] == ['depth', 'mono', 'linear', 'resnet18']
+
+
+def test_warm_up_rises_linearly_then_the_schedule_runs_over_the_rest(monkeypatch):
+    # (it + 1) / warmup for the first 2, then the step after 0.75 x (8 - 2) = 4.5 more iterations
+    assert _scheduled_rates(monkeypatch, ['--warmup', '2'], 8) == pytest.approx([1.0] + [2.0] * 6 + [0.2])
+    linear = _scheduled_rates(monkeypatch, ['--warmup', '4', '--schedule', 'linear'], 8)
+    assert linear == pytest.approx([0.5, 1.0, 1.5, 2.0, 2.0, 1.5, 1.0, 0.5])  # 2 x (1 - (it - 4) / 4) after it
+    with pytest.raises(SystemExit, match=r'--warmup must be between 0 and --iters - 1 \(7\); got 8\.'):
+        pretrain.parse_args(['--iters', '8', '--warmup', '8'])
+
+
+def test_adamw_weight_decay_and_a_slower_encoder_reach_every_networks_optimiser(monkeypatch):
+    seen = {}
+    monkeypatch.setattr(training, 'fit', lambda args, networks, optimizer, *rest: seen.update(optimizer=optimizer))
+    args = pretrain.parse_args(['--optim', 'adamw', '--lr', '1e-4', '--weight-decay', '0.01', '--encoder-lr-mult', '0.1'])
+    networks = {'model': models.build_depth_net(), 'pose_net': models.build_pose_net()}
+    pretrain.pretrain(args, networks, None, None, None, None, {})
+    optimizer = seen['optimizer']
+    assert type(optimizer) is torch.optim.AdamW
+    rest, encoders = optimizer.param_groups
+    assert rest['weight_decay'] == encoders['weight_decay'] == 0.01
+    assert rest['lr'] == 1e-4 and math.isclose(encoders['lr'], 1e-5)  # xNet, App. A: the encoder at 0.1 x
+    encoder_ids = {id(p) for net in networks.values() for p in net.encoder.parameters()}
+    assert {id(p) for p in encoders['params']} == encoder_ids  # the depth network's and the PoseNet's
+    assert len(rest['params']) + len(encoders['params']) == sum(len(list(n.parameters())) for n in networks.values())
+    defaults = pretrain.parse_args([])
+    assert (defaults.optim, defaults.weight_decay, defaults.warmup, defaults.encoder_lr_mult) == ('adam', 0.0, 0, 1.0)
 
 
 class _Stop(Exception):
