@@ -409,8 +409,8 @@ def counted_runs(runs):
     for run in runs:
         stopped = stopped_at(run)
         if stopped is not None:
-            notes.append(f'{run["path"]} stopped at iteration {stopped} of {run["args"]["iters"]} (`--resume` '
-                         f'continues it): left out of the means.')
+            notes.append(f'{run["path"]} stopped before its end (its last logged iteration is {stopped} of '
+                         f'{run["args"]["iters"]}; `--resume` continues it): left out of the means.')
             continue
         key = json.dumps({k: v for k, v in run['args'].items() if k not in NOT_CONFIGURATION - {'seed'}},
                          sort_keys=True, default=str)

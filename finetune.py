@@ -159,8 +159,8 @@ def majority_baseline(train_pairs, eval_batches, classes):
 
 
 def depth_task(args, layout, net, device):
-    """(training set, loss of a batch, evaluation, baseline, training images) for few-shot depth: --train-size frames of the
-    training split with ground truth, flipped as in fine-tuning; scored on the layout's test frames by
+    """(training set, loss of a batch, evaluation, baseline, training images) for few-shot depth: --train-size
+    frames of the training split with ground truth, flipped as in fine-tuning; scored on the layout's test frames by
     --eval-protocol, metric (no median scaling) unless --median-scaling on."""
     snippets = training.open_dataset(layout.snippets, 'train', (0,), with_depth=True, split_dir=args.split)
     frames = data.VideoSnippets(snippets, args.height, args.width, augment=True, crop=args.crop_size, jitter=False)
@@ -283,8 +283,9 @@ def main(argv=None):
         set_train_mode(net, args.freeze_encoder)
         return metrics
 
-    info = dict(decoder=args.decoder, xnet=models.xnet_options(args), num_classes=num_classes(args) if args.task == 'seg' else None,
-                train_images=[line for line, _ in data.relative_lines(layout.root, images)])  # never scored on (evaluate.py)
+    info = dict(decoder=args.decoder, xnet=models.xnet_options(args),
+                num_classes=num_classes(args) if args.task == 'seg' else None,
+                train_images=[line for line, _ in data.relative_lines(layout.root, images)])  # evaluate.py skips them
     training.fit(args, {'model': net}, optimizer, scheduler, loss_fn, batches, evaluate_and_resume, baseline, info)
 
 

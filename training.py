@@ -401,8 +401,8 @@ def train(args, run, step, batches, state, evaluate_now, checkpoint, baseline, s
     """The loop both scripts share: step, log, evaluate, checkpoint, with a tqdm bar. `batches(start)` is
     the training stream from iteration `start` on. The baseline (what a trivial prediction scores) is
     logged once and printed next to every evaluation; the last iteration is always logged, which tells
-    evaluate.py a finished run. A signal caught by `stop` (StopOnSignal) ends the loop after the step under
-    way: checkpoint saved, one line, exit 143 / 130."""
+    evaluate.py how far a run got. A signal caught by `stop` (StopOnSignal) ends the loop after the step
+    under way: logged, checkpoint saved, one line, exit 143 / 130."""
     if not run.resume and baseline:
         run.log(iter=0, split='baseline', **baseline)
     if stop.signal:  # while the baseline was measured: nothing new to save
@@ -416,7 +416,7 @@ def train(args, run, step, batches, state, evaluate_now, checkpoint, baseline, s
         done = it + 1
         speed = (done - state['iter']) * args.batch_size / (time.perf_counter() - start)
         bar.set_postfix(loss=f'{loss.item():.4f}', img_s=f'{speed:.1f}')
-        if done % args.log_every == 0 or done == args.iters:
+        if done % args.log_every == 0 or done == args.iters or stop.signal:
             run.log(iter=done, split='train', loss=loss.item(), lr=lr, images_per_s=speed)
         if evaluate_now and (done % args.eval_every == 0 or done == args.iters):
             metrics = evaluate_now(done)
@@ -602,8 +602,8 @@ class Run:
         except Exception as error:
             raise SystemExit(f'could not read {self.checkpoint} ({error}); it is damaged: start a new run.') from None
         if state['iter'] > self.args['iters']:  # before anything in the folder changes
-            raise SystemExit(f'--iters {self.args["iters"]} is below iteration {state["iter"]}, where {self.checkpoint} '
-                             f'already is: resume with --iters {state["iter"]} or more (training cannot be undone).')
+            raise SystemExit(f'--iters {self.args["iters"]} is below iteration {state["iter"]}, where '
+                             f'{self.checkpoint} already is: resume with --iters {state["iter"]} or more (training cannot be undone).')
         if self.metrics.exists():
             kept = [record for record in read_jsonl(self.metrics) if record['iter'] <= state['iter']]
             write_text_atomic(self.metrics, ''.join(json.dumps(record) + '\n' for record in kept))

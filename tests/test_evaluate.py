@@ -1287,7 +1287,8 @@ def test_runs_stopped_before_their_iters_are_marked_and_left_out_of_the_means(tm
     row = next(line for line in table.splitlines() if line.startswith('| seg-depth-unet-full'))
     cells = [cell.strip() for cell in row.strip('|').split('|')]
     assert cells[8] == '100' and cells[9] == '2' and cells[10] == '65.00 ± 7.07'  # seeds 0 and 1 only
-    assert f'- {paths[2]} stopped at iteration 80 of 100 (`--resume` continues it): left out of the means.' in table
+    assert (f'- {paths[2]} stopped before its end (its last logged iteration is 80 of 100; `--resume` continues it): '
+            'left out of the means.') in table
     every = evaluate.results_table(runs)
     assert '| 80 of 100, stopped |' in every and every.count('| 100 |') == 2
 
