@@ -154,11 +154,18 @@ def read_png(path, kind):
 
 
 def read_image(path):
-    """An RGB image as uint8 [3, H, W] (PNG or JPEG), with one sentence for a missing or corrupt file."""
+    """An RGB image as stored, uint8 [3, H, W] (PNG or JPEG) or uint16 for a 16-bit PNG (unit_range scales
+    either to [0, 1]), with one sentence for a missing or corrupt file."""
     if not Path(path).is_file():
         raise FileNotFoundError(f'no such file: image {path}; {PNG_KINDS["image"][3]}.')
     return _decode(path, lambda raw: decode_image(raw, mode=ImageReadMode.RGB),
                    f'{path} is not a PNG or JPEG image that can be decoded')
+
+
+def unit_range(image):
+    """An image of integers as float32 in [0, 1], divided by the largest value of its bit depth: 255 for
+    8-bit files, 65535 for 16-bit PNGs (which /255 would carry up to 257)."""
+    return v2.functional.to_dtype(image, torch.float32, scale=True)
 
 
 def _decode(path, decode, what):
@@ -182,8 +189,16 @@ def read_flow(path):
 
 
 def read_labels(path):
-    """A Cityscapes label-id PNG (8-bit, single channel) -> int64 [H, W] of the 19 train ids, 255 = ignore."""
-    return _TRAIN_ID_LOOKUP[read_png(path, 'labels')[0].long()]
+    """A Cityscapes label-id PNG (8-bit, single channel) -> int64 [H, W] of the 19 train ids, 255 = ignore.
+    A value no label id has (above 33: the 255 of a map of train ids, *_labelTrainIds.png) stops with one
+    sentence: read as label ids, train ids would scramble the classes."""
+    labels = read_png(path, 'labels')[0].long()
+    if labels.max() > max(LABEL_TO_TRAIN_ID):
+        raise ValueError(f'label map {path} holds the value {int(labels.max())}, but Cityscapes label ids run from 0 '
+                         f'to {max(LABEL_TO_TRAIN_ID)}: it holds train ids (0-18, 255 = ignore; a '
+                         f'*_gtFine_labelTrainIds.png?); give the *_gtFine_labelIds.png maps, which are turned into '
+                         f'train ids here.')
+    return _TRAIN_ID_LOOKUP[labels]
 
 
 def check_pair(image_file, other_file, kind):
@@ -203,21 +218,55 @@ for _label_id, _train_id in LABEL_TO_TRAIN_ID.items():
 
 def read_split(root, split, split_dir=None):
     """Lines '<date>/<drive folder> <frame> <l|r>' of <split_dir>/<split>_files.txt (default split_dir:
-    <root>/splits). Monodepth2's split folders (splits/eigen_zhou, splits/eigen, ...) are read as they are."""
+    <root>/splits), each distinct and in no other split (split_lines). Monodepth2's split folders
+    (splits/eigen_zhou, splits/eigen, ...) are read as they are."""
     path = Path(split_dir or Path(root) / 'splits') / f'{split}_files.txt'
     if not path.is_file():
         raise FileNotFoundError(f'no split file {path}: put the split lists (lines "<date>/<drive> <frame> l") in '
                                 f'<data-root>/splits/ (e.g. `python data.py --make-splits <data-root>`), or point '
                                 f'--split / --eval-split at a folder holding {split}_files.txt.')
-    entries = []
-    for number, line in enumerate(path.read_text().split('\n'), 1):
-        if line.strip():
-            fields = line.split()
-            if len(fields) != 3 or not fields[1].isdigit() or fields[2] not in ('l', 'r'):
-                raise ValueError(f'line {number} of split file {path} reads "{line.strip()}", but each line must '
-                                 f'be "<date>/<drive> <frame> l|r" (e.g. "2011_09_26/2011_09_26_drive_0002_sync 5 l").')
-            entries.append((fields[0], int(fields[1]), fields[2]))
-    return entries
+    return split_lines(path, _kitti_split_entry)
+
+
+def _kitti_split_entry(line, number, path):
+    """(folder, frame, side) of a KITTI split line; a line of another form stops with one sentence."""
+    fields = line.split()
+    if len(fields) != 3 or not fields[1].isdigit() or fields[2] not in ('l', 'r'):
+        raise ValueError(f'line {number} of split file {path} reads "{line.strip()}", but each line must '
+                         f'be "<date>/<drive> <frame> l|r" (e.g. "2011_09_26/2011_09_26_drive_0002_sync 5 l").')
+    return fields[0], int(fields[1]), fields[2]
+
+
+SPLITS = ('train', 'val', 'test')
+
+
+def split_lines(path, parse):
+    """The items of a split file, `parse(line, number, path)` of each non-empty line. A split file lists each
+    item once, and no item of another split file beside it (train, val, test): an item listed twice
+    counts twice, and one in two splits is scored on images it trained on. Either stops with one sentence
+    naming both lines."""
+    lines = _parsed_lines(path, parse)
+    first = {}
+    for number, line, item in lines:
+        if item in first:
+            raise ValueError(f'lines {first[item][0]} and {number} of split file {path} both list "{line}": an item '
+                             f'listed twice counts twice; delete one of them.')
+        first[item] = number, line
+    for split in SPLITS:
+        other = path.with_name(f'{split}_files.txt')
+        if other.name != path.name and other.is_file():
+            for number, line, item in _parsed_lines(other, parse):
+                if item in first:
+                    raise ValueError(f'line {first[item][0]} of split file {path} ("{first[item][1]}") is also line '
+                                     f'{number} of {other}: an item in two splits is scored on what it trained on; '
+                                     f'keep it in one of them.')
+    return [item for _, _, item in lines]
+
+
+def _parsed_lines(path, parse):
+    """(line number, line, parse(line, number, path)) of a split file's non-empty lines."""
+    return [(number, line.strip(), parse(line, number, path))
+            for number, line in enumerate(Path(path).read_text().split('\n'), 1) if line.strip()]
 
 
 def read_poses(path):
@@ -436,6 +485,11 @@ def read_depth_file(path, depth_scale=None):
             raise ValueError(f'{path} cannot be read as a NumPy array: the file is truncated or not a .npy.') from None
         if depth.ndim != 2:
             raise ValueError(f'{path} holds an array of shape {tuple(depth.shape)}, but a depth map is [H, W] metres.')
+        wrong = ~torch.isfinite(depth) | (depth < 0)
+        if wrong.any():
+            raise ValueError(f'{path} holds {int(wrong.sum())} depth values that are negative, infinite or NaN (e.g. '
+                             f'{float(depth[wrong][0])}), but a depth map holds metres, 0 where nothing was measured: '
+                             f'write 0 there.')
         return depth[None]
     if depth_scale is None:
         raise ValueError(f'{path} is a PNG depth map: pass --depth-scale, the metres of one stored unit (0.001 for '
@@ -465,8 +519,9 @@ class Snippet(NamedTuple):
 
 
 def read_images(paths):
-    """Images of one snippet, uint8 [F, 3, H, W]; frames of different sizes stop with one sentence."""
-    images = [read_image(p) for p in paths]
+    """Images of one snippet, float [F, 3, H, W] in [0, 1] (unit_range, so 8- and 16-bit files may mix);
+    frames of different sizes stop with one sentence."""
+    images = [unit_range(read_image(p)) for p in paths]
     sizes = {tuple(image.shape[-2:]) for image in images}
     if len(sizes) > 1:
         raise ValueError(f'the frames {", ".join(str(p) for p in paths)} differ in size ({" and ".join(f"{w}x{h}" for h, w in sorted(sizes))}): '
@@ -544,7 +599,7 @@ class VideoSnippets(torch.utils.data.Dataset):
         full = read_images(paths)
         depth = None if snippet.depth is None else check_ground_truth(read_ground_truth(snippet.depth), full, snippet)
         raw, depth = top_rows(full, snippet.keep_rows), depth if depth is None else top_rows(depth, snippet.keep_rows)
-        frames = resize(raw.float() / 255, self.size)
+        frames = resize(raw, self.size)
         K = (None if snippet.intrinsics is None else
              scale_intrinsics(intrinsics_matrix(snippet.intrinsics), raw.shape[-2:], self.size))
         if depth is not None and (self.augment or self.crop):  # depth follows the images' geometry
@@ -597,7 +652,7 @@ class DepthTestFrames(torch.utils.data.Dataset):
         item = self.items[index]
         image = read_image(item.frames[0])
         depth = check_ground_truth(read_ground_truth(item.depth), image, item)
-        image = top_rows(image, item.keep_rows).float() / 255
+        image = unit_range(top_rows(image, item.keep_rows))
         return dict(frames=resize(image[None], self.size), depth=top_rows(depth, item.keep_rows))
 
 
@@ -611,14 +666,18 @@ class LabelledImages(torch.utils.data.Dataset):
     segmentation recipe (its App. A, mmsegmentation's defaults) adds `rescale` (min, max): image and label
     rescaled by a random factor in [min, max] before the crop, which pads where the rescaled image is
     smaller (image 0, label 255: ignored); and `photometric`: PhotoMetricDistortion on the image only. Every
-    pair's PNG headers are checked when the set is built (a missing label, a label map of the wrong format or
-    size stops there with one sentence, not later inside a DataLoader worker).
+    pair's PNG headers are checked when the set is built, and the first label map read (a missing label, a
+    label map of the wrong format or size, or of train ids where label ids belong, stops there with one
+    sentence, not later inside a DataLoader worker).
     """
 
     def __init__(self, pairs, height, width, augment=False, crop=None, rescale=None, photometric=False):
         self.pairs = list(pairs)
         for image_file, label_file, _ in self.pairs:
             check_pair(image_file, label_file, 'labels')
+        if self.pairs:
+            _, label_file, read = self.pairs[0]
+            read(label_file)
         steps = [v2.Resize((height, width), antialias=True)] + ([PhotoMetricDistortion()] if photometric else [])
         steps += [v2.ScaleJitter((width, height), rescale, antialias=True)] if rescale else []  # size given (W, H)
         steps += [v2.RandomHorizontalFlip()] if augment else []
@@ -630,7 +689,7 @@ class LabelledImages(torch.utils.data.Dataset):
 
     def __getitem__(self, index):
         image_file, label_file, read = self.pairs[index]
-        image = tv_tensors.Image(read_image(image_file).float() / 255)
+        image = tv_tensors.Image(unit_range(read_image(image_file)))
         label = tv_tensors.Mask(read(label_file))
         image, label = self.transform(image, label)
         return dict(image=image.as_subclass(torch.Tensor), label=label.as_subclass(torch.Tensor))
@@ -785,7 +844,7 @@ class FlowPairs(torch.utils.data.Dataset):
 
     def __getitem__(self, index):
         first, second, flow_file = self.files[index]
-        frames = resize(torch.stack([read_image(first), read_image(second)]).float() / 255, self.size)
+        frames = resize(read_images([first, second]), self.size)
         flow, valid = read_flow(flow_file)
         return dict(frames=frames, flow=flow, valid=valid)
 
@@ -897,7 +956,7 @@ def read_path_split(root, split, split_dir):
     if not path.is_file():
         raise FileNotFoundError(f'no split file {path}: write split files with `python data.py --make-splits '
                                 f'<data-root> [--by-similarity]`, or point --split at a folder holding {split}_files.txt.')
-    paths = [Path(root) / line.strip() for line in path.read_text().splitlines() if line.strip()]
+    paths = split_lines(path, lambda line, number, path: Path(root) / line.strip())
     missing = [p for p in paths if not p.is_file()]
     if missing:
         raise FileNotFoundError(f'{len(missing)} of the {len(paths)} images listed in {path} do not exist, e.g. '
@@ -1253,7 +1312,7 @@ def image_embeddings(paths, embed, batch_size=32):
     device = next(embed.parameters()).device if isinstance(embed, nn.Module) else torch.device('cpu')
     with torch.no_grad(), tqdm(total=len(paths), unit='image', desc='embedding', dynamic_ncols=True) as bar:
         for start in range(0, len(paths), batch_size):
-            batch = torch.stack([resize(read_image(p)[None].float() / 255, EMBEDDING_SIZE)[0]
+            batch = torch.stack([resize(unit_range(read_image(p))[None], EMBEDDING_SIZE)[0]
                                  for p in paths[start:start + batch_size]])
             chunks.append(F.normalize(embed(batch.to(device)).float(), dim=1).cpu())
             bar.update(len(batch))

@@ -269,8 +269,9 @@ def segmentation_scores(net, images, scales=(1.0,), flip=False):
 
 def one_at_a_time(frames, workers=0):
     """A test set's items one at a time (a data.DepthTestFrames' frames differ in size), in order, read
-    anew at each pass, by `workers` processes (0: this one)."""
-    return torch.utils.data.DataLoader(frames, batch_size=1, num_workers=workers)
+    anew at each pass, by `workers` processes (0: this one), which leave SIGTERM and Ctrl-C to a training run."""
+    return torch.utils.data.DataLoader(frames, batch_size=1, num_workers=workers,
+                                       worker_init_fn=training.leave_stop_signals_to_the_main_process)
 
 
 @torch.no_grad()
@@ -335,7 +336,8 @@ def flow_metrics(batches):
 # ---------------------------------------------------------------- runs
 
 def read_run(path):
-    """{'name', 'args', 'metrics'} of a run folder (args.json + metrics.jsonl) or of a checkpoint file (.pt)."""
+    """{'name', 'path', 'args', 'metrics', 'checkpoint'} of a run folder (args.json + metrics.jsonl) or of a
+    checkpoint file (.pt)."""
     path = Path(path)
     if path.is_dir() and (path / 'args.json').is_file():
         metrics_file = path / 'metrics.jsonl'
@@ -343,8 +345,8 @@ def read_run(path):
         if not metrics:
             print(f'warning: {path} has no metrics yet (no metrics.jsonl, or an empty one): its row stays empty.',
                   file=sys.stderr)
-        return {'name': path.name, 'args': json.loads((path / 'args.json').read_text()), 'metrics': metrics,
-                'checkpoint': path / 'checkpoint.pt'}
+        return {'name': path.name, 'path': path, 'args': json.loads((path / 'args.json').read_text()),
+                'metrics': metrics, 'checkpoint': path / 'checkpoint.pt'}
     if path.is_file() and path.suffix == '.pt':
         checkpoint = torch.load(path, map_location='cpu', weights_only=False)
         args = checkpoint.get('args') or {}
@@ -353,7 +355,8 @@ def read_run(path):
             if key in checkpoint:
                 args.setdefault(key, checkpoint[key])
         metrics = [{'iter': checkpoint.get('iter'), 'split': 'eval', **(checkpoint.get('metrics') or {})}]
-        return {'name': args.get('name') or path.stem, 'args': args, 'metrics': metrics, 'checkpoint': path}
+        return {'name': args.get('name') or path.stem, 'path': path, 'args': args, 'metrics': metrics,
+                'checkpoint': path}
     if not path.exists():
         raise FileNotFoundError(f'{path} does not exist; expected a run folder (runs/<name>/) or a checkpoint (.pt)')
     raise ValueError(f'{path} is not a run: expected a folder holding args.json or a checkpoint file ending in .pt')
@@ -398,9 +401,11 @@ def _config_cells(run):
     decoder = '–' if 'decoder' not in args else models.describe_decoder(
         args['decoder'], models.xnet_options(args), args.get('decoder_init', 'none'), args.get('reset_decoder', False))
     size = f"{args['height']}x{args['width']}" if 'height' in args and 'width' in args else '–'
-    iters = _last(run, 'eval').get('iter', args.get('iters'))
+    iters = args.get('iters', _last(run, 'eval').get('iter'))
+    stopped = stopped_at(run)
+    iters = f'{stopped} of {iters}, stopped' if stopped is not None else '–' if iters is None else str(iters)
     return [_task(run), str(args.get('init', '–')), decoder, frozen, str(args.get('train_size', '–')),
-            str(args.get('arch', '–')), size, '–' if iters is None else str(iters)]
+            str(args.get('arch', '–')), size, iters]
 
 
 def _evaluation_cells(task, run):
@@ -437,12 +442,42 @@ NOT_CONFIGURATION = {'seed', 'name', 'runs', 'resume', 'device', 'workers', 'out
                      'save_every', 'eval_every', 'changes'}
 
 
-def group_runs(runs):
-    """Runs that differ only in seed (and bookkeeping flags), as [(label, [runs])] in first-seen order.
-    The label is the first run's name without its '-s<seed>' suffix. --init counts as configuration, with
-    any '-s<seed>' in a checkpoint path dropped (runs/seg-...-s1/checkpoint.pt seeds the run with seed 1)."""
-    groups = {}
+def stopped_at(run):
+    """The last iteration a run logged where that is short of its --iters (it was stopped, or crashed, before
+    the end: its numbers are not those of its configuration), else None. A run always logs its last iteration."""
+    reached = max((m.get('iter') or 0 for m in run['metrics']), default=0)
+    iters = run['args'].get('iters')
+    return reached if iters is not None and reached < iters else None
+
+
+def counted_runs(runs):
+    """(the runs that count towards means over seeds, a sentence on each left out): a run stopped before its
+    --iters is left out, and a run found twice (the same flags and seed: a copied folder, or a run folder and
+    its exported checkpoint) counts once."""
+    counted, seen, notes = [], {}, []
     for run in runs:
+        stopped = stopped_at(run)
+        if stopped is not None:
+            notes.append(f'{run["path"]} stopped before its end (its last logged iteration is {stopped} of '
+                         f'{run["args"]["iters"]}; `--resume` continues it): left out of the means.')
+            continue
+        key = json.dumps({k: v for k, v in run['args'].items() if k not in NOT_CONFIGURATION - {'seed'}},
+                         sort_keys=True, default=str)
+        if key in seen:
+            notes.append(f'{run["path"]} is the run {seen[key]["path"]} again (the same flags and seed): counted once.')
+            continue
+        seen[key] = run
+        counted.append(run)
+    return counted, notes
+
+
+def group_runs(runs):
+    """Runs that differ only in seed (and bookkeeping flags), as [(label, [runs])] in first-seen order, of
+    the runs that count (counted_runs: finished, each once). The label is the first run's name without its
+    '-s<seed>' suffix. --init counts as configuration, with any '-s<seed>' in a checkpoint path dropped
+    (runs/seg-...-s1/checkpoint.pt seeds the run with seed 1)."""
+    groups = {}
+    for run in counted_runs(runs)[0]:
         args = run['args']
         config = {k: v for k, v in args.items() if k not in NOT_CONFIGURATION}
         config['init'] = re.sub(r'-s\d+\b', '', str(args.get('init', '')))
@@ -463,7 +498,8 @@ def _mean_std(values):
 
 def grouped_table(runs):
     """Markdown like the paper's tables: one row per configuration, each metric as mean ± std over its
-    seeds (sample standard deviation), with the number of seeds; a single seed's value stands alone."""
+    seeds (sample standard deviation), with the number of seeds; a single seed's value stands alone. Below
+    them, a line for each run left out (counted_runs: stopped early, or found twice)."""
     groups = group_runs(runs)
     tables = []
     for task in dict.fromkeys(_task(run) for run in runs):
@@ -478,7 +514,8 @@ def grouped_table(runs):
                         + [str(len(members))] + cells)
         header = ['configuration'] + SHARED_HEADER + _evaluation_cells(task, None) + ['seeds'] + [c[0] for c in columns]
         tables.append(_markdown(f'{task}, mean ± std over seeds', header, rows))
-    return '\n\n'.join(tables) + '\n'
+    notes = counted_runs(runs)[1]
+    return '\n\n'.join(tables + (['\n'.join(f'- {note}' for note in notes)] if notes else [])) + '\n'
 
 
 def _final_miou7(members):
@@ -677,18 +714,36 @@ def load_network(checkpoint, source='checkpoint'):
 def held_out_set(checkpoint, root, protocol=None, split_dir=None):
     """The images a checkpoint was not trained on, at its resolution, in the layout of its --data: the
     labelled images outside its few-shot pick (segmentation), or the test frames with the ground truth of
-    its depth protocol (depth; `protocol` and `split_dir` override the run's --eval-protocol and --eval-split)."""
+    its depth protocol (depth; `protocol` and `split_dir` override the run's --eval-protocol and --eval-split).
+    Images the checkpoint records as its training images are left out, and counted (not_trained_on)."""
     args = checkpoint.get('args') or {}
     size = (checkpoint['height'], checkpoint['width'])
     layout = data.LAYOUTS[args.get('data', 'toy')](root, depth_scale=args.get('depth_scale'))
     if checkpoint['task'] == 'seg':
         _, held_out = data.few_shot_sets(layout, args.get('train_size', 16), args.get('seed', 0), args.get('split'))
-        return data.LabelledImages(held_out, *size)
+        return data.LabelledImages(not_trained_on(checkpoint, root, held_out, lambda pair: pair[0]), *size)
     protocol = protocol or args.get('eval_protocol') or layout.protocols[0]
     items, skipped = layout.depth_test(protocol, split_dir or args.get('eval_split') or args.get('split'))
     if items is None:
         raise ValueError(f'{root} holds no test frames with ground truth (a folder needs a val split with RGB-D pairs).')
-    return data.DepthTestFrames(items, *size, protocol, skipped)
+    return data.DepthTestFrames(not_trained_on(checkpoint, root, items, lambda item: item.frames[0]), *size,
+                                protocol, skipped)
+
+
+def not_trained_on(checkpoint, root, items, image):
+    """The items whose image (`image(item)`) is none of the checkpoint's training images (its 'train_images',
+    names relative to the data root), saying how many were left out: a labelled pool that grew since training
+    draws another few-shot pick, and a split edited since may list training frames. None left stops."""
+    trained = set(checkpoint.get('train_images') or ())
+    kept = [item for item in items if Path(image(item)).relative_to(root).as_posix() not in trained]
+    if len(kept) < len(items):
+        print(f'{len(items) - len(kept)} of the {len(items)} held-out images under {root} are among the '
+              f'{len(trained)} this checkpoint was trained on (the data changed since): they are left out, '
+              f'{len(kept)} are scored.')
+    if not kept:
+        raise ValueError(f'every held-out image under {root} is one this checkpoint was trained on: score it on '
+                         f'the data it was trained with.')
+    return kept
 
 
 def median_scaling_of(args):
@@ -889,11 +944,12 @@ def image_files(path):
 
 @torch.no_grad()
 def predict(net, checkpoint, image):
-    """A network's prediction for one uint8 image [3, H, W] at the image's own size: depth in metres
-    [H, W] float32, or train ids [H, W] uint8. The network sees the image resized to the checkpoint's
-    resolution; its disparity, or its logits before the argmax, are upsampled back bilinearly."""
+    """A network's prediction for one image [3, H, W] as read (uint8, or uint16 from a 16-bit PNG) at the
+    image's own size: depth in metres [H, W] float32, or train ids [H, W] uint8. The network sees the image
+    scaled by its bit depth and resized to the checkpoint's resolution; its disparity, or its logits before
+    the argmax, are upsampled back bilinearly."""
     size = image.shape[-2:]
-    out = net(data.resize(image[None].float() / 255, (checkpoint['height'], checkpoint['width'])))
+    out = net(data.resize(data.unit_range(image)[None], (checkpoint['height'], checkpoint['width'])))
     if checkpoint['task'] == 'seg':
         logits = torch.nn.functional.interpolate(out, size, mode='bilinear', align_corners=False)
         return logits.argmax(1)[0].to(torch.uint8)
@@ -920,15 +976,27 @@ def write_prediction(prediction, task, out_dir, stem, colours=CITYSCAPES_PALETTE
     np.save(out_dir / f'{stem}_{task}.npy', prediction.numpy())
 
 
+def prediction_names(files):
+    """The name each image's predictions are written under: its stem (x for x.png), or, where two images share
+    a stem (x.png and x.jpg), every image's whole file name (x.png), so that no prediction replaces another."""
+    stems = [file.stem for file in files]
+    if len(set(stems)) == len(stems):
+        return stems
+    twins = [file.name for file in files if stems.count(file.stem) > 1]
+    print(f'{" and ".join(twins[:2])} share the name {Path(twins[0]).stem}: each prediction is named after its '
+          f'image\'s whole file name ({twins[0]}_<task>.png ...).')
+    return [file.name for file in files]
+
+
 def predict_images(checkpoint_path, source, out_dir):
     """Run a segmentation or depth checkpoint on an image or a folder of images and write each
-    prediction into out_dir; returns the number of images."""
+    prediction into out_dir (prediction_names); returns the number of images."""
     checkpoint = models.load_checkpoint(checkpoint_path)
     net = load_network(checkpoint, str(checkpoint_path))
     files = image_files(source)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for file in files:  # data.read_image says in one sentence when a file cannot be decoded
-        write_prediction(predict(net, checkpoint, data.read_image(file)), checkpoint['task'], out_dir, file.stem,
+    for file, name in zip(files, prediction_names(files)):  # data.read_image says when a file cannot be decoded
+        write_prediction(predict(net, checkpoint, data.read_image(file)), checkpoint['task'], out_dir, name,
                          class_set(checkpoint)[1])
     return len(files)
 

@@ -101,8 +101,9 @@ def num_classes(args):
 
 
 def segmentation_task(args, layout, net, device):
-    """(training set, loss of a batch, evaluation, baseline) for few-shot segmentation: --train-size labelled
-    images picked with the seed, scored on the layout's held-out images (data.few_shot_sets)."""
+    """(training set, loss of a batch, evaluation, baseline, training images) for few-shot segmentation:
+    --train-size labelled images picked with the seed, scored on the layout's held-out images
+    (data.few_shot_sets)."""
     train_pairs, eval_pairs = training.open_dataset(data.few_shot_sets, layout, args.train_size, args.seed, args.split)
     train_set = training.open_dataset(data.LabelledImages, train_pairs, args.height, args.width, augment=True,
                                       crop=args.crop_size, rescale=args.rescale, photometric=args.photometric)
@@ -119,7 +120,8 @@ def segmentation_task(args, layout, net, device):
     def evaluate_now(iteration, folder):
         save_seg_sample(net, sample, folder / f'sample_{iteration:06d}.png', device, colours)
         return evaluate.evaluate_segmentation(net, eval_batches, device, classes, args.eval_scales, args.eval_flip)
-    return train_set, loss_fn, evaluate_now, lambda: majority_baseline(train_pairs, eval_batches, classes)
+    return (train_set, loss_fn, evaluate_now, lambda: majority_baseline(train_pairs, eval_batches, classes),
+            [image for image, _, _ in train_pairs])
 
 
 def majority_baseline(train_pairs, eval_batches, classes):
@@ -132,12 +134,13 @@ def majority_baseline(train_pairs, eval_batches, classes):
 
 
 def depth_task(args, layout, net, device):
-    """(training set, loss of a batch, evaluation, baseline) for few-shot depth: --train-size frames of the
-    training split with ground truth, flipped as in fine-tuning; scored on the layout's test frames by
+    """(training set, loss of a batch, evaluation, baseline, training images) for few-shot depth: --train-size
+    frames of the training split with ground truth, flipped as in fine-tuning; scored on the layout's test frames by
     --eval-protocol, metric (no median scaling) unless --median-scaling on."""
     snippets = training.open_dataset(layout.snippets, 'train', (0,), with_depth=True, split_dir=args.split)
     frames = data.VideoSnippets(snippets, args.height, args.width, augment=True, crop=args.crop_size, jitter=False)
-    train_set = torch.utils.data.Subset(frames, few_shot(len(frames), args)[0])
+    picked = few_shot(len(frames), args)[0]
+    train_set = torch.utils.data.Subset(frames, picked)
     evaluate_now, baseline = depth_evaluation(args, layout, net, device)
     if evaluate_now is None:
         raise SystemExit(f'--task depth scores the fine-tuned network on held-out ground truth, and {layout.root} '
@@ -148,7 +151,7 @@ def depth_task(args, layout, net, device):
         with autocast(device):
             disp = net(batch['frames_aug'][:, 0])[0].float()
         return supervised_depth_loss(disp, batch['depth'], args.loss, args.silog_lambda, args.min_depth, args.max_depth)
-    return train_set, loss_fn, evaluate_now, baseline
+    return train_set, loss_fn, evaluate_now, baseline, [snippets[i].frames[0] for i in picked]
 
 
 def few_shot(count, args):
@@ -304,7 +307,7 @@ def main(argv=None):
         net.encoder.requires_grad_(False)
     set_train_mode(net, args.freeze_encoder)
     task = segmentation_task if args.task == 'seg' else depth_task
-    train_set, loss_fn, evaluate_now, baseline = task(args, layout, net, device)
+    train_set, loss_fn, evaluate_now, baseline, images = task(args, layout, net, device)
     resolve_epochs(args, train_set)
     optimizer = training.make_optimizer([net], args)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, training.lr_schedule(args.schedule, args.iters, args.warmup))
@@ -315,7 +318,9 @@ def main(argv=None):
         set_train_mode(net, args.freeze_encoder)
         return metrics
 
-    info = dict(decoder=args.decoder, xnet=models.xnet_options(args), num_classes=num_classes(args) if args.task == 'seg' else None)
+    info = dict(decoder=args.decoder, xnet=models.xnet_options(args),
+                num_classes=num_classes(args) if args.task == 'seg' else None,
+                train_images=[line for line, _ in data.relative_lines(layout.root, images)])  # evaluate.py skips them
     training.fit(args, {'model': net}, optimizer, scheduler, loss_fn, batches, evaluate_and_resume, baseline, info)
 
 

@@ -314,6 +314,9 @@ def parse_args(argv=None):
     training.resolve_depth_eval_args(args, args.task, median_scaling=args.supervision == 'mono')
     args.name = args.name or run_name(args)
     training.check_args(args)
+    if not args.step_factor >= 0:
+        raise SystemExit(f'--step-factor must be 0 or more (e.g. 0.1): it multiplies the learning rate; got '
+                         f'{args.step_factor}, which would train by gradient ascent.')
     if args.task == 'flow' and args.decoder != 'unet':
         raise SystemExit('--decoder applies to --task depth; the flow network has its own siamese U-Net decoder.')
     if args.arch in models.MIT_SPECS and (args.task == 'flow' or 'mono' in args.supervision):

@@ -8,7 +8,8 @@ Nothing here is in the papers; it is what makes a run trustworthy and repeatable
     first use), and its starting points (--init and --decoder-init checkpoints, ImageNet weights);
   - the training stream: epoch after epoch, every augmentation seeded by the draw's number, so a resumed
     run continues exactly where it stopped;
-  - the loop (`fit`): --bench, the run folder, --resume, log / evaluate / checkpoint, the exported network;
+  - the loop (`fit`): --bench, the run folder, --resume, log / evaluate / checkpoint, the exported network,
+    and a stop asked for by SIGTERM or Ctrl-C (StopOnSignal: the step finishes, a checkpoint is saved);
   - run folders (args.json, metrics.jsonl, samples, checkpoint.pt, a lock) and files written atomically
     (a temporary file, then a rename), so no crash leaves a half-written result.
 """
@@ -20,6 +21,7 @@ import os
 import random
 import resource
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -174,6 +176,9 @@ def check_args(args):
         check_warmup(args)
     if not args.lr >= 0:
         raise SystemExit(f'--lr must be a learning rate of 0 or more (e.g. 1e-4); got {args.lr}.')
+    if not args.encoder_lr_mult >= 0:
+        raise SystemExit(f'--encoder-lr-mult must be 0 or more (e.g. 0.1 for a pre-trained encoder); got '
+                         f'{args.encoder_lr_mult}: a negative rate would train the encoder by gradient ascent.')
     if args.crop_size:
         try:
             models.check_resolution(*args.crop_size)
@@ -404,7 +409,8 @@ def training_batches(dataset, args, device, start=0):
               f'each batch is all {len(dataset)} of them.')
     stream = epoch_batches(len(dataset), args.batch_size, args.seed, start)
     return iter(torch.utils.data.DataLoader(SeededDraws(dataset, args.seed), batch_sampler=stream,
-                                            num_workers=args.workers, pin_memory=device.type == 'cuda'))
+                                            num_workers=args.workers, pin_memory=device.type == 'cuda',
+                                            worker_init_fn=leave_stop_signals_to_the_main_process))
 
 
 def sample_frames(dataset, device, count=4):
@@ -457,11 +463,12 @@ def fit(args, networks, optimizer, scheduler, loss_fn, batches, evaluate_now, ba
                     normalization=networks['model'].normalization, height=args.height, width=args.width,
                     args=vars(args), iter=iteration, metrics=state['metrics'], **info)
 
-    reference = baseline() if baseline else {}
-    if evaluate_now is None:
-        print('Nothing to evaluate on (no held-out ground truth): the run logs its training loss only.')
-    train(args, run, step, batches, state, evaluate_now and (lambda it: evaluate_now(it, run.path)), checkpoint,
-          reference)
+    with StopOnSignal() as stop:
+        reference = baseline() if baseline else {}
+        if evaluate_now is None:
+            print('Nothing to evaluate on (no held-out ground truth): the run logs its training loss only.')
+        train(args, run, step, batches, state, evaluate_now and (lambda it: evaluate_now(it, run.path)), checkpoint,
+              reference, stop)
     if export:
         final = checkpoint(args.iters)
         save_atomic({k: v for k, v in final.items() if k not in ('optimizer', 'scheduler', 'rng')}, export)
@@ -470,12 +477,16 @@ def fit(args, networks, optimizer, scheduler, loss_fn, batches, evaluate_now, ba
     print(f'Wrote {run.path}' + (f' and {export}.' if export else '.'))
 
 
-def train(args, run, step, batches, state, evaluate_now, checkpoint, baseline):
+def train(args, run, step, batches, state, evaluate_now, checkpoint, baseline, stop):
     """The loop both scripts share: step, log, evaluate, checkpoint, with a tqdm bar. `batches(start)` is
     the training stream from iteration `start` on. The baseline (what a trivial prediction scores) is
-    logged once and printed next to every evaluation."""
+    logged once and printed next to every evaluation; the last iteration is always logged, which tells
+    evaluate.py how far a run got. A signal caught by `stop` (StopOnSignal) ends the loop after the step
+    under way: logged, checkpoint saved, one line, exit 143 / 130."""
     if not run.resume and baseline:
         run.log(iter=0, split='baseline', **baseline)
+    if stop.signal:  # while the baseline was measured: nothing new to save
+        stop.exit(state['iter'])
     batches = batches(state['iter'])
     bar = tqdm(range(state['iter'], args.iters), initial=state['iter'], total=args.iters, dynamic_ncols=True)
     start = time.perf_counter()
@@ -485,16 +496,56 @@ def train(args, run, step, batches, state, evaluate_now, checkpoint, baseline):
         done = it + 1
         speed = (done - state['iter']) * args.batch_size / (time.perf_counter() - start)
         bar.set_postfix(loss=f'{loss.item():.4f}', img_s=f'{speed:.1f}')
-        if done % args.log_every == 0:
+        if done % args.log_every == 0 or done == args.iters or stop.signal:
             run.log(iter=done, split='train', loss=loss.item(), lr=lr, images_per_s=speed)
         if evaluate_now and (done % args.eval_every == 0 or done == args.iters):
             metrics = evaluate_now(done)
             run.log(iter=done, split='eval', **metrics)
             state['metrics'] = metrics
             bar.write(f'iteration {done}: {metrics_line(metrics, baseline)}')
-        if done % args.save_every == 0 or done == args.iters:
+        if done % args.save_every == 0 or done == args.iters or stop.signal:
             run.save(checkpoint(done))
+        if stop.signal and done < args.iters:
+            bar.close()
+            del batches  # the DataLoader's workers end here, before the process does
+            stop.exit(done)
     return state
+
+
+class StopOnSignal:
+    """SIGTERM (what a cluster or `timeout` sends before it kills) and Ctrl-C (SIGINT), caught while a run
+    trains: the handler only takes note, so the step under way finishes; train() then saves a checkpoint and
+    calls exit(). A second signal acts at once, as it would without this (a stuck step can still be stopped).
+    The previous handlers come back on leaving the `with` block."""
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __enter__(self):
+        self.signal = None
+        self.previous = {number: signal.signal(number, self.note) for number in self.SIGNALS}
+        return self
+
+    def note(self, number, frame):
+        if self.signal is not None:
+            self.__exit__()
+            signal.raise_signal(number)
+        self.signal = number
+
+    def __exit__(self, *error):
+        for number, handler in self.previous.items():
+            signal.signal(number, signal.SIG_DFL if handler is None else handler)
+
+    def exit(self, iteration):
+        """One line, no traceback, and the exit status of a process ended by the signal: 128 + its number
+        (143 for SIGTERM, 130 for Ctrl-C), so a cluster or shell script sees what happened."""
+        print(f'stopped at iteration {iteration}: `--resume` continues')
+        raise SystemExit(128 + self.signal)
+
+
+def leave_stop_signals_to_the_main_process(worker_id):
+    """A DataLoader worker ignores SIGTERM and Ctrl-C, which reach the whole process group: the main process
+    finishes its step and ends the workers; a worker killed by them would instead crash that step."""
+    for number in StopOnSignal.SIGNALS:
+        signal.signal(number, signal.SIG_IGN)
 
 
 def optimisation_step(loss, optimizer, scheduler):
@@ -630,6 +681,9 @@ class Run:
             state = torch.load(self.checkpoint, map_location=device, weights_only=False)
         except Exception as error:
             raise SystemExit(f'could not read {self.checkpoint} ({error}); it is damaged: start a new run.') from None
+        if state['iter'] > self.args['iters']:  # before anything in the folder changes
+            raise SystemExit(f'--iters {self.args["iters"]} is below iteration {state["iter"]}, where '
+                             f'{self.checkpoint} already is: resume with --iters {state["iter"]} or more (training cannot be undone).')
         if self.metrics.exists():
             kept = [record for record in read_jsonl(self.metrics) if record['iter'] <= state['iter']]
             write_text_atomic(self.metrics, ''.join(json.dumps(record) + '\n' for record in kept))
@@ -786,9 +840,13 @@ def write_text_atomic(path, text):
 
 
 def check_export(args):
-    """--out, checked before training: a writable file path, and not another run's export (unless
-    --overwrite): one sentence otherwise. A temporary file of an interrupted export is removed."""
+    """--out, checked before training: a writable file path outside run folders, and not another run's
+    export (unless --overwrite): one sentence otherwise. A temporary file of an interrupted export is removed."""
     out = Path(args.out)
+    folder = out.resolve().parent
+    if folder == (Path(args.runs) / args.name).resolve() or (folder / 'args.json').is_file():
+        raise SystemExit(f'--out {out} is inside the run folder {folder}, whose checkpoint.pt --resume continues '
+                         f'from: export outside run folders (e.g. the default checkpoints/{args.task}.pt).')
     if out.is_dir():
         raise SystemExit(f'--out {out} is a folder: give the checkpoint file to write, e.g. {out}/{args.task}.pt.')
     try:

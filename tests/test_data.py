@@ -72,15 +72,31 @@ CITYSCAPES_TRAIN_IDS = {
 
 
 def test_every_cityscapes_label_id_reads_as_its_train_id(tmp_path):
-    ids = list(range(34)) + [34, 100, 254, 255]  # the 34 label ids, then values no label has
+    ids = list(range(34))  # the 34 label ids (a value no label id has stops: the next test)
     label = tmp_path / 'semantic' / '000000_10.png'
     label.parent.mkdir()
-    write_png(torch.tensor(ids, dtype=torch.uint8).view(1, 2, 19), str(label))
+    write_png(torch.tensor(ids, dtype=torch.uint8).view(1, 2, 17), str(label))
     read = data.read_labels(label)
-    assert read.dtype == torch.int64 and read.shape == (2, 19)
+    assert read.dtype == torch.int64 and read.shape == (2, 17)
     expected = [CITYSCAPES_TRAIN_IDS.get(i, 255) for i in ids]
     assert read.flatten().tolist() == expected
     assert data.LABEL_TO_TRAIN_ID == {i: t for i, t in CITYSCAPES_TRAIN_IDS.items() if t != 255}
+
+
+@pytest.mark.parametrize('top', [255, 34])
+def test_a_label_map_of_train_ids_stops_with_a_sentence(tmp_path, top):
+    # a *_labelTrainIds.png (0..18, 255 = ignore) saved as *_labelIds.png: read as label ids, road (train id 0)
+    # would become ignored and sidewalk (1) ignored too, car (13) "wall" (label id 13 = train id 4)
+    train_ids = torch.tensor(list(range(19)) + [top], dtype=torch.uint8).view(1, 2, 10)
+    label = tmp_path / 'frankfurt_000000_000294_gtFine_labelIds.png'
+    write_png(train_ids, str(label))
+    with pytest.raises(ValueError, match=rf'holds the value {top}, but Cityscapes label ids run from 0 to 33: it '
+                                         r'holds train ids .*labelTrainIds.*give the \*_gtFine_labelIds.png maps'):
+        data.read_labels(label)
+    image = tmp_path / 'image.png'
+    write_png(torch.zeros(3, 2, 10, dtype=torch.uint8), str(image))
+    with pytest.raises(ValueError, match='holds train ids'):  # when the set is built, not in a DataLoader worker
+        data.LabelledImages([(image, label, data.read_labels)], 2, 10)
 
 
 @needs_realdata
@@ -900,7 +916,6 @@ def test_real_velodyne_scan_projects_onto_the_road_ahead():
     assert 0.95 < (depth[335:][road] / flat).median() < 1.15
 
 
-
 # ----------------------------------------------------------------------------------------------------
 # xNet's segmentation augmentation: --rescale before the crop, --photometric on images only
 # ----------------------------------------------------------------------------------------------------
@@ -998,3 +1013,106 @@ def test_photometric_draws_mmsegmentations_ranges_each_step_half_of_the_time():
         assert 900 < len(values) < 1100, key
         assert low <= min(values) < low + 0.02 * (high - low) and high - 0.02 * (high - low) < max(values) <= high, key
     assert 900 < sum(d['contrast_first'] for d in draws) < 1100
+
+# ----------------------------------------------------------------------------------------------
+# No silent wrong results: 16-bit images, duplicated or shared split lines, impossible depth
+# ----------------------------------------------------------------------------------------------
+
+def _as_16_bit(png):
+    """Rewrite an 8-bit PNG as the 16-bit PNG of the same picture (each value v stored as 257 v = v / 255 of 65535)."""
+    image = _raw_png(png)
+    toyworld.write_png16((image * 257).permute(1, 2, 0).numpy().astype(np.uint16).squeeze(-1 if len(image) == 1 else None), png)
+
+
+def test_16_bit_frames_are_scaled_by_their_bit_depth(toy_root, tmp_path):
+    # a KITTI tree whose left and right frames are 16-bit RGB PNGs trains on the same [0, 1] inputs as the 8-bit one
+    root = tmp_path / 'world'
+    shutil.copytree(toy_root, root)
+    frames = sorted(root.glob('*/*_sync/image_0[23]/data/*.png'))
+    for png in frames:
+        _as_16_bit(png)
+    assert _raw_png(frames[0]).max() > 255 and decode_png(read_file(str(frames[0]))).dtype == torch.uint16
+    for stereo in (False, True):
+        eight, sixteen = (kitti_snippets(r, 'train', 64, 192, (0, -1, 1), stereo=stereo, augment=True) for r in (toy_root, root))
+        for i in (0, len(eight) - 1):
+            torch.manual_seed(i)
+            expected = eight[i]
+            torch.manual_seed(i)
+            got = sixteen[i]
+            assert 0 <= float(got['frames'].min()) and float(got['frames'].max()) <= 1
+            for key in expected:
+                torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-6)
+    eight, sixteen = (kitti_test_frames(r, 64, 192, 'benchmark') for r in (toy_root, root))
+    torch.testing.assert_close(sixteen[0]['frames'], eight[0]['frames'], rtol=0, atol=1e-6)
+
+
+def test_unit_range_divides_by_the_largest_value_of_the_bit_depth():
+    assert data.unit_range(torch.tensor([0, 51, 255], dtype=torch.uint8)).tolist() == pytest.approx([0, 0.2, 1])
+    assert data.unit_range(torch.tensor([0, 13107, 65535], dtype=torch.uint16)).tolist() == pytest.approx([0, 0.2, 1])
+
+
+def _kitti_split_files(root, train, val=(), test=()):
+    """<root>/splits/{train,val,test}_files.txt of KITTI lines (frames of drive 0001, left camera)."""
+    (root / 'splits').mkdir(parents=True, exist_ok=True)
+    for split, frames in (('train', train), ('val', val), ('test', test)):
+        if frames:
+            (root / 'splits' / f'{split}_files.txt').write_text(
+                ''.join(f'2011_09_26/2011_09_26_drive_0001_sync {f} l\n' for f in frames))
+
+
+def test_a_split_listing_a_frame_twice_stops_naming_both_lines(tmp_path):
+    _kitti_split_files(tmp_path, train=[1, 2, 1])
+    split = tmp_path / 'splits' / 'train_files.txt'
+    with pytest.raises(ValueError, match=re.escape(f'lines 1 and 3 of split file {split} both list '
+                                                   '"2011_09_26/2011_09_26_drive_0001_sync 1 l"') + '.*counts twice'):
+        data.read_split(tmp_path, 'train')
+    split.write_text('2011_09_26/2011_09_26_drive_0001_sync 1 l\n2011_09_26/2011_09_26_drive_0001_sync  0001 l\n')
+    with pytest.raises(ValueError, match='lines 1 and 2 '):  # the same frame, written otherwise
+        data.read_split(tmp_path, 'train')
+    _kitti_split_files(tmp_path, train=[1, 2], val=[3])  # the other camera's frame is another image: allowed
+    with open(split, 'a') as f:
+        f.write('2011_09_26/2011_09_26_drive_0001_sync 1 r\n')
+    assert len(data.read_split(tmp_path, 'train')) == 3
+
+
+@pytest.mark.parametrize('other', ['val', 'test'])
+def test_a_frame_in_two_splits_stops_naming_both_files(tmp_path, other):
+    _kitti_split_files(tmp_path, train=[1, 2, 3], **{other: [5, 2]})
+    train, shared = tmp_path / 'splits' / 'train_files.txt', tmp_path / 'splits' / f'{other}_files.txt'
+    for split, (mine, theirs) in (('train', (train, shared)), (other, (shared, train))):  # frame 2: line 2 of both
+        with pytest.raises(ValueError, match=re.escape(f'line 2 of split file {mine} ("2011_09_26/2011_09_26_drive_'
+                                                       f'0001_sync 2 l") is also line 2 of {theirs}')
+                           + '.*scored on what it trained on'):
+            data.read_split(tmp_path, split)
+
+
+def test_path_split_files_refuse_repeated_and_shared_images_too(tmp_path):
+    # every other layout's split files: image paths relative to the root (here a folder of RGB-D pairs)
+    for name in ('a', 'b', 'c'):
+        write_png(torch.zeros(3, 2, 2, dtype=torch.uint8), str(tmp_path / f'{name}_rgb.png'))
+        np.save(tmp_path / f'{name}_depth.npy', np.ones((2, 2), np.float32))
+    (tmp_path / 'splits').mkdir()
+    (tmp_path / 'splits/train_files.txt').write_text('a_rgb.png\nb_rgb.png\n./a_rgb.png\n')
+    with pytest.raises(ValueError, match='lines 1 and 3 of split file .*train_files.txt both list "./a_rgb.png"'):
+        data.Folder(tmp_path).snippets('train', with_depth=True)
+    (tmp_path / 'splits/train_files.txt').write_text('a_rgb.png\nb_rgb.png\n')
+    (tmp_path / 'splits/val_files.txt').write_text('c_rgb.png\nb_rgb.png\n')
+    with pytest.raises(ValueError, match=r'line 2 of split file .*val_files.txt \("b_rgb.png"\) is also line 2 of '
+                                         r'.*train_files.txt'):
+        data.Folder(tmp_path).depth_test('pairs')
+    (tmp_path / 'splits/val_files.txt').write_text('c_rgb.png\n')
+    assert len(data.Folder(tmp_path).snippets('train', with_depth=True)) == 2
+
+
+@pytest.mark.parametrize('value', [float('inf'), -1.5, float('nan')])
+def test_depth_that_is_infinite_negative_or_nan_stops_with_a_sentence(tmp_path, value):
+    depth = np.full((3, 4), 5.0, np.float32)
+    depth[1, 2] = value
+    np.save(tmp_path / 'x_depth.npy', depth)
+    with pytest.raises(ValueError, match=rf'x_depth.npy holds 1 depth values that are negative, infinite or NaN '
+                                         rf'\(e.g. {re.escape(str(value))}\), but a depth map holds metres, 0 where '
+                                         r'nothing was measured: write 0 there\.'):
+        data.read_depth_file(tmp_path / 'x_depth.npy')
+    depth[1, 2] = 0.0  # no measurement
+    np.save(tmp_path / 'x_depth.npy', depth)
+    assert float(data.read_depth_file(tmp_path / 'x_depth.npy').min()) == 0.0

@@ -2,7 +2,10 @@
 import json
 import os
 import shutil
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -287,3 +290,80 @@ def test_resuming_a_checkpoint_whose_optimiser_has_other_parameter_groups_stops_
                                          r'it was written by another version of this code: start a new run') as stop:
         _start(toy_root, tmp_path, '--supervision', 'stereo', '--resume', '--iters', '4')
     assert '\n' not in str(stop.value)
+
+
+# ---------------------------------------------------------------- no silent wrong results, interrupted runs
+
+def test_out_inside_a_run_folder_is_refused_and_the_checkpoint_stays_resumable(toy_root, tmp_path):
+    _start(toy_root, tmp_path)
+    folder = tmp_path / 'depth'
+    for out, name in ((folder / 'checkpoint.pt', 'depth'), (folder / 'export.pt', 'depth'), (folder / 'x.pt', 'other')):
+        resume = ['--resume'] if name == 'depth' else []
+        with pytest.raises(SystemExit, match=rf'--out .*{out.name} is inside the run folder .*depth, whose '
+                                             r'checkpoint.pt --resume continues from: export outside run folders'):
+            _start(toy_root, tmp_path, '--iters', '4', '--out', str(out), '--name', name, *resume)
+    assert 'optimizer' in torch.load(folder / 'checkpoint.pt', weights_only=False)  # still resumable
+    assert not (folder / 'export.pt').exists() and not (tmp_path / 'other').exists()
+    _start(toy_root, tmp_path, '--iters', '4', '--resume')
+    assert torch.load(folder / 'checkpoint.pt', weights_only=False)['iter'] == 4
+
+
+def test_resume_with_iters_below_the_checkpoint_stops_and_changes_nothing(toy_root, tmp_path):
+    _start(toy_root, tmp_path, '--iters', '4', '--save-every', '4')
+    files = [tmp_path / 'depth' / name for name in ('args.json', 'metrics.jsonl', 'checkpoint.pt')] + [tmp_path / 'depth.pt']
+    before = [f.read_bytes() for f in files]
+    with pytest.raises(SystemExit, match=r'--iters 2 is below iteration 4, where .*checkpoint.pt already is: resume '
+                                         r'with --iters 4 or more \(training cannot be undone\)\.'):
+        _start(toy_root, tmp_path, '--resume', '--iters', '2')
+    assert [f.read_bytes() for f in files] == before
+
+
+@pytest.mark.parametrize('script, argv, message', [
+    ('finetune', ['--encoder-lr-mult', '-1'], r'--encoder-lr-mult must be 0 or more \(e.g. 0.1 for a pre-trained '
+                                              r'encoder\); got -1.0: a negative rate would train the encoder by gradient ascent\.'),
+    ('pretrain', ['--step-factor=-0.1'], r'--step-factor must be 0 or more \(e.g. 0.1\): it multiplies the learning '
+                                         r'rate; got -0.1, which would train by gradient ascent\.'),
+])
+def test_negative_learning_rate_multipliers_stop_with_one_sentence(script, argv, message, toy_root, tmp_path):
+    main = pretrain.main if script == 'pretrain' else finetune.main
+    with pytest.raises(SystemExit, match=message):
+        main(['--data-root', str(toy_root), '--runs', str(tmp_path / 'runs'), '--iters', '1'] + SMALL + argv)
+    assert not (tmp_path / 'runs').exists()
+
+
+SCRIPTS = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize('name, status, workers', [('SIGTERM', 143, '1'), ('SIGINT', 130, '0')])
+def test_a_stop_signal_saves_after_the_step_and_resume_ends_bit_identical(name, status, workers, toy_root, tmp_path):
+    # SIGTERM (a cluster's or `timeout`'s stop) and Ctrl-C (SIGINT) reach the whole process group, the
+    # DataLoader's workers too: the run finishes its step, saves, says so in one line and exits 128 + signal
+    flags = ['--data-root', str(toy_root), '--name', 'f', '--train-size', '4', '--iters', '12', '--eval-every', '12',
+             '--save-every', '100', '--log-every', '1', '--lr', '1e-3'] + SMALL[:-1] + [workers]
+    process = subprocess.Popen([sys.executable, str(SCRIPTS / 'finetune.py'), '--runs', str(tmp_path / 'stopped')] + flags,
+                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    metrics = tmp_path / 'stopped' / 'f' / 'metrics.jsonl'
+    while not (metrics.is_file() and '"train"' in metrics.read_text()):  # after the first logged step
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.02)
+    os.killpg(process.pid, getattr(signal, name))
+    out, err = process.communicate(timeout=300)
+    stopped = torch.load(tmp_path / 'stopped' / 'f' / 'checkpoint.pt', weights_only=False)['iter']
+    assert process.returncode == status and 1 <= stopped < 12
+    assert out.splitlines()[-1] == f'stopped at iteration {stopped}: `--resume` continues' and 'Traceback' not in err
+    for _ in range(100):  # its DataLoader workers end with it
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail('processes of the stopped run are left running')
+    finetune.main(flags + ['--runs', str(tmp_path / 'stopped'), '--resume'])
+    finetune.main(flags + ['--runs', str(tmp_path / 'straight')])
+    straight, resumed = (torch.load(tmp_path / f / 'f' / 'checkpoint.pt', weights_only=False) for f in ('straight', 'stopped'))
+    assert resumed['iter'] == 12 and straight['model'].keys() == resumed['model'].keys()
+    assert all(torch.equal(straight['model'][k], resumed['model'][k]) for k in straight['model'])  # equal, not close
+    losses = [[m['loss'] for m in read_metrics(tmp_path / f / 'f') if m['split'] == 'train'] for f in ('straight', 'stopped')]
+    assert len(losses[0]) == 12 and losses[0] == losses[1]

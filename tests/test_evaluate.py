@@ -8,6 +8,7 @@ import inspect
 import json
 import logging
 import math
+import shutil
 import statistics
 import sys
 import warnings
@@ -1324,3 +1325,80 @@ def test_colourise_in_the_nyu40_palette():
     assert rgb[0, 0].tolist() == list(evaluate.NYU40_PALETTE[39]) and rgb[0, 1].tolist() == [0, 0, 0]
     assert rgb[1, 0].tolist() == list(evaluate.NYU40_PALETTE[0]) and rgb[1, 1].tolist() == list(evaluate.NYU40_PALETTE[19])
     assert evaluate.NYU40_PALETTE[19] != evaluate.CITYSCAPES_PALETTE[19 - 1]  # its own colours, not Cityscapes'
+
+
+# ---------------------------------------------------------------- no silent wrong results
+
+@pytest.mark.parametrize('channels', [3, 1])
+def test_predict_reads_a_16_bit_png_as_its_8_bit_copy(tmp_path, channels):
+    import toyworld
+    checkpoint, _ = _checkpoint(tmp_path, 'depth', min_depth=0.1, max_depth=100.0)
+    folder = tmp_path / 'photos'
+    folder.mkdir()
+    eight = torch.randint(0, 256, (channels, 40, 56), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    torchvision.io.write_png(eight, str(folder / 'eight.png'))
+    toyworld.write_png16((eight.int() * 257).permute(1, 2, 0).squeeze(-1).numpy().astype(np.uint16), folder / 'sixteen.png')
+    evaluate.main(['--checkpoint', str(checkpoint), '--predict', str(folder), '--out-dir', str(tmp_path / 'out')])
+    depth8, depth16 = (np.load(tmp_path / 'out' / f'{stem}_depth.npy') for stem in ('eight', 'sixteen'))
+    np.testing.assert_allclose(depth16, depth8, rtol=1e-5)  # not /255 of 16-bit values: metres apart
+
+
+def test_predict_on_images_sharing_a_name_writes_every_prediction(own_images, tmp_path, capsys):
+    torchvision.io.write_jpeg(torch.zeros(3, 20, 30, dtype=torch.uint8), str(own_images / 'b_wide.jpg'))
+    checkpoint, _ = _checkpoint(tmp_path, 'seg')
+    out_dir = tmp_path / 'predictions'
+    evaluate.main(['--checkpoint', str(checkpoint), '--predict', str(own_images), '--out-dir', str(out_dir)])
+    assert sorted(p.name for p in out_dir.glob('*.npy')) == ['a_tall.jpg_seg.npy', 'b_wide.jpg_seg.npy',
+                                                             'b_wide.png_seg.npy']
+    assert np.load(out_dir / 'b_wide.jpg_seg.npy').shape == (20, 30) and np.load(out_dir / 'b_wide.png_seg.npy').shape == (48, 80)
+    printed = capsys.readouterr().out
+    assert 'b_wide.jpg and b_wide.png share the name b_wide: each prediction is named after its image\'s whole file name' in printed
+    assert 'for 3 images' in printed
+
+
+def test_runs_stopped_before_their_iters_are_marked_and_left_out_of_the_means(tmp_path):
+    paths = _seg_runs(tmp_path, 'depth', False, [0.60, 0.70, 0.80])  # 100 iterations each
+    metrics = paths[2] / 'metrics.jsonl'  # the seed-2 run killed at iteration 80 of 100
+    metrics.write_text(''.join(line + '\n' for line in metrics.read_text().splitlines()[:1])
+                       + json.dumps({'iter': 80, 'split': 'train', 'loss': 1.0}) + '\n')
+    runs = [evaluate.read_run(p) for p in paths]
+    assert [evaluate.stopped_at(run) for run in runs] == [None, None, 80]
+    table = evaluate.grouped_table(runs)
+    row = next(line for line in table.splitlines() if line.startswith('| seg-depth-unet-full'))
+    cells = [cell.strip() for cell in row.strip('|').split('|')]
+    assert cells[8] == '100' and cells[9] == '2' and cells[10] == '65.00 ± 7.07'  # seeds 0 and 1 only
+    assert (f'- {paths[2]} stopped before its end (its last logged iteration is 80 of 100; `--resume` continues it): '
+            'left out of the means.') in table
+    every = evaluate.results_table(runs)
+    assert '| 80 of 100, stopped |' in every and every.count('| 100 |') == 2
+
+
+def test_a_run_found_twice_counts_once(tmp_path):
+    paths = _seg_runs(tmp_path, 'depth', False, [0.60, 0.70])
+    copy = tmp_path / 'backup' / paths[0].name
+    shutil.copytree(paths[0], copy)
+    runs = [evaluate.read_run(p) for p in paths + [copy]]
+    assert [len(members) for _, members in evaluate.group_runs(runs)] == [2]
+    table = evaluate.grouped_table(runs)
+    assert '65.00 ± 7.07' in table and f'- {copy} is the run {paths[0]} again (the same flags and seed): counted once.' in table
+
+
+def test_a_segmentation_checkpoint_is_never_scored_on_its_training_images(toy_root, tmp_path, capsys):
+    import finetune
+    finetune.main(['--data-root', str(toy_root), '--runs', str(tmp_path), '--name', 'f', '--train-size', '4',
+                   '--iters', '1', '--height', '64', '--width', '192', '--batch-size', '2', '--workers', '0'])
+    checkpoint = models.load_checkpoint(tmp_path / 'f' / 'checkpoint.pt')
+    trained = checkpoint['train_images']
+    assert len(trained) == 4 and all(name.startswith('data_semantics/training/image_2/') for name in trained)
+    root = tmp_path / 'grown'  # the labelled pool grew by four images since: the seeded pick falls elsewhere
+    shutil.copytree(toy_root / 'data_semantics', root / 'data_semantics')
+    for i, image in enumerate(sorted((root / 'data_semantics/training/image_2').glob('*_10.png'))[:4]):
+        for folder in ('image_2', 'semantic'):
+            shutil.copy(image.parent.parent / folder / image.name, image.parent.parent / folder / f'{900 + i:06d}_10.png')
+    capsys.readouterr()
+    held_out = evaluate.held_out_set(checkpoint, root)
+    names = [Path(image).relative_to(root).as_posix() for image, _, _ in held_out.pairs]
+    assert not set(names) & set(trained)
+    left_out = 16 - 4 - len(names)
+    assert left_out > 0 and (f'{left_out} of the {16 - 4} held-out images under {root} are among the 4 this '
+                             f'checkpoint was trained on (the data changed since): they are left out') in capsys.readouterr().out
