@@ -49,15 +49,22 @@ from training import autocast
 def transferable_parts(checkpoint, args):
     """Which parts of a checkpoint's network carry over: the encoder always; the decoder when it is the
     same kind and not reset (never from flow, whose decoder reads two frames); the head when the task
-    is the same too (a depth checkpoint fine-tuned for depth, a segmentation one for segmentation)."""
+    is the same too (a depth checkpoint fine-tuned for depth, a segmentation one for segmentation on the
+    same classes: a head of NYU's 40 classes does not fit Cityscapes' 19)."""
     parts = ['encoder.']
     same_decoder = (checkpoint.get('decoder', 'unet') == args.decoder and checkpoint['task'] != 'flow'
                     and checkpoint.get('xnet') == models.xnet_options(args))  # xNet variants differ in shape
     if same_decoder and not args.reset_decoder:
         parts.append('decoder.')
-        if checkpoint['task'] == args.task:
+        if checkpoint['task'] == args.task and not other_classes(checkpoint, args):
             parts.append('head.')
     return parts
+
+
+def other_classes(checkpoint, args):
+    """The number of classes of a segmentation checkpoint whose classes are not --data's, else None."""
+    classes = checkpoint.get('num_classes')
+    return classes if checkpoint['task'] == args.task == 'seg' and classes not in (None, num_classes(args)) else None
 
 
 def build_network(args):
@@ -83,7 +90,9 @@ def build_network(args):
             raise SystemExit(f'--init {args.init}: {error}') from None
         new = [p[:-1] for p in ('decoder.', 'head.') if p not in parts]
         why = (' (a flow network\'s decoder reads two frames\' features: it does not transfer)'
-               if checkpoint['task'] == 'flow' else '')
+               if checkpoint['task'] == 'flow' else
+               f' (its head predicts {other_classes(checkpoint, args)} classes, --data {args.data} has '
+               f'{num_classes(args)})' if other_classes(checkpoint, args) and 'decoder.' in parts else '')
         print(f'Initialised {len(loaded)} tensors of the {", ".join(p[:-1] for p in parts)} from {path} '
               f'({checkpoint["task"]}, {checkpoint.get("decoder", "unet")} decoder, {normalization} normalisation); '
               f'new: {", ".join(new) or "nothing"}{why}.')
@@ -147,6 +156,7 @@ def segmentation_task(args, layout, net, device):
     return train_set, loss_fn, evaluate_now, lambda: majority_baseline(train_pairs, eval_batches, classes)
 
 
+@data.reads_files
 def majority_baseline(train_pairs, eval_batches, classes):
     """What labelling every pixel with the training labels' most frequent class scores on the evaluation set."""
     counts = sum(torch.bincount(read(label).flatten(), minlength=256)[:classes] for _, label, read in train_pairs)
@@ -261,6 +271,13 @@ def main(argv=None):
     args = parse_args(argv)
     torch.manual_seed(args.seed)
     device = training.pick_device(args.device)
+    with training.unreadable_files_stop():
+        finetune(args, device)
+
+
+def finetune(args, device):
+    """Build the network from --init, then train it on --task (training.fit does the rest: the run folder,
+    --resume, evaluations, checkpoints)."""
     net = build_network(args).to(device)  # a missing --init checkpoint stops the run before any rendering
     layout = training.open_layout(args)
     if args.freeze_encoder:
