@@ -1193,8 +1193,8 @@ def labelled_drives(root, mapping=None):
 
 
 def make_splits(root, seed=0, depth_only=False, mapping=None, out=None):
-    """Write {train,val,test}_files.txt into `out` (default <root>/splits) for a KITTI raw tree: every tenth drive is held
-    out for testing (frames with ground-truth depth only), the next for validation, the rest train.
+    """Write {train,val,test}_files.txt into `out` (default <root>/splits) for a KITTI raw tree: every tenth
+    drive is held out for testing (frames with ground-truth depth only), the next for validation, the rest train.
     Frames need both neighbours, since training uses t-1 and t+1. With `depth_only` every split keeps
     only frames with ground-truth depth (for pre-training with --supervision gt).
 

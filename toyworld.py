@@ -978,8 +978,9 @@ TOY_WORLD_VERSION = 2  # 2: velodyne scans, the raw-data mapping, labelled ids a
 
 def ensure_toy_world(root, layout='kitti', **render_args):
     """Render the toy world into `root`, in `layout`, on first use; afterwards reuse it (it is deterministic).
-    A world in another layout (one without a layout in its toy_world.json is KITTI's), or one an older version
-    of this code rendered, which lacks files the readers now need, stops with a sentence."""
+    A world in another layout (one without a layout in its toy_world.json is KITTI's), one an older version
+    of this code rendered, which lacks files the readers now need, one whose toy_world.json is damaged, or a
+    file where the folder should be, stops with a sentence."""
     root = Path(root)
     if root.exists() and not root.is_dir():
         raise SystemExit(f'{root} is a file, not a toy world\'s folder: pass --data-root a rendered toy world, or a '
