@@ -20,9 +20,11 @@ Coordinates: camera x right, y down, z forward; depth is the z coordinate in met
 at integer (u, v).
 """
 import argparse
+import functools
 import json
 import os
 import struct
+import tempfile
 import warnings
 from pathlib import Path
 from typing import NamedTuple
@@ -41,6 +43,33 @@ import models
 # torchvision 0.29 announces that its image codecs will move to TorchCodec; they work, and the
 # design keeps to torchvision, so the notice is silenced rather than printed once per image.
 warnings.filterwarnings('ignore', message='The image decoding and encoding capabilities of TorchVision')
+
+
+class UnreadableFile(ValueError):
+    """A data file that an item needs is missing or cannot be read; the message is its reader's one sentence
+    naming the file. What reads_files raises, so a script can stop with that sentence wherever the item was
+    read: while training, sampling or evaluating, in this process or in a DataLoader worker."""
+
+
+def reads_files(read):
+    """`read` (a dataset's __getitem__, or any function reading data files as it goes) with its readers'
+    one-sentence errors (FileNotFoundError, ValueError) raised as UnreadableFile."""
+    @functools.wraps(read)
+    def reading(*args, **kwargs):
+        try:
+            return read(*args, **kwargs)
+        except UnreadableFile:
+            raise
+        except (FileNotFoundError, ValueError) as error:
+            raise UnreadableFile(str(error)) from error
+    return reading
+
+
+def reader_sentence(error):
+    """The reader's sentence of an UnreadableFile: a DataLoader worker's copy wraps it in the worker's
+    traceback (whose last line is "data.UnreadableFile: <sentence>"), which is left out."""
+    message = str(error).strip()
+    return message.splitlines()[-1].partition(': ')[2] if '\n' in message else message
 
 
 # ----------------------------------------------------------------------------------------------
@@ -266,7 +295,13 @@ def split_lines(path, parse):
 def _parsed_lines(path, parse):
     """(line number, line, parse(line, number, path)) of a split file's non-empty lines."""
     return [(number, line.strip(), parse(line, number, path))
-            for number, line in enumerate(Path(path).read_text().split('\n'), 1) if line.strip()]
+            for number, line in enumerate(read_split_lines(path), 1) if line.strip()]
+
+
+def read_split_lines(path):
+    """The lines of a split file; a UTF-8 byte-order mark (Windows editors write one) is not part of its
+    first line."""
+    return Path(path).read_text(encoding='utf-8-sig').splitlines()
 
 
 def read_poses(path):
@@ -606,6 +641,7 @@ class VideoSnippets(torch.utils.data.Dataset):
             depth = F.interpolate(depth[None], self.size, mode='nearest')[0]  # nearest keeps 0 = none
         return frames, K, depth
 
+    @reads_files
     def __getitem__(self, index):
         snippet = self.snippets[index]
         frames, K, depth = self.read(snippet)
@@ -648,6 +684,7 @@ class DepthTestFrames(torch.utils.data.Dataset):
     def __len__(self):
         return len(self.items)
 
+    @reads_files
     def __getitem__(self, index):
         item = self.items[index]
         image = read_image(item.frames[0])
@@ -687,6 +724,7 @@ class LabelledImages(torch.utils.data.Dataset):
     def __len__(self):
         return len(self.pairs)
 
+    @reads_files
     def __getitem__(self, index):
         image_file, label_file, read = self.pairs[index]
         image = tv_tensors.Image(unit_range(read_image(image_file)))
@@ -842,6 +880,7 @@ class FlowPairs(torch.utils.data.Dataset):
     def __len__(self):
         return len(self.files)
 
+    @reads_files
     def __getitem__(self, index):
         first, second, flow_file = self.files[index]
         frames = resize(read_images([first, second]), self.size)
@@ -1260,9 +1299,9 @@ def labelled_drives(root, mapping=None):
     return drives
 
 
-def make_splits(root, seed=0, depth_only=False, mapping=None):
-    """Write <root>/splits/{train,val,test}_files.txt for a KITTI raw tree: every tenth drive is held
-    out for testing (frames with ground-truth depth only), the next for validation, the rest train.
+def make_splits(root, seed=0, depth_only=False, mapping=None, out=None):
+    """Write {train,val,test}_files.txt into `out` (default <root>/splits) for a KITTI raw tree: every tenth
+    drive is held out for testing (frames with ground-truth depth only), the next for validation, the rest train.
     Frames need both neighbours, since training uses t-1 and t+1. With `depth_only` every split keeps
     only frames with ground-truth depth (for pre-training with --supervision gt).
 
@@ -1295,9 +1334,10 @@ def make_splits(root, seed=0, depth_only=False, mapping=None):
         raise ValueError(f'{root}: the {" and ".join(empty)} split would be empty ({len(drives)} drive(s) found; every '
                          f'tenth drive is test, the next val, the rest train{why}): add drives, or write the split files '
                          f'yourself into {Path(root) / "splits"} ("<date>/<drive> <frame> l" per line).')
-    (Path(root) / 'splits').mkdir(exist_ok=True)
+    out = Path(out or Path(root) / 'splits')
+    out.mkdir(parents=True, exist_ok=True)
     for split, lines in splits.items():
-        (Path(root) / 'splits' / f'{split}_files.txt').write_text('\n'.join(lines) + '\n')
+        (out / f'{split}_files.txt').write_text('\n'.join(lines) + '\n')
     return dict({split: len(lines) for split, lines in splits.items()}, kept_out=kept_out)
 
 
@@ -1422,6 +1462,21 @@ def histogram_lines(histogram, width=40):
             for size, count in histogram]
 
 
+def unwritable(folder):
+    """Why no file can be written into `folder` (to be made where it is missing), or None where one can: the
+    first folder of its path that exists is tried with a temporary file, which also finds a read-only file
+    system (root may write into any folder, but not onto those) or a file in the way."""
+    folder = Path(folder).absolute()
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        return f'{existing} is a file, not a folder'
+    try:
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as error:
+        return f'{existing}: {error.strerror}'
+    return None
+
+
 def write_split_files(out, splits, overwrite=False, copy=()):
     """Write <out>/<split>_files.txt for each {split: lines}, and copy the files in `copy` beside them. Split
     files already in `out` stop with a sentence unless `overwrite`: earlier splits are never lost silently."""
@@ -1461,11 +1516,16 @@ def similarity_split(pool, embed, threshold=0.9, val_fraction=0.2, block=2048):
 
 def splits_command(args):
     """--make-splits: KITTI's by-drive split, or for any layout a random or a similarity split of its pool."""
+    out = Path(args.out or Path(args.make_splits) / 'splits')
+    why = unwritable(out)
+    if why:  # before minutes of embedding
+        raise ValueError(f'cannot write the split files into {out} ({why}): pass --out a folder you can write, '
+                         f'then --split that folder to the scripts.')
     if not (args.by_similarity or args.random):
         if args.data != 'kitti':
             raise ValueError(f'--data {args.data}: pass --by-similarity (leakage-free) or --random; the by-drive '
                              f'split is KITTI\'s.')
-        return kitti_splits_command(args)
+        return kitti_splits_command(args, out)
     layout = LAYOUTS[args.data](args.make_splits)
     pool = layout.pool(args.split)
     if len(pool) < 2:
@@ -1486,16 +1546,15 @@ def splits_command(args):
                              f'{round(args.val_fraction * len(lines))}; the largest holds {int(torch.bincount(components).max())}): '
                              f'raise --threshold (the embeddings are more alike than {args.threshold}) or --val-fraction; '
                              f'nothing was written.')
-    out = Path(args.out or Path(args.make_splits) / 'splits')
     test = Path(args.split or Path(args.make_splits) / 'splits') / 'test_files.txt'
     write_split_files(out, {'train': train, 'val': val}, args.overwrite, [test] if args.data == 'kitti' and test.is_file() else [])
     print(f'Wrote {out}: train {len(train)}, val {len(val)} images ({100 * len(val) / len(lines):.1f} % val).')
 
 
-def kitti_splits_command(args):
-    counts = make_splits(args.make_splits, args.seed, args.depth_only, args.mapping)
+def kitti_splits_command(args, out):
+    counts = make_splits(args.make_splits, args.seed, args.depth_only, args.mapping, out)
     kept_out = counts.pop('kept_out')
-    print(f'Wrote {args.make_splits}/splits: ' + ', '.join(f'{k} {v} frames' for k, v in counts.items()))
+    print(f'Wrote {out}: ' + ', '.join(f'{k} {v} frames' for k, v in counts.items()))
     if kept_out:
         print(f'Kept {len(kept_out)} drive(s) out of train and val, as they hold the raw frames of '
               f'data_semantics/data_scene_flow training images: '

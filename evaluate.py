@@ -345,10 +345,13 @@ def read_run(path):
         if not metrics:
             print(f'warning: {path} has no metrics yet (no metrics.jsonl, or an empty one): its row stays empty.',
                   file=sys.stderr)
-        return {'name': path.name, 'path': path, 'args': json.loads((path / 'args.json').read_text()),
-                'metrics': metrics, 'checkpoint': path / 'checkpoint.pt'}
+        try:
+            args = training.read_args(path / 'args.json')
+        except ValueError as error:
+            raise ValueError(f'{error}: restore it from a copy, or leave the run out.') from None
+        return {'name': path.name, 'path': path, 'args': args, 'metrics': metrics, 'checkpoint': path / 'checkpoint.pt'}
     if path.is_file() and path.suffix == '.pt':
-        checkpoint = torch.load(path, map_location='cpu', weights_only=False)
+        checkpoint = models.load_checkpoint(path)
         args = checkpoint.get('args') or {}
         args = dict(args if isinstance(args, dict) else vars(args))
         for key in ('task', 'arch', 'height', 'width'):
@@ -1073,11 +1076,19 @@ def main(argv=None):
         parser.error(str(error))
 
 
+def output_folder(out_dir):
+    """--out-dir, checked before any work: a folder files can be written into (data.unwritable)."""
+    why = data.unwritable(out_dir)
+    if why:
+        raise ValueError(f'--out-dir {out_dir}: cannot write there ({why}): pass a folder you can write.')
+    return Path(out_dir)
+
+
 def predict_command(args, parser):
     """--checkpoint CKPT --predict IMAGE_OR_FOLDER: predictions written next to each other in --out-dir."""
     if not args.checkpoint:
         parser.error('--predict needs --checkpoint PATH, the network to predict with')
-    out_dir = Path(args.out_dir or 'predictions')
+    out_dir = output_folder(args.out_dir or 'predictions')
     count = predict_images(args.checkpoint, args.predict, out_dir)
     print(f'wrote the predictions for {count} image{"s" if count > 1 else ""} to {out_dir}')
 
@@ -1099,8 +1110,8 @@ def checkpoint_command(args):
 
 def tables_command(args):
     """Run folders: results.md (headline, tables) and the figures in --out-dir."""
+    out_dir = output_folder(args.out_dir or 'results')
     runs = [read_run(path) for path in args.runs]
-    out_dir = Path(args.out_dir or 'results')
     headline = '\n'.join(headlines(runs))
     tables = ('## Configurations (mean ± std over seeds)\n\n' + grouped_table(runs)
               + '\n## Every run\n\n' + results_table(runs))

@@ -124,6 +124,7 @@ def segmentation_task(args, layout, net, device):
             [image for image, _, _ in train_pairs])
 
 
+@data.reads_files
 def majority_baseline(train_pairs, eval_batches, classes):
     """What labelling every pixel with the training labels' most frequent class scores on the evaluation set."""
     counts = sum(torch.bincount(read(label).flatten(), minlength=256)[:classes] for _, label, read in train_pairs)
@@ -301,6 +302,13 @@ def main(argv=None):
     args = parse_args(argv)
     torch.manual_seed(args.seed)
     device = training.pick_device(args.device)
+    with training.unreadable_files_stop():
+        finetune(args, device)
+
+
+def finetune(args, device):
+    """Build the network from --init, then train it on --task (training.fit does the rest: the run folder,
+    --resume, evaluations, checkpoints)."""
     net = build_network(args).to(device)  # a missing --init checkpoint stops the run before any rendering
     layout = training.open_layout(args)
     if args.freeze_encoder:

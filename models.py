@@ -811,12 +811,15 @@ def read_weights(path):
     file. Anything else stops with one sentence."""
     path = Path(path)
     config = None
+    if path.is_dir() and not (path / 'config.json').is_file():
+        load_checkpoint(path)  # a run folder, or another folder: its sentence says which file to pass
     if path.is_dir() or path.name in HF_WEIGHT_FILES:
         path, config = _hugging_face_files(path)
     if not path.is_file():
         raise FileNotFoundError(f'{path} does not exist; check the path.')
     state = _read_state(path)
     if isinstance(state, dict) and {'model', 'task', 'arch'} <= set(state):  # this project's checkpoint
+        check_checkpoint(state, path)  # every key it must record, or one sentence
         return Weights(state['model'], f'{path} (this project\'s {state["task"]} checkpoint)', state['arch'],
                        state['normalization'], state['task'], state.get('decoder', 'unet'), state.get('xnet'))
     if isinstance(state, dict) and isinstance(state.get('state_dict'), dict):
@@ -925,20 +928,42 @@ def _head_mismatch(net, state):
 
 # ---------------------------------------------------------------- checkpoints, and embedding images
 
+# What every checkpoint of pretrain.py and finetune.py records (training.fit writes them): the network's
+# weights, task and encoder, the input normalisation it was trained with, and its input size.
+CHECKPOINT_KEYS = ('model', 'task', 'arch', 'normalization', 'height', 'width')
+CHECKPOINT_FILES = 'runs/<name>/checkpoint.pt or checkpoints/<task>.pt'
+
+
 def load_checkpoint(path):
     """A checkpoint's contents, or one sentence on why it cannot be read."""
-    if not Path(path).is_file():
+    path = Path(path)
+    if path.is_dir():
+        inner = path / 'checkpoint.pt'
+        raise ValueError(f'{path} is a folder, not a checkpoint: pass ' + (
+            f'its checkpoint, {inner}.' if inner.is_file() else f'a checkpoint file ({CHECKPOINT_FILES}).'))
+    if not path.is_file():
         raise FileNotFoundError(f'{path} does not exist; a run writes runs/<name>/checkpoint.pt.')
     try:
         checkpoint = torch.load(path, map_location='cpu', weights_only=False)
     except Exception as error:
-        raise ValueError(f'could not read {path} ({error}); the file is damaged.') from None
+        raise ValueError(f'could not read {path} ({str(error).splitlines()[0][:120]}): the file is damaged or '
+                         f'truncated; copy or export it again, or pass another checkpoint.') from None
+    return check_checkpoint(checkpoint, path)
+
+
+def check_checkpoint(checkpoint, path):
+    """A checkpoint's contents as read from `path`, if they hold what every checkpoint of this code records;
+    else one sentence on what they are."""
     if not isinstance(checkpoint, dict) or not {'model', 'task', 'arch'} <= set(checkpoint):
         bare = isinstance(checkpoint, dict) and 'conv1.weight' in checkpoint
         what = ('a bare state dict (such as torchvision\'s ImageNet weights; for those use --init imagenet)' if bare
                 else 'not a checkpoint written by pretrain.py or finetune.py')
-        raise ValueError(f'{path} is {what}: pass one of their checkpoints (runs/<name>/checkpoint.pt or '
-                         f'checkpoints/<task>.pt).')
+        raise ValueError(f'{path} is {what}: pass one of their checkpoints ({CHECKPOINT_FILES}).')
+    missing = [key for key in CHECKPOINT_KEYS if key not in checkpoint]
+    if missing:
+        raise ValueError(f'{path} lacks {", ".join(missing)}, which every checkpoint of pretrain.py and finetune.py '
+                         f'records (it was written by an older version of this code, or by hand): pass one of '
+                         f'theirs ({CHECKPOINT_FILES}).')
     return checkpoint
 
 

@@ -344,7 +344,8 @@ def main(argv=None):
     args = parse_args(argv)
     torch.manual_seed(args.seed)
     device = training.pick_device(args.device)
-    (pretrain_flow if args.task == 'flow' else pretrain_depth)(args, device)
+    with training.unreadable_files_stop():
+        (pretrain_flow if args.task == 'flow' else pretrain_depth)(args, device)
 
 
 if __name__ == '__main__':

@@ -21,6 +21,8 @@ Coordinates: camera x right, y down, z forward; depth is the z coordinate in met
 at integer (u, v). The world frame has the same axes, with the road at y = +1.65 m below the camera.
 """
 import argparse
+import contextlib
+import fcntl
 import json
 import math
 import os
@@ -674,7 +676,9 @@ def render_toy_world(root, height=None, width=None, drives=None, frames=None, te
 
     Deterministic for a seed, whatever `threads`. Written to a temporary folder, then renamed, so no
     half-written world is ever mistaken for a complete one; toy_world.json records the layout, size,
-    counts, seed and version. A progress bar counts the views (frames, in the other layouts).
+    counts, seed and version. A progress bar counts the views (frames, in the other layouts). Two processes
+    rendering one world take turns (render_lock); a world the other one completed meanwhile raises
+    FileExistsError.
 
     It runs on `threads` torch threads, torch's setting restored afterwards. One by default: the views
     are too small for threads to gain much, and torch's OpenMP threads spin-wait for each other, so two
@@ -687,22 +691,52 @@ def render_toy_world(root, height=None, width=None, drives=None, frames=None, te
     settings = {key: LAYOUT_DEFAULTS[layout][key] if value is None else value for key, value in given.items()}
     root = Path(root)
     tmp = root.with_name(root.name + f'.tmp-{os.getpid()}')
-    for stale in root.parent.glob(f'{root.name}.tmp-*'):  # left by a render that was killed
-        shutil.rmtree(stale, ignore_errors=True)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        body = _render_world if layout == 'kitti' else partial(_render_layout, layout)
-        body(tmp, *settings.values(), seed)  # height, width, drives, frames, test_frames, labelled, seed
-    except BaseException:  # an interrupt or an error leaves nothing half-written behind
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
-        torch.set_num_threads(previous)
-    meta = dict(version=TOY_WORLD_VERSION, **settings, seed=seed, layout=layout)
-    (tmp / 'toy_world.json').write_text(json.dumps(meta, indent=1) + '\n')
-    os.replace(tmp, root)
+    with render_lock(root):
+        if (root / 'toy_world.json').exists():
+            raise FileExistsError(f'{root} was rendered meanwhile, by the process this one waited for.')
+        for stale in root.parent.glob(f'{root.name}.tmp-*'):  # left by a render that was killed
+            shutil.rmtree(stale, ignore_errors=True)
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            body = _render_world if layout == 'kitti' else partial(_render_layout, layout)
+            body(tmp, *settings.values(), seed)  # height, width, drives, frames, test_frames, labelled, seed
+        except BaseException:  # an interrupt or an error leaves nothing half-written behind
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        finally:
+            torch.set_num_threads(previous)
+        meta = dict(version=TOY_WORLD_VERSION, **settings, seed=seed, layout=layout)
+        (tmp / 'toy_world.json').write_text(json.dumps(meta, indent=1) + '\n')
+        os.replace(tmp, root)
     return time.time() - start
+
+
+@contextlib.contextmanager
+def render_lock(root):
+    """Hold the lock on rendering `root`: the hidden file .<name>.lock beside it, locked with flock, which
+    the system releases when its process dies. A second process waits (and says so) until the first is done;
+    the file is removed on release, and one a killed render left behind is simply locked again."""
+    path = root.with_name(f'.{root.name}.lock')
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        descriptor = os.open(path, os.O_CREAT | os.O_RDWR)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f'Another process is rendering the toy world into {root}: waiting for it to finish...', flush=True)
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+        try:
+            if os.stat(path).st_ino == os.fstat(descriptor).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(descriptor)  # its holder removed the file on release: lock the file there now
+    try:
+        yield
+    finally:
+        os.unlink(path)
+        os.close(descriptor)
 
 
 def _render_world(root, height, width, drives, frames, test_frames, labelled, seed):
@@ -944,27 +978,47 @@ TOY_WORLD_VERSION = 2  # 2: velodyne scans, the raw-data mapping, labelled ids a
 
 def ensure_toy_world(root, layout='kitti', **render_args):
     """Render the toy world into `root`, in `layout`, on first use; afterwards reuse it (it is deterministic).
-    A world in another layout (one without a layout in its toy_world.json is KITTI's), or one an older version
-    of this code rendered, which lacks files the readers now need, stops with a sentence."""
+    A world in another layout (one without a layout in its toy_world.json is KITTI's), one an older version
+    of this code rendered, which lacks files the readers now need, one whose toy_world.json is damaged, or a
+    file where the folder should be, stops with a sentence."""
     root = Path(root)
-    if (root / 'toy_world.json').exists():
+    if root.exists() and not root.is_dir():
+        raise SystemExit(f'{root} is a file, not a toy world\'s folder: pass --data-root a rendered toy world, or a '
+                         f'new folder to render one into.')
+    if not (root / 'toy_world.json').exists():
+        render_on_first_use(root, layout, **render_args)
+    try:
         meta = json.loads((root / 'toy_world.json').read_text())
         found, version = meta.get('layout', 'kitti'), meta.get('version', 1)
-        if found != layout:
-            raise SystemExit(f'{root} holds a toy world in the {found} layout, not the {layout} layout asked for: '
-                             f'pass another folder (the {layout} world is rendered there on first use) or delete '
-                             f'this one (rm -r {root}).')
-        if version != TOY_WORLD_VERSION:
-            raise SystemExit(f'{root} holds a toy world of version {version}, from an older version of this code '
-                             f'(without velodyne scans and the raw-data mapping): delete it (rm -r {root}) and run '
-                             f'again to render the current one (version {TOY_WORLD_VERSION}).')
-        return
+    except (ValueError, AttributeError):  # not JSON, or not a JSON object
+        raise SystemExit(f'{root / "toy_world.json"} is damaged (it should record the world\'s layout and version): '
+                         f'delete the world (rm -r {root}) and run again to render it.') from None
+    if found != layout:
+        raise SystemExit(f'{root} holds a toy world in the {found} layout, not the {layout} layout asked for: '
+                         f'pass another folder (the {layout} world is rendered there on first use) or delete '
+                         f'this one (rm -r {root}).')
+    if version != TOY_WORLD_VERSION:
+        raise SystemExit(f'{root} holds a toy world of version {version}, from an older version of this code '
+                         f'(without velodyne scans and the raw-data mapping): delete it (rm -r {root}) and run '
+                         f'again to render the current one (version {TOY_WORLD_VERSION}).')
+
+
+def render_on_first_use(root, layout, **render_args):
+    """Render the world into `root`, an empty or missing folder; where another process rendered it meanwhile
+    (render_lock made this one wait), use that one."""
     if root.exists() and any(root.iterdir()):
         raise SystemExit(f'{root} exists but holds no complete toy world (no toy_world.json): '
                          f'move it away or pass another --data-root.')
+    why = data.unwritable(root)
+    if why:
+        raise SystemExit(f'cannot render the toy world into {root} ({why}): pass --data-root a folder you can write.')
     print(f'Rendering the toy world into {root}, in the {layout} layout (once; under a minute on a CPU core)...',
           flush=True)
-    seconds = render_toy_world(root, layout=layout, **render_args)
+    try:
+        seconds = render_toy_world(root, layout=layout, **render_args)
+    except FileExistsError:
+        print(f'{root} was rendered meanwhile by another process: using it.', flush=True)
+        return
     print(f'Rendered the toy world in {seconds:.0f} s.', flush=True)
 
 
@@ -996,6 +1050,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if Path(args.root).exists():
         raise SystemExit(f'{args.root} already exists: choose a new folder (nothing was overwritten).')
+    why = data.unwritable(args.root)
+    if why:
+        raise SystemExit(f'cannot render into {args.root} ({why}): choose a folder you can write.')
     seconds = render_toy_world(args.root, args.height, args.width, args.drives, args.frames, args.test_frames,
                                args.labelled, args.seed, args.threads, args.layout)
     print(f'Rendered the toy world into {args.root} in {seconds:.1f} s.')

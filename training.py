@@ -14,6 +14,7 @@ Nothing here is in the papers; it is what makes a run trustworthy and repeatable
     (a temporary file, then a rename), so no crash leaves a half-written result.
 """
 import atexit
+import contextlib
 import itertools
 import json
 import math
@@ -151,8 +152,8 @@ def resolve_depth_eval_args(args, task, median_scaling):
                          f'{" or ".join(layout.protocols)}.')
     args.eval_protocol = args.eval_protocol or layout.protocols[0]
     args.median_scaling = args.median_scaling or ('on' if median_scaling else 'off')
-    args.max_depth = args.max_depth or layout.max_depth
-    args.eval_max_depth = args.eval_max_depth or layout.eval_max_depth
+    args.max_depth = layout.max_depth if args.max_depth is None else args.max_depth
+    args.eval_max_depth = layout.eval_max_depth if args.eval_max_depth is None else args.eval_max_depth
 
 
 def depth_eval_name(args, median_scaling):
@@ -174,6 +175,17 @@ def check_args(args):
             raise SystemExit(f'--{flag.replace("_", "-")} must be at least 1.')
     if args.iters is not None:
         check_warmup(args)
+    for flag, value in vars(args).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise SystemExit(f'--{flag.replace("_", "-")} must be a finite number; got {value}.')
+    if args.bench < 0:
+        raise SystemExit(f'--bench must be 0 (train) or the number of steps to time; got {args.bench}.')
+    if args.max_depth is not None:  # depth: the sigmoid's disparity maps to depths in [--min-depth, --max-depth]
+        if not 0 < args.min_depth < args.max_depth:
+            raise SystemExit(f'--min-depth and --max-depth (the depths of disparity 1 and 0) must satisfy 0 < '
+                             f'--min-depth < --max-depth; got {args.min_depth} and {args.max_depth}.')
+        if not args.eval_max_depth > 0:
+            raise SystemExit(f'--eval-max-depth must be above 0 metres; got {args.eval_max_depth}.')
     if not args.lr >= 0:
         raise SystemExit(f'--lr must be a learning rate of 0 or more (e.g. 1e-4); got {args.lr}.')
     if not args.encoder_lr_mult >= 0:
@@ -214,11 +226,19 @@ def check_warmup(args):
 
 def pick_device(name):
     """The torch device; CUDA-only speedups (cudnn autotuning) are switched on only there."""
-    device = torch.device('cuda' if name == 'auto' and torch.cuda.is_available() else
-                          'cpu' if name == 'auto' else name)
+    try:
+        device = torch.device('cuda' if name == 'auto' and torch.cuda.is_available() else
+                              'cpu' if name == 'auto' else name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ('cpu', 'cuda'):
+        raise SystemExit(f'--device {name} is not a device this code runs on: pass auto, cpu, cuda or cuda:N.')
     if device.type == 'cuda':
         if not torch.cuda.is_available():
-            raise SystemExit('--device cuda was asked for but no CUDA GPU is visible; use --device cpu.')
+            raise SystemExit(f'--device {name} was asked for but no CUDA GPU is visible; use --device cpu.')
+        if (device.index or 0) >= torch.cuda.device_count():
+            raise SystemExit(f'--device {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s), cuda:0 '
+                             f'to cuda:{torch.cuda.device_count() - 1}.')
         torch.backends.cudnn.benchmark = True
     return device
 
@@ -418,16 +438,14 @@ def sample_frames(dataset, device, count=4):
     return torch.stack([dataset[i]['frames'] for i in data.evenly_spaced(len(dataset), count)]).to(device)
 
 
-def next_batch(batches):
-    """The next training batch. A file that cannot be read stops the run with its reader's one sentence,
-    also when a DataLoader worker read it (the worker's traceback then wraps the sentence: unwrapped)."""
+@contextlib.contextmanager
+def unreadable_files_stop():
+    """A data file that cannot be read, wherever an item read it (a training batch, a sample, an evaluation;
+    in this process or in a DataLoader worker), stops the script with its reader's one sentence."""
     try:
-        return next(batches)
-    except (FileNotFoundError, ValueError) as error:
-        message = str(error).strip()
-        if 'DataLoader worker process' in message:
-            message = message.splitlines()[-1].partition(': ')[2]
-        raise SystemExit(message) from None
+        yield
+    except data.UnreadableFile as error:
+        raise SystemExit(data.reader_sentence(error)) from None
 
 
 def to_device(batch, device):
@@ -491,7 +509,7 @@ def train(args, run, step, batches, state, evaluate_now, checkpoint, baseline, s
     bar = tqdm(range(state['iter'], args.iters), initial=state['iter'], total=args.iters, dynamic_ncols=True)
     start = time.perf_counter()
     for it in bar:
-        loss, lr = step(next_batch(batches))
+        loss, lr = step(next(batches))
         stop_on_nan(loss, it + 1, run, lr)
         done = it + 1
         speed = (done - state['iter']) * args.batch_size / (time.perf_counter() - start)
@@ -645,6 +663,10 @@ class Run:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise SystemExit(f'cannot make the run folder {self.path} ({error.strerror}): pass a writable --runs.') from None
+        why = data.unwritable(self.path)
+        if why:
+            raise SystemExit(f'cannot write into the run folder {self.path} ({why}): make it writable, or copy it to a '
+                             f'writable --runs and run there.')
         self.lock()
         for stale in self.path.glob('*.tmp'):  # a crash between writing and renaming
             stale.unlink()
@@ -665,8 +687,9 @@ class Run:
                 if owner == str(os.getpid()):  # this process ran it before (a script calling main() twice)
                     return
                 if owner.isdigit() and _alive(int(owner)):
-                    raise SystemExit(f'{self.path} is in use by process {owner}: wait for it to finish, or stop '
-                                     f'it, before running it again.') from None
+                    raise SystemExit(f'{self.path} is in use by process {owner} (its lock file {lock} names it): wait '
+                                     f'for that run to finish, or stop it; if process {owner} is no run of this code '
+                                     f'(its id was reused after a crash), delete {lock} and run again.') from None
                 lock.unlink(missing_ok=True)  # its process is gone: the lock is stale
                 continue
             os.write(descriptor, str(os.getpid()).encode())
@@ -685,10 +708,14 @@ class Run:
             raise SystemExit(f'--iters {self.args["iters"]} is below iteration {state["iter"]}, where '
                              f'{self.checkpoint} already is: resume with --iters {state["iter"]} or more (training cannot be undone).')
         if self.metrics.exists():
-            kept = [record for record in read_jsonl(self.metrics) if record['iter'] <= state['iter']]
+            try:
+                records = read_jsonl(self.metrics)
+            except ValueError as error:
+                raise SystemExit(f'--resume: {error}') from None
+            kept = [record for record in records if record['iter'] <= state['iter']]
             write_text_atomic(self.metrics, ''.join(json.dumps(record) + '\n' for record in kept))
         if self.changes:  # recorded with the iteration they take effect at, in args.json and the log
-            history = json.loads((self.path / 'args.json').read_text()).get('changes', [])
+            history = read_args(self.path / 'args.json').get('changes', [])
             history.append(dict(iter=state['iter'], **self.changes))
             write_text_atomic(self.path / 'args.json', json.dumps(dict(self.args, changes=history), indent=1) + '\n')
             self.log(iter=state['iter'], split='resume', **self.changes)
@@ -708,14 +735,27 @@ CHANGEABLE_ON_RESUME = ('iters', 'epochs', 'lr', 'log_every', 'eval_every', 'sav
                         'out', 'overwrite', 'runs', 'name')
 
 
+def read_args(path):
+    """A run's flags, from its args.json. A file that is missing or damaged (not a JSON object) raises a
+    ValueError naming it, to which the caller adds what to do."""
+    try:
+        flags = json.loads(Path(path).read_text())
+    except OSError as error:
+        raise ValueError(f'{path} cannot be read ({error.strerror})') from None
+    except ValueError as error:  # not UTF-8, not JSON
+        raise ValueError(f'{path} is damaged (not JSON: {error})') from None
+    if not isinstance(flags, dict):
+        raise ValueError(f'{path} is damaged (a JSON {type(flags).__name__}, not the run\'s flags)')
+    return flags
+
+
 def resumed_changes(args_file, args):
     """{flag: [before, now]} of the changeable flags a --resume changes; a change to any other flag stops
     with one sentence naming them."""
     try:
-        before = json.loads(args_file.read_text())
-    except (OSError, json.JSONDecodeError):
-        raise SystemExit(f'--resume: {args_file} is missing or damaged, so the run\'s flags are unknown: start a '
-                         f'new run (--name).') from None
+        before = read_args(args_file)
+    except ValueError as error:
+        raise SystemExit(f'--resume: {error}, so the run\'s flags are unknown: start a new run (--name).') from None
     differ = [k for k in args if k not in ('resume', 'changes') and k in before and before[k] != args[k]]
     fixed = [k for k in differ if k not in CHANGEABLE_ON_RESUME]
     if fixed:

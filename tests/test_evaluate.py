@@ -664,7 +664,8 @@ def test_read_run_reads_a_folder_skipping_a_half_written_line_and_a_checkpoint(r
         f.write('{"iter": 250, "spl')  # a run still writing its last line
     assert len(evaluate.read_run(runs[0])['metrics']) == 3
     checkpoint = tmp_path / 'seg.pt'
-    torch.save({'model': {}, 'task': 'seg', 'arch': 'resnet18', 'iter': 300, 'metrics': {'miou7': 0.5},
+    torch.save({'model': {}, 'task': 'seg', 'arch': 'resnet18', 'normalization': 'unit', 'height': 64, 'width': 192,
+                'iter': 300, 'metrics': {'miou7': 0.5},
                 'args': {'name': 'from_ckpt', 'init': 'imagenet'}}, checkpoint)
     run = evaluate.read_run(checkpoint)
     assert run['name'] == 'from_ckpt' and run['args']['task'] == 'seg'
@@ -1183,7 +1184,7 @@ def test_predict_segmentation_on_one_image(own_images, tmp_path):
 def test_predict_stops_with_one_sentence_on_bad_input(own_images, tmp_path, capsys):
     depth, _ = _checkpoint(tmp_path, 'depth')
     flow = tmp_path / 'flow.pt'
-    torch.save(dict(model={}, task='flow', arch='resnet18', normalization='unit'), flow)
+    torch.save(dict(model={}, task='flow', arch='resnet18', normalization='unit', height=64, width=192), flow)
     (tmp_path / 'empty').mkdir()
     corrupt = tmp_path / 'corrupt.png'
     corrupt.write_bytes(b'not a png')

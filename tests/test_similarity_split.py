@@ -185,9 +185,14 @@ def test_checkpoint_embedder_refuses_what_is_not_a_checkpoint(tmp_path):
         checkpoint_embedder(tmp_path / 'bare.pt')
     net = models.build_depth_net('resnet18')
     torch.save(dict(model=net.state_dict(), task='depth', arch='resnet18'), tmp_path / 'old.pt')
-    with pytest.raises(ValueError, match='normalisation'):
+    with pytest.raises(ValueError, match='old.pt lacks normalization, height, width'):
         checkpoint_embedder(tmp_path / 'old.pt')
-    torch.save(dict(model=net.state_dict(), task='depth', arch='resnet50', normalization='unit'), tmp_path / 'arch.pt')
+    torch.save(dict(model=net.state_dict(), task='depth', arch='resnet18', normalization='none', height=64, width=64),
+               tmp_path / 'junk.pt')
+    with pytest.raises(ValueError, match='normalisation'):
+        checkpoint_embedder(tmp_path / 'junk.pt')
+    torch.save(dict(model=net.state_dict(), task='depth', arch='resnet50', normalization='unit', height=64, width=64),
+               tmp_path / 'arch.pt')
     with pytest.raises(ValueError, match='different --arch'):
         checkpoint_embedder(tmp_path / 'arch.pt')
 
