@@ -48,7 +48,8 @@ def add_common_args(parser, iters, lr, batch_size, eval_every):
                         help='video: the source frames are t-N and t+N (default 1: the neighbours)')
     parser.add_argument('--depth-scale', type=float, default=None, metavar='S',
                         help='folder: metres per unit of <name>_depth.png maps (0.001 for millimetres)')
-    parser.add_argument('--arch', choices=['resnet18', 'resnet50'], default='resnet18', help='encoder')
+    parser.add_argument('--arch', choices=models.ARCHS, default='resnet18',
+                        help='encoder: torchvision\'s ResNet or ConvNeXt (the xNet paper\'s; its maps start at 1/4)')
     parser.add_argument('--height', type=int, default=64, help='network input height (multiple of 32)')
     parser.add_argument('--width', type=int, default=192, help='network input width (multiple of 32)')
     parser.add_argument('--batch-size', type=int, default=batch_size)
@@ -76,9 +77,10 @@ def add_decoder_args(parser):
     """The decoder flags of both scripts: which decoder, and xNet's options (enough for its Table 1 ablation)."""
     parser.add_argument('--decoder', choices=models.DECODERS, default='unet',
                         help='unet: Monodepth2\'s U-Net (the paper, Fig. 1b); deeplab: torchvision\'s DeepLabV3 '
-                             'head on the dilated encoder (Fig. 1a/1c); xnet: a reversed ResNet as the decoder')
+                             'head on the dilated encoder (Fig. 1a/1c); xnet: a second --arch network, reversed, '
+                             'as the decoder')
     parser.add_argument('--decoder-init', default='none',
-                        help='xnet: the reversed decoder\'s ResNet: none (random), imagenet (torchvision\'s '
+                        help='xnet: the reversed decoder\'s network (--arch): none (random), imagenet (torchvision\'s '
                              'weights), depth or flow (the encoder of checkpoints/<name>.pt), or a checkpoint path')
     parser.add_argument('--xnet-mix', choices=models.XNET_MIXES, default='stem',
                         help='xnet: multiply the re-shaped encoder output into the stem\'s output (xNet), into '
@@ -227,15 +229,17 @@ def open_dataset(make, *args, **kwargs):
 
 
 def init_encoders(args, *encoders):
-    """Start encoders from ImageNet weights with --init imagenet (PoseNet's conv1 repeated and halved)."""
+    """Start encoders from ImageNet weights with --init imagenet, each its own architecture's (a ConvNeXt
+    depth network's PoseNet is a ResNet-18; PoseNet's conv1 repeated and halved)."""
     if args.init == 'none':
         return
     try:
         for encoder in encoders:
-            models.load_imagenet_weights(encoder, args.arch)
+            models.load_imagenet_weights(encoder, encoder.arch)
     except FileNotFoundError as error:
         raise SystemExit(f'--init imagenet: {error}') from None
-    print(f'Initialised {len(encoders)} encoder(s) from torchvision\'s ImageNet {args.arch} weights; the rest is new.')
+    archs = ' and '.join(dict.fromkeys(encoder.arch for encoder in encoders))
+    print(f'Initialised {len(encoders)} encoder(s) from torchvision\'s ImageNet {archs} weights; the rest is new.')
 
 
 def init_checkpoint(init, flag='--init'):
@@ -254,8 +258,8 @@ def init_checkpoint(init, flag='--init'):
 
 
 def init_decoder_backbone(net, args):
-    """--decoder-init: start xNet's reversed decoder from a pre-trained ResNet: torchvision's ImageNet
-    weights, or the encoder of a checkpoint (`depth`: a depth-pretrained network used as the decoder, where
+    """--decoder-init: start xNet's reversed decoder (a ResNet or ConvNeXt of --arch) from pre-trained weights,
+    independently of the encoder's: torchvision's ImageNet weights, or the encoder of a checkpoint (`depth`: a depth-pretrained network used as the decoder, where
     the two papers meet). The backbone's keys are torchvision's, so it loads strictly."""
     if args.decoder_init == 'none':
         return
