@@ -131,7 +131,9 @@ class ConvNextEncoder(torchvision.models.ConvNeXt):
     LayerNorm), then the four stages (1, 3, 5, 7) with a downsampling layer (LayerNorm and a 2x2 conv with
     stride 2) before each but the first (2, 4, 6). Its avgpool and classifier are never used, but kept so that
     the state-dict keys are torchvision's and its files load strictly. Weights and activations are
-    channels-last, as ResnetEncoder's (benchmarks/convnext_step.py measures the step against torchvision's).
+    channels-last, as ResnetEncoder's, so that the decoders after it get that layout; for the encoder alone a
+    CPU training step measured at parity with torchvision's default layout (benchmarks/convnext_step.py: its
+    time goes to the linear layers, GELU and the depthwise convs' weight gradients, the same either way).
     """
 
     def __init__(self, arch='convnext_tiny'):
