@@ -6,14 +6,21 @@ then reused for segmentation by replacing only the last layer with a fresh K-cla
 (SegHead, Fig. 1b). The encoder is torchvision's own ResNet class, so its state-dict keys are
 torchvision's and weights move freely between torchvision, this code and other code.
 
+The encoder can also be torchvision's ConvNeXt (`--arch convnext_tiny` ...; the xNet paper's networks),
+with torchvision's keys too; the official ConvNeXt checkpoints convert to them (convnext_from_official).
+ConvNeXt has no 1/2-scale map: its four maps are at 1/4 ... 1/32, and the decoders read an encoder's maps
+by their scale (by_scale).
+
 The other decoders the papers compare: DeepLabV3's head on a dilated encoder (the common practice,
-Fig. 1a/1c), and xNet's reversed decoder, a second ResNet run as the decoder so that it can be pre-trained
-too (Re-Shape modules, input mixed with the image or the stem, Post Feature Pyramid). The minimal-transfer
-paper's network is SegFormer: the Mix Transformer encoder (mit_b0 ... mit_b5, the SegFormer authors' keys)
-with its all-MLP decoder, whose head predicts K classes or one depth channel.
+Fig. 1a/1c), and xNet's reversed decoder, a second copy of the encoder's network run as the decoder so that
+it can be pre-trained too (Re-Shape modules, input mixed with the image or the stem, Post Feature Pyramid).
+The encoders are torchvision's ResNets and ConvNeXts (the xNet paper's network) and SegFormer's Mix
+Transformer (mit_b0 ... mit_b5, the SegFormer authors' keys), the minimal-transfer paper's network, with its
+all-MLP decoder, whose head predicts K classes or one depth channel.
 
 `load_pretrained` reads every published weight layout this code meets (its own checkpoints, torchvision's
-ResNets, the SegFormer authors' files, Hugging Face folders, safetensors), from a small table of layouts.
+ResNets and ConvNeXts, the official ConvNeXt checkpoints, the SegFormer authors' files, Hugging Face folders,
+safetensors), from a small table of layouts.
 """
 import functools
 import json
@@ -28,14 +35,32 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
+from torchvision.models.convnext import CNBlockConfig
 from torchvision.models.resnet import BasicBlock, Bottleneck
 from torchvision.models.segmentation.deeplabv3 import DeepLabHead
 
-ENCODER_CHANNELS = {'resnet18': [64, 64, 128, 256, 512], 'resnet50': [64, 256, 512, 1024, 2048]}
 NORMALIZATION = {'imagenet': ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), 'unit': ((0., 0., 0.), (1., 1., 1.))}
+
+# The encoders, one table per family (the Mix Transformer's is with its code below); ARCHS, the --arch
+# choices, lists them all.
 RESNET_BLOCKS = {'resnet18': (BasicBlock, [2, 2, 2, 2]), 'resnet50': (Bottleneck, [3, 4, 6, 3])}
+# ConvNeXt: channels and blocks of its four stages, as torchvision's builders (and the ConvNeXt paper) set
+# them, and the stochastic depth rate of torchvision's builders, so that our ConvNeXt computes what
+# torchvision's convnext_tiny() ... does, in training mode too (a block is skipped with a probability rising
+# linearly from 0 at the first block to the rate at the last).
+CONVNEXT_STAGES = {'convnext_tiny': ((96, 192, 384, 768), (3, 3, 9, 3), 0.1),
+                   'convnext_small': ((96, 192, 384, 768), (3, 3, 27, 3), 0.4),
+                   'convnext_base': ((128, 256, 512, 1024), (3, 3, 27, 3), 0.5),
+                   'convnext_large': ((192, 384, 768, 1536), (3, 3, 27, 3), 0.5)}
+# The channels of each encoder's maps, finest first: ResNet's five (1/2 ... 1/32), ConvNeXt's four (1/4 ... 1/32).
+ENCODER_CHANNELS = {'resnet18': [64, 64, 128, 256, 512], 'resnet50': [64, 256, 512, 1024, 2048],
+                    **{arch: list(stages[0]) for arch, stages in CONVNEXT_STAGES.items()}}
 IMAGENET_WEIGHTS = {'resnet18': torchvision.models.ResNet18_Weights.IMAGENET1K_V1,
-                    'resnet50': torchvision.models.ResNet50_Weights.IMAGENET1K_V1}
+                    'resnet50': torchvision.models.ResNet50_Weights.IMAGENET1K_V1,
+                    'convnext_tiny': torchvision.models.ConvNeXt_Tiny_Weights.IMAGENET1K_V1,
+                    'convnext_small': torchvision.models.ConvNeXt_Small_Weights.IMAGENET1K_V1,
+                    'convnext_base': torchvision.models.ConvNeXt_Base_Weights.IMAGENET1K_V1,
+                    'convnext_large': torchvision.models.ConvNeXt_Large_Weights.IMAGENET1K_V1}
 
 
 def check_resolution(height, width):
@@ -54,12 +79,21 @@ def _check_choice(name, value, choices):
         raise ValueError(f'unknown {name} {value!r}; choose one of {", ".join(choices)}.')
 
 
+def by_scale(maps):
+    """An encoder's maps (or their channels) at the five scales 1/2 ... 1/32, finest first, None where the
+    encoder has none: ConvNeXt's four maps start at 1/4, ResNet's five at 1/2."""
+    return [None] * (5 - len(maps)) + list(maps)
+
+
 class ResnetEncoder(torchvision.models.ResNet):
     """torchvision's ResNet returning the five feature maps a U-Net decoder needs (1/2 ... 1/32).
 
     Weights and activations are channels-last (NHWC), which the decoders after it inherit: oneDNN's CPU
     convolutions then skip a layout conversion at every layer (about 15% less time for a training step of
     depth network and PoseNet on CPU). Checkpoints load either way.
+
+    As xNet's reversed decoder (XNetDecoder) it is run as a pre-trained network runs: stem(), then stage(i)
+    for i = 0..3 (layer1 ... layer4).
     """
 
     def __init__(self, arch='resnet18', num_input_images=1):
@@ -71,6 +105,7 @@ class ResnetEncoder(torchvision.models.ResNet):
             self.conv1 = nn.Conv2d(3 * num_input_images, 64, kernel_size=7, stride=2, padding=3, bias=False)
             nn.init.kaiming_normal_(self.conv1.weight, mode='fan_out', nonlinearity='relu')
         self.arch, self.num_ch_enc = arch, ENCODER_CHANNELS[arch]
+        self.stem_channels, self.stage_channels = self.num_ch_enc[0], self.num_ch_enc[1:]
         self.to(memory_format=torch.channels_last)
 
     def forward(self, x):
@@ -80,6 +115,91 @@ class ResnetEncoder(torchvision.models.ResNet):
         f2 = self.layer2(f1)
         f3 = self.layer3(f2)
         return [f0, f1, f2, f3, self.layer4(f3)]
+
+    def stem(self, x):
+        """Image -> 1/4 scale: conv1, BatchNorm, ReLU, max pooling."""
+        return self.maxpool(self.relu(self.bn1(self.conv1(x))))
+
+    def stage(self, i, x):
+        return (self.layer1, self.layer2, self.layer3, self.layer4)[i](x)
+
+    def dilate(self):
+        """DeepLabV3's output stride 8: layer3 and layer4 keep layer2's resolution and widen their view with
+        dilated 3x3 convolutions (rates 2 and 4) instead of striding. Weights keep their shapes, so pre-trained
+        encoders load unchanged. (torchvision's replace_stride_with_dilation refuses ResNet-18's BasicBlock.)"""
+        for layer, rate in ((self.layer3, 2), (self.layer4, 4)):
+            for conv in (m for m in layer.modules() if isinstance(m, nn.Conv2d)):
+                conv.stride = (1, 1)
+                if conv.kernel_size == (3, 3):
+                    conv.dilation, conv.padding = (rate, rate), (rate, rate)
+        return self
+
+
+class ConvNextEncoder(torchvision.models.ConvNeXt):
+    """torchvision's ConvNeXt returning its four stage outputs (1/4, 1/8, 1/16, 1/32 of the input; 96 ... 768
+    channels for ConvNeXt-T, 128 ... 1024 for -B).
+
+    `features` holds torchvision's modules in torchvision's order: 0 the stem (4x4 conv with stride 4 and a
+    LayerNorm), then the four stages (1, 3, 5, 7) with a downsampling layer (LayerNorm and a 2x2 conv with
+    stride 2) before each but the first (2, 4, 6). Its avgpool and classifier are never used, but kept so that
+    the state-dict keys are torchvision's and its files load strictly. Weights and activations are
+    channels-last, as ResnetEncoder's, so that the decoders after it get that layout; for the encoder alone a
+    CPU training step measured at parity with torchvision's default layout (benchmarks/convnext_step.py: its
+    time goes to the linear layers, GELU and the depthwise convs' weight gradients, the same either way).
+    """
+
+    def __init__(self, arch='convnext_tiny'):
+        _check_choice('arch', arch, CONVNEXT_STAGES)
+        channels, blocks, stochastic_depth = CONVNEXT_STAGES[arch]
+        setting = [CNBlockConfig(c, out, n) for c, out, n in zip(channels, channels[1:] + (None,), blocks)]
+        super().__init__(setting, stochastic_depth_prob=stochastic_depth)
+        self.arch, self.num_ch_enc = arch, list(channels)
+        self.stem_channels, self.stage_channels = channels[0], list(channels)
+        self.to(memory_format=torch.channels_last)
+
+    def forward(self, x):
+        x = self.stem(x.contiguous(memory_format=torch.channels_last))
+        maps = []
+        for i in range(4):
+            x = self.stage(i, x)
+            maps.append(x)
+        return maps
+
+    def stem(self, x):
+        """Image -> 1/4 scale: the 4x4 patch convolution and its LayerNorm."""
+        return self.features[0](x)
+
+    def stage(self, i, x):
+        """Stage i (0 ... 3), after its downsampling layer (none before the first)."""
+        return self.features[2 * i + 1](self.features[2 * i](x) if i else x)
+
+    def dilate(self):
+        """DeepLabV3's output stride 8, the ConvNeXt way: stages 3 and 4 stay at stage 2's resolution 1/8.
+        Their downsampling convs keep stride 1 with their two taps 1 and 2 pixels apart (the spacing their
+        inputs had), and the depthwise 7x7 convs of the stages' blocks are dilated by 2 and 4. Every tap then
+        reads the pixel it read before, so the strided network's maps are this one's taken every 2nd (1/16)
+        and 4th (1/32) pixel, exactly; weights keep their shapes, so pre-trained encoders load unchanged."""
+        for i, rate in ((2, 2), (3, 4)):
+            down = self.features[2 * i]
+            down[1] = DilatedDownsample(down[1], rate // 2)
+            for block in self.features[2 * i + 1]:
+                depthwise = block.block[0]
+                depthwise.dilation, depthwise.padding = (rate, rate), (3 * rate, 3 * rate)
+        return self
+
+
+class DilatedDownsample(nn.Conv2d):
+    """A ConvNeXt downsampling conv (2x2, stride 2) kept at its input's resolution: stride 1, its taps
+    `spacing` pixels apart, padded after (right and bottom) only, so that output pixel i reads pixels i and
+    i + spacing, as the strided conv's output i/2 read pixels i and i + 1 of its input. Same weights and keys."""
+
+    def __init__(self, conv, spacing):
+        super().__init__(conv.in_channels, conv.out_channels, 2, dilation=spacing)
+        self.load_state_dict(conv.state_dict())
+
+    def forward(self, x):
+        spacing = self.dilation[0]
+        return super().forward(F.pad(x, (0, spacing, 0, spacing)))
 
 
 def load_imagenet_weights(encoder, arch):
@@ -93,8 +213,9 @@ def load_imagenet_weights(encoder, arch):
                                 f'{arch}.pth or Hugging Face\'s nvidia/{arch.replace("_", "-")} folder with --init PATH.')
     state = cached_weights(IMAGENET_WEIGHTS[arch], arch)
     try:
-        num_images = encoder.conv1.in_channels // 3
-        state['conv1.weight'] = state['conv1.weight'].repeat(1, num_images, 1, 1) / num_images
+        if isinstance(encoder, ResnetEncoder):
+            num_images = encoder.conv1.in_channels // 3
+            state['conv1.weight'] = state['conv1.weight'].repeat(1, num_images, 1, 1) / num_images
         encoder.load_state_dict(state)
     except Exception:  # another architecture's weights under that name
         raise FileNotFoundError(f'{_weights_path(IMAGENET_WEIGHTS[arch])} is not torchvision\'s ImageNet {arch} '
@@ -121,6 +242,43 @@ def cached_weights(weights, name):
                                 f'them): download {weights.url} again and replace it.') from None
 
 
+# The official ConvNeXt checkpoints (facebookresearch/ConvNeXt: convnext_tiny_1k_224.pth, convnext_base_22k_224.pth,
+# ...) name a block's layers; torchvision's CNBlock holds them in one Sequential (1 and 4 are its permutes, 4 GELU).
+OFFICIAL_BLOCK_LAYERS = {'dwconv': 0, 'norm': 2, 'pwconv1': 3, 'pwconv2': 5}
+
+
+def convnext_from_official(state):
+    """An official ConvNeXt state dict (or the checkpoint dict holding it under 'model') in torchvision's
+    ConvNeXt keys, which ConvNextEncoder has.
+
+    downsample_layers.i.n -> features.(2i).n (i = 0 is the stem: 4x4 conv, then its channels-first LayerNorm;
+    the others a LayerNorm, then the 2x2 conv); stages.i.j.<layer> -> features.(2i+1).j.block.<index>; a
+    block's gamma [C] -> its layer_scale [C,1,1]; the final norm -> classifier.0 and the classification head
+    (`head`, 1000 or 21841 classes, never run by the encoder) -> classifier.2. A key of another layout
+    (ConvNeXt V2's GRN, another network) stops with one sentence naming it."""
+    state = state.get('model', state)
+    converted = {}
+    for key, value in state.items():
+        if key.startswith('head.'):  # the ImageNet classifier: never run (a 22k one does not load; CLASSIFIERS)
+            converted['classifier.2.' + key[len('head.'):]] = value
+            continue
+        down = re.fullmatch(r'downsample_layers\.(\d)\.([01])\.(weight|bias)', key)
+        block = re.fullmatch(r'stages\.(\d)\.(\d+)\.(?:(\w+)\.(weight|bias)|gamma)', key)
+        if down:
+            converted[f'features.{2 * int(down[1])}.{down[2]}.{down[3]}'] = value
+        elif block and block[3] is None:
+            converted[f'features.{2 * int(block[1]) + 1}.{block[2]}.layer_scale'] = value[:, None, None]
+        elif block and block[3] in OFFICIAL_BLOCK_LAYERS:
+            layer = OFFICIAL_BLOCK_LAYERS[block[3]]
+            converted[f'features.{2 * int(block[1]) + 1}.{block[2]}.block.{layer}.{block[4]}'] = value
+        elif key in ('norm.weight', 'norm.bias'):
+            converted['classifier.0.' + key[len('norm.'):]] = value
+        else:
+            raise ValueError(f'{key!r} is not a tensor of an official ConvNeXt checkpoint '
+                             f'(facebookresearch/ConvNeXt, e.g. convnext_tiny_22k_224.pth): pass one of those.')
+    return converted
+
+
 def conv_block(in_channels, out_channels):
     """3x3 convolution with reflection padding (no border artefacts in the depth map) and ELU (in place: the
     convolution's output is not needed for its gradient)."""
@@ -140,35 +298,24 @@ class UNetDecoder(nn.Module):
         super().__init__()
         self.reduce = nn.ModuleList()
         self.fuse = nn.ModuleList()
+        skips = by_scale(num_ch_enc)  # ConvNeXt has no 1/2-scale map: level 1 then has no skip, as level 0
         for i in range(5):
             in_channels = num_ch_enc[-1] if i == 4 else self.num_ch_dec[i + 1]
-            skip_channels = num_ch_enc[i - 1] if i > 0 else 0
+            skip_channels = (skips[i - 1] or 0) if i > 0 else 0
             self.reduce.append(conv_block(in_channels, self.num_ch_dec[i]))
             self.fuse.append(conv_block(self.num_ch_dec[i] + skip_channels, self.num_ch_dec[i]))
         self.to(memory_format=torch.channels_last)  # the encoder's layout (ResnetEncoder)
 
     def forward(self, features, image=None):
-        x, outputs = features[-1], []
+        x, outputs, skips = features[-1], [], by_scale(features)
         for i in range(4, -1, -1):
             x = nn.functional.interpolate(self.reduce[i](x), scale_factor=2, mode='nearest')
-            if i > 0:
-                x = torch.cat([x, features[i - 1]], 1)
+            if i > 0 and skips[i - 1] is not None:
+                x = torch.cat([x, skips[i - 1]], 1)
             x = self.fuse[i](x)
             if i < 4:
                 outputs.insert(0, x)
         return outputs  # finest first: full, 1/2, 1/4, 1/8 resolution
-
-
-def dilate(encoder):
-    """DeepLabV3's output stride 8: layer3 and layer4 keep layer2's resolution and widen their view with
-    dilated 3x3 convolutions (rates 2 and 4) instead of striding. Weights keep their shapes, so pre-trained
-    encoders load unchanged. (torchvision's replace_stride_with_dilation refuses ResNet-18's BasicBlock.)"""
-    for layer, rate in ((encoder.layer3, 2), (encoder.layer4, 4)):
-        for conv in (m for m in layer.modules() if isinstance(m, nn.Conv2d)):
-            conv.stride = (1, 1)
-            if conv.kernel_size == (3, 3):
-                conv.dilation, conv.padding = (rate, rate), (rate, rate)
-    return encoder
 
 
 class DeepLabDecoder(nn.Module):
@@ -197,7 +344,7 @@ MIT_SPECS = {'mit_b0': ([32, 64, 160, 256], [2, 2, 2, 2]), 'mit_b1': ([64, 128, 
              'mit_b4': ([64, 128, 320, 512], [3, 8, 27, 3]), 'mit_b5': ([64, 128, 320, 512], [3, 6, 40, 3])}
 MIT_HEADS, MIT_REDUCTION, MIT_MLP_RATIO, MIT_DROP_PATH = (1, 2, 5, 8), (8, 4, 2, 1), 4, 0.1
 SEGFORMER_WIDTH = {'mit_b0': 256, 'mit_b1': 256}  # the all-MLP head's width C; 768 for every other encoder
-ARCHS = tuple(RESNET_BLOCKS) + tuple(MIT_SPECS)
+ARCHS = (*RESNET_BLOCKS, *CONVNEXT_STAGES, *MIT_SPECS)
 
 
 def tokens(x):
@@ -408,47 +555,44 @@ XNET_DEFAULTS = dict(mix='stem', pfp=True, pyramid=False)  # xNet itself
 
 
 class XNetDecoder(nn.Module):
-    """xNet's reversed decoder (Sect. 3, Fig. 2-3): a second ResNet (stem and four stages, torchvision's keys
-    under `backbone.`) run as a decoder from high to low resolution, so that pre-trained weights load into it.
+    """xNet's reversed decoder (Sect. 3, Fig. 2-3): a second copy of the encoder's network (ResNet or ConvNeXt,
+    torchvision's keys under `backbone.`) run as a pre-trained network runs, from high to low resolution (eq. 1:
+    stem, then stages 1-4, ConvNeXt's with their downsampling layers), so that pre-trained weights load into it.
 
     Its input is the encoder's last map re-shaped by RS and mixed into the image by element-wise
-    multiplication: with the stem's output (mix 'stem', xNet) or with the normalised RGB image before the
-    stem (mix 'image', xNet-I); mix 'none' feeds the re-shaped map to the first stage as it is. `pyramid`
-    adds the encoder's map of the same resolution to the input of stages 2-4 (eq. 2), the connections
-    xNet removes. The prediction comes from the Post Feature Pyramid (`pfp`) or, without it, from the last
-    stage re-shaped to 1/4; the head's output is upsampled to the input size.
+    multiplication: with the stem's output (mix 'stem', xNet: RS to 1/4 with the stem's channels) or with the
+    normalised RGB image before the stem (mix 'image', xNet-I: RS to full resolution with 3 channels); mix
+    'none' feeds the re-shaped map to the first stage as it is. `pyramid` adds the encoder's map of the same
+    resolution to the input of stages 2-4 (eq. 2), the connections xNet removes. The prediction comes from
+    the Post Feature Pyramid (`pfp`) or, without it, from the last stage re-shaped to 1/4; the head's output
+    (a linear probe, Sect. 6) is upsampled to the input size.
     """
     upsample_output = True
 
     def __init__(self, num_ch_enc, arch='resnet18', mix='stem', pfp=True, pyramid=False, channels=64):
         super().__init__()
         _check_choice('xnet mix', mix, XNET_MIXES)
-        self.backbone = ResnetEncoder(arch)
-        stages = self.backbone.num_ch_enc[1:]
-        if pyramid and list(num_ch_enc[1:4]) != list(stages[:3]):
+        self.backbone = build_encoder(arch)
+        stages = self.backbone.stage_channels
+        if pyramid and by_scale(num_ch_enc)[1:4] != list(stages[:3]):
             raise ValueError('pyramid connections add encoder maps to decoder stages: their channels must match.')
         self.mix, self.pyramid, self.pfp = mix, pyramid, pfp
-        stem_channels = self.backbone.num_ch_enc[0]
+        stem_channels = self.backbone.stem_channels
         self.reshape_in = Reshape(num_ch_enc[-1], 3, 32) if mix == 'image' else Reshape(num_ch_enc[-1], stem_channels, 8)
         self.post = PostFeaturePyramid(stages, channels) if pfp else Reshape(stages[-1], channels, 8)
         self.num_ch_dec = (channels,)
 
-    def stem(self, x):
-        b = self.backbone
-        return b.maxpool(b.relu(b.bn1(b.conv1(x))))
-
     def forward(self, features, image):
         code = self.reshape_in(features[-1])  # RS: 1/32 -> the decoder's input resolution
         if self.mix == 'stem':
-            x = self.stem(image) * code  # xNet
+            x = self.backbone.stem(image) * code  # xNet
         elif self.mix == 'image':
-            x = self.stem(image * code)  # xNet-I
+            x = self.backbone.stem(image * code)  # xNet-I
         else:
             x = code
-        stages = []
-        for i, layer in enumerate((self.backbone.layer1, self.backbone.layer2, self.backbone.layer3,
-                                   self.backbone.layer4)):
-            x = layer(x + features[i] if self.pyramid and i else x)  # eq. 2: E_i + D_{i-1}(F)
+        skips, stages = by_scale(features), []
+        for i in range(4):
+            x = self.backbone.stage(i, x + skips[i] if self.pyramid and i else x)  # eq. 2: E_i + D_{i-1}(F)
             stages.append(x)
         return [self.post(stages if self.pfp else stages[-1])]
 
@@ -580,7 +724,7 @@ class FlowNet(nn.Module):
 
     def __init__(self, arch='resnet18', normalization='unit'):
         super().__init__()
-        self.encoder = ResnetEncoder(arch)
+        self.encoder = build_encoder(arch)
         self.decoder = UNetDecoder([2 * c for c in self.encoder.num_ch_enc])
         self.head = FlowHead()
         self.normalization = normalization
@@ -594,31 +738,34 @@ class FlowNet(nn.Module):
 
 
 DECODERS = ('unet', 'deeplab', 'xnet', 'segformer')
-RESNET_DECODERS = ('unet', 'deeplab', 'xnet')  # they need a ResNet's five maps (1/2 ... 1/32) or its layers
+CNN_DECODERS = ('unet', 'deeplab', 'xnet')  # they need a convolutional encoder: its stem, stages, dilation
 
 
 def build_encoder(arch):
-    """The encoder --arch names: a torchvision ResNet or a Mix Transformer."""
+    """The encoder --arch names: torchvision's ResNet or ConvNeXt (torchvision's keys), or a Mix Transformer
+    (the SegFormer authors' keys)."""
     _check_choice('arch', arch, ARCHS)
-    return MixTransformer(arch) if arch in MIT_SPECS else ResnetEncoder(arch)
+    family = MixTransformer if arch in MIT_SPECS else ConvNextEncoder if arch in CONVNEXT_STAGES else ResnetEncoder
+    return family(arch)
 
 
 def check_encoder_decoder(arch, decoder):
     """Refuse, with one sentence, a decoder that cannot run on the encoder."""
     _check_choice('arch', arch, ARCHS)
     _check_choice('decoder', decoder, DECODERS)
-    if arch in MIT_SPECS and decoder in RESNET_DECODERS:
-        raise ValueError(f'--decoder {decoder} runs on a ResNet encoder (five maps, 1/2 to 1/32, or its dilated '
-                         f'layers); {arch}, a Mix Transformer with four maps (1/4 to 1/32), takes --decoder segformer.')
+    if arch in MIT_SPECS and decoder in CNN_DECODERS:
+        raise ValueError(f'--decoder {decoder} runs on a ResNet or ConvNeXt encoder (its stem and stages, dilated '
+                         f'for deeplab); {arch}, a Mix Transformer, takes --decoder segformer.')
 
 
 def _encoder_and_decoder(arch, decoder, xnet=None):
-    """The encoder and the decoder named: Monodepth2's U-Net, DeepLabV3's head on a dilated encoder, xNet's
-    reversed ResNet (`xnet`: its options, XNET_DEFAULTS where not given), or SegFormer's all-MLP head."""
+    """The encoder --arch names and the decoder named: Monodepth2's U-Net, DeepLabV3's head on the dilated
+    encoder, xNet's reversed copy of the encoder's network (`xnet`: its options, XNET_DEFAULTS where not
+    given), or SegFormer's all-MLP head."""
     check_encoder_decoder(arch, decoder)
     encoder = build_encoder(arch)
     if decoder == 'deeplab':
-        return dilate(encoder), DeepLabDecoder(encoder.num_ch_enc)
+        return encoder.dilate(), DeepLabDecoder(encoder.num_ch_enc)
     if decoder == 'xnet':
         return encoder, XNetDecoder(encoder.num_ch_enc, arch, **dict(XNET_DEFAULTS, **(xnet or {})))
     if decoder == 'segformer':
@@ -667,13 +814,21 @@ def describe_decoder(decoder, xnet=None, decoder_init='none', reset=False):
 
 
 def build_pose_net(arch='resnet18', normalization='unit'):
-    """PoseNet for self-supervised depth from video."""
-    return PoseNet(arch, normalization)
+    """PoseNet for self-supervised depth from video: a ResNet of the depth network's --arch (Monodepth2 takes
+    the same depth for both), or ResNet-18 where that is not a ResNet (ConvNeXt): the pose only needs to be
+    good enough to warp the frames, and ResNet-18 is Monodepth2's."""
+    return PoseNet(arch if arch in RESNET_BLOCKS else 'resnet18', normalization)
 
 
 def build_flow_net(arch='resnet18', normalization='unit'):
     """Siamese flow network for optical-flow pre-training."""
     return FlowNet(arch, normalization)
+
+
+# An encoder's ImageNet classifier (ResNet's fc, ConvNeXt's last linear layer) is kept so that its keys are
+# torchvision's, but it never runs: weights whose classifier has another number of classes (ImageNet-22k's
+# 21,841, or none) load without it.
+CLASSIFIERS = ('encoder.fc.', 'encoder.classifier.2.')
 
 
 def load_parts(model, state_dict, prefixes=('encoder.', 'decoder.'), source='checkpoint'):
@@ -683,7 +838,8 @@ def load_parts(model, state_dict, prefixes=('encoder.', 'decoder.'), source='che
     """
     prefixes = tuple(prefixes)
     target = model.state_dict()
-    wanted = [k for k in target if k.startswith(prefixes)]  # network order: first mismatch reported
+    unused = lambda k: k.startswith(CLASSIFIERS) and (k not in state_dict or state_dict[k].shape != target[k].shape)
+    wanted = [k for k in target if k.startswith(prefixes) and not unused(k)]  # network order: first mismatch reported
     for key in wanted:
         if key not in state_dict:
             raise ValueError(f'{source} has no tensor {key!r} that the model needs; was it saved from a '
@@ -782,6 +938,10 @@ class Layout(NamedTuple):
 WEIGHT_LAYOUTS = (
     Layout('torchvision\'s ResNet', lambda s: 'layer1.0.conv1.weight' in s and 'fc.weight' in s,
            lambda s: _renamed(s, {'': 'encoder.'})),
+    Layout('torchvision\'s ConvNeXt', lambda s: 'features.1.0.block.0.weight' in s and 'classifier.2.weight' in s,
+           lambda s: _renamed(s, {'': 'encoder.'})),
+    Layout('the official ConvNeXt', lambda s: 'downsample_layers.0.0.weight' in s,  # the xNet paper's 22k weights
+           lambda s: _renamed(convnext_from_official(s), {'': 'encoder.'})),
     Layout('the SegFormer authors\' MiT encoder', lambda s: 'patch_embed1.proj.weight' in s,
            lambda s: _renamed(s, {'': 'encoder.'}, drop=('head.',))),  # head: the ImageNet classifier
     Layout('the SegFormer authors\' segmentation network', lambda s: 'backbone.patch_embed1.proj.weight' in s,
@@ -822,8 +982,8 @@ def read_weights(path):
         check_checkpoint(state, path)  # every key it must record, or one sentence
         return Weights(state['model'], f'{path} (this project\'s {state["task"]} checkpoint)', state['arch'],
                        state['normalization'], state['task'], state.get('decoder', 'unet'), state.get('xnet'))
-    if isinstance(state, dict) and isinstance(state.get('state_dict'), dict):
-        state = state['state_dict']
+    if isinstance(state, dict) and isinstance(state.get('state_dict', state.get('model')), dict):
+        state = state.get('state_dict', state.get('model'))  # mmseg's and the official ConvNeXt files' wrapping
     layout = next((l for l in WEIGHT_LAYOUTS if isinstance(state, dict) and l.detect(state)), None)
     if layout is None:
         raise ValueError(f'{path} holds weights of no layout this code reads (this project\'s checkpoints, '
@@ -878,7 +1038,7 @@ def _hugging_face_arch(config, path):
 
 def _arch_of(state):
     """The encoder whose tensors (names and shapes) `state`'s 'encoder.' ones are, or None."""
-    shapes = {k[len('encoder.'):]: tuple(v.shape) for k, v in state.items() if k.startswith('encoder.')}
+    shapes = {k: tuple(v.shape) for k, v in state.items() if k.startswith('encoder.') and not k.startswith(CLASSIFIERS)}
     return next((arch for arch in ARCHS if _encoder_shapes(arch) == shapes), None)
 
 
@@ -886,7 +1046,8 @@ def _arch_of(state):
 def _encoder_shapes(arch):
     """{name: shape} of an encoder's tensors, from one built on the meta device (no memory, no time)."""
     with torch.device('meta'):
-        return {k: tuple(v.shape) for k, v in build_encoder(arch).state_dict().items()}
+        return {'encoder.' + k: tuple(v.shape) for k, v in build_encoder(arch).state_dict().items()
+                if not ('encoder.' + k).startswith(CLASSIFIERS)}
 
 
 PARTS = ('encoder.', 'decoder.', 'head.')
@@ -1000,7 +1161,7 @@ def mobilenet_embedder():
 
 def checkpoint_embedder(path):
     """An embedder from a checkpoint of this project (pretrain.py, finetune.py): its encoder's last feature
-    map (1/32 scale; 512 channels for resnet18, 2048 for resnet50, 256 for mit_b0), pooled, after the normalisation the
+    map (1/32 scale; 512 channels for resnet18, 2048 for resnet50, 768 for convnext_tiny, 256 for mit_b0), pooled, after the normalisation the
     network was trained with. DeepLab's encoder is dilated as in training, so its features are the ones the
     network saw. What is not such a checkpoint stops with one sentence (load_checkpoint's, or ours)."""
     checkpoint = load_checkpoint(path)
@@ -1010,8 +1171,11 @@ def checkpoint_embedder(path):
                          f'{", ".join(NORMALIZATION)}): pass a checkpoint written by pretrain.py or '
                          f'finetune.py.')
     holder = nn.Module()  # load_parts reads the keys under 'encoder.' of the network's state dict
-    holder.encoder = build_encoder(checkpoint['arch'])
+    try:
+        holder.encoder = build_encoder(checkpoint['arch'])
+    except ValueError as error:
+        raise ValueError(f'{path}: {error}') from None
     if checkpoint.get('decoder') == 'deeplab':
-        dilate(holder.encoder)
+        holder.encoder.dilate()
     load_parts(holder, checkpoint['model'], ('encoder.',), source=str(path))
     return Embedder(holder.encoder, normalization)

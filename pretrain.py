@@ -7,7 +7,8 @@ edge-aware smoothness prior (eq. 11), weighted as eq. 9. The source views are fr
 PoseNet's camera motion (--supervision mono), the other stereo camera with the calibrated baseline (stereo,
 depth in metres), or all three (mono+stereo); --supervision gt instead fits the dataset's depth (masked L1,
 eq. 15, or SILog). --init imagenet starts the encoders from ImageNet ("Depth" in the paper; none is
-"Depth-Rand"), and --crop-size trains on random crops ("Depth-cropped", App. D.1).
+"Depth-Rand"), and --crop-size trains on random crops ("Depth-cropped", App. D.1). The PoseNet is a ResNet of
+--arch, or a ResNet-18 whatever other --arch the depth network has (ConvNeXt: models.build_pose_net).
 
 Optical flow (--task flow, App. B.3): a siamese network predicts the flow from frame t to t+1, trained by
 the photometric term of eq. 13 and the smoothness of eq. 14, evaluated by end-point error and Fl.
@@ -282,7 +283,8 @@ def parse_args(argv=None):
                                                  'stereo, or from ground truth) or for optical flow.')
     parser.add_argument('--task', choices=['depth', 'flow'], default='depth', help='what to pre-train')
     parser.add_argument('--supervision', choices=SUPERVISIONS, default='mono',
-                        help='depth only. mono: frames t-1 and t+1 of the video, with a PoseNet (Monodepth2); '
+                        help='depth only. mono: frames t-1 and t+1 of the video, with a PoseNet (Monodepth2; '
+                             'a ResNet of --arch, ResNet-18 for a ConvNeXt --arch); '
                              'stereo: the other camera\'s image, baseline from the calibration (depth in metres); '
                              'mono+stereo: both; gt: the dataset\'s ground-truth depth (--depth-loss)')
     parser.add_argument('--depth-loss', choices=['l1', 'silog'], default='l1',

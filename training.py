@@ -55,8 +55,8 @@ def add_common_args(parser, iters, lr, batch_size, eval_every):
     parser.add_argument('--depth-scale', type=float, default=None, metavar='S',
                         help='folder: metres per unit of <name>_depth.png maps (0.001 for millimetres)')
     parser.add_argument('--arch', choices=models.ARCHS, default='resnet18',
-                        help='encoder: a torchvision ResNet, or SegFormer\'s Mix Transformer mit_b0 ... mit_b5 (with '
-                             '--decoder segformer)')
+                        help='encoder: torchvision\'s ResNet or ConvNeXt (the xNet paper\'s; its maps start at 1/4), '
+                             'or SegFormer\'s Mix Transformer mit_b0 ... mit_b5 (with --decoder segformer)')
     parser.add_argument('--height', type=int, default=64, help='network input height (multiple of 32)')
     parser.add_argument('--width', type=int, default=192, help='network input width (multiple of 32)')
     parser.add_argument('--batch-size', type=int, default=batch_size)
@@ -97,12 +97,13 @@ def add_decoder_args(parser):
     """The decoder flags of both scripts: which decoder, and xNet's options (enough for its Table 1 ablation)."""
     parser.add_argument('--decoder', choices=models.DECODERS, default='unet',
                         help='unet: Monodepth2\'s U-Net (the paper, Fig. 1b); deeplab: torchvision\'s DeepLabV3 '
-                             'head on the dilated encoder (Fig. 1a/1c); xnet: a reversed ResNet as the decoder; '
-                             'segformer: SegFormer\'s all-MLP head on the last four maps (the minimal-transfer paper)')
+                             'head on the dilated encoder (Fig. 1a/1c); xnet: a second --arch network, reversed, '
+                             'as the decoder; segformer: SegFormer\'s all-MLP head on the last four maps (the '
+                             'minimal-transfer paper)')
     parser.add_argument('--decoder-init', default='none',
-                        help='xnet: the reversed decoder\'s ResNet: none (random), imagenet (torchvision\'s '
-                             'weights), depth or flow (the encoder of checkpoints/<name>.pt), or a weight file '
-                             '(a checkpoint, torchvision\'s ResNet state dict)')
+                        help='xnet: the reversed decoder\'s network (--arch): none (random), imagenet (torchvision\'s '
+                             'weights), depth or flow (the encoder of checkpoints/<name>.pt), or a weight file (a '
+                             'checkpoint, torchvision\'s state dict, an official ConvNeXt checkpoint)')
     parser.add_argument('--xnet-mix', choices=models.XNET_MIXES, default='stem',
                         help='xnet: multiply the re-shaped encoder output into the stem\'s output (xNet), into '
                              'the RGB image (image: xNet-I), or feed it alone to the first stage (none)')
@@ -284,15 +285,17 @@ def open_dataset(make, *args, **kwargs):
 
 
 def init_encoders(args, *encoders):
-    """Start encoders from ImageNet weights with --init imagenet (PoseNet's conv1 repeated and halved)."""
+    """Start encoders from ImageNet weights with --init imagenet, each its own architecture's (a ConvNeXt
+    depth network's PoseNet is a ResNet-18; PoseNet's conv1 repeated and halved)."""
     if args.init == 'none':
         return
     try:
         for encoder in encoders:
-            models.load_imagenet_weights(encoder, args.arch)
+            models.load_imagenet_weights(encoder, encoder.arch)
     except FileNotFoundError as error:
         raise SystemExit(f'--init imagenet: {error}') from None
-    print(f'Initialised {len(encoders)} encoder(s) from torchvision\'s ImageNet {args.arch} weights; the rest is new.')
+    archs = ' and '.join(dict.fromkeys(encoder.arch for encoder in encoders))
+    print(f'Initialised {len(encoders)} encoder(s) from torchvision\'s ImageNet {archs} weights; the rest is new.')
 
 
 def init_weights(init, flag='--init'):
@@ -318,9 +321,10 @@ def load_weights(net, weights, parts, flag):
 
 
 def init_decoder_backbone(net, args):
-    """--decoder-init: start xNet's reversed decoder from a pre-trained ResNet: torchvision's ImageNet
-    weights, or the encoder of a weight file (`depth`: a depth-pretrained network used as the decoder, where
-    the two papers meet). The backbone's keys are torchvision's, so it loads strictly."""
+    """--decoder-init: start xNet's reversed decoder (a ResNet or ConvNeXt of --arch) from pre-trained weights,
+    independently of the encoder's: torchvision's ImageNet weights, or the encoder of a weight file (`depth`:
+    a depth-pretrained network used as the decoder, where the two papers meet). The backbone's keys are
+    torchvision's, so it loads strictly."""
     if args.decoder_init == 'none':
         return
     backbone = net.decoder.backbone

@@ -75,6 +75,18 @@ def imagenet_resnet18(monkeypatch, tmp_path):
     return state
 
 
+@pytest.fixture
+def imagenet_convnext_tiny(monkeypatch, tmp_path):
+    """A random ConvNeXt-T state dict where torchvision keeps its ImageNet weights, in a temporary TORCH_HOME
+    (as imagenet_resnet18). Returns the state dict."""
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch'))
+    folder = tmp_path / 'torch' / 'hub' / 'checkpoints'
+    folder.mkdir(parents=True, exist_ok=True)
+    state = torchvision.models.convnext_tiny().state_dict()
+    torch.save(state, folder / 'convnext_tiny-983f1562.pth')
+    return state
+
+
 @pytest.fixture(scope='session')
 def two_size_root(tmp_path_factory):
     """A tiny toy world whose test split holds frames of two sizes, as KITTI's dates differ (375x1242,

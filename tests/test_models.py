@@ -5,6 +5,7 @@ import types
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 import torchvision
 
 import data
@@ -321,3 +322,218 @@ def test_pose_net_starts_moving_forward_as_the_toy_camera_does(toy_root):
     # the same sign as the renderer's camera: frame t's points seen from frame t+1 come closer
     poses = data.read_poses(next(toy_root.rglob('poses.txt')))
     assert (torch.linalg.inv(poses[3]) @ poses[2])[2, 3] < -0.5
+
+
+# ---------------------------------------------------------------- ConvNeXt
+
+CONVNEXT_T = ((96, 192, 384, 768), (3, 3, 9, 3))  # the ConvNeXt paper's ConvNeXt-T: channels, blocks per stage
+
+
+@pytest.mark.parametrize('decoder', models.DECODERS)
+def test_every_decoder_with_convnext_for_depth_and_segmentation(decoder):
+    x = torch.rand(2, 3, 64, 96)
+    disps = models.build_depth_net('convnext_tiny', decoder=decoder).eval()(x)
+    scales = range(4) if decoder == 'unet' else range(1)  # the U-Net's four output scales, the others' one
+    assert [tuple(d.shape) for d in disps] == [(2, 1, 64 >> s, 96 >> s) for s in scales]
+    assert all(0 <= d.min() and d.max() <= 1 for d in disps)
+    assert models.build_seg_net('convnext_tiny', num_classes=5, decoder=decoder).eval()(x).shape == (2, 5, 64, 96)
+
+
+def test_convnext_encoder_maps_flow_net_and_pose_net():
+    x = torch.rand(1, 3, 64, 96)
+    maps = models.build_encoder('convnext_tiny').eval()(x)
+    assert [tuple(m.shape[1:]) for m in maps] == [(c, 64 >> s, 96 >> s) for s, c in enumerate(CONVNEXT_T[0], start=2)]
+    assert models.ENCODER_CHANNELS['convnext_base'] == [128, 256, 512, 1024]
+    flows = models.build_flow_net('convnext_tiny').eval()(x, x)
+    assert [tuple(f.shape) for f in flows] == [(1, 2, 64 >> s, 96 >> s) for s in range(4)]
+    assert models.build_pose_net('convnext_tiny').encoder.arch == 'resnet18'  # a ConvNeXt depth network's PoseNet
+    assert models.build_pose_net('resnet50').encoder.arch == 'resnet50'
+
+
+def test_convnext_unet_skips_where_the_encoder_has_a_map():
+    # no 1/2-scale map: levels 1 and 0 fuse the upsampled features alone; levels 2-4 concatenate 96/192/384
+    decoder = models.build_seg_net('convnext_tiny').decoder
+    assert [decoder.fuse[i][0].in_channels for i in range(5)] == [16, 32, 64 + 96, 128 + 192, 256 + 384]
+    assert models.by_scale([96, 192, 384, 768]) == [None, 96, 192, 384, 768]
+
+
+def test_convnext_state_dict_is_torchvisions_and_so_are_its_features():
+    reference = torchvision.models.convnext_tiny().eval()
+    encoder = models.ConvNextEncoder('convnext_tiny').eval()
+    encoder.load_state_dict(reference.state_dict(), strict=True)
+    reference.load_state_dict(models.ConvNextEncoder('convnext_tiny').state_dict(), strict=True)
+    reference.load_state_dict(encoder.state_dict(), strict=True)
+    x, expected = torch.rand(2, 3, 64, 96), []
+    with torch.no_grad():
+        y = x
+        for index, module in enumerate(reference.features):  # stem, stage 1, downsampling, stage 2, ...
+            y = module(y)
+            if index % 2:
+                expected.append(y)
+        for mine, theirs in zip(encoder(x), expected, strict=True):
+            torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-5)
+    # stochastic depth as torchvision's builder: 0 at the first block, 0.1 at the last (ConvNeXt-T)
+    rates = [m.p for m in encoder.modules() if isinstance(m, torchvision.ops.StochasticDepth)]
+    assert len(rates) == sum(CONVNEXT_T[1]) and rates[0] == 0 and math.isclose(rates[-1], 0.1)
+
+
+def _official_layer_norm(x, weight, bias, eps=1e-6):
+    """The official ConvNeXt's channels-first LayerNorm: each pixel normalised over its channels."""
+    mean = x.mean(1, keepdim=True)
+    var = (x - mean).pow(2).mean(1, keepdim=True)
+    return weight[:, None, None] * (x - mean) / torch.sqrt(var + eps) + bias[:, None, None]
+
+
+def _official_convnext(state, x, blocks):
+    """The official ConvNeXt's forward pass (facebookresearch/ConvNeXt, as the ConvNeXt paper describes it),
+    written out on its own state dict: per stage a downsampling layer (stage 1: 4x4 conv with stride 4, then
+    LayerNorm; others: LayerNorm, then 2x2 conv with stride 2), then blocks x + gamma * pwconv2(GELU(pwconv1(
+    LN(dwconv7x7(x))))). Returns the four stage outputs."""
+    maps = []
+    for i, count in enumerate(blocks):
+        down = f'downsample_layers.{i}.'
+        if i == 0:
+            x = F.conv2d(x, state[down + '0.weight'], state[down + '0.bias'], stride=4)
+            x = _official_layer_norm(x, state[down + '1.weight'], state[down + '1.bias'])
+        else:
+            x = _official_layer_norm(x, state[down + '0.weight'], state[down + '0.bias'])
+            x = F.conv2d(x, state[down + '1.weight'], state[down + '1.bias'], stride=2)
+        for j in range(count):
+            p = f'stages.{i}.{j}.'
+            y = F.conv2d(x, state[p + 'dwconv.weight'], state[p + 'dwconv.bias'], padding=3, groups=x.shape[1])
+            y = y.permute(0, 2, 3, 1)
+            y = F.layer_norm(y, y.shape[-1:], state[p + 'norm.weight'], state[p + 'norm.bias'], eps=1e-6)
+            y = F.linear(F.gelu(F.linear(y, state[p + 'pwconv1.weight'], state[p + 'pwconv1.bias'])),
+                         state[p + 'pwconv2.weight'], state[p + 'pwconv2.bias'])
+            x = x + (state[p + 'gamma'] * y).permute(0, 3, 1, 2)
+        maps.append(x)
+    return maps
+
+
+def _official_state(channels, blocks, classes, seed=0):
+    """A random state dict in the official ConvNeXt layout (norm weights near 1, gamma far from its 1e-6 start,
+    so that every block counts)."""
+    g = torch.Generator().manual_seed(seed)
+    rand = lambda *shape, scale=0.02, mean=0.0: mean + scale * torch.randn(*shape, generator=g)
+    state = {}
+    for i, (c, count) in enumerate(zip(channels, blocks)):
+        if i == 0:
+            state.update({'downsample_layers.0.0.weight': rand(c, 3, 4, 4, scale=0.2), 'downsample_layers.0.0.bias': rand(c),
+                          'downsample_layers.0.1.weight': rand(c, scale=0.1, mean=1), 'downsample_layers.0.1.bias': rand(c)})
+        else:
+            d = channels[i - 1]
+            state.update({f'downsample_layers.{i}.0.weight': rand(d, scale=0.1, mean=1), f'downsample_layers.{i}.0.bias': rand(d),
+                          f'downsample_layers.{i}.1.weight': rand(c, d, 2, 2, scale=0.05), f'downsample_layers.{i}.1.bias': rand(c)})
+        for j in range(count):
+            p = f'stages.{i}.{j}.'
+            state.update({p + 'dwconv.weight': rand(c, 1, 7, 7, scale=0.1), p + 'dwconv.bias': rand(c),
+                          p + 'norm.weight': rand(c, scale=0.1, mean=1), p + 'norm.bias': rand(c),
+                          p + 'pwconv1.weight': rand(4 * c, c, scale=0.05), p + 'pwconv1.bias': rand(4 * c),
+                          p + 'pwconv2.weight': rand(c, 4 * c, scale=0.05), p + 'pwconv2.bias': rand(c),
+                          p + 'gamma': rand(c, scale=0.1, mean=0.3)})
+    state.update({'norm.weight': rand(channels[-1], mean=1), 'norm.bias': rand(channels[-1]),
+                  'head.weight': rand(classes, channels[-1]), 'head.bias': rand(classes)})
+    return state
+
+
+@pytest.mark.parametrize('classes', [1000, 21841])  # ImageNet-1k and -22k checkpoints
+def test_official_convnext_checkpoint_computes_what_the_official_network_does(classes, tmp_path):
+    state = _official_state(*CONVNEXT_T, classes)
+    torch.save({'model': state}, tmp_path / 'convnext_tiny_22k_224.pth')  # the official files' form
+    net = models.build_seg_net('convnext_tiny', 19, 'imagenet', 'xnet').eval()
+    loaded = models.load_pretrained(net, tmp_path / 'convnext_tiny_22k_224.pth')
+    encoder = net.encoder
+    assert {k for k in net.state_dict() if k.startswith('encoder.')} - set(loaded) == (
+        set() if classes == 1000 else {'encoder.classifier.2.weight', 'encoder.classifier.2.bias'})  # never run
+    assert models.read_weights(tmp_path / 'convnext_tiny_22k_224.pth').arch == 'convnext_tiny'
+    x = torch.rand(2, 3, 64, 96, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        for mine, official in zip(encoder(x), _official_convnext(state, x, CONVNEXT_T[1]), strict=True):
+            assert official.abs().mean() > 0.1  # not a vanishing signal that any mapping would match
+            torch.testing.assert_close(mine, official, atol=1e-4, rtol=1e-4)
+    converted = models.convnext_from_official(state)
+    assert converted['features.3.2.layer_scale'].shape == (192, 1, 1) and not any('head' in k for k in converted)
+    assert torch.equal(converted['classifier.2.weight'], state['head.weight'])
+    assert torch.equal(converted['classifier.0.weight'], state['norm.weight'])
+
+
+def test_official_convnext_of_another_layout_or_size_stops_with_a_sentence(tmp_path):
+    state = _official_state(*CONVNEXT_T, 10)
+    with pytest.raises(ValueError, match=r"'stages.0.0.grn.gamma' is not a tensor of an official ConvNeXt"):
+        models.convnext_from_official(dict(state, **{'stages.0.0.grn.gamma': torch.zeros(1, 1, 1, 96)}))  # ConvNeXt V2
+    torch.save({'model': state}, tmp_path / 'tiny.pth')
+    with pytest.raises(ValueError, match=r'tiny.pth \(the official ConvNeXt\) holds a convnext_tiny network, not convnext_base; pass --arch '
+                                         r'convnext_tiny\.'):
+        models.load_pretrained(models.build_seg_net('convnext_base', 19), tmp_path / 'tiny.pth')
+    torch.save({k: v for k, v in state.items() if not k.startswith('stages.3.')}, tmp_path / 'part.pth')
+    with pytest.raises(ValueError, match=r"part.pth \(the official ConvNeXt\) has no tensor 'encoder.features.7.0."):
+        models.load_pretrained(models.build_seg_net('convnext_tiny', 19), tmp_path / 'part.pth')
+
+
+def test_convnext_dilated_for_deeplab_is_the_strided_network_sampled_every_2nd_and_4th_pixel():
+    plain = models.ConvNextEncoder('convnext_tiny').eval()
+    dilated = models.ConvNextEncoder('convnext_tiny').eval()
+    dilated.load_state_dict(plain.state_dict(), strict=True)
+    dilated.dilate()
+    dilated.load_state_dict(plain.state_dict(), strict=True)  # dilation changes no weight and no key
+    x = torch.rand(2, 3, 64, 96)
+    with torch.no_grad():
+        strided, atrous = plain(x), dilated(x)
+    assert [tuple(m.shape[-2:]) for m in atrous] == [(16, 24), (8, 12), (8, 12), (8, 12)]  # output stride 8
+    torch.testing.assert_close(atrous[1], strided[1], atol=0, rtol=0)
+    torch.testing.assert_close(atrous[2][..., ::2, ::2], strided[2], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(atrous[3][..., ::4, ::4], strided[3], atol=1e-5, rtol=1e-5)
+    assert models.build_seg_net('convnext_tiny', decoder='deeplab').encoder(x)[-1].shape[-2:] == (8, 12)
+
+
+@pytest.mark.parametrize('mix', ['stem', 'image'])
+def test_xnet_convnext_decoder_runs_as_the_pretrained_network_and_mixes_the_code_in(mix):
+    net = models.build_seg_net('convnext_tiny', num_classes=3, decoder='xnet', xnet=dict(mix=mix)).eval()
+    calls = []
+    for index, module in enumerate(net.decoder.backbone.features):
+        module.register_forward_hook(lambda m, inputs, output, index=index: calls.append((index, inputs[0], output)))
+    net.decoder.post.register_forward_hook(lambda m, inputs, output: calls.append(('pfp', inputs[0], output)))
+    x = torch.rand(1, 3, 64, 96)
+    with torch.no_grad():
+        net(x)
+        code = net.decoder.reshape_in(net.encoder(x)[-1])  # RS of the encoder's 1/32 map
+    assert [index for index, _, _ in calls] == list(range(8)) + ['pfp']  # stem, stage 1, downsampling, stage 2, ...
+    if mix == 'stem':  # xNet: RS to 1/4 with the stem's 96 channels, times the stem's output
+        assert code.shape == (1, 96, 16, 24)
+        torch.testing.assert_close(calls[1][1], calls[0][2] * code)
+    else:  # xNet-I: RS to full resolution with 3 channels, times the (here unit-normalised) image
+        assert code.shape == (1, 3, 64, 96)
+        torch.testing.assert_close(calls[0][1], x * code)
+    stages = [calls[i][2] for i in (1, 3, 5, 7)]  # the Post Feature Pyramid gathers the four stages' outputs
+    assert all(torch.equal(a, b) for a, b in zip(calls[-1][1], stages, strict=True))
+
+
+def test_xnet_convnext_pyramid_adds_the_encoder_maps_of_the_same_scale():
+    net = models.build_seg_net('convnext_tiny', num_classes=3, decoder='xnet', xnet=dict(pyramid=True)).eval()
+    inputs = []
+    for index in (2, 4, 6):  # the downsampling layers of stages 2-4 receive E_i + D_{i-1}(F) (eq. 2)
+        net.decoder.backbone.features[index].register_forward_hook(lambda m, i, o: inputs.append(i[0]))
+    outputs = []
+    for index in (1, 3, 5):
+        net.decoder.backbone.features[index].register_forward_hook(lambda m, i, o: outputs.append(o))
+    x = torch.rand(1, 3, 64, 96)
+    with torch.no_grad():
+        net(x)
+        maps = net.encoder(x)
+    for given, decoded, encoded in zip(inputs, outputs, maps[:3], strict=True):
+        torch.testing.assert_close(given, decoded + encoded)
+
+
+def test_unknown_arch_stops_with_the_choices():
+    with pytest.raises(ValueError, match='unknown arch .convnext_huge.; choose one of resnet18, resnet50, convnext_tiny'):
+        models.build_encoder('convnext_huge')
+    with pytest.raises(ValueError, match='convnext_small'):
+        models.ConvNextEncoder('resnet18')
+
+
+def test_load_imagenet_weights_convnext(imagenet_convnext_tiny):
+    encoder = models.build_encoder('convnext_tiny')
+    models.load_imagenet_weights(encoder, 'convnext_tiny')
+    assert all(torch.equal(encoder.state_dict()[k], v) for k, v in imagenet_convnext_tiny.items())
+    with pytest.raises(FileNotFoundError, match='convnext_small-0c510722.pth'):
+        models.load_imagenet_weights(models.build_encoder('convnext_small'), 'convnext_small')
