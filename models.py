@@ -971,8 +971,8 @@ def read_weights(path):
     file. Anything else stops with one sentence."""
     path = Path(path)
     config = None
-    if path.is_dir() and not (path / 'config.json').is_file():
-        load_checkpoint(path)  # a run folder, or another folder: its sentence says which file to pass
+    if path.is_dir() and (path / 'checkpoint.pt').is_file() and not (path / 'config.json').is_file():
+        load_checkpoint(path)  # a run folder: its sentence names the checkpoint to pass
     if path.is_dir() or path.name in HF_WEIGHT_FILES:
         path, config = _hugging_face_files(path)
     if not path.is_file():

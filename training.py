@@ -18,6 +18,7 @@ import contextlib
 import itertools
 import json
 import math
+import multiprocessing
 import os
 import random
 import resource
@@ -445,11 +446,20 @@ def sample_frames(dataset, device, count=4):
 @contextlib.contextmanager
 def unreadable_files_stop():
     """A data file that cannot be read, wherever an item read it (a training batch, a sample, an evaluation;
-    in this process or in a DataLoader worker), stops the script with its reader's one sentence."""
+    in this process or in a DataLoader worker), stops the script with its reader's one sentence. However the
+    script ends, no DataLoader worker outlives it: workers ignore SIGTERM and Ctrl-C
+    (leave_stop_signals_to_the_main_process), so Python's exit, which ends them with SIGTERM and waits, would
+    wait for ever on a worker whose loader an exception left open."""
     try:
         yield
     except data.UnreadableFile as error:
         raise SystemExit(data.reader_sentence(error)) from None
+    finally:
+        workers = multiprocessing.active_children()
+        if workers:  # torch's SIGCHLD handler would report them as crashed
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        for worker in workers:
+            worker.kill()
 
 
 def to_device(batch, device):
