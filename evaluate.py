@@ -1035,6 +1035,15 @@ def write_figures(runs, out_dir, images, root):
     return written
 
 
+def add_multi_scale_args(parser, when):
+    """--eval-scales and --eval-flip, the multi-scale test of segmentation_scores (finetune.py's and ours)."""
+    parser.add_argument('--eval-scales', type=float, nargs='+', default=[1.0], metavar='S',
+                        help=f'{when}: evaluate on the images resized by each factor, class probabilities averaged '
+                             f'(xNet\'s multi-scale test: 0.5 0.75 1.0 1.25 1.5 1.75)')
+    parser.add_argument('--eval-flip', action='store_true',
+                        help=f'{when}: also evaluate each scale mirrored, its probabilities in the average')
+
+
 def main(argv=None):
     """The three uses of this script: --predict, --checkpoint, or tables and figures of run folders."""
     parser = argparse.ArgumentParser(description='Tabulate and plot run folders, evaluate one checkpoint, '
@@ -1058,11 +1067,7 @@ def main(argv=None):
     parser.add_argument('--eval-split', default=None,
                         help='with --checkpoint, depth: folder holding test_files.txt (e.g. Monodepth2\'s '
                              'splits/eigen); default: the run\'s own, else <data-root>/splits')
-    parser.add_argument('--eval-scales', type=float, nargs='+', default=[1.0], metavar='S',
-                        help='with --checkpoint, segmentation: a multi-scale test, the images resized by each factor '
-                             'and the class probabilities averaged (xNet: 0.5 0.75 1.0 1.25 1.5 1.75)')
-    parser.add_argument('--eval-flip', action='store_true',
-                        help='with --checkpoint, segmentation: each scale mirrored too, in the average')
+    add_multi_scale_args(parser, 'with --checkpoint, segmentation')
     args = parser.parse_args(argv)
     try:
         if args.predict:

@@ -208,11 +208,7 @@ def parse_args(argv=None):
     parser.add_argument('--photometric', action='store_true',
                         help='segmentation: mmsegmentation\'s photometric distortion of the training images '
                              '(brightness, contrast, saturation, hue)')
-    parser.add_argument('--eval-scales', type=float, nargs='+', default=[1.0], metavar='S',
-                        help='segmentation: evaluate on the images resized by each factor, class probabilities '
-                             'averaged (xNet\'s multi-scale test: 0.5 0.75 1.0 1.25 1.5 1.75)')
-    parser.add_argument('--eval-flip', action='store_true',
-                        help='segmentation: also evaluate each scale mirrored, its probabilities in the average')
+    evaluate.add_multi_scale_args(parser, 'segmentation')
     training.add_common_args(parser, iters=None, lr=3e-4, batch_size=8, eval_every=50)
     parser.add_argument('--epochs', type=int, default=None, metavar='N',
                         help=f'train N epochs of the training set instead of --iters (default {ITERS}): N x its '

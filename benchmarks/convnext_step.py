@@ -20,7 +20,6 @@ On CUDA both steps run under the bfloat16 autocast of the training scripts (trai
 it off) and are timed to the GPU's end.
 """
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ import torchvision
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import models  # noqa: E402
+import side_by_side  # noqa: E402
 import training  # noqa: E402
 
 
@@ -105,23 +105,12 @@ def main(argv=None):
     seg_net = models.build_seg_net(options.arch, 19, 'imagenet', options.decoder).to(device)
     loss_of_maps = lambda maps, batch: maps_loss(maps)
     loss_of_logits = lambda logits, batch: F.cross_entropy(logits.float(), batch['label'])
-    steps = {'project': training_step(encoder, encoder, loss_of_maps, precision),
-             'torchvision': training_step(reference.features, torchvision_stage_outputs(reference.features),
-                                          loss_of_maps, precision),
-             'seg net': training_step(seg_net, seg_net, loss_of_logits, precision)}
+    steps = {'project': (training_step(encoder, encoder, loss_of_maps, precision), batches),
+             'torchvision': (training_step(reference.features, torchvision_stage_outputs(reference.features),
+                                           loss_of_maps, precision), batches),
+             'seg net': (training_step(seg_net, seg_net, loss_of_logits, precision), batches)}
 
-    seconds = {name: [] for name in steps}
-    for i in range(options.steps + 1):  # the first round warms up
-        for name, step in steps.items():
-            start = clock()
-            step(batches[i % len(batches)])
-            if device.type == 'cuda':
-                torch.cuda.synchronize()
-            if i:
-                seconds[name].append(clock() - start)
-    for name, times in seconds.items():
-        print(f'{name}: ' + ' '.join(f'{t:.3f}' for t in times) + ' s/step')
-    speed = {name: options.batch_size / statistics.median(times) for name, times in seconds.items()}
+    speed = side_by_side.speeds(side_by_side.interleaved(steps, options.steps, device, clock), options.batch_size, 3)
     print(f'{options.arch} {options.height}x{options.width}, batch {options.batch_size}, {options.steps} steps each, '
           f'{device}, {options.threads} threads, {options.clock} clock, median step: project encoder {speed["project"]:.2f} images/s, '
           f'torchvision features {speed["torchvision"]:.2f} images/s; project / torchvision = '

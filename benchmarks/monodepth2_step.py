@@ -25,10 +25,8 @@ On CUDA the project's step runs as pretrain.py runs it (bfloat16 autocast where 
 --fp32 switches that off) and Monodepth2's as its trainer does (float32); steps are timed to the GPU's end.
 """
 import argparse
-import statistics
 import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
@@ -40,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import data  # noqa: E402
 import models  # noqa: E402
 import pretrain  # noqa: E402
+import side_by_side  # noqa: E402
 import toyworld  # noqa: E402
 import training  # noqa: E402
 
@@ -190,18 +189,7 @@ def main(argv=None):
         for name, (step, inputs) in steps.items():
             profile(name, step, inputs[0], options.rows)
         return
-    seconds = {name: [] for name in steps}
-    for i in range(options.steps + 1):  # the first round warms up
-        for name, (step, inputs) in steps.items():
-            start = time.perf_counter()
-            step(inputs[i % len(inputs)])
-            if device.type == 'cuda':
-                torch.cuda.synchronize()
-            if i:
-                seconds[name].append(time.perf_counter() - start)
-    for name, times in seconds.items():
-        print(f'{name}: ' + ' '.join(f'{t:.2f}' for t in times) + ' s/step')
-    speed = {name: options.batch_size / statistics.median(times) for name, times in seconds.items()}
+    speed = side_by_side.speeds(side_by_side.interleaved(steps, options.steps, device), options.batch_size)
     ratio = f'; project / monodepth2 = {speed["project"] / speed["monodepth2"]:.2f}x' if reference else ''
     print(f'{options.height}x{options.width}, batch {options.batch_size}, {options.steps} steps each, '
           f'{device}, {options.threads} threads, median step: ' + ', '.join(f'{n} {v:.2f} images/s' for n, v in speed.items()) +

@@ -16,10 +16,8 @@ machine shared with other jobs, OMP_WAIT_POLICY=PASSIVE keeps busy-waiting threa
     python benchmarks/segformer_step.py --device cuda --height 512 --width 512 --batch-size 8 --steps 20
 """
 import argparse
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -28,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import losses  # noqa: E402
 import models  # noqa: E402
+import side_by_side  # noqa: E402
 import training  # noqa: E402
 
 
@@ -37,8 +36,8 @@ def import_transformers():
         import transformers
         return transformers
     except ImportError:
-        print('transformers is not installed (pip install transformers, used only by this benchmark): timing the '
-              'project\'s step alone.')
+        print('transformers: skipped: it is not installed (pip install transformers, used only by this benchmark); '
+              'timing the project\'s step alone.')
         return None
 
 
@@ -111,18 +110,7 @@ def main(argv=None):
                                  [tuple(t.to(device) for t in b) for b in pixels])
     steps = {'project': (project_step(net.to(device).train(), options.lr, device),
                          [tuple(t.to(device) for t in b) for b in batches]), **steps}
-    seconds = {name: [] for name in steps}
-    for i in range(options.steps + 1):  # the first round warms up
-        for name, (step, inputs) in steps.items():
-            start = time.perf_counter()
-            step(inputs[i % len(inputs)])
-            if device.type == 'cuda':
-                torch.cuda.synchronize()
-            if i:
-                seconds[name].append(time.perf_counter() - start)
-    for name, times in seconds.items():
-        print(f'{name}: ' + ' '.join(f'{t:.3f}' for t in times) + ' s/step')
-    speed = {name: options.batch_size / statistics.median(times) for name, times in seconds.items()}
+    speed = side_by_side.speeds(side_by_side.interleaved(steps, options.steps, device), options.batch_size, 3)
     ratio = f'; project / transformers = {speed["project"] / speed["transformers"]:.2f}x' if transformers else ''
     print(f'MiT-B0 + all-MLP head, {options.height}x{options.width}, batch {options.batch_size}, {options.steps} steps '
           f'each, {device}, {options.threads} threads, median step: ' +
