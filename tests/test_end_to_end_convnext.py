@@ -1,10 +1,9 @@
 """ConvNeXt end to end on a tiny toy world: depth pre-training with --arch convnext_tiny (its PoseNet a
 ResNet-18), xNet fine-tuning whose reversed ConvNeXt decoder starts from that checkpoint's encoder or from
-torchvision's ImageNet weights, combinations that cannot work, and the benchmark's smoke run."""
+torchvision's ImageNet weights, and combinations that cannot work (the benchmark's smoke run is in
+test_benchmarks.py)."""
 import argparse
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,9 +13,6 @@ import models
 import pretrain
 import training
 from conftest import SMALL, read_metrics
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'benchmarks'))
-import convnext_step  # noqa: E402
 
 
 @pytest.fixture(scope='module')
@@ -95,8 +91,3 @@ def test_an_unknown_arch_is_refused_by_both_scripts(capsys):
             parse(['--arch', 'convnext_huge'])
         assert "invalid choice: 'convnext_huge'" in capsys.readouterr().err
 
-
-def test_the_benchmark_runs_one_tiny_step(capsys):
-    convnext_step.main(['--steps', '1', '--height', '64', '--width', '64', '--batch-size', '1', '--threads', '1'])
-    line = capsys.readouterr().out.splitlines()[-1]
-    assert 'convnext_tiny 64x64, batch 1' in line and 'project / torchvision = ' in line

@@ -4,8 +4,6 @@ refusals; then fine-tuning from such weights on the toy world."""
 import json
 import math
 import struct
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -475,13 +473,6 @@ def test_matches_transformers_segformer_for_image_classification_encoder(tmp_pat
         reference = model.segformer(pixel_values=pixels, output_hidden_states=True).hidden_states
         for ours, theirs in zip(net.encoder(pixels), reference, strict=True):
             torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
-
-
-def test_the_benchmark_times_the_projects_step(capsys):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'benchmarks'))
-    import segformer_step
-    segformer_step.main(['--steps', '1', '--height', '64', '--width', '64', '--batch-size', '1', '--threads', '1'])
-    assert 'median step: project' in capsys.readouterr().out
 
 
 def test_pretraining_a_mix_transformer_for_depth(toy_root, tmp_path):
