@@ -987,7 +987,8 @@ def read_weights(path):
     layout = next((l for l in WEIGHT_LAYOUTS if isinstance(state, dict) and l.detect(state)), None)
     if layout is None:
         raise ValueError(f'{path} holds weights of no layout this code reads (this project\'s checkpoints, '
-                         f'torchvision\'s ResNets, the SegFormer authors\' or Hugging Face\'s SegFormer).')
+                         f'torchvision\'s ResNets and ConvNeXts, the official ConvNeXts, the SegFormer authors\' or '
+                         f'Hugging Face\'s SegFormer).')
     try:
         converted = layout.convert(state)
     except ValueError as error:
