@@ -19,7 +19,6 @@ CPU this process used instead of the wall clock (the time others' jobs take from
 On CUDA both steps run under the bfloat16 autocast of the training scripts (training.autocast; --fp32 switches
 it off) and are timed to the GPU's end.
 """
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -68,17 +67,9 @@ def torchvision_stage_outputs(features):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser = side_by_side.parser(__doc__.split('\n\n')[0], 96, 320, 8, 6)
     parser.add_argument('--arch', choices=list(models.CONVNEXT_STAGES), default='convnext_tiny')
     parser.add_argument('--decoder', choices=models.DECODERS, default='unet', help='the segmentation network\'s')
-    parser.add_argument('--height', type=int, default=96)
-    parser.add_argument('--width', type=int, default=320)
-    parser.add_argument('--batch-size', type=int, default=8)
-    parser.add_argument('--steps', type=int, default=6, help='timed steps of each, after one warm-up each')
-    parser.add_argument('--threads', type=int, default=torch.get_num_threads(), help='torch intra-op threads')
-    parser.add_argument('--batches', type=int, default=2, help='distinct batches, fed to each in turn')
-    parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--device', default='cpu', help='cpu or cuda')
     parser.add_argument('--fp32', action='store_true', help='CUDA: run without bfloat16 autocast')
     parser.add_argument('--clock', choices=['wall', 'process'], default='wall',
                         help='wall: elapsed time; process: CPU time of this process (CPU only)')

@@ -24,7 +24,6 @@ dominating the timings.
 On CUDA the project's step runs as pretrain.py runs it (bfloat16 autocast where the GPU supports it;
 --fp32 switches that off) and Monodepth2's as its trainer does (float32); steps are timed to the GPU's end.
 """
-import argparse
 import sys
 import tempfile
 import warnings
@@ -158,17 +157,9 @@ def profile(name, step, batch, rows):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--height', type=int, default=96)
-    parser.add_argument('--width', type=int, default=320)
-    parser.add_argument('--batch-size', type=int, default=8)
-    parser.add_argument('--steps', type=int, default=6, help='timed steps of each, after one warm-up each')
-    parser.add_argument('--threads', type=int, default=torch.get_num_threads(), help='torch intra-op threads')
-    parser.add_argument('--batches', type=int, default=2, help='distinct batches, fed to both in turn')
-    parser.add_argument('--seed', type=int, default=0)
+    parser = side_by_side.parser(__doc__.split('\n\n')[0], 96, 320, 8, 6)
     parser.add_argument('--profile', action='store_true', help='print per-operator profiles instead of timing')
     parser.add_argument('--rows', type=int, default=25, help='operators per profile table')
-    parser.add_argument('--device', default='cpu', help='cpu or cuda')
     parser.add_argument('--fp32', action='store_true', help='CUDA: run the project\'s step without bfloat16 autocast')
     options = parser.parse_args(argv)
     reference, missing = import_monodepth2()

@@ -15,7 +15,6 @@ machine shared with other jobs, OMP_WAIT_POLICY=PASSIVE keeps busy-waiting threa
     python benchmarks/segformer_step.py                                   # 256 x 256, batch 2, 5 steps each
     python benchmarks/segformer_step.py --device cuda --height 512 --width 512 --batch-size 8 --steps 20
 """
-import argparse
 import sys
 import tempfile
 from pathlib import Path
@@ -80,17 +79,9 @@ def transformers_step(model, lr):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--height', type=int, default=256)
-    parser.add_argument('--width', type=int, default=256)
-    parser.add_argument('--batch-size', type=int, default=2)
-    parser.add_argument('--steps', type=int, default=5, help='timed steps of each, after one warm-up each')
-    parser.add_argument('--threads', type=int, default=torch.get_num_threads(), help='torch intra-op threads')
-    parser.add_argument('--batches', type=int, default=2, help='distinct batches, fed to both in turn')
+    parser = side_by_side.parser(__doc__.split('\n\n')[0], 256, 256, 2, 5)
     parser.add_argument('--classes', type=int, default=19)
     parser.add_argument('--lr', type=float, default=6e-5, help='AdamW\'s (SegFormer\'s)')
-    parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--device', default='cpu', help='cpu or cuda')
     options = parser.parse_args(argv)
     torch.set_num_threads(options.threads)
     torch.manual_seed(options.seed)

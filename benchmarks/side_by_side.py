@@ -1,9 +1,24 @@
 """The timing the side-by-side benchmarks share: training steps run in turn on the same batches (so load from
 other processes hits each alike), one warm-up round, then the median step of each as images per second."""
+import argparse
 import statistics
 import time
 
 import torch
+
+
+def parser(description, height, width, batch_size, steps):
+    """The flags every side-by-side benchmark has, with its own default sizes; a script adds its own."""
+    flags = argparse.ArgumentParser(description=description)
+    flags.add_argument('--height', type=int, default=height)
+    flags.add_argument('--width', type=int, default=width)
+    flags.add_argument('--batch-size', type=int, default=batch_size)
+    flags.add_argument('--steps', type=int, default=steps, help='timed steps of each, after one warm-up each')
+    flags.add_argument('--threads', type=int, default=torch.get_num_threads(), help='torch intra-op threads')
+    flags.add_argument('--batches', type=int, default=2, help='distinct batches, fed to each in turn')
+    flags.add_argument('--seed', type=int, default=0)
+    flags.add_argument('--device', default='cpu', help='cpu or cuda')
+    return flags
 
 
 def interleaved(steps, rounds, device, clock=time.perf_counter):
