@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torchvision.io import write_png
+from torchvision.utils import flow_to_image
 
 import data
 import models
@@ -333,6 +334,127 @@ def flow_metrics(batches):
     return {'epe': epe_sum / images, 'fl': outliers / pixels}
 
 
+# ---------------------------------------------------------------- evaluations during training
+
+# Each is what pretrain.py's or finetune.py's loop calls every --eval-every iterations: `evaluation(net,
+# sample_path)` writes a PNG sample and returns the metrics (the network is left in eval mode: the loop puts
+# it back in training mode), and `baseline()` scores a trivial prediction, logged once beside them.
+
+class DepthEvaluation:
+    """Depth on --data's test frames (depth_test_set) by --eval-protocol, in metres within --eval-max-depth,
+    median-scaled with --median-scaling on; the baseline is a constant depth."""
+
+    def __init__(self, test_set, args, device):
+        self.test_set, self.args, self.device = test_set, args, device
+        self.sample = sample_frames(test_set, device)
+
+    def baseline(self):
+        return constant_baseline_on(self.test_set, self.args.eval_max_depth, self.args.workers)
+
+    def __call__(self, depth_net, sample_path):
+        a = self.args
+        save_depth_sample(depth_net, self.sample, sample_path)
+        return evaluate_depth(depth_net, self.test_set, self.device, a.min_depth, a.max_depth, a.eval_max_depth,
+                              a.median_scaling == 'on', a.workers)
+
+
+def depth_evaluation(args, layout, device):
+    """The DepthEvaluation of --data's layout, or None where it has no test frames with ground truth (a folder
+    of video). The test frames are read anew at each evaluation: memory stays flat."""
+    test_set = depth_test_set(args, layout)
+    return None if test_set is None else DepthEvaluation(test_set, args, device)
+
+
+class FlowEvaluation:
+    """Optical flow on KITTI's scene-flow pairs (data.FlowPairs): end-point error and Fl; the baseline
+    predicts no motion."""
+
+    def __init__(self, pair_set, device):
+        self.pairs, self.sample, self.device = one_at_a_time(pair_set), sample_frames(pair_set, device), device
+
+    def baseline(self):
+        return flow_metrics((torch.zeros_like(b['flow']), b['flow'], b['valid']) for b in self.pairs)
+
+    def __call__(self, flow_net, sample_path):
+        save_flow_sample(flow_net, self.sample, sample_path)
+        return evaluate_flow(flow_net, self.pairs, self.device)
+
+
+class SegmentationEvaluation:
+    """Few-shot segmentation on the held-out labelled images (a multi-scale test with --eval-scales and
+    --eval-flip); the baseline labels every pixel with the training labels' most frequent class."""
+
+    def __init__(self, eval_set, train_pairs, class_set, args, device):
+        self.batches = list(torch.utils.data.DataLoader(eval_set, batch_size=args.batch_size))
+        self.sample = {k: v[:4] for k, v in self.batches[0].items()}
+        self.train_pairs, self.colours, self.classes = train_pairs, CLASS_SETS[class_set][1], len(CLASS_SETS[class_set][0])
+        self.scales, self.flip, self.device = args.eval_scales, args.eval_flip, device
+
+    def baseline(self):
+        return majority_baseline(self.train_pairs, self.batches, self.classes)
+
+    def __call__(self, net, sample_path):
+        save_seg_sample(net, self.sample, sample_path, self.device, self.colours)
+        return evaluate_segmentation(net, self.batches, self.device, self.classes, self.scales, self.flip)
+
+
+@data.reads_files
+def majority_baseline(train_pairs, eval_batches, classes):
+    """What labelling every pixel with the training labels' most frequent class scores on the evaluation set."""
+    counts = sum(torch.bincount(read(label).flatten(), minlength=256)[:classes] for _, label, read in train_pairs)
+    majority = int(counts.argmax())
+    confusion = sum(confusion_matrix(torch.full_like(b['label'], majority), b['label'], classes)
+                    for b in eval_batches)
+    return segmentation_metrics(confusion)
+
+
+def resize_flow(flow, size):
+    """Flow [B,2,h,w] in pixels -> [B,2,H,W]: resampled, and each component scaled with its axis."""
+    h, w = flow.shape[-2:]
+    scale = torch.tensor([size[1] / w, size[0] / h], device=flow.device).view(1, 2, 1, 1)
+    return torch.nn.functional.interpolate(flow, size, mode='bilinear', align_corners=False) * scale
+
+
+@torch.no_grad()
+def evaluate_flow(flow_net, pairs, device):
+    """End-point error and Fl on the ground-truth flow pairs, at the ground truth's resolution."""
+    flow_net.eval()
+
+    def predictions():
+        for batch in pairs:
+            frames, gt = batch['frames'].to(device), batch['flow'].to(device)
+            flow = resize_flow(flow_net(frames[:, 0], frames[:, 1])[0].float(), gt.shape[-2:])
+            yield flow, gt, batch['valid'].to(device)
+    return flow_metrics(predictions())
+
+
+def sample_frames(dataset, device, count=4):
+    """The frames of `count` evenly spaced items of a dataset, [count, S, 3, H, W]: the PNG samples' inputs."""
+    return torch.stack([dataset[i]['frames'] for i in data.evenly_spaced(len(dataset), count)]).to(device)
+
+
+@torch.no_grad()
+def save_depth_sample(depth_net, frames, path):
+    """A PNG: test images above their predicted disparities (Monodepth2's magma colour map)."""
+    disp = depth_net.eval()(frames[:, 0])[0].float().cpu()
+    save_image_grid([frames[:, 0].permute(0, 2, 3, 1).cpu(), disp[:, 0]], path, cmaps=[None, 'magma'])
+
+
+@torch.no_grad()
+def save_flow_sample(flow_net, frames, path):
+    """A PNG: first frames above their predicted flow in the usual colour wheel (torchvision's flow_to_image)."""
+    flow = flow_net.eval()(frames[:, 0], frames[:, 1])[0].float().cpu()
+    save_image_grid([frames[:, 0].permute(0, 2, 3, 1).cpu(), flow_to_image(flow).permute(0, 2, 3, 1)], path)
+
+
+@torch.no_grad()
+def save_seg_sample(net, batch, path, device, colours):
+    """A PNG: images, ground truth and predictions, in the class set's colours."""
+    pred = net.eval()(batch['image'].to(device)).argmax(1).cpu()
+    save_image_grid([batch['image'].permute(0, 2, 3, 1), colourise(batch['label'], colours), colourise(pred, colours)],
+                    path)
+
+
 # ---------------------------------------------------------------- runs
 
 def read_run(path):
@@ -351,7 +473,7 @@ def read_run(path):
             raise ValueError(f'{error}: restore it from a copy, or leave the run out.') from None
         return {'name': path.name, 'path': path, 'args': args, 'metrics': metrics, 'checkpoint': path / 'checkpoint.pt'}
     if path.is_file() and path.suffix == '.pt':
-        checkpoint = models.load_checkpoint(path)
+        checkpoint = models.read_checkpoint(path)
         args = checkpoint.get('args') or {}
         args = dict(args if isinstance(args, dict) else vars(args))
         for key in ('task', 'arch', 'height', 'width'):
@@ -781,7 +903,7 @@ def evaluate_checkpoint(path, root, device=torch.device('cpu'), protocol=None, m
     metrics (a multi-scale test with `scales` or `flip`), or the depth table by the run's protocol and scaling
     unless `protocol` ('eigen'/'benchmark'), `median_scaling` (True/False) or `split_dir` (the folder of
     test_files.txt) say otherwise."""
-    checkpoint = models.load_checkpoint(path)
+    checkpoint = models.read_checkpoint(path)
     multi_scale = tuple(scales) != (1.0,) or flip
     if multi_scale and checkpoint.get('task') != 'seg':
         raise ValueError(f'--eval-scales and --eval-flip apply to segmentation; {path} holds a '
@@ -807,7 +929,7 @@ def evaluate_checkpoint(path, root, device=torch.device('cpu'), protocol=None, m
 def _common_held_out(runs, root, count):
     """Up to `count` items held out by every run (their few-shot picks differ with the seed), a list: depth
     ground truth keeps each frame's own size."""
-    sets = [held_out_set(models.load_checkpoint(run['checkpoint']), root) for run in runs]
+    sets = [held_out_set(models.read_checkpoint(run['checkpoint']), root) for run in runs]
     if isinstance(sets[0], data.LabelledImages):
         common = set.intersection(*({str(pair[0]) for pair in s.pairs} for s in sets))
         indices = [i for i, pair in enumerate(sets[0].pairs) if str(pair[0]) in common][:count]
@@ -826,7 +948,7 @@ def _common_held_out(runs, root, count):
 def _predicted_maps(run, images, gt_depths):
     """One run's prediction on the images [B, 3, H, W]: train ids [B, H, W], or a list of inverse depth
     maps in 1/m, each at its ground truth's size (median-scaled where the evaluation median-scales)."""
-    checkpoint = models.load_checkpoint(run['checkpoint'])
+    checkpoint = models.read_checkpoint(run['checkpoint'])
     out = load_network(checkpoint, run['name'])(images)
     if checkpoint['task'] == 'seg':
         return out.argmax(1)
@@ -917,7 +1039,7 @@ def plot_grad_cam(runs, root, path, count=4):
     images = torch.stack([item['image'] for item in _common_held_out(runs, root, count)])
     fig, axes = _figure(len(images), len(runs), width=3, height=1.3)
     for r, run in enumerate(runs):
-        net = load_network(models.load_checkpoint(run['checkpoint']), run['name'])
+        net = load_network(models.read_checkpoint(run['checkpoint']), run['name'])
         layer = next(name for name in GRAD_CAM_LAYERS if hasattr(net.encoder, name.split('.')[0]))
         cam = grad_cam(net, images, net.encoder.get_submodule(layer))
         for c, (image, heat) in enumerate(zip(images, cam)):
@@ -994,7 +1116,7 @@ def prediction_names(files):
 def predict_images(checkpoint_path, source, out_dir):
     """Run a segmentation or depth checkpoint on an image or a folder of images and write each
     prediction into out_dir (prediction_names); returns the number of images."""
-    checkpoint = models.load_checkpoint(checkpoint_path)
+    checkpoint = models.read_checkpoint(checkpoint_path)
     net = load_network(checkpoint, str(checkpoint_path))
     files = image_files(source)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -1100,7 +1222,7 @@ def predict_command(args, parser):
 
 def checkpoint_command(args):
     """--checkpoint CKPT: its metrics on its held-out images, the depth table titled with how it was scored."""
-    checkpoint_args = models.load_checkpoint(args.checkpoint).get('args') or {}
+    checkpoint_args = models.read_checkpoint(args.checkpoint).get('args') or {}
     root = args.data_root or checkpoint_args.get('data_root') or 'data/toy'
     scaling = None if args.median_scaling is None else args.median_scaling == 'on'
     metrics, how = evaluate_checkpoint(args.checkpoint, root, protocol=args.eval_protocol, median_scaling=scaling,

@@ -9,19 +9,21 @@ decoder, `--init flow` only the flow network's encoder, `--init imagenet` torchv
 pre-trained encoder instead, the common practice of Fig. 1a/1c. `--freeze-encoder` keeps the encoder's
 weights and its BatchNorm statistics fixed and trains the rest (Fig. 1d).
 
-Segmentation minimises the negative log-likelihood (eq. 12) on `--train-size` labelled images picked
-with the seed; every other labelled image is the evaluation set. `--task depth` instead fits
-ground-truth depth (L1 of eq. 15 or SILog) on `--train-size` frames of the training drives and is
-scored on the test drive with the full depth table. Optimisers and schedules (training.make_optimizer and
-training.lr_schedule, shared with pretrain.py): Adam with a cosine schedule per iteration by default (App.
-B.2), or AdamW / SGD, polynomial, linear or no decay, warm-up, and a smaller learning rate for the encoder.
-The length is --iters, or --epochs of the training set. xNet's segmentation recipe (its App. A) adds a
-random rescale before the crop and a photometric distortion to the training images (data.LabelledImages),
-and a multi-scale (and flipped) test (evaluate.segmentation_scores).
+Segmentation minimises the negative log-likelihood (eq. 12) on `--train-size` labelled images picked with
+the seed from the dataset's training pool, and is scored on its held-out images (KITTI: every other labelled
+image; Cityscapes: val; NYU-Depth-V2: test; with --split DIR: the images of DIR/val_files.txt) by mIoU over
+all classes and over the paper's 7. `--task depth` instead fits ground-truth depth (L1 of eq. 15 or SILog) on
+`--train-size` frames of the training split and is scored on the test frames by --eval-protocol with the full
+depth table. Optimisers and schedules (training.make_optimizer and training.lr_schedule, shared with
+pretrain.py): Adam with a cosine schedule per iteration by default (App. B.2), or AdamW / SGD, polynomial,
+linear or no decay, warm-up, and a smaller learning rate for the encoder. The length is --iters, or --epochs
+of the training set. xNet's segmentation recipe (its App. A) adds a random rescale before the crop and a
+photometric distortion to the training images (data.LabelledImages), and a multi-scale (and flipped) test
+(evaluate.segmentation_scores).
 
-Top to bottom: what transfers from a checkpoint, how it trains, the two tasks (their data, loss and
-evaluation), the command line. The run's bookkeeping (run folder, --resume, checkpoints, --bench) is
-training.fit's.
+Top to bottom: what transfers from a checkpoint, the two tasks (their data and loss), the training loop
+(`train`: batch, loss, backward, step, log, evaluate, checkpoint), the command line. The evaluations are
+evaluate.py's; the run's bookkeeping (run folder, atomic checkpoints, --resume, --bench) is training.py's.
 
     python finetune.py --init depth --freeze-encoder
     python finetune.py --init none
@@ -30,22 +32,21 @@ training.fit's.
 """
 import argparse
 import re
+import time
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 import data
 import evaluate
 import losses
 import models
 import training
-from pretrain import depth_evaluation, supervised_depth_loss
 from training import autocast
 
-
-
 # ----------------------------------------------------------------------------------------------------
-# What transfers, how it trains, what it is scored on
+# What transfers, and the two tasks: their data and loss
 # ----------------------------------------------------------------------------------------------------
 
 def transferable_parts(weights, args):
@@ -101,58 +102,41 @@ def num_classes(args):
 
 
 def segmentation_task(args, layout, net, device):
-    """(training set, loss of a batch, evaluation, baseline, training images) for few-shot segmentation:
-    --train-size labelled images picked with the seed, scored on the layout's held-out images
-    (data.few_shot_sets)."""
+    """(training set, loss of a batch, evaluation, training images) for few-shot segmentation: --train-size
+    labelled images picked with the seed, scored on the layout's held-out images (data.few_shot_sets)."""
     train_pairs, eval_pairs = training.open_dataset(data.few_shot_sets, layout, args.train_size, args.seed, args.split)
     train_set = training.open_dataset(data.LabelledImages, train_pairs, args.height, args.width, augment=True,
                                       crop=args.crop_size, rescale=args.rescale, photometric=args.photometric)
     eval_set = training.open_dataset(data.LabelledImages, eval_pairs, args.height, args.width)
-    eval_batches = list(torch.utils.data.DataLoader(eval_set, batch_size=args.batch_size))
-    sample, classes = {k: v[:4] for k, v in eval_batches[0].items()}, num_classes(args)
-    colours = evaluate.CLASS_SETS[layout.classes][1]
+    evaluation = evaluate.SegmentationEvaluation(eval_set, train_pairs, layout.classes, args, device)
 
-    def loss_fn(batch):
+    def loss_of(batch):
         with autocast(device):
             logits = net(batch['image'])
         return losses.nll_loss(logits.float(), batch['label'])  # eq. 12
-
-    def evaluate_now(iteration, folder):
-        save_seg_sample(net, sample, folder / f'sample_{iteration:06d}.png', device, colours)
-        return evaluate.evaluate_segmentation(net, eval_batches, device, classes, args.eval_scales, args.eval_flip)
-    return (train_set, loss_fn, evaluate_now, lambda: majority_baseline(train_pairs, eval_batches, classes),
-            [image for image, _, _ in train_pairs])
-
-
-@data.reads_files
-def majority_baseline(train_pairs, eval_batches, classes):
-    """What labelling every pixel with the training labels' most frequent class scores on the evaluation set."""
-    counts = sum(torch.bincount(read(label).flatten(), minlength=256)[:classes] for _, label, read in train_pairs)
-    majority = int(counts.argmax())
-    confusion = sum(evaluate.confusion_matrix(torch.full_like(b['label'], majority), b['label'], classes)
-                    for b in eval_batches)
-    return evaluate.segmentation_metrics(confusion)
+    return train_set, loss_of, evaluation, [image for image, _, _ in train_pairs]
 
 
 def depth_task(args, layout, net, device):
-    """(training set, loss of a batch, evaluation, baseline, training images) for few-shot depth: --train-size
-    frames of the training split with ground truth, flipped as in fine-tuning; scored on the layout's test frames by
+    """(training set, loss of a batch, evaluation, training images) for few-shot depth: --train-size frames of
+    the training split with ground truth, flipped as in fine-tuning; scored on the layout's test frames by
     --eval-protocol, metric (no median scaling) unless --median-scaling on."""
     snippets = training.open_dataset(layout.snippets, 'train', (0,), with_depth=True, split_dir=args.split)
     frames = data.VideoSnippets(snippets, args.height, args.width, augment=True, crop=args.crop_size, jitter=False)
     picked = few_shot(len(frames), args)[0]
     train_set = torch.utils.data.Subset(frames, picked)
-    evaluate_now, baseline = depth_evaluation(args, layout, net, device)
-    if evaluate_now is None:
+    evaluation = evaluate.depth_evaluation(args, layout, device)
+    if evaluation is None:
         raise SystemExit(f'--task depth scores the fine-tuned network on held-out ground truth, and {layout.root} '
                          f'has none: write a val split of its RGB-D pairs (`python data.py --make-splits '
                          f'{layout.root} --data folder --by-similarity`).')
 
-    def loss_fn(batch):
+    def loss_of(batch):
         with autocast(device):
             disp = net(batch['frames_aug'][:, 0])[0].float()
-        return supervised_depth_loss(disp, batch['depth'], args.loss, args.silog_lambda, args.min_depth, args.max_depth)
-    return train_set, loss_fn, evaluate_now, baseline, [snippets[i].frames[0] for i in picked]
+        depth = models.depth_at(disp, batch['depth'].shape[-2:], args.min_depth, args.max_depth)
+        return losses.supervised_depth_loss(depth, batch['depth'], args.loss, args.silog_lambda)  # SILog or eq. 15
+    return train_set, loss_of, evaluation, [snippets[i].frames[0] for i in picked]
 
 
 def few_shot(count, args):
@@ -166,13 +150,85 @@ def few_shot(count, args):
         raise SystemExit(str(error)) from None
 
 
-def save_seg_sample(net, batch, path, device, colours):
-    """A PNG: images, ground truth and predictions, in the class set's colours."""
-    net.eval()
-    with torch.no_grad():
-        pred = net(batch['image'].to(device)).argmax(1).cpu()
-    evaluate.save_image_grid([batch['image'].permute(0, 2, 3, 1), evaluate.colourise(batch['label'], colours),
-                              evaluate.colourise(pred, colours)], path)
+# ----------------------------------------------------------------------------------------------------
+# The training loop
+# ----------------------------------------------------------------------------------------------------
+
+def finetune(args, device):
+    """Build the network from --init, then train it on --task."""
+    net = build_network(args).to(device)  # a missing --init checkpoint stops the run before any rendering
+    layout = training.open_layout(args)
+    if args.freeze_encoder:
+        net.encoder.requires_grad_(False)
+    set_train_mode(net, args.freeze_encoder)
+    task = segmentation_task if args.task == 'seg' else depth_task
+    train_set, loss_of, evaluation, images = task(args, layout, net, device)
+    resolve_epochs(args, train_set)
+    train(args, net, loss_of, train_set, evaluation, [line for line, _ in data.relative_lines(layout.root, images)])
+
+
+def optimiser(args, net):
+    """--optim (Adam by default, App. B.2; AdamW for xNet; SGD for DeepLab) over the trainable parameters, the
+    encoder's at --lr x --encoder-lr-mult, and its schedule: --warmup iterations of linear warm-up, then per
+    iteration --schedule's decay (cosine, poly, linear or constant)."""
+    optimizer = training.make_optimizer([net], args)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, training.lr_schedule(args.schedule, args.iters,
+                                                                                         args.warmup))
+
+
+def train(args, net, loss_of, train_set, evaluation, train_images):
+    """The training loop: each iteration draws a batch of the seeded stream, minimises `loss_of(batch)`, logs it
+    every --log-every iterations, evaluates every --eval-every (`evaluation`: evaluate.py's) and writes a
+    checkpoint every --save-every, recording the training images (`train_images`, which evaluate.py leaves out);
+    SIGTERM or Ctrl-C ends it after the step under way, with a checkpoint. --resume continues the run folder's
+    last checkpoint, --bench times the step."""
+    device = next(net.parameters()).device
+    optimizer, scheduler = optimiser(args, net)
+    run = None
+
+    def step(batch):  # batch -> loss -> backward -> update; returns the loss and the rate it was taken at
+        lr = scheduler.get_last_lr()[0]
+        loss = loss_of(training.to_device(batch, device))
+        training.check_finite(loss, scheduler.last_epoch + 1, lr, run)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        return loss.detach(), lr
+
+    if args.bench:
+        return training.benchmark(step, training.training_batches(train_set, args, device), args.bench,
+                                  args.batch_size, device)
+    run = training.Run(args)
+    start, metrics = run.restore({'model': net}, optimizer, scheduler)
+    with training.StopOnSignal() as stop:
+        baseline = evaluation.baseline()
+        run.log_baseline(baseline)
+        if stop.signal:  # while the baseline was measured: nothing new to save
+            stop.exit(start)
+        batches = training.training_batches(train_set, args, device, start)
+        bar, clock = tqdm(range(start, args.iters), initial=start, total=args.iters, dynamic_ncols=True), time.perf_counter()
+        for it in bar:
+            loss, lr = step(next(batches))
+            done = it + 1
+            speed = (done - start) * args.batch_size / (time.perf_counter() - clock)
+            bar.set_postfix(loss=f'{loss.item():.4f}', img_s=f'{speed:.1f}')
+            if done % args.log_every == 0 or done == args.iters or stop.signal:
+                run.log(iter=done, split='train', loss=loss.item(), lr=lr, images_per_s=speed)
+            if done % args.eval_every == 0 or done == args.iters:
+                metrics = evaluation(net, run.path / f'sample_{done:06d}.png')
+                set_train_mode(net, args.freeze_encoder)
+                run.log(iter=done, split='eval', **metrics)
+                bar.write(f'iteration {done}: {training.metrics_line(metrics, baseline)}')
+            if done % args.save_every == 0 or done == args.iters or stop.signal:
+                run.save(models.checkpoint_state({'model': net}, args, done, metrics, optimizer, scheduler,
+                                                 training.rng_state(), train_images))
+            if stop.signal and done < args.iters:
+                bar.close()
+                del batches  # the DataLoader's workers end here, before the process does
+                stop.exit(done)
+    print(f'{args.task} after {args.iters} iterations: {training.metrics_line(metrics, baseline)}')
+    print(f'Wrote {run.path}.')
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -213,7 +269,8 @@ def parse_args(argv=None):
     parser.add_argument('--epochs', type=int, default=None, metavar='N',
                         help=f'train N epochs of the training set instead of --iters (default {ITERS}): N x its '
                              f'batches per epoch, recorded as --iters once the set is known')
-    training.add_depth_eval_args(parser)
+    training.add_depth_range_args(parser)
+    training.add_depth_eval_args(parser, 'default off (fine-tuned depth is metric)')
     args = parser.parse_args(argv)
     check_length(args)
     training.resolve_depth_eval_args(args, args.task, median_scaling=False)  # fine-tuned depth is metric
@@ -300,32 +357,6 @@ def main(argv=None):
     device = training.pick_device(args.device)
     with training.unreadable_files_stop():
         finetune(args, device)
-
-
-def finetune(args, device):
-    """Build the network from --init, then train it on --task (training.fit does the rest: the run folder,
-    --resume, evaluations, checkpoints)."""
-    net = build_network(args).to(device)  # a missing --init checkpoint stops the run before any rendering
-    layout = training.open_layout(args)
-    if args.freeze_encoder:
-        net.encoder.requires_grad_(False)
-    set_train_mode(net, args.freeze_encoder)
-    task = segmentation_task if args.task == 'seg' else depth_task
-    train_set, loss_fn, evaluate_now, baseline, images = task(args, layout, net, device)
-    resolve_epochs(args, train_set)
-    optimizer = training.make_optimizer([net], args)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, training.lr_schedule(args.schedule, args.iters, args.warmup))
-    batches = lambda start: training.training_batches(train_set, args, device, start)
-
-    def evaluate_and_resume(iteration, folder):
-        metrics = evaluate_now(iteration, folder)
-        set_train_mode(net, args.freeze_encoder)
-        return metrics
-
-    info = dict(decoder=args.decoder, xnet=models.xnet_options(args),
-                num_classes=num_classes(args) if args.task == 'seg' else None,
-                train_images=[line for line, _ in data.relative_lines(layout.root, images)])  # evaluate.py skips them
-    training.fit(args, {'model': net}, optimizer, scheduler, loss_fn, batches, evaluate_and_resume, baseline, info)
 
 
 if __name__ == '__main__':

@@ -5,8 +5,9 @@ Self-supervised depth (Monodepth2, depth pre-training paper App. B.1-B.2): SSIM 
 smoothness prior (eq. 11); pretrain.monodepth2_loss puts them together as eq. 9, with the per-pixel
 minimum over source views and auto-masking. Optical flow (App. B.3): warping with a flow field and the
 photometric term of eq. 13; its smoothness prior (eq. 14) is the same edge-aware function as eq. 11.
-Depth from ground truth: masked L1 (eq. 15) and the scale-invariant log loss (SILog, Sect. 2.3 of the
-minimal-transfer-learning paper). Semantic segmentation: the negative log-likelihood (eq. 12).
+Depth from ground truth (pre-training from a sensor, fine-tuning for depth): masked L1 (eq. 15) and the
+scale-invariant log loss (SILog, Sect. 2.3 of the minimal-transfer-learning paper), one of them chosen by
+supervised_depth_loss. Semantic segmentation: the negative log-likelihood (eq. 12).
 
 Geometry conventions: camera x right, y down, z forward; pixel centres at integer coordinates;
 K and inv_K are [B,4,4] (or [4,4]); a pose T maps target-frame points to the source frame.
@@ -28,28 +29,28 @@ def box_mean(x):
     return (rows[..., :-2, :] + rows[..., 1:-1, :] + rows[..., 2:, :]) / 9
 
 
-class Target(NamedTuple):
+class SsimStatistics(NamedTuple):
     """An image that several others are compared with, and its SSIM statistics (3x3 mean and variance)."""
     image: torch.Tensor
     mean: torch.Tensor
     variance: torch.Tensor
 
 
-def as_target(y):
-    """y [B,C,H,W] as a Target; its statistics are computed once however many images it is compared with."""
-    if isinstance(y, Target):
+def ssim_statistics(y):
+    """y [B,C,H,W] with its SSIM statistics, computed once however many images it is compared with."""
+    if isinstance(y, SsimStatistics):
         return y
     mu_y, yy = box_mean(torch.cat([y, y * y], 1)).chunk(2, 1)
-    return Target(y, mu_y, yy - mu_y ** 2)
+    return SsimStatistics(y, mu_y, yy - mu_y ** 2)
 
 
 def ssim(x, y):
     """Per-pixel, per-channel dissimilarity (1 - SSIM) / 2 in [0, 1], same shape as x.
 
     Local statistics are 3x3 means (box_mean) over reflection-padded images; y is the image compared
-    against, or its Target, whose statistics do not depend on x.
+    against, or its SsimStatistics, which do not depend on x.
     """
-    y, mu_y, sigma_y = as_target(y)
+    y, mu_y, sigma_y = ssim_statistics(y)
     mu_x, xx, xy = box_mean(torch.cat([x, x * x, x * y], 1)).chunk(3, 1)
     mu_xx, mu_xy = mu_x ** 2, mu_x * mu_y
     sigma_x, sigma_xy = xx - mu_xx, xy - mu_xy
@@ -62,11 +63,11 @@ def photometric_error(pred, target, alpha=0.85):
     """Per-pixel photometric error of eq. 10: alpha * (1 - SSIM) / 2 + (1 - alpha) * |pred - target|, each a
     mean over channels, with Monodepth2's weighting (alpha on the SSIM term, which is halved; the paper's
     printed eq. 10 puts alpha on the L1 term). pred: one image [B,C,H,W] -> [B,1,H,W], or S views of the
-    target [B,S,C,H,W] -> [B,S,H,W]; target: an image [B,C,H,W] or its Target (statistics computed once)."""
+    target [B,S,C,H,W] -> [B,S,H,W]; target: an image [B,C,H,W] or its SsimStatistics (computed once)."""
     views = pred if pred.dim() == 5 else pred[:, None]
     B, S, C, H, W = views.shape
-    target = as_target(target)
-    dissimilarity = ssim(views.flatten(1, 2), Target(*(t.repeat(1, S, 1, 1) for t in target)))  # [B,S*C,H,W]
+    target = ssim_statistics(target)
+    dissimilarity = ssim(views.flatten(1, 2), SsimStatistics(*(t.repeat(1, S, 1, 1) for t in target)))  # [B,S*C,H,W]
     l1 = (views - target.image[:, None]).abs().mean(2)
     return alpha * dissimilarity.view(B, S, C, H, W).mean(2) + (1 - alpha) * l1  # eq. 10
 
@@ -206,6 +207,12 @@ def silog_loss(pred, target, mask=None, lam=0.5):
     has = n > 0  # images without any measurement do not count
     mean_d2, mean_d = (d ** 2).sum((1, 2, 3))[has] / n[has], d.sum((1, 2, 3))[has] / n[has]
     return (mean_d2 - lam * mean_d ** 2).mean()  # Sect. 2.3
+
+
+def supervised_depth_loss(depth, gt, loss='l1', lam=0.5):
+    """Depth [B,1,H,W] against a sensor's (or another) ground truth's measured pixels: masked L1 (eq. 15) or
+    SILog with `lam`. One loss for pre-training from ground truth and for fine-tuning for depth."""
+    return silog_loss(depth, gt, lam=lam) if loss == 'silog' else l1_depth_loss(depth, gt)
 
 
 def nll_loss(logits, labels, ignore_index=255):

@@ -670,6 +670,11 @@ def disp_to_depth(disp, min_depth=0.1, max_depth=100.0):
     return 1 / scaled_disp
 
 
+def depth_at(disp, size, min_depth=0.1, max_depth=100.0):
+    """The depth [B,1,H,W] of a sigmoid disparity [B,1,h,w] at `size` (H, W): upsampled (bilinear), then mapped."""
+    return disp_to_depth(F.interpolate(disp, size, mode='bilinear', align_corners=False), min_depth, max_depth)
+
+
 # Monodepth2 multiplies the six pose outputs by 0.01 so that the first warps stay near the identity. We keep
 # that for the rotation (radians per frame are small) but use 0.1 for the translation: at 0.01 it grows by
 # at most ~0.0003 per Adam step at lr 1e-4, too slowly to reach the scene's scale in a few hundred steps.
@@ -677,11 +682,13 @@ POSE_SCALE = dict(rotation=0.01, translation=0.1)
 
 
 class PoseNet(nn.Module):
-    """Relative camera motion between two frames: a two-image ResNet and Monodepth2's pose decoder."""
+    """Relative camera motion between two frames: a two-image ResNet and Monodepth2's pose decoder. The ResNet
+    is the depth network's --arch (Monodepth2 takes the same depth for both), or ResNet-18 where that is no
+    ResNet (ConvNeXt): the pose only needs to be good enough to warp the frames, and ResNet-18 is Monodepth2's."""
 
     def __init__(self, arch='resnet18', normalization='unit'):
         super().__init__()
-        self.encoder = ResnetEncoder(arch, num_input_images=2)
+        self.encoder = ResnetEncoder(arch if arch in RESNET_BLOCKS else 'resnet18', num_input_images=2)
         self.decoder = nn.Sequential(
             nn.Conv2d(self.encoder.num_ch_enc[-1], 256, 1), nn.ReLU(),  # squeeze
             nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(),
@@ -811,18 +818,6 @@ def describe_decoder(decoder, xnet=None, decoder_init='none', reset=False):
     init = os.path.splitext(os.path.basename(decoder_init))[0]  # a checkpoint path: its file name
     return '-'.join(['xnet', xnet['mix']] + (['fp'] if xnet['pyramid'] else []) + ([] if xnet['pfp'] else ['nopfp'])
                     + (['reset'] if reset else []) + ([f'from-{init}'] if init != 'none' else []))
-
-
-def build_pose_net(arch='resnet18', normalization='unit'):
-    """PoseNet for self-supervised depth from video: a ResNet of the depth network's --arch (Monodepth2 takes
-    the same depth for both), or ResNet-18 where that is not a ResNet (ConvNeXt): the pose only needs to be
-    good enough to warp the frames, and ResNet-18 is Monodepth2's."""
-    return PoseNet(arch if arch in RESNET_BLOCKS else 'resnet18', normalization)
-
-
-def build_flow_net(arch='resnet18', normalization='unit'):
-    """Siamese flow network for optical-flow pre-training."""
-    return FlowNet(arch, normalization)
 
 
 # An encoder's ImageNet classifier (ResNet's fc, ConvNeXt's last linear layer) is kept so that its keys are
@@ -972,7 +967,7 @@ def read_weights(path):
     path = Path(path)
     config = None
     if path.is_dir() and (path / 'checkpoint.pt').is_file() and not (path / 'config.json').is_file():
-        load_checkpoint(path)  # a run folder: its sentence names the checkpoint to pass
+        read_checkpoint(path)  # a run folder: its sentence names the checkpoint to pass
     if path.is_dir() or path.name in HF_WEIGHT_FILES:
         path, config = _hugging_face_files(path)
     if not path.is_file():
@@ -1088,16 +1083,42 @@ def _head_mismatch(net, state):
     return 'the weights\' head is another task\'s'
 
 
-# ---------------------------------------------------------------- checkpoints, and embedding images
+# ---------------------------------------------------------------- checkpoints: the one writer, the one reader
 
-# What every checkpoint of pretrain.py and finetune.py records (training.fit writes them): the network's
+# What every checkpoint of pretrain.py and finetune.py records (checkpoint_state writes them): the network's
 # weights, task and encoder, the input normalisation it was trained with, and its input size.
 CHECKPOINT_KEYS = ('model', 'task', 'arch', 'normalization', 'height', 'width')
 CHECKPOINT_FILES = 'runs/<name>/checkpoint.pt or checkpoints/<task>.pt'
 
 
-def load_checkpoint(path):
-    """A checkpoint's contents, or one sentence on why it cannot be read."""
+def checkpoint_state(networks, args, iteration, metrics, optimizer=None, scheduler=None, rng=None,
+                     train_images=None):
+    """Every key a checkpoint of pretrain.py or finetune.py holds, written here only. `networks` is {key:
+    module} ('model', and 'pose_net' for video); the run's flags (`args`), its iteration and last metrics;
+    with `optimizer`, `scheduler` and `rng` (training.rng_state()) what --resume continues from (an exported
+    network leaves them out). What the network is: its task, encoder, decoder (xNet's options), the input
+    normalisation and size it was trained at; a pre-training's --init (and --supervision); a fine-tuning's
+    classes and the training images (relative to the data root: evaluate.py scores the others)."""
+    flags = vars(args)
+    state = {key: net.state_dict() for key, net in networks.items()}
+    if optimizer is not None:
+        state.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), rng=rng)
+    state.update(task=args.task, arch=args.arch, normalization=networks['model'].normalization, height=args.height,
+                 width=args.width, args=flags, iter=iteration, metrics=metrics)
+    if args.task == 'flow':
+        state.update(init=args.init, decoder='siamese-unet')
+    elif 'supervision' in flags:  # pre-trained depth
+        state.update(init=args.init, decoder=args.decoder, xnet=xnet_options(args), supervision=args.supervision)
+    else:  # fine-tuned
+        head = networks['model'].head
+        state.update(decoder=args.decoder, xnet=xnet_options(args),
+                     num_classes=head.conv.out_channels if args.task == 'seg' else None, train_images=train_images)
+    return state
+
+
+def read_checkpoint(path, advice='copy or export it again, or pass another checkpoint'):
+    """A checkpoint's contents (checkpoint_state's keys), or one sentence on why it cannot be read, ending
+    with `advice` where the file is damaged."""
     path = Path(path)
     if path.is_dir():
         inner = path / 'checkpoint.pt'
@@ -1109,7 +1130,7 @@ def load_checkpoint(path):
         checkpoint = torch.load(path, map_location='cpu', weights_only=False)
     except Exception as error:
         raise ValueError(f'could not read {path} ({str(error).splitlines()[0][:120]}): the file is damaged or '
-                         f'truncated; copy or export it again, or pass another checkpoint.') from None
+                         f'truncated; {advice}.') from None
     return check_checkpoint(checkpoint, path)
 
 
@@ -1128,6 +1149,8 @@ def check_checkpoint(checkpoint, path):
                          f'theirs ({CHECKPOINT_FILES}).')
     return checkpoint
 
+
+# ---------------------------------------------------------------- embedding images
 
 MOBILENET_WEIGHTS = torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1
 
@@ -1164,8 +1187,8 @@ def checkpoint_embedder(path):
     """An embedder from a checkpoint of this project (pretrain.py, finetune.py): its encoder's last feature
     map (1/32 scale; 512 channels for resnet18, 2048 for resnet50, 768 for convnext_tiny, 256 for mit_b0), pooled, after the normalisation the
     network was trained with. DeepLab's encoder is dilated as in training, so its features are the ones the
-    network saw. What is not such a checkpoint stops with one sentence (load_checkpoint's, or ours)."""
-    checkpoint = load_checkpoint(path)
+    network saw. What is not such a checkpoint stops with one sentence (read_checkpoint's, or ours)."""
+    checkpoint = read_checkpoint(path)
     normalization = checkpoint.get('normalization')
     if normalization not in NORMALIZATION:
         raise ValueError(f'{path} records no input normalisation ({normalization!r}, not one of '

@@ -8,13 +8,14 @@ PoseNet's camera motion (--supervision mono), the other stereo camera with the c
 depth in metres), or all three (mono+stereo); --supervision gt instead fits the dataset's depth (masked L1,
 eq. 15, or SILog). --init imagenet starts the encoders from ImageNet ("Depth" in the paper; none is
 "Depth-Rand"), and --crop-size trains on random crops ("Depth-cropped", App. D.1). The PoseNet is a ResNet of
---arch, or a ResNet-18 whatever other --arch the depth network has (ConvNeXt: models.build_pose_net).
+--arch, or a ResNet-18 whatever other --arch the depth network has (ConvNeXt: models.PoseNet).
 
 Optical flow (--task flow, App. B.3): a siamese network predicts the flow from frame t to t+1, trained by
 the photometric term of eq. 13 and the smoothness of eq. 14, evaluated by end-point error and Fl.
 
-Top to bottom: the losses, the two pre-trainings, the command line. What a run needs beyond the paper (run
-folders, checkpoints, --resume, --bench, the seeded training stream) is in training.py.
+Top to bottom: the losses, the two pre-trainings, their training loop (`train`: batch, loss, backward, step,
+log, evaluate, checkpoint), the command line. The evaluations are evaluate.py's; what the loop calls beyond the
+paper (the run folder, atomic checkpoints, --resume, --bench, the seeded training stream) is training.py's.
 
     python pretrain.py --task depth                 # toy world, rendered on first use
     python pretrain.py --task depth --supervision stereo --init imagenet
@@ -22,10 +23,11 @@ folders, checkpoints, --resume, --bench, the seeded training stream) is in train
     python pretrain.py --task depth --data kitti --data-root /data/kitti --height 192 --width 640
 """
 import argparse
+import time
 
 import torch
 import torch.nn.functional as F
-from torchvision.utils import flow_to_image
+from tqdm import tqdm
 
 import data
 import evaluate
@@ -36,7 +38,7 @@ from training import autocast
 
 
 # ----------------------------------------------------------------------------------------------------
-# The losses: Monodepth2 (eq. 7-11), depth from ground truth (eq. 15, SILog), optical flow (eq. 13-14)
+# The losses: Monodepth2 (eq. 7-11) and optical flow (eq. 13-14); depth from ground truth is losses.py's
 # ----------------------------------------------------------------------------------------------------
 
 def source_views(batch, pose_net, supervision):
@@ -72,13 +74,12 @@ def monodepth2_loss(disps, sources, poses, batch, args):
     The edge-aware smoothness (eq. 11) of the mean-normalised disparity, at its own scale, is weighted
     w_sm / 2^scale (--smoothness).
     """
-    target, (H, W) = losses.as_target(batch['frames'][:, 0]), sources.shape[-2:]  # SSIM statistics once
+    target, (H, W) = losses.ssim_statistics(batch['frames'][:, 0]), sources.shape[-2:]  # computed once
     identity = None if args.no_automask else losses.photometric_error(sources, target).min(1, keepdim=True).values
     rays = losses.view_rays(batch['K'], batch['inv_K'], poses, H, W)  # eq. 8's part that depth does not change
     total, disps = 0.0, disps[:args.scales]
     for scale, disp in enumerate(disps):
-        depth = models.disp_to_depth(F.interpolate(disp, (H, W), mode='bilinear', align_corners=False),
-                                     args.min_depth, args.max_depth)
+        depth = models.depth_at(disp, (H, W), args.min_depth, args.max_depth)
         warped = losses.warp_views(sources, depth, rays)                               # eq. 7-8
         reprojection = losses.photometric_error(warped, target).min(1, keepdim=True).values  # eq. 10, min over sources
         if identity is not None:                                                       # auto-masking
@@ -87,17 +88,6 @@ def monodepth2_loss(disps, sources, poses, batch, args):
         smoothness = losses.smoothness_loss(losses.mean_normalised(disp), image)      # eq. 11
         total = total + reprojection.mean() + args.smoothness * smoothness / 2 ** scale  # eq. 9
     return total / len(disps)
-
-
-def supervised_depth_loss(disp, gt, loss, lam, min_depth, max_depth):
-    """Depth from a sensor or another ground truth: the finest disparity's depth, upsampled to the ground
-    truth's size, against its measured pixels, by masked L1 (eq. 15) or SILog (minimal-transfer paper, Sect.
-    2.3). One function for pre-training (--supervision gt) and fine-tuning (finetune.py --task depth)."""
-    depth = models.disp_to_depth(F.interpolate(disp, gt.shape[-2:], mode='bilinear', align_corners=False),
-                                 min_depth, max_depth)
-    if loss == 'silog':
-        return losses.silog_loss(depth, gt, lam=lam)
-    return losses.l1_depth_loss(depth, gt)
 
 
 def flow_loss(flows, batch, args):
@@ -134,7 +124,7 @@ def depth_networks(args, device):
     normalization = 'imagenet' if args.init == 'imagenet' else 'unit'
     networks = {'model': models.build_depth_net(args.arch, normalization, args.decoder, models.xnet_options(args))}
     if 'mono' in args.supervision:
-        networks['pose_net'] = models.build_pose_net(args.arch, normalization)
+        networks['pose_net'] = models.PoseNet(args.arch, normalization)
     training.init_encoders(args, *(net.encoder for net in networks.values()))
     if args.decoder == 'xnet':
         training.init_decoder_backbone(networks['model'], args)
@@ -146,75 +136,35 @@ def depth_networks(args, device):
     return {key: net.to(device) for key, net in networks.items()}
 
 
-def depth_evaluation(args, layout, depth_net, device):
-    """(evaluate_now(iteration, folder), baseline()) of depth on the layout's test frames by --eval-protocol,
-    or (None, None) where it has none (a folder of video). One for pre-training and fine-tuning."""
-    test_set = evaluate.depth_test_set(args, layout)  # read anew at each evaluation: memory stays flat
-    if test_set is None:
-        return None, None
-    sample = training.sample_frames(test_set, device)
-
-    def evaluate_now(iteration, folder):
-        save_depth_sample(depth_net, sample, folder / f'sample_{iteration:06d}.png')
-        metrics = evaluate.evaluate_depth(depth_net, test_set, device, args.min_depth, args.max_depth,
-                                          args.eval_max_depth, args.median_scaling == 'on', args.workers)
-        depth_net.train()
-        return metrics
-    return evaluate_now, lambda: evaluate.constant_baseline_on(test_set, args.eval_max_depth, args.workers)
-
-
 def pretrain_depth(args, device):
     """Depth pre-training with the chosen supervision; evaluated on the test frames' ground truth. The
     networks (and their ImageNet weights) come first, so a missing file stops the run before any rendering."""
     networks = depth_networks(args, device)
-    depth_net, pose_net, gt = networks['model'], networks.get('pose_net'), args.supervision == 'gt'
+    depth_net, pose_net = networks['model'], networks.get('pose_net')
 
-    def loss_fn(batch):
+    def loss_of(batch):
         with autocast(device):
             disps = [d.float() for d in depth_net(batch['frames_aug'][:, 0])]
-        if gt:
-            return supervised_depth_loss(disps[0], batch['depth'], args.depth_loss, args.silog_lambda, args.min_depth,
-                                         args.max_depth)
-        return monodepth2_loss(disps, *source_views(batch, pose_net, args.supervision), batch, args)
+        if args.supervision == 'gt':
+            depth = models.depth_at(disps[0], batch['depth'].shape[-2:], args.min_depth, args.max_depth)
+            return losses.supervised_depth_loss(depth, batch['depth'], args.loss, args.silog_lambda)  # eq. 15, SILog
+        return monodepth2_loss(disps, *source_views(batch, pose_net, args.supervision), batch, args)  # eq. 9
 
     layout = training.open_layout(args)
     frame_ids = (0, -args.frame_stride, args.frame_stride) if pose_net is not None else (0,)
     snippets = training.open_dataset(layout.snippets, 'train', frame_ids, stereo='stereo' in args.supervision,
-                                     with_depth=gt, split_dir=args.split)
+                                     with_depth=args.supervision == 'gt', split_dir=args.split)
     train_set = training.open_dataset(data.VideoSnippets, snippets, args.height, args.width, augment=True,
                                       crop=args.crop_size)
-    evaluate_now, baseline = depth_evaluation(args, layout, depth_net, device)
-    pretrain(args, networks, loss_fn, train_set, evaluate_now, baseline,
-             dict(init=args.init, decoder=args.decoder, xnet=models.xnet_options(args), supervision=args.supervision))
-
-
-def pretrain(args, networks, loss_fn, train_set, evaluate_now, baseline, info):
-    """--optim (Adam by default; AdamW for xNet, App. A) over every network ({checkpoint key: module}), the
-    encoders at --lr x --encoder-lr-mult, with --warmup iterations of linear warm-up, then a step schedule (1,
-    then --step-factor from --step-at of the iterations on: Monodepth2's tenfold drop for the last quarter, the
-    paper's NYU halving, App. B.5) or linear decay to 0 (the paper's Cityscapes recipe, App. B.4; xNet), on the
-    seeded training stream (training.fit does the rest: the run folder, --resume, evaluations, checkpoints and
-    the exported --out)."""
-    optimizer = training.make_optimizer(list(networks.values()), args)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, training.lr_schedule(
-        args.schedule, args.iters, args.warmup, args.step_at, args.step_factor))
-    device = next(networks['model'].parameters()).device
-    batches = lambda start: training.training_batches(train_set, args, device, start)
-    training.fit(args, networks, optimizer, scheduler, loss_fn, batches, evaluate_now, baseline, info)
-
-
-def save_depth_sample(depth_net, frames, path):
-    """A PNG: test images above their predicted disparities (Monodepth2's magma colour map)."""
-    depth_net.eval()
-    with torch.no_grad():
-        disp = depth_net(frames[:, 0])[0].float().cpu()
-    depth_net.train()
-    evaluate.save_image_grid([frames[:, 0].permute(0, 2, 3, 1).cpu(), disp[:, 0]], path, cmaps=[None, 'magma'])
+    evaluation = evaluate.depth_evaluation(args, layout, device)
+    if evaluation is None:
+        print('Nothing to evaluate on (no held-out ground truth): the run logs its training loss only.')
+    train(args, networks, loss_of, train_set, evaluation)
 
 
 def pretrain_flow(args, device):
     """Siamese optical flow, self-supervised on consecutive frames (App. B.3), evaluated by end-point error."""
-    flow_net = models.build_flow_net(args.arch, 'imagenet' if args.init == 'imagenet' else 'unit')
+    flow_net = models.FlowNet(args.arch, 'imagenet' if args.init == 'imagenet' else 'unit')
     training.init_encoders(args, flow_net.encoder)
     flow_net.to(device)
     if args.data not in ('toy', 'kitti'):
@@ -225,53 +175,84 @@ def pretrain_flow(args, device):
     train_set = training.open_dataset(data.VideoSnippets, snippets, args.height, args.width, augment=True,
                                       crop=args.crop_size)
 
-    def loss_fn(batch):
+    def loss_of(batch):
         with autocast(device):
             flows = [f.float() for f in flow_net(batch['frames_aug'][:, 0], batch['frames_aug'][:, 1])]
-        return flow_loss(flows, batch, args)
+        return flow_loss(flows, batch, args)  # eq. 13-14
 
     pair_set = training.open_dataset(data.FlowPairs, layout.root, args.height, args.width)
-    pairs, sample = evaluate.one_at_a_time(pair_set), training.sample_frames(pair_set, device)
-
-    def baseline():
-        return evaluate.flow_metrics((torch.zeros_like(b['flow']), b['flow'], b['valid']) for b in pairs)
-
-    def evaluate_now(iteration, folder):
-        save_flow_sample(flow_net, sample, folder / f'sample_{iteration:06d}.png')
-        return evaluate_flow(flow_net, pairs, device)
-
-    pretrain(args, {'model': flow_net}, loss_fn, train_set, evaluate_now, baseline, dict(init=args.init, decoder='siamese-unet'))
+    train(args, {'model': flow_net}, loss_of, train_set, evaluate.FlowEvaluation(pair_set, device))
 
 
-def resize_flow(flow, size):
-    """Flow [B,2,h,w] in pixels -> [B,2,H,W]: resampled, and each component scaled with its axis."""
-    h, w = flow.shape[-2:]
-    scale = torch.tensor([size[1] / w, size[0] / h], device=flow.device).view(1, 2, 1, 1)
-    return F.interpolate(flow, size, mode='bilinear', align_corners=False) * scale
+# ----------------------------------------------------------------------------------------------------
+# The training loop
+# ----------------------------------------------------------------------------------------------------
+
+def optimiser(args, networks):
+    """--optim (Adam by default; AdamW for xNet, App. A) over every network ({checkpoint key: module}), the
+    encoders at --lr x --encoder-lr-mult, and its schedule: --warmup iterations of linear warm-up, then a step
+    (the rate times --step-factor from --step-at of the iterations on: Monodepth2's tenfold drop for the last
+    quarter, the paper's NYU halving, App. B.5) or linear decay to 0 (App. B.4; xNet)."""
+    optimizer = training.make_optimizer(list(networks.values()), args)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, training.lr_schedule(
+        args.schedule, args.iters, args.warmup, args.step_at, args.step_factor))
 
 
-@torch.no_grad()
-def evaluate_flow(flow_net, pairs, device):
-    """End-point error and Fl on the ground-truth flow pairs, at the ground truth's resolution."""
-    flow_net.eval()
+def train(args, networks, loss_of, train_set, evaluation):
+    """The training loop: each iteration draws a batch of the seeded stream, minimises `loss_of(batch)`, logs it
+    every --log-every iterations, evaluates every --eval-every (`evaluation`: evaluate.py's; None without held-out
+    ground truth) and writes a checkpoint every --save-every; SIGTERM or Ctrl-C ends it after the step under
+    way, with a checkpoint. --resume continues the run folder's last checkpoint, --bench times the step, and
+    the trained networks are exported to --out."""
+    model, device = networks['model'], next(networks['model'].parameters()).device
+    optimizer, scheduler = optimiser(args, networks)
+    run = None
 
-    def predictions():
-        for batch in pairs:
-            frames, gt = batch['frames'].to(device), batch['flow'].to(device)
-            flow = resize_flow(flow_net(frames[:, 0], frames[:, 1])[0].float(), gt.shape[-2:])
-            yield flow, gt, batch['valid'].to(device)
-    metrics = evaluate.flow_metrics(predictions())
-    flow_net.train()
-    return metrics
+    def step(batch):  # batch -> loss -> backward -> update; returns the loss and the rate it was taken at
+        lr = scheduler.get_last_lr()[0]
+        loss = loss_of(training.to_device(batch, device))
+        training.check_finite(loss, scheduler.last_epoch + 1, lr, run)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        return loss.detach(), lr
 
-
-def save_flow_sample(flow_net, frames, path):
-    """A PNG: first frames above their predicted flow in the usual colour wheel (torchvision's flow_to_image)."""
-    flow_net.eval()
-    with torch.no_grad():
-        flow = flow_net(frames[:, 0], frames[:, 1])[0].float().cpu()
-    flow_net.train()
-    evaluate.save_image_grid([frames[:, 0].permute(0, 2, 3, 1).cpu(), flow_to_image(flow).permute(0, 2, 3, 1)], path)
+    if args.bench:
+        return training.benchmark(step, training.training_batches(train_set, args, device), args.bench,
+                                  args.batch_size, device)
+    training.check_export(args)
+    run = training.Run(args)
+    start, metrics = run.restore(networks, optimizer, scheduler)
+    with training.StopOnSignal() as stop:
+        baseline = evaluation.baseline() if evaluation else {}
+        run.log_baseline(baseline)
+        if stop.signal:  # while the baseline was measured: nothing new to save
+            stop.exit(start)
+        batches = training.training_batches(train_set, args, device, start)
+        bar, clock = tqdm(range(start, args.iters), initial=start, total=args.iters, dynamic_ncols=True), time.perf_counter()
+        for it in bar:
+            loss, lr = step(next(batches))
+            done = it + 1
+            speed = (done - start) * args.batch_size / (time.perf_counter() - clock)
+            bar.set_postfix(loss=f'{loss.item():.4f}', img_s=f'{speed:.1f}')
+            if done % args.log_every == 0 or done == args.iters or stop.signal:
+                run.log(iter=done, split='train', loss=loss.item(), lr=lr, images_per_s=speed)
+            if evaluation and (done % args.eval_every == 0 or done == args.iters):
+                metrics = evaluation(model, run.path / f'sample_{done:06d}.png')
+                model.train()
+                run.log(iter=done, split='eval', **metrics)
+                bar.write(f'iteration {done}: {training.metrics_line(metrics, baseline)}')
+            if done % args.save_every == 0 or done == args.iters or stop.signal:
+                run.save(models.checkpoint_state(networks, args, done, metrics, optimizer, scheduler, training.rng_state()))
+            if stop.signal and done < args.iters:
+                bar.close()
+                del batches  # the DataLoader's workers end here, before the process does
+                stop.exit(done)
+    training.save_atomic(models.checkpoint_state(networks, args, args.iters, metrics), args.out)
+    summary = training.metrics_line(metrics, baseline) or 'not evaluated (no held-out ground truth)'
+    print(f'{args.task} after {args.iters} iterations: {summary}')
+    print(f'Wrote {run.path} and {args.out}.')
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -286,9 +267,10 @@ def parse_args(argv=None):
                         help='depth only. mono: frames t-1 and t+1 of the video, with a PoseNet (Monodepth2; '
                              'a ResNet of --arch, ResNet-18 for a ConvNeXt --arch); '
                              'stereo: the other camera\'s image, baseline from the calibration (depth in metres); '
-                             'mono+stereo: both; gt: the dataset\'s ground-truth depth (--depth-loss)')
-    parser.add_argument('--depth-loss', choices=['l1', 'silog'], default='l1',
-                        help='with --supervision gt: masked L1 (eq. 15) or the scale-invariant log loss')
+                             'mono+stereo: both; gt: the dataset\'s ground-truth depth (--loss)')
+    parser.add_argument('--loss', '--depth-loss', choices=['l1', 'silog'], default='l1',
+                        help='with --supervision gt: masked L1 (eq. 15) or the scale-invariant log loss (--depth-loss: '
+                             'its older name)')
     parser.add_argument('--silog-lambda', type=float, default=0.5, help='lambda of SILog (1: scale-invariant)')
     parser.add_argument('--init', choices=['none', 'imagenet'], default='none',
                         help='encoder before pre-training: none (the paper\'s Depth-Rand) or torchvision\'s '
@@ -296,7 +278,11 @@ def parse_args(argv=None):
     training.add_common_args(parser, iters=300, lr=1e-4, batch_size=8, eval_every=100)
     training.add_optimizer_args(parser)
     training.add_decoder_args(parser)
-    training.add_depth_eval_args(parser)
+    parser.add_argument('--frame-stride', type=int, default=1, metavar='N',
+                        help='video: the source frames are t-N and t+N (default 1: the neighbours)')
+    training.add_depth_range_args(parser)
+    training.add_depth_eval_args(parser, 'default on for --supervision mono (video fixes no scale), off for stereo, '
+                                         'mono+stereo and gt (metric depth)')
     parser.add_argument('--out', default=None, help='checkpoint to export at the end (default checkpoints/<task>.pt)')
     parser.add_argument('--overwrite', action='store_true',
                         help='replace an --out written by another run (without it, that stops the run at the start)')
@@ -316,6 +302,9 @@ def parse_args(argv=None):
     training.resolve_depth_eval_args(args, args.task, median_scaling=args.supervision == 'mono')
     args.name = args.name or run_name(args)
     training.check_args(args)
+    if args.frame_stride < 1:
+        raise SystemExit(f'--frame-stride must be 1 or more (frames between a target and its sources); got '
+                         f'{args.frame_stride}.')
     if not args.step_factor >= 0:
         raise SystemExit(f'--step-factor must be 0 or more (e.g. 0.1): it multiplies the learning rate; got '
                          f'{args.step_factor}, which would train by gradient ascent.')
@@ -331,7 +320,7 @@ def run_name(args):
     """A run folder name that says what was trained: task, supervision, init, crop, arch, size, seed."""
     parts = training.dataset_name(args) + [args.task] + ([args.supervision] if args.task == 'depth' else [])
     if args.task == 'depth' and args.supervision == 'gt':
-        parts.append(args.depth_loss)
+        parts.append(args.loss)
     parts += ['imagenet'] if args.init == 'imagenet' else []
     parts += [f'crop{args.crop_size[0]}x{args.crop_size[1]}'] if args.crop_size else []
     parts += ['linear'] if args.schedule == 'linear' else []

@@ -1,4 +1,5 @@
-"""Run bookkeeping shared by pretrain.py and finetune.py, kept apart so that those two read paper-first.
+"""Run bookkeeping shared by pretrain.py and finetune.py, called from inside their loops; each script writes its
+own loop (batch, loss, backward, step, log, evaluate, checkpoint), this file what the loop calls.
 
 Nothing here is in the papers; it is what makes a run trustworthy and repeatable. Top to bottom:
   - the flags both scripts spell the same, and their one-sentence checks;
@@ -8,10 +9,11 @@ Nothing here is in the papers; it is what makes a run trustworthy and repeatable
     first use), and its starting points (--init and --decoder-init checkpoints, ImageNet weights);
   - the training stream: epoch after epoch, every augmentation seeded by the draw's number, so a resumed
     run continues exactly where it stopped;
-  - the loop (`fit`): --bench, the run folder, --resume, log / evaluate / checkpoint, the exported network,
-    and a stop asked for by SIGTERM or Ctrl-C (StopOnSignal: the step finishes, a checkpoint is saved);
-  - run folders (args.json, metrics.jsonl, samples, checkpoint.pt, a lock) and files written atomically
-    (a temporary file, then a rename), so no crash leaves a half-written result.
+  - what the loops call: a stop asked for by SIGTERM or Ctrl-C (StopOnSignal: the step under way finishes, a
+    checkpoint is saved), a loss that is not finite (check_finite), --bench's timing, the evaluation line;
+  - run folders (Run: args.json, metrics.jsonl, samples, checkpoint.pt, a lock; --resume restores the
+    networks, optimiser, schedule and random generators) and files written atomically (a temporary file,
+    then a rename), so no crash leaves a half-written result. A checkpoint's keys are models.checkpoint_state's.
 """
 import atexit
 import contextlib
@@ -30,7 +32,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 import data
 import models
@@ -51,8 +52,6 @@ def add_common_args(parser, iters, lr, batch_size, eval_every):
                              'cityscapes, nyu: that dataset\'s tree at --data-root, in its official layout; folder: '
                              'your own video and RGB-D pairs (the README says each layout)')
     parser.add_argument('--data-root', default=None, help=f'dataset folder (default for toy: {TOY_ROOT})')
-    parser.add_argument('--frame-stride', type=int, default=1, metavar='N',
-                        help='video: the source frames are t-N and t+N (default 1: the neighbours)')
     parser.add_argument('--depth-scale', type=float, default=None, metavar='S',
                         help='folder: metres per unit of <name>_depth.png maps (0.001 for millimetres)')
     parser.add_argument('--arch', choices=models.ARCHS, default='resnet18',
@@ -114,8 +113,9 @@ def add_decoder_args(parser):
                         help='xnet: predict from the last stage instead of the Post Feature Pyramid')
 
 
-def add_depth_eval_args(parser):
-    """Where the depth data's splits are, and how depth is scored (KITTI's two protocols)."""
+def add_depth_eval_args(parser, median_scaling_default):
+    """Where the depth data's splits are, and how depth is scored (KITTI's two protocols; the script says
+    when it median-scales by default)."""
     parser.add_argument('--split', default=None, metavar='DIR',
                         help='folder holding train_files.txt and val_files.txt (and test_files.txt): default '
                              '<data-root>/splits; Monodepth2\'s splits/eigen_zhou works as it is')
@@ -127,15 +127,19 @@ def add_depth_eval_args(parser):
                              'benchmark (KITTI\'s annotated depth, no crop); cityscapes, nyu and folder have one each '
                              '(the README says each); test frames without that ground truth are skipped '
                              'and counted')
-    parser.add_argument('--min-depth', type=float, default=0.1, help='depth: depth of disparity 1 (metres)')
-    parser.add_argument('--max-depth', type=float, default=None,
-                        help='depth: depth of disparity 0 (metres; default 100, nyu 10)')
     parser.add_argument('--eval-max-depth', type=float, default=None,
                         help='depth: evaluation cap (metres; default 80, nyu 10)')
     parser.add_argument('--median-scaling', choices=['on', 'off'], default=None,
                         help='depth: scale each prediction by median(gt) / median(prediction) before scoring; '
-                             'default on for --supervision mono (video fixes no scale), off for metric depth '
-                             '(stereo, mono+stereo, gt, fine-tuning)')
+                             + median_scaling_default)
+
+
+def add_depth_range_args(parser):
+    """The depth network's output range: its sigmoid disparity maps to depths in [--min-depth, --max-depth]
+    (models.disp_to_depth), in the losses, the evaluations and the exported network alike."""
+    parser.add_argument('--min-depth', type=float, default=0.1, help='depth: depth of disparity 1 (metres)')
+    parser.add_argument('--max-depth', type=float, default=None,
+                        help='depth: depth of disparity 0 (metres; default 100, nyu 10)')
 
 
 def resolve_depth_eval_args(args, task, median_scaling):
@@ -201,8 +205,6 @@ def check_args(args):
         if args.crop_size[0] > args.height or args.crop_size[1] > args.width:
             raise SystemExit(f'--crop-size {args.crop_size[0]} {args.crop_size[1]} must fit in --height '
                              f'{args.height} x --width {args.width}.')
-    if args.frame_stride < 1:
-        raise SystemExit(f'--frame-stride must be 1 or more (frames between a target and its sources); got {args.frame_stride}.')
     if args.depth_scale is not None and not (args.data == 'folder' and args.depth_scale > 0):
         raise SystemExit('--depth-scale applies to --data folder\'s PNG depth maps and must be above 0 (e.g. 0.001).')
     if args.workers < 0:
@@ -438,11 +440,6 @@ def training_batches(dataset, args, device, start=0):
                                             worker_init_fn=leave_stop_signals_to_the_main_process))
 
 
-def sample_frames(dataset, device, count=4):
-    """The frames of `count` evenly spaced items of a dataset, [count, S, 3, H, W]: the PNG samples' inputs."""
-    return torch.stack([dataset[i]['frames'] for i in data.evenly_spaced(len(dataset), count)]).to(device)
-
-
 @contextlib.contextmanager
 def unreadable_files_stop():
     """A data file that cannot be read, wherever an item read it (a training batch, a sample, an evaluation;
@@ -467,82 +464,8 @@ def to_device(batch, device):
 
 
 # ----------------------------------------------------------------------------------------------------
-# The loop
+# Called from inside each script's loop: a stop asked for, a loss that is not finite, timing, the log line
 # ----------------------------------------------------------------------------------------------------
-
-def fit(args, networks, optimizer, scheduler, loss_fn, batches, evaluate_now, baseline, info):
-    """Train `networks` ({checkpoint key: module}; fine-tuning starts from 'model') by minimising `loss_fn`
-    of each batch: with --bench, time it and return; otherwise open the run folder (resuming its last
-    checkpoint with --resume), log the baseline (what a trivial prediction scores: `baseline()`), train with
-    evaluations (`evaluate_now(iteration, run folder)` -> metrics) and checkpoints, and, where the script has
-    --out, export the network. `batches(start)` is the training stream from iteration `start` on; `info` is
-    what else a checkpoint records. Without held-out ground truth (a folder of video), evaluate_now and
-    baseline are None."""
-    device = next(iter(networks['model'].parameters())).device
-    step = lambda batch: optimisation_step(loss_fn(to_device(batch, device)), optimizer, scheduler)
-    if args.bench:
-        benchmark(step, batches(0), args.bench, args.batch_size, device)
-        return
-    export = getattr(args, 'out', None)
-    if export:
-        check_export(args)
-    run = Run(args)
-    state = restore(run, device, networks, optimizer, scheduler) if run.resume else dict(iter=0, metrics={})
-
-    def checkpoint(iteration):
-        return dict({key: net.state_dict() for key, net in networks.items()}, optimizer=optimizer.state_dict(),
-                    scheduler=scheduler.state_dict(), rng=rng_state(), task=args.task, arch=args.arch,
-                    normalization=networks['model'].normalization, height=args.height, width=args.width,
-                    args=vars(args), iter=iteration, metrics=state['metrics'], **info)
-
-    with StopOnSignal() as stop:
-        reference = baseline() if baseline else {}
-        if evaluate_now is None:
-            print('Nothing to evaluate on (no held-out ground truth): the run logs its training loss only.')
-        train(args, run, step, batches, state, evaluate_now and (lambda it: evaluate_now(it, run.path)), checkpoint,
-              reference, stop)
-    if export:
-        final = checkpoint(args.iters)
-        save_atomic({k: v for k, v in final.items() if k not in ('optimizer', 'scheduler', 'rng')}, export)
-    summary = metrics_line(state['metrics'], reference) or 'not evaluated (no held-out ground truth)'
-    print(f'{args.task} after {args.iters} iterations: {summary}')
-    print(f'Wrote {run.path}' + (f' and {export}.' if export else '.'))
-
-
-def train(args, run, step, batches, state, evaluate_now, checkpoint, baseline, stop):
-    """The loop both scripts share: step, log, evaluate, checkpoint, with a tqdm bar. `batches(start)` is
-    the training stream from iteration `start` on. The baseline (what a trivial prediction scores) is
-    logged once and printed next to every evaluation; the last iteration is always logged, which tells
-    evaluate.py how far a run got. A signal caught by `stop` (StopOnSignal) ends the loop after the step
-    under way: logged, checkpoint saved, one line, exit 143 / 130."""
-    if not run.resume and baseline:
-        run.log(iter=0, split='baseline', **baseline)
-    if stop.signal:  # while the baseline was measured: nothing new to save
-        stop.exit(state['iter'])
-    batches = batches(state['iter'])
-    bar = tqdm(range(state['iter'], args.iters), initial=state['iter'], total=args.iters, dynamic_ncols=True)
-    start = time.perf_counter()
-    for it in bar:
-        loss, lr = step(next(batches))
-        stop_on_nan(loss, it + 1, run, lr)
-        done = it + 1
-        speed = (done - state['iter']) * args.batch_size / (time.perf_counter() - start)
-        bar.set_postfix(loss=f'{loss.item():.4f}', img_s=f'{speed:.1f}')
-        if done % args.log_every == 0 or done == args.iters or stop.signal:
-            run.log(iter=done, split='train', loss=loss.item(), lr=lr, images_per_s=speed)
-        if evaluate_now and (done % args.eval_every == 0 or done == args.iters):
-            metrics = evaluate_now(done)
-            run.log(iter=done, split='eval', **metrics)
-            state['metrics'] = metrics
-            bar.write(f'iteration {done}: {metrics_line(metrics, baseline)}')
-        if done % args.save_every == 0 or done == args.iters or stop.signal:
-            run.save(checkpoint(done))
-        if stop.signal and done < args.iters:
-            bar.close()
-            del batches  # the DataLoader's workers end here, before the process does
-            stop.exit(done)
-    return state
-
 
 class StopOnSignal:
     """SIGTERM (what a cluster or `timeout` sends before it kills) and Ctrl-C (SIGINT), caught while a run
@@ -580,29 +503,18 @@ def leave_stop_signals_to_the_main_process(worker_id):
         signal.signal(number, signal.SIG_IGN)
 
 
-def optimisation_step(loss, optimizer, scheduler):
-    """Backward pass, parameter update, schedule advanced; returns (detached loss, learning rate used).
-    A loss that is not finite is not back-propagated and changes nothing (train() then stops on it): on a
-    NaN sampling grid, grid_sample's backward can crash the whole process on CPU."""
-    lr = scheduler.get_last_lr()[0]
+def check_finite(loss, iteration, lr, run=None):
+    """A NaN or infinite loss stops the run before it is back-propagated (on a NaN sampling grid, grid_sample's
+    backward can crash the whole process on CPU), and before anything is overwritten."""
     if not torch.isfinite(loss):
-        return loss.detach(), lr
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    scheduler.step()
-    return loss.detach(), lr
-
-
-def stop_on_nan(loss, iteration, run, lr):
-    """A NaN or infinite loss stops the run before anything is overwritten."""
-    if not torch.isfinite(loss):
+        kept = f'the last checkpoint {run.checkpoint} was left as it was' if run else 'nothing was written'
         raise SystemExit(f'the loss became {loss.item()} at iteration {iteration}: lower --lr (now {lr:g}) or '
-                         f'check the input data; the last checkpoint {run.checkpoint} was left as it was.')
+                         f'check the input data; {kept}.')
 
 
 def benchmark(step, batches, steps, batch_size, device):
-    """Time `steps` real training steps after one warm-up: images/s, ms/step, data-wait share, memory."""
+    """--bench: time `steps` real training steps (`step(batch)`, the script's own) after one warm-up: images/s,
+    ms/step, data-wait share, memory. No run folder is written."""
     step(next(batches))
     wait = total = 0.0
     for _ in range(steps):
@@ -712,12 +624,39 @@ class Run:
             return
         raise SystemExit(f'could not take the lock {lock}: another process keeps making it; try again.')
 
-    def load(self, device):
-        """The checkpoint to resume from, with metrics logged after it removed (a torn last line too)."""
+    def restore(self, networks, optimizer, scheduler):
+        """(iteration, metrics) to continue from: with --resume, the last checkpoint loaded into `networks`
+        ({checkpoint key: module}), the optimiser, the schedule and the random generators, metrics logged after it
+        dropped (a torn last line too), and the flags --resume changed applied; else (0, {})."""
+        if not self.resume:
+            return 0, {}
+        state = self.read_checkpoint()
+        for key, net in networks.items():
+            net.load_state_dict(state[key])
         try:
-            state = torch.load(self.checkpoint, map_location=device, weights_only=False)
-        except Exception as error:
-            raise SystemExit(f'could not read {self.checkpoint} ({error}); it is damaged: start a new run.') from None
+            optimizer.load_state_dict(state['optimizer'])
+        except ValueError as error:  # other parameter groups: older code (pretrain.py's Adam had one group)
+            raise SystemExit(f'--resume: the optimiser in {self.checkpoint} does not fit this run\'s ({error}); it '
+                             f'was written by another version of this code: start a new run (--name).') from None
+        scheduler.load_state_dict(state['scheduler'])
+        if 'rng' in state:
+            set_rng_state(state['rng'])
+        if 'lr' in self.changes:  # every group's rate, and the schedule's base, scaled to the new --lr
+            factor = self.changes['lr'][1] / self.changes['lr'][0]
+            scheduler.base_lrs = [lr * factor for lr in scheduler.base_lrs]
+            for group in optimizer.param_groups:
+                group['lr'] *= factor
+                group['initial_lr'] *= factor
+        changed = ''.join(f', --{k.replace("_", "-")} {now} (was {was})' for k, (was, now) in self.changes.items())
+        print(f'Resuming {self.path} at iteration {state["iter"]}{changed}.')
+        return state['iter'], state['metrics']
+
+    def read_checkpoint(self):
+        """The checkpoint to resume from (models.read_checkpoint), with metrics logged after it removed."""
+        try:
+            state = models.read_checkpoint(self.checkpoint, advice='start a new run (--name)')
+        except ValueError as error:
+            raise SystemExit(str(error)) from None
         if state['iter'] > self.args['iters']:  # before anything in the folder changes
             raise SystemExit(f'--iters {self.args["iters"]} is below iteration {state["iter"]}, where '
                              f'{self.checkpoint} already is: resume with --iters {state["iter"]} or more (training cannot be undone).')
@@ -734,6 +673,11 @@ class Run:
             write_text_atomic(self.path / 'args.json', json.dumps(dict(self.args, changes=history), indent=1) + '\n')
             self.log(iter=state['iter'], split='resume', **self.changes)
         return state
+
+    def log_baseline(self, baseline):
+        """Log what a trivial prediction scores, once (a resumed run logged it when it started)."""
+        if baseline and not self.resume:
+            self.log(iter=0, split='baseline', **baseline)
 
     def log(self, **entry):
         with open(self.metrics, 'a') as f:
@@ -791,31 +735,6 @@ def _alive(pid):
     except PermissionError:
         return True
     return True
-
-
-def restore(run, device, networks, optimizer, scheduler):
-    """Load the run's last checkpoint into `networks` ({checkpoint key: module}), the optimiser and
-    the schedule; returns the checkpoint (its 'iter' is where training continues)."""
-    state = run.load(device)
-    for key, net in networks.items():
-        net.load_state_dict(state[key])
-    try:
-        optimizer.load_state_dict(state['optimizer'])
-    except ValueError as error:  # other parameter groups: older code (pretrain.py's Adam had one group)
-        raise SystemExit(f'--resume: the optimiser in {run.checkpoint} does not fit this run\'s ({error}); it was '
-                         f'written by another version of this code: start a new run (--name).') from None
-    scheduler.load_state_dict(state['scheduler'])
-    if 'rng' in state:
-        set_rng_state(state['rng'])
-    if 'lr' in run.changes:  # every group's rate, and the schedule's base, scaled to the new --lr
-        factor = run.changes['lr'][1] / run.changes['lr'][0]
-        scheduler.base_lrs = [lr * factor for lr in scheduler.base_lrs]
-        for group in optimizer.param_groups:
-            group['lr'] *= factor
-            group['initial_lr'] *= factor
-    changed = ''.join(f', --{k.replace("_", "-")} {now} (was {was})' for k, (was, now) in run.changes.items())
-    print(f'Resuming {run.path} at iteration {state["iter"]}{changed}.')
-    return state
 
 
 def rng_state():
@@ -914,8 +833,8 @@ def check_export(args):
     out.with_name(out.name + '.tmp').unlink(missing_ok=True)  # left by a run killed while exporting
     if out.is_file() and not args.overwrite:
         try:
-            owner = (torch.load(out, map_location='cpu', weights_only=False).get('args') or {}).get('name')
-        except Exception:
+            owner = (models.read_checkpoint(out).get('args') or {}).get('name')
+        except ValueError:
             owner = None
         if owner != args.name:
             raise SystemExit(f'--out {out} already holds the export of {"run " + owner if owner else "another run"}: '

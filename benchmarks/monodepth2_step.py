@@ -1,7 +1,7 @@
 """The depth training step side by side with Monodepth2's own, on the same batches, interleaved.
 
 The project's step is built as `pretrain.py --task depth --bench` builds it (ResNet-18 depth network and
-PoseNet, source_views, monodepth2_loss, optimisation_step with Adam).
+PoseNet, source_views, monodepth2_loss, the loop's step with Adam).
 Monodepth2's step is composed from its own networks and layers (`pip install monodepth2`: its
 ResnetEncoder, DepthDecoder, PoseDecoder, BackprojectDepth, Project3D, SSIM, get_smooth_loss) the way
 its trainer does it for frames 0/-1/+1 and four scales: depth from frame 0, one pose-encoder pass per
@@ -68,7 +68,7 @@ def toy_batches(height, width, batch_size, count, seed):
 def project_step(args, device, fp32=False):
     """The project's training step on a batch, built as pretrain_depth builds it for --bench."""
     depth_net = models.build_depth_net(args.arch, 'unit').to(device)
-    pose_net = models.build_pose_net(args.arch, 'unit').to(device)
+    pose_net = models.PoseNet(args.arch, 'unit').to(device)
     params = [*depth_net.parameters(), *pose_net.parameters()]
     optimizer = torch.optim.Adam(params, lr=args.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: 1.0)
@@ -81,7 +81,7 @@ def project_step(args, device, fp32=False):
             disps = [d.float() for d in depth_net(batch['frames_aug'][:, 0])]
         return pretrain.monodepth2_loss(disps, *pretrain.source_views(batch, pose_net, args.supervision), batch, args)
 
-    return lambda batch: training.optimisation_step(loss_fn(batch), optimizer, scheduler)
+    return side_by_side.project_step(loss_fn, optimizer, scheduler)
 
 
 def monodepth2_step(networks, layers, batch_size, height, width, device, lr=1e-4, scales=4, smoothness=1e-3):

@@ -56,12 +56,12 @@ def project_step(net, lr, device):
     optimizer = torch.optim.AdamW(net.parameters(), lr=lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: 1.0)
 
-    def step(batch):
+    def loss_of(batch):
         images, labels = batch
         with training.autocast(device):
             logits = net(images)
-        return training.optimisation_step(losses.nll_loss(logits.float(), labels), optimizer, scheduler)
-    return step
+        return losses.nll_loss(logits.float(), labels)  # eq. 12
+    return side_by_side.project_step(loss_of, optimizer, scheduler)
 
 
 def transformers_step(model, lr):

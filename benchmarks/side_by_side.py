@@ -41,3 +41,16 @@ def speeds(seconds, batch_size, digits=2):
     for name, times in seconds.items():
         print(f'{name}: ' + ' '.join(f'{t:.{digits}f}' for t in times) + ' s/step')
     return {name: batch_size / statistics.median(times) for name, times in seconds.items()}
+
+
+def project_step(loss_of, optimizer, scheduler):
+    """The step pretrain.py's and finetune.py's loops take, as one function of a batch: its loss
+    (`loss_of(batch)`), back-propagated; the parameters and the schedule move."""
+    def step(batch):
+        loss = loss_of(batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        return loss.detach()
+    return step

@@ -31,7 +31,7 @@ def test_convnext_depth_pretraining_loss_is_finite_and_its_checkpoint_loads(conv
     checkpoint = torch.load(out, weights_only=False)
     assert checkpoint['arch'] == 'convnext_tiny' and checkpoint['task'] == 'depth'
     models.build_depth_net('convnext_tiny', checkpoint['normalization']).load_state_dict(checkpoint['model'])
-    pose = models.build_pose_net('convnext_tiny')
+    pose = models.PoseNet('convnext_tiny')
     pose.load_state_dict(checkpoint['pose_net'])  # the PoseNet is a ResNet-18 for a ConvNeXt depth network
     assert checkpoint['pose_net']['encoder.layer4.1.conv2.weight'].shape == (512, 512, 3, 3)
 
@@ -64,7 +64,7 @@ def test_decoder_init_imagenet_loads_torchvisions_convnext_into_the_decoder_only
 
 
 def test_init_imagenet_gives_each_encoder_its_own_architectures_weights(imagenet_resnet18, imagenet_convnext_tiny, capsys):
-    depth, pose = models.build_depth_net('convnext_tiny'), models.build_pose_net('convnext_tiny')
+    depth, pose = models.build_depth_net('convnext_tiny'), models.PoseNet('convnext_tiny')
     training.init_encoders(argparse.Namespace(init='imagenet'), depth.encoder, pose.encoder)
     assert torch.equal(depth.encoder.features[7][2].block[3].weight, imagenet_convnext_tiny['features.7.2.block.3.weight'])
     assert torch.equal(pose.encoder.conv1.weight, torch.cat([imagenet_resnet18['conv1.weight']] * 2, 1) / 2)

@@ -1029,7 +1029,7 @@ def test_grad_cam_figure_overlays_each_runs_map_on_the_held_out_images(trained_r
     axes = np.array(fig.axes).reshape(len(runs), len(images))
     assert len(calls) == len(runs)
     for r, (run, call) in enumerate(zip(runs, calls)):  # row r: run r's Grad-CAM of encoder.layer1
-        assert _holds_weights(call['net'], models.load_checkpoint(run['checkpoint']))
+        assert _holds_weights(call['net'], models.read_checkpoint(run['checkpoint']))
         assert call['layer'] is call['net'].encoder.layer1 and torch.equal(call['images'], images)
         for c in range(len(images)):
             picture, heat = axes[r, c].images
@@ -1058,7 +1058,7 @@ def _holds_weights(net, checkpoint):
 def test_evaluating_a_checkpoint_scores_its_held_out_images_by_its_own_settings(trained_runs, toy_root, capsys,
                                                                                monkeypatch):
     metrics = evaluate.main(['--checkpoint', str(trained_runs[0] / 'checkpoint.pt')])
-    checkpoint = models.load_checkpoint(trained_runs[0] / 'checkpoint.pt')
+    checkpoint = models.read_checkpoint(trained_runs[0] / 'checkpoint.pt')
     held_out = evaluate.held_out_set(checkpoint, checkpoint['args']['data_root'])
     assert len(held_out) == 12 - 4  # every labelled image outside the run's 4-image pick
     batches = torch.utils.data.DataLoader(held_out, batch_size=3)
@@ -1069,7 +1069,7 @@ def test_evaluating_a_checkpoint_scores_its_held_out_images_by_its_own_settings(
     call, = calls
     # the run's network on the test split by the default protocol (eigen); in metres (no --supervision mono:
     # no median scaling), its sigmoid mapped to 0.1..100 m, scored up to 80 m
-    assert _holds_weights(call['net'], models.load_checkpoint(trained_runs[2] / 'checkpoint.pt'))
+    assert _holds_weights(call['net'], models.read_checkpoint(trained_runs[2] / 'checkpoint.pt'))
     test_frames = kitti_test_frames(toy_root, 64, 192, 'eigen')  # the run's data root's test split
     assert call['frames'].protocol == 'eigen' and call['frames'].items == test_frames.items
     assert (call['min_depth'], call['max_depth'], call['eval_max_depth'], call['median_scaling']) == (0.1, 100.0, 80.0,
@@ -1388,7 +1388,7 @@ def test_a_segmentation_checkpoint_is_never_scored_on_its_training_images(toy_ro
     import finetune
     finetune.main(['--data-root', str(toy_root), '--runs', str(tmp_path), '--name', 'f', '--train-size', '4',
                    '--iters', '1', '--height', '64', '--width', '192', '--batch-size', '2', '--workers', '0'])
-    checkpoint = models.load_checkpoint(tmp_path / 'f' / 'checkpoint.pt')
+    checkpoint = models.read_checkpoint(tmp_path / 'f' / 'checkpoint.pt')
     trained = checkpoint['train_images']
     assert len(trained) == 4 and all(name.startswith('data_semantics/training/image_2/') for name in trained)
     root = tmp_path / 'grown'  # the labelled pool grew by four images since: the seeded pick falls elsewhere

@@ -260,13 +260,13 @@ def test_segmentation_crops_train_items_of_the_crop_size_and_evaluates_whole_ima
     args = finetune.parse_args(['--data-root', str(toy_root), '--train-size', '4', '--crop-size', '64', '128'] + SMALL)
     layout = data.Kitti(toy_root)
     net = finetune.build_network(args)
-    train_set, _, evaluate_now, _, _ = finetune.segmentation_task(args, layout, net, torch.device('cpu'))
+    train_set, _, evaluation, _ = finetune.segmentation_task(args, layout, net, torch.device('cpu'))
     for index in range(len(train_set)):
         item = train_set[index]
         assert item['image'].shape == (3, 64, 128) and item['label'].shape == (64, 128)
     seen = []
     monkeypatch.setattr(evaluate, 'evaluate_segmentation', lambda net, batches, *rest: seen.extend(batches) or {})
-    evaluate_now(0, tmp_path)
+    evaluation(net, tmp_path / 'sample.png')
     assert len(seen) == 4 and all(b['image'].shape[1:] == (3, 64, 192) and b['label'].shape[1:] == (64, 192)
                                   for b in seen)  # 8 held-out images, batches of 2, at --height x --width
 

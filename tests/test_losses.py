@@ -8,7 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import evaluate
 import losses
+import models
 import pretrain
 from conftest import project
 
@@ -150,11 +152,11 @@ def test_box_mean_is_the_3x3_mean_of_the_reflection_padded_image():
 
 def test_target_statistics_are_shared_and_change_nothing():
     x, y = _rand(2, 3, 6, 8, seed=1), _rand(2, 3, 6, 8, seed=2)
-    target = losses.as_target(y)
+    target = losses.ssim_statistics(y)
     mean = F.avg_pool2d(F.pad(y, (1, 1, 1, 1), mode='reflect'), 3, stride=1)
     square = F.avg_pool2d(F.pad(y * y, (1, 1, 1, 1), mode='reflect'), 3, stride=1)
     assert torch.allclose(target.mean, mean, atol=1e-6) and torch.allclose(target.variance, square - mean ** 2, atol=1e-6)
-    assert losses.as_target(target) is target
+    assert losses.ssim_statistics(target) is target
     assert torch.equal(losses.ssim(x, target), losses.ssim(x, y))
     assert torch.equal(losses.photometric_error(x, target), losses.photometric_error(x, y))
 
@@ -183,7 +185,7 @@ def test_photometric_error_of_several_views_at_once_is_eq_10_for_each_view():
     for s in range(S):
         assert torch.allclose(errors[:, s:s + 1], _photometric_by_hand(views[:, s], target), atol=1e-6), s
     assert errors[:, 1].abs().max() < 1e-6
-    assert torch.equal(losses.photometric_error(views, losses.as_target(target)), errors)
+    assert torch.equal(losses.photometric_error(views, losses.ssim_statistics(target)), errors)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -653,10 +655,10 @@ def test_source_views_from_stereo_and_from_both():
 
 
 # ----------------------------------------------------------------------------------------------------
-# pretrain.py: depth from ground truth, optical flow
+# Depth from ground truth, optical flow
 # ----------------------------------------------------------------------------------------------------
 
-def test_supervised_depth_loss_upsamples_the_finest_disparity_to_the_ground_truth():
+def test_supervised_depth_loss_on_the_finest_disparity_upsampled_to_the_ground_truth():
     disp = _rand(2, 1, 2, 3, seed=1)
     gt = 1 + 10 * _rand(2, 1, 4, 6, seed=2)
     gt[0, 0, 1, 2] = gt[1, 0, 3, 0] = gt[1, 0, 0, 0] = 0  # unmeasured
@@ -664,11 +666,12 @@ def test_supervised_depth_loss_upsamples_the_finest_disparity_to_the_ground_trut
     depth = 1 / (1 / 20.0 + (1 / 0.5 - 1 / 20.0) * up)  # min 0.5, max 20
     valid = gt > 0
     l1 = (depth[valid] - gt[valid]).abs().mean()
-    loss = pretrain.supervised_depth_loss(disp, gt, 'l1', 0.5, 0.5, 20.0)
+    loss = losses.supervised_depth_loss(models.depth_at(disp, gt.shape[-2:], 0.5, 20.0), gt, 'l1', 0.5)
     assert torch.isclose(loss, l1, rtol=1e-6)
     d = [(p[v].log() - g[v].log()) for p, g, v in zip(depth, gt, valid)]
     silog = torch.stack([(e ** 2).mean() - 0.3 * e.mean() ** 2 for e in d]).mean()
-    assert torch.isclose(pretrain.supervised_depth_loss(disp, gt, 'silog', 0.3, 0.5, 20.0), silog, rtol=1e-5)
+    loss = losses.supervised_depth_loss(models.depth_at(disp, gt.shape[-2:], 0.5, 20.0), gt, 'silog', 0.3)
+    assert torch.isclose(loss, silog, rtol=1e-5)
 
 
 def _reference_flow_loss(flows, frames, colour=0.15, structure=0.15, smoothness=5.0):
@@ -741,9 +744,9 @@ def test_flow_loss_upsamples_a_coarse_flow_without_rescaling_it():
 
 def test_resize_flow_scales_u_with_the_width_and_v_with_the_height():
     flow = torch.cat([torch.ones(1, 1, 2, 3), -torch.ones(1, 1, 2, 3)], 1)
-    resized = pretrain.resize_flow(flow, (4, 9))
+    resized = evaluate.resize_flow(flow, (4, 9))
     assert resized.shape == (1, 2, 4, 9)
     assert torch.allclose(resized[:, 0], torch.full((1, 4, 9), 3.0)) and torch.allclose(resized[:, 1], torch.full((1, 4, 9), -2.0))
     flow = _randn(2, 2, 3, 4)
     expected = F.interpolate(flow, (6, 6), mode='bilinear', align_corners=False) * torch.tensor([1.5, 2.0]).view(1, 2, 1, 1)
-    assert torch.allclose(pretrain.resize_flow(flow, (6, 6)), expected, atol=1e-6)
+    assert torch.allclose(evaluate.resize_flow(flow, (6, 6)), expected, atol=1e-6)

@@ -19,7 +19,7 @@ def test_depth_seg_pose_shapes(height, width):
     assert [tuple(d.shape) for d in disps] == [(2, 1, height >> s, width >> s) for s in range(4)]
     assert all(0 <= d.min() and d.max() <= 1 for d in disps)
     assert models.build_seg_net(num_classes=7).eval()(x).shape == (2, 7, height, width)
-    axisangle, translation = models.build_pose_net().eval()(x, torch.rand_like(x))
+    axisangle, translation = models.PoseNet().eval()(x, torch.rand_like(x))
     assert axisangle.shape == translation.shape == (2, 3)
 
 
@@ -33,8 +33,8 @@ def test_resnet50_builds_and_runs():
 def test_resnet50_every_network_takes_a_training_step():
     x, y = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
     cases = [(models.build_depth_net('resnet50'), lambda net: net(x)[0].mean()),
-             (models.build_pose_net('resnet50'), lambda net: sum(o.abs().mean() for o in net(x, y))),
-             (models.build_flow_net('resnet50'), lambda net: net(x, y)[0].abs().mean()),
+             (models.PoseNet('resnet50'), lambda net: sum(o.abs().mean() for o in net(x, y))),
+             (models.FlowNet('resnet50'), lambda net: net(x, y)[0].abs().mean()),
              (models.build_seg_net('resnet50'), lambda net: net(x).logsumexp(1).mean())]
     for net, loss_of in cases:
         before = net.encoder.layer4[0].conv1.weight.detach().clone()
@@ -46,7 +46,7 @@ def test_resnet50_every_network_takes_a_training_step():
 
 @pytest.mark.parametrize('height, width', [(64, 192), (96, 320)])
 def test_flow_net_shapes_and_its_encoder_fits_the_seg_net(height, width):
-    net = models.build_flow_net().eval()
+    net = models.FlowNet().eval()
     flows = net(torch.rand(2, 3, height, width), torch.rand(2, 3, height, width))
     assert [tuple(f.shape) for f in flows] == [(2, 2, height >> s, width >> s) for s in range(4)]
     seg = models.build_seg_net()
@@ -144,7 +144,7 @@ def test_encoder_decoder_normalises_its_input_with_the_chosen_statistics():
 def test_pose_net_normalises_both_frames_in_order_and_scales_rotation_and_translation():
     # the encoder returns its input and the decoder passes it on: the six outputs are the means of the
     # normalised channels of frame a (rotation, times 0.01) and frame b (translation, times 0.1)
-    pose = models.build_pose_net(normalization='imagenet')
+    pose = models.PoseNet(normalization='imagenet')
     pose.encoder, pose.decoder = _Capture(), nn.Identity()
     a, b = [0.2, 0.5, 0.8], [0.9, 0.1, 0.4]
     axisangle, translation = pose(_channel_image(a, 4), _channel_image(b, 4))
@@ -155,7 +155,7 @@ def test_pose_net_normalises_both_frames_in_order_and_scales_rotation_and_transl
 
 
 def test_flow_net_normalises_both_frames_and_pairs_their_features():
-    net = models.build_flow_net(normalization='imagenet')
+    net = models.FlowNet(normalization='imagenet')
     net.encoder, net.decoder, net.head = _Capture(), nn.Identity(), nn.Identity()
     a, b = torch.cat([_channel_image([0.2, 0.5, 0.8])] * 2), torch.cat([_channel_image([0.9, 0.1, 0.4])] * 2)
     out = net(a, b)[0]  # [2, 6, 64, 64]: frame a's channels, then frame b's
@@ -235,7 +235,7 @@ def test_load_imagenet_weights_reads_cached_file(imagenet_resnet18):
 
 def test_load_imagenet_weights_two_images_repeats_conv1(imagenet_resnet18):
     state = imagenet_resnet18
-    pose = models.build_pose_net()
+    pose = models.PoseNet()
     models.load_imagenet_weights(pose.encoder, 'resnet18')
     expected = torch.cat([state['conv1.weight']] * 2, dim=1) / 2
     assert torch.allclose(pose.encoder.conv1.weight, expected)
@@ -299,7 +299,7 @@ def test_xnet_ablation_variants(options):
 
 
 def test_pose_net_scales_rotation_by_a_hundredth_and_translation_by_a_tenth():
-    pose = models.build_pose_net().eval()
+    pose = models.PoseNet().eval()
     last = pose.decoder[-1]
     torch.nn.init.zeros_(last.weight)
     with torch.no_grad():
@@ -311,7 +311,7 @@ def test_pose_net_scales_rotation_by_a_hundredth_and_translation_by_a_tenth():
 
 
 def test_pose_net_starts_moving_forward_as_the_toy_camera_does(toy_root):
-    pose = models.build_pose_net().eval()
+    pose = models.PoseNet().eval()
     torch.nn.init.zeros_(pose.decoder[-1].weight)
     torch.nn.init.zeros_(pose.decoder[-1].bias)
     pose.start_moving_forward(0.25)
@@ -344,10 +344,10 @@ def test_convnext_encoder_maps_flow_net_and_pose_net():
     maps = models.build_encoder('convnext_tiny').eval()(x)
     assert [tuple(m.shape[1:]) for m in maps] == [(c, 64 >> s, 96 >> s) for s, c in enumerate(CONVNEXT_T[0], start=2)]
     assert models.ENCODER_CHANNELS['convnext_base'] == [128, 256, 512, 1024]
-    flows = models.build_flow_net('convnext_tiny').eval()(x, x)
+    flows = models.FlowNet('convnext_tiny').eval()(x, x)
     assert [tuple(f.shape) for f in flows] == [(1, 2, 64 >> s, 96 >> s) for s in range(4)]
-    assert models.build_pose_net('convnext_tiny').encoder.arch == 'resnet18'  # a ConvNeXt depth network's PoseNet
-    assert models.build_pose_net('resnet50').encoder.arch == 'resnet50'
+    assert models.PoseNet('convnext_tiny').encoder.arch == 'resnet18'  # a ConvNeXt depth network's PoseNet
+    assert models.PoseNet('resnet50').encoder.arch == 'resnet50'
 
 
 def test_convnext_unet_skips_where_the_encoder_has_a_map():

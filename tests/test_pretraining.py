@@ -316,47 +316,41 @@ def test_step_schedule_is_1_before_step_at_of_the_iterations_and_step_factor_fro
     assert [factor(it) for it in range(10)] == [1.0] * 5 + [0.5] * 5  # the NYU recipe: halved at half way
 
 
-def _scheduled_rates(monkeypatch, flags, iters):
-    """The learning rate of each of `iters` iterations as pretrain.pretrain schedules it, read off its optimiser
-    (training.fit replaced by stepping a one-parameter network's optimiser and scheduler)."""
+def _scheduled_rates(flags, iters):
+    """The learning rate of each of `iters` iterations as pretrain.optimiser schedules it, read off its optimiser
+    (a one-parameter network's optimiser and scheduler stepped as the loop steps them)."""
     rates = []
-
-    def fit(args, networks, optimizer, scheduler, *rest):
-        for _ in range(args.iters):
-            rates.append(optimizer.param_groups[0]['lr'])
-            optimizer.step()
-            scheduler.step()
-    monkeypatch.setattr(training, 'fit', fit)
     args = pretrain.parse_args(['--iters', str(iters), '--lr', '2.0'] + flags)
-    pretrain.pretrain(args, {'model': torch.nn.Linear(1, 1)}, None, None, None, None, {})
+    optimizer, scheduler = pretrain.optimiser(args, {'model': torch.nn.Linear(1, 1)})
+    for _ in range(args.iters):
+        rates.append(optimizer.param_groups[0]['lr'])
+        optimizer.step()
+        scheduler.step()
     return rates
 
 
-def test_step_and_linear_schedules_set_the_optimisers_rate(monkeypatch):
-    assert _scheduled_rates(monkeypatch, [], 8) == pytest.approx([2.0] * 6 + [0.2] * 2)
-    assert _scheduled_rates(monkeypatch, ['--step-at', '0.5', '--step-factor', '0.25'], 4) == pytest.approx(
+def test_step_and_linear_schedules_set_the_optimisers_rate():
+    assert _scheduled_rates([], 8) == pytest.approx([2.0] * 6 + [0.2] * 2)
+    assert _scheduled_rates(['--step-at', '0.5', '--step-factor', '0.25'], 4) == pytest.approx(
         [2.0, 2.0, 0.5, 0.5])
-    linear = _scheduled_rates(monkeypatch, ['--schedule', 'linear'], 8)
+    linear = _scheduled_rates(['--schedule', 'linear'], 8)
     assert linear == pytest.approx([2.0 * (1 - it / 8) for it in range(8)])  # 1 - it / iters: to 0 at the end
     assert pretrain.parse_args(['--schedule', 'linear']).name.split('-')[:4] == ['depth', 'mono', 'linear', 'resnet18']
 
 
-def test_warm_up_rises_linearly_then_the_schedule_runs_over_the_rest(monkeypatch):
+def test_warm_up_rises_linearly_then_the_schedule_runs_over_the_rest():
     # (it + 1) / warmup for the first 2, then the step after 0.75 x (8 - 2) = 4.5 more iterations
-    assert _scheduled_rates(monkeypatch, ['--warmup', '2'], 8) == pytest.approx([1.0] + [2.0] * 6 + [0.2])
-    linear = _scheduled_rates(monkeypatch, ['--warmup', '4', '--schedule', 'linear'], 8)
+    assert _scheduled_rates(['--warmup', '2'], 8) == pytest.approx([1.0] + [2.0] * 6 + [0.2])
+    linear = _scheduled_rates(['--warmup', '4', '--schedule', 'linear'], 8)
     assert linear == pytest.approx([0.5, 1.0, 1.5, 2.0, 2.0, 1.5, 1.0, 0.5])  # 2 x (1 - (it - 4) / 4) after it
     with pytest.raises(SystemExit, match=r'--warmup must be between 0 and --iters - 1 \(7\); got 8\.'):
         pretrain.parse_args(['--iters', '8', '--warmup', '8'])
 
 
-def test_adamw_weight_decay_and_a_slower_encoder_reach_every_networks_optimiser(monkeypatch):
-    seen = {}
-    monkeypatch.setattr(training, 'fit', lambda args, networks, optimizer, *rest: seen.update(optimizer=optimizer))
+def test_adamw_weight_decay_and_a_slower_encoder_reach_every_networks_optimiser():
     args = pretrain.parse_args(['--optim', 'adamw', '--lr', '1e-4', '--weight-decay', '0.01', '--encoder-lr-mult', '0.1'])
-    networks = {'model': models.build_depth_net(), 'pose_net': models.build_pose_net()}
-    pretrain.pretrain(args, networks, None, None, None, None, {})
-    optimizer = seen['optimizer']
+    networks = {'model': models.build_depth_net(), 'pose_net': models.PoseNet()}
+    optimizer, _ = pretrain.optimiser(args, networks)
     assert type(optimizer) is torch.optim.AdamW
     rest, encoders = optimizer.param_groups
     assert rest['weight_decay'] == encoders['weight_decay'] == 0.01
