@@ -19,6 +19,7 @@ Contents, top to bottom:
 Coordinates: camera x right, y down, z forward; depth is the z coordinate in metres; pixel centres sit
 at integer (u, v).
 """
+import colorsys
 import functools
 import json
 import os
@@ -85,15 +86,53 @@ def unwritable(folder):
 
 
 # ----------------------------------------------------------------------------------------------
-# 1. Reading the KITTI layout (real KITTI and the toy world alike)
+# 1. The classes: what the labels mean
 # ----------------------------------------------------------------------------------------------
+# Label maps are read as train ids 0..K-1 (255 = ignore) of one of two class sets, CLASS_SETS by a layout's
+# `classes`: Cityscapes' 19 (KITTI's and Cityscapes' maps hold Cityscapes label ids) or NYU-Depth-V2's 40.
 
 # Cityscapes label id -> train id (19 classes); every other id is ignored (255).
 LABEL_TO_TRAIN_ID = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10,
                      24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
+# The same as a table indexed by label id (read_labels).
+_TRAIN_ID_LOOKUP = torch.full((256,), 255, dtype=torch.long)
+for _label_id, _train_id in LABEL_TO_TRAIN_ID.items():
+    _TRAIN_ID_LOOKUP[_label_id] = _train_id
+# Cityscapes' 19 classes, by train id.
+CITYSCAPES_CLASSES = ('road', 'sidewalk', 'building', 'wall', 'fence', 'pole', 'traffic light', 'traffic sign',
+                      'vegetation', 'terrain', 'sky', 'person', 'rider', 'car', 'truck', 'bus', 'train',
+                      'motorcycle', 'bicycle')
+# The 7 representative classes of the depth pre-training paper's mIoU (App. B.2; evaluate.segmentation_metrics).
+REPRESENTATIVE_CLASSES = ('road', 'sidewalk', 'building', 'vegetation', 'terrain', 'sky', 'car')
+REPRESENTATIVE_IDS = tuple(CITYSCAPES_CLASSES.index(name) for name in REPRESENTATIVE_CLASSES)
+# Cityscapes' colours for the 19 train ids, and black for ignored pixels.
+CITYSCAPES_PALETTE = ((128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153),
+                      (153, 153, 153), (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152),
+                      (70, 130, 180), (220, 20, 60), (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100),
+                      (0, 80, 100), (0, 0, 230), (119, 11, 32))
+# NYU-Depth-V2's 40 classes (Gupta et al., 2013), train ids 0..39 (stored 1..40, 0 unlabelled).
+NYU40_CLASSES = ('wall', 'floor', 'cabinet', 'bed', 'chair', 'sofa', 'table', 'door', 'window', 'bookshelf',
+                 'picture', 'counter', 'blinds', 'desk', 'shelves', 'curtain', 'dresser', 'pillow', 'mirror',
+                 'floor mat', 'clothes', 'ceiling', 'books', 'refridgerator', 'television', 'paper', 'towel',
+                 'shower curtain', 'box', 'whiteboard', 'person', 'night stand', 'toilet', 'sink', 'lamp',
+                 'bathtub', 'bag', 'otherstructure', 'otherfurniture', 'otherprop')
+# 40 colours far apart: hues by the golden ratio, alternating saturation and value.
+NYU40_PALETTE = tuple(tuple(int(255 * c) for c in colorsys.hsv_to_rgb((i * 0.618034) % 1, 0.9 - 0.3 * (i % 2),
+                                                                       1.0 - 0.25 * (i % 3)))
+                      for i in range(len(NYU40_CLASSES)))
+CLASS_SETS = {'cityscapes': (CITYSCAPES_CLASSES, CITYSCAPES_PALETTE), 'nyu40': (NYU40_CLASSES, NYU40_PALETTE)}
+
+
+def num_classes(class_set):
+    """How many classes a class set (a key of CLASS_SETS) holds: the outputs of a segmentation head."""
+    return len(CLASS_SETS[class_set][0])
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. Reading the KITTI layout (real KITTI and the toy world alike)
+# ----------------------------------------------------------------------------------------------
 
 RAW_MAPPING = 'data_scene_flow/devkit/mapping/train_mapping.txt'  # KITTI's devkit_scene_flow.zip, extracted
-
 
 
 def read_calib(path):
@@ -250,11 +289,6 @@ def check_pair(image_file, other_file, kind):
         raise ValueError(f'{PNG_KINDS[kind][0]} {other_file} is {ow}x{oh} but its image {image_file} is {w}x{h}: '
                          f'they must match pixel for pixel, so one of them belongs to another frame or '
                          f'download; replace it with its true partner.')
-
-
-_TRAIN_ID_LOOKUP = torch.full((256,), 255, dtype=torch.long)
-for _label_id, _train_id in LABEL_TO_TRAIN_ID.items():
-    _TRAIN_ID_LOOKUP[_label_id] = _train_id
 
 
 def read_split(root, split, split_dir=None):
@@ -436,7 +470,7 @@ def resize(image, size):
 
 
 # ----------------------------------------------------------------------------------------------
-# 2. Reading the other layouts: Cityscapes, NYU-Depth-V2, a folder of your own
+# 3. Reading the other layouts: Cityscapes, NYU-Depth-V2, a folder of your own
 # ----------------------------------------------------------------------------------------------
 
 # Cityscapes names every file of a frame <city>_<sequence>_<frame>_<suffix> under <folder>/<split>/<city>/.
@@ -495,14 +529,11 @@ def read_nyu_depth(path):
     return read_png(path, 'nyu depth').float() / 1000
 
 
-NYU_CLASSES = 40  # Gupta et al.'s 40-class grouping of NYU-Depth-V2's labels, the one segmentation papers use
-
-
 def read_nyu40_labels(path):
     """An NYU-40 label PNG (uint8: 0 unlabelled, 1..40 the classes of Gupta et al.) -> int64 [H, W] of
     train ids 0..39, 255 = ignore; a value above 40 (a map of NYU's 894 raw classes) stops with a sentence."""
     labels = read_png(path, 'labels40')[0].long()
-    if labels.max() > NYU_CLASSES:
+    if labels.max() > len(NYU40_CLASSES):
         raise ValueError(f'{path} holds class {int(labels.max())}, but NYU-40 label maps hold 0 (unlabelled) to '
                          f'40: it is a map of another class set (NYU\'s 894 raw classes?); convert it to the 40 classes.')
     return torch.where(labels == 0, 255, labels - 1)
@@ -545,7 +576,7 @@ def read_depth_file(path, depth_scale=None):
 
 
 # ----------------------------------------------------------------------------------------------
-# 3. Datasets (any layout: section 4 lists what each layout's splits hold)
+# 4. Datasets (any layout: section 5 lists what each layout's splits hold)
 # ----------------------------------------------------------------------------------------------
 
 class Snippet(NamedTuple):
@@ -901,7 +932,7 @@ class FlowPairs(torch.utils.data.Dataset):
 
 
 # ----------------------------------------------------------------------------------------------
-# 4. Layouts: what each dataset's splits hold, as Snippets and labelled pairs
+# 5. Layouts: what each dataset's splits hold, as Snippets and labelled pairs
 # ----------------------------------------------------------------------------------------------
 # Every layout answers the same questions: the training snippets of a split (video, stereo, ground
 # truth), the depth test frames of its evaluation protocol, the labelled images (a training pool and a

@@ -97,7 +97,7 @@ def set_train_mode(net, freeze_encoder):
 
 def num_classes(args):
     """The classes of --data's labels: Cityscapes' 19 train ids (KITTI, Cityscapes) or NYU-40."""
-    return len(evaluate.CLASS_SETS[data.LAYOUTS[args.data].classes][0])
+    return data.num_classes(data.LAYOUTS[args.data].classes)
 
 
 def segmentation_task(args, layout, net, device):
@@ -110,7 +110,7 @@ def segmentation_task(args, layout, net, device):
     eval_set = training.open_dataset(data.LabelledImages, eval_pairs, args.height, args.width)
     eval_batches = list(torch.utils.data.DataLoader(eval_set, batch_size=args.batch_size))
     sample, classes = {k: v[:4] for k, v in eval_batches[0].items()}, num_classes(args)
-    colours = evaluate.CLASS_SETS[layout.classes][1]
+    colours = data.CLASS_SETS[layout.classes][1]
 
     def loss_fn(batch):
         with autocast(device):
