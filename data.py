@@ -133,6 +133,14 @@ def num_classes(class_set):
 # ----------------------------------------------------------------------------------------------
 
 RAW_MAPPING = 'data_scene_flow/devkit/mapping/train_mapping.txt'  # KITTI's devkit_scene_flow.zip, extracted
+# The side of a split line ("<date>/<drive> <frame> l|r") -> KITTI's colour camera: l the left (02), r the right (03).
+KITTI_CAMERAS = {'l': '02', 'r': '03'}
+OTHER_SIDE = {'l': 'r', 'r': 'l'}
+
+
+def camera_folder(side):
+    """image_02 or image_03: the folder of a side's camera in a raw drive (and in its depth maps)."""
+    return f'image_{KITTI_CAMERAS[side]}'
 
 
 def read_calib(path):
@@ -155,7 +163,7 @@ def read_calib_text(text):
     return calib
 
 
-def camera_intrinsics(calib, camera='02'):
+def camera_intrinsics(calib, camera=KITTI_CAMERAS['l']):
     """(K [3, 3], (height, width)) of a rectified camera, from P_rect_xx and S_rect_xx."""
     P = calib[f'P_rect_{camera}'].reshape(3, 4)
     width, height = calib[f'S_rect_{camera}']
@@ -164,7 +172,7 @@ def camera_intrinsics(calib, camera='02'):
 
 def stereo_baseline(calib):
     """Distance in metres from camera 02 to camera 03 (P_rect[0, 3] = -fx * camera position)."""
-    P2, P3 = calib['P_rect_02'].reshape(3, 4), calib['P_rect_03'].reshape(3, 4)
+    P2, P3 = (calib[f'P_rect_{KITTI_CAMERAS[side]}'].reshape(3, 4) for side in 'lr')
     return float((P2[0, 3] - P3[0, 3]) / P2[0, 0])
 
 
@@ -181,27 +189,37 @@ def scale_intrinsics(K, size, new_size):
     return out
 
 
-# What each file the readers decode must be: (what it is, PNG colour type, bit depth, where KITTI
-# keeps it, what the format is). Colour type 0 is single-channel, 2 is RGB; None: any (images).
+class PngKind(NamedTuple):
+    """What a file the readers decode must be, and the words its sentences use."""
+    what: str  # what it is ('depth map')
+    colour: int  # PNG colour type: 0 single-channel, 2 RGB; None: any (images)
+    bits: int  # bit depth; None: any
+    where: str  # where the dataset keeps it
+    form: str  # what the format is, for a file of another bit depth or channel count
+
+
 PNG_KINDS = {
-    'image': ('image', None, None, 'check --data-root and that the KITTI archives are extracted in their '
-              'original layout', None),
-    'depth': ('depth map', 0, 16, "KITTI's depth archive keeps one per frame in proj_depth/groundtruth/image_0x/",
-              'KITTI depth maps are 16-bit single-channel PNGs (metres x 256, 0 = no measurement): use the '
-              'maps of data_depth_annotated (proj_depth/groundtruth/), not images'),
-    'labels': ('label map', 0, 8, 'KITTI semantics keeps one per image in data_semantics/training/semantic/, '
-               'Cityscapes in gtFine/<split>/<city>/', "label maps are 8-bit single-channel PNGs of label ids "
-               "(KITTI's instance/ PNGs are 16-bit: use the semantic/ folder; Cityscapes: the *_labelIds.png)"),
-    'flow': ('flow map', 2, 16, 'KITTI keeps one per pair in data_scene_flow/training/flow_noc/',
-             'KITTI flow maps are 16-bit 3-channel PNGs (u, v, valid): use those of data_scene_flow/training/flow_noc/'),
-    'disparity': ('disparity map', 0, 16, 'Cityscapes keeps one per frame in disparity/<split>/<city>/',
-                  'Cityscapes disparity maps are 16-bit single-channel PNGs ((p - 1) / 256 pixels, 0 = invalid)'),
-    'nyu depth': ('depth map', 0, 16, 'the extracted NYU-Depth-V2 keeps sync_depth_XXXXX.png beside each rgb_XXXXX.jpg',
-                  'NYU depth maps are 16-bit single-channel PNGs of millimetres'),
-    'labels40': ('label map', 0, 8, 'labelled/<split>/labels40_XXXXX.png beside each rgb_XXXXX.png',
-                 'NYU-40 label maps are 8-bit single-channel PNGs (0 unlabelled, 1..40)'),
-    'depth png': ('depth map', 0, 16, 'a folder keeps <name>_depth.png (or .npy) beside each <name>_rgb image',
-                  'PNG depth maps are 16-bit single-channel PNGs (value x --depth-scale = metres)'),
+    'image': PngKind('image', None, None, 'check --data-root and that the KITTI archives are extracted in their '
+                     'original layout', None),
+    'depth': PngKind('depth map', 0, 16, "KITTI's depth archive keeps one per frame in "
+                     'proj_depth/groundtruth/image_0x/', 'KITTI depth maps are 16-bit single-channel PNGs (metres x '
+                     '256, 0 = no measurement): use the maps of data_depth_annotated (proj_depth/groundtruth/), not '
+                     'images'),
+    'labels': PngKind('label map', 0, 8, 'KITTI semantics keeps one per image in data_semantics/training/semantic/, '
+                      'Cityscapes in gtFine/<split>/<city>/', "label maps are 8-bit single-channel PNGs of label ids "
+                      "(KITTI's instance/ PNGs are 16-bit: use the semantic/ folder; Cityscapes: the *_labelIds.png)"),
+    'flow': PngKind('flow map', 2, 16, 'KITTI keeps one per pair in data_scene_flow/training/flow_noc/',
+                    'KITTI flow maps are 16-bit 3-channel PNGs (u, v, valid): use those of '
+                    'data_scene_flow/training/flow_noc/'),
+    'disparity': PngKind('disparity map', 0, 16, 'Cityscapes keeps one per frame in disparity/<split>/<city>/',
+                         'Cityscapes disparity maps are 16-bit single-channel PNGs ((p - 1) / 256 pixels, '
+                         '0 = invalid)'),
+    'nyu depth': PngKind('depth map', 0, 16, 'the extracted NYU-Depth-V2 keeps sync_depth_XXXXX.png beside each '
+                         'rgb_XXXXX.jpg', 'NYU depth maps are 16-bit single-channel PNGs of millimetres'),
+    'labels40': PngKind('label map', 0, 8, 'labelled/<split>/labels40_XXXXX.png beside each rgb_XXXXX.png',
+                        'NYU-40 label maps are 8-bit single-channel PNGs (0 unlabelled, 1..40)'),
+    'depth png': PngKind('depth map', 0, 16, 'a folder keeps <name>_depth.png (or .npy) beside each <name>_rgb image',
+                         'PNG depth maps are 16-bit single-channel PNGs (value x --depth-scale = metres)'),
 }
 _PNG_LAYOUTS = {0: 'single-channel', 2: '3-channel (RGB)', 3: 'palette', 4: '2-channel (grey + alpha)',
                 6: '4-channel (RGBA)'}
@@ -211,17 +229,17 @@ def check_png(path, kind):
     """(height, width) of an image, depth, label or flow PNG (`kind`, a key of PNG_KINDS), read from its
     header without decoding; a missing file, a file that is not a PNG, or a PNG of another bit depth or
     channel count stops with one sentence naming the file."""
-    what, colour, bits, where, form = PNG_KINDS[kind]
+    png = PNG_KINDS[kind]
     if not Path(path).is_file():
-        raise FileNotFoundError(f'no such file: {what} {path}; {where}.')
+        raise FileNotFoundError(f'no such file: {png.what} {path}; {png.where}.')
     with open(path, 'rb') as f:
         head = f.read(26)
     if len(head) < 26 or head[:8] != b'\x89PNG\r\n\x1a\n' or head[12:16] != b'IHDR':
-        raise ValueError(f'{what} {path} is not a PNG file and cannot be decoded: re-extract it from its archive.')
+        raise ValueError(f'{png.what} {path} is not a PNG file and cannot be decoded: re-extract it from its archive.')
     width, height, found_bits, found_colour = struct.unpack('>IIBB', head[16:26])
-    if colour is not None and (found_colour, found_bits) != (colour, bits):
+    if png.colour is not None and (found_colour, found_bits) != (png.colour, png.bits):
         layout = _PNG_LAYOUTS.get(found_colour, f'colour type {found_colour}')
-        raise ValueError(f'{what} {path} holds {found_bits}-bit {layout} pixels, but {form}.')
+        raise ValueError(f'{png.what} {path} holds {found_bits}-bit {layout} pixels, but {png.form}.')
     return height, width
 
 
@@ -230,14 +248,14 @@ def read_png(path, kind):
     stored: uint8 or uint16 [C, H, W]; a file that cannot be decoded stops with one sentence."""
     check_png(path, kind)
     return _decode(path, lambda raw: decode_png(raw, mode=ImageReadMode.UNCHANGED),
-                   f'{PNG_KINDS[kind][0]} {path} cannot be decoded')
+                   f'{PNG_KINDS[kind].what} {path} cannot be decoded')
 
 
 def read_image(path):
     """An RGB image as stored, uint8 [3, H, W] (PNG or JPEG) or uint16 for a 16-bit PNG (unit_range scales
     either to [0, 1]), with one sentence for a missing or corrupt file."""
     if not Path(path).is_file():
-        raise FileNotFoundError(f'no such file: image {path}; {PNG_KINDS["image"][3]}.')
+        raise FileNotFoundError(f'no such file: image {path}; {PNG_KINDS["image"].where}.')
     return _decode(path, lambda raw: decode_image(raw, mode=ImageReadMode.RGB),
                    f'{path} is not a PNG or JPEG image that can be decoded')
 
@@ -286,7 +304,7 @@ def check_pair(image_file, other_file, kind):
     pixel for pixel: a different size stops with one sentence giving both sizes and both files."""
     (h, w), (oh, ow) = check_png(image_file, 'image'), check_png(other_file, kind)
     if (h, w) != (oh, ow):
-        raise ValueError(f'{PNG_KINDS[kind][0]} {other_file} is {ow}x{oh} but its image {image_file} is {w}x{h}: '
+        raise ValueError(f'{PNG_KINDS[kind].what} {other_file} is {ow}x{oh} but its image {image_file} is {w}x{h}: '
                          f'they must match pixel for pixel, so one of them belongs to another frame or '
                          f'download; replace it with its true partner.')
 
@@ -360,16 +378,14 @@ def read_poses(path):
 
 def image_path(root, folder, frame, side='l'):
     """Where KITTI raw keeps a frame: image_02 is the left colour camera, image_03 the right."""
-    camera = {'l': 'image_02', 'r': 'image_03'}[side]
-    path = Path(root) / folder / camera / 'data' / f'{frame:010d}.png'
+    path = Path(root) / folder / camera_folder(side) / 'data' / f'{frame:010d}.png'
     return path if path.exists() or not path.with_suffix('.jpg').exists() else path.with_suffix('.jpg')
 
 
 def depth_path(root, folder, frame, side='l'):
     """Ground-truth depth: inside the raw drive folder, or where KITTI's depth archive puts it
     (<root>/data_depth_annotated/{train,val}/<drive>/proj_depth/groundtruth/image_0x/)."""
-    camera = {'l': 'image_02', 'r': 'image_03'}[side]
-    tail = Path('proj_depth/groundtruth') / camera / f'{frame:010d}.png'
+    tail = Path('proj_depth/groundtruth') / camera_folder(side) / f'{frame:010d}.png'
     drive = Path(folder).name
     candidates = [Path(root) / folder / tail] + [Path(root) / 'data_depth_annotated' / part / drive / tail
                                                  for part in ('train', 'val')]
@@ -393,7 +409,7 @@ def _calib_entry(calib, key, path, count):
     return calib[key]
 
 
-def velodyne_to_image(calib_dir, camera='02'):
+def velodyne_to_image(calib_dir, camera=KITTI_CAMERAS['l']):
     """(3x4 float64 matrix taking homogeneous velodyne points to camera `camera`'s image, (height,
     width) of its rectified images), from <calib_dir>/calib_cam_to_cam.txt and calib_velo_to_cam.txt:
     P_rect_xx @ R_rect_00 (as 4x4) @ [R | T]. [R | T] takes the velodyne's frame to camera 0's,
@@ -416,7 +432,7 @@ def velodyne_to_image(calib_dir, camera='02'):
     return torch.from_numpy(P @ rectify @ velo_to_cam), (int(round(height)), int(round(width)))
 
 
-def read_velodyne_depth(calib_dir, velo_path, camera='02'):
+def read_velodyne_depth(calib_dir, velo_path, camera=KITTI_CAMERAS['l']):
     """A velodyne scan (.bin) projected into camera `camera`'s image: float32 [H, W] depth in metres at
     the camera's native size (S_rect_xx), 0 where no point lands.
 
@@ -583,14 +599,14 @@ class Snippet(NamedTuple):
     """What one training item reads, in any layout.
 
     frames: image paths for the frame offsets, target first. intrinsics: (fx, fy, cx, cy) in pixels of
-    the stored images (None where no loss needs them). other: the other stereo camera's frame t, and
-    stereo_shift the x translation (metres) taking points from this camera's frame to the other's.
+    the stored images (None where no loss needs them). stereo_frame: the other stereo camera's frame t,
+    and stereo_shift the x translation (metres) taking points from this camera's frame to the other's.
     depth: (reader, *arguments) giving the ground truth [1, H, W] in metres. keep_rows: the fraction of
     each image's rows used, from the top (Cityscapes: 0.75, the ego vehicle left out).
     """
     frames: tuple
     intrinsics: tuple = None
-    other: object = None
+    stereo_frame: object = None
     stereo_shift: float = 0.0
     depth: tuple = None
     keep_rows: float = 1.0
@@ -639,8 +655,8 @@ class VideoSnippets(torch.utils.data.Dataset):
     An item holds `frames` [F, 3, H, W] in [0, 1] (target first), `frames_aug`, the network's input
     (colour-jittered when augmenting; the loss compares the un-jittered `frames`), and where the snippets
     have intrinsics the 4x4 `K` / `inv_K` scaled to (height, width); with ground truth, `depth` [1, H0, W0]
-    at its stored resolution; with another camera, `stereo` [3, H, W] (jittered like the rest in
-    `stereo_aug`) and `stereo_T`, the 4x4 transform from this camera's frame to the other's.
+    at its stored resolution; with another camera, `stereo` [3, H, W] (un-jittered: the loss compares it)
+    and `stereo_T`, the 4x4 transform from this camera's frame to the other's.
     Augmentation as Monodepth2 and the paper: horizontal flip (principal point mirrored, stereo shift
     reversed) and, half of the time (unless `jitter=False`, as in fine-tuning), colour jitter shared by
     all frames of a snippet. With `crop` (h, w) each snippet is a random crop of that size, intrinsics
@@ -673,7 +689,7 @@ class VideoSnippets(torch.utils.data.Dataset):
     def read(self, snippet):
         """The snippet's frames (and the other camera's) resized to the network size, its scaled 4x4 K
         (or None) and its ground truth (or None), the rows below keep_rows left out of all of them."""
-        paths = list(snippet.frames) + ([snippet.other] if snippet.other else [])
+        paths = list(snippet.frames) + ([snippet.stereo_frame] if snippet.stereo_frame else [])
         full = read_images(paths)
         depth = None if snippet.depth is None else check_ground_truth(read_ground_truth(snippet.depth), full, snippet)
         raw, depth = top_rows(full, snippet.keep_rows), depth if depth is None else top_rows(depth, snippet.keep_rows)
@@ -702,8 +718,8 @@ class VideoSnippets(torch.utils.data.Dataset):
         item = dict(frames=frames[:count], frames_aug=frames_aug[:count])
         if K is not None:
             item['K'], item['inv_K'] = K, torch.linalg.inv(K)
-        if snippet.other:
-            item['stereo'], item['stereo_aug'] = frames[-1], frames_aug[-1]
+        if snippet.stereo_frame:
+            item['stereo'] = frames[-1]
             item['stereo_T'] = torch.eye(4)
             item['stereo_T'][0, 3] = shift
         if depth is not None:
@@ -842,9 +858,9 @@ def check_frames_exist(root, entries, frame_ids, stereo, split):
         return frame in listed[folder, camera]
 
     for number, (folder, frame, side) in enumerate(entries, 1):
-        needs = [(side, frame + k) for k in frame_ids] + ([({'l': 'r', 'r': 'l'}[side], frame)] if stereo else [])
+        needs = [(side, frame + k) for k in frame_ids] + ([(OTHER_SIDE[side], frame)] if stereo else [])
         for camera_side, f in needs:
-            if not has(folder, {'l': 'image_02', 'r': 'image_03'}[camera_side], f):
+            if not has(folder, camera_folder(camera_side), f):
                 raise FileNotFoundError(
                     f'{image_path(root, folder, f, camera_side)} does not exist, but item {number} of split '
                     f'"{split}" ("{folder} {frame} {side}") needs it: extract the whole drive, or list only frames '
@@ -972,7 +988,7 @@ class Kitti:
     def snippet(self, entry, frame_ids, stereo, with_depth):
         folder, frame, side = entry
         calib = self.calibration(folder)
-        K, _ = camera_intrinsics(calib, {'l': '02', 'r': '03'}[side])
+        K, _ = camera_intrinsics(calib, KITTI_CAMERAS[side])
         # the other camera sits at +baseline along x from the left one: points move by -baseline
         shift = (-1.0 if side == 'l' else 1.0) * stereo_baseline(calib) if stereo else 0.0
         return Snippet(tuple(image_path(self.root, folder, frame + k, side) for k in frame_ids),
@@ -1001,7 +1017,7 @@ class Kitti:
     def ground_truth(self, folder, frame, side, protocol):
         path = ground_truth_path(self.root, folder, frame, side, protocol)
         if protocol == 'eigen':
-            return velodyne_ground_truth, self.root / Path(folder).parts[0], path, {'l': '02', 'r': '03'}[side]
+            return velodyne_ground_truth, self.root / Path(folder).parts[0], path, KITTI_CAMERAS[side]
         return read_depth, path
 
     def labelled(self, split_dir=None):
@@ -1016,9 +1032,6 @@ class Kitti:
         regroup; the test split stays as it is."""
         lines = [e for split in ('train', 'val') for e in read_split(self.root, split, split_dir)]
         return [(f'{f} {n} {s}', image_path(self.root, f, n, s)) for f, n, s in lines]
-
-
-OTHER_SIDE = {'l': 'r', 'r': 'l'}
 
 
 def velodyne_ground_truth(calib_dir, velo_path, camera):

@@ -102,9 +102,9 @@ def crop_mask(shape, crop):
         return torch.ones(shape, dtype=torch.bool)
     if crop not in CROPS:
         raise ValueError(f'unknown crop {crop}: use one of {", ".join(CROPS)} or None.')
-    (h, w), ((top, bottom, left, right), whole) = shape, CROPS[crop]
+    (h, w), ((top, bottom, left, right), to_pixel) = shape, CROPS[crop]
     mask = torch.zeros(shape, dtype=torch.bool)
-    mask[whole(top * h):whole(bottom * h), whole(left * w):whole(right * w)] = True
+    mask[to_pixel(top * h):to_pixel(bottom * h), to_pixel(left * w):to_pixel(right * w)] = True
     return mask
 
 

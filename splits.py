@@ -91,7 +91,7 @@ def make_splits(root, seed=0, depth_only=False, mapping=None, out=None):
     their drive would leak. It may still be drawn as the test drive (testing depth on it does not leak).
     Returns the frame count of each split and 'kept_out': {drive folder: ids of its images} of the
     drives kept out."""
-    drives = sorted(p for p in Path(root).glob('*/*_sync') if (p / 'image_02/data').is_dir())
+    drives = sorted(p for p in Path(root).glob('*/*_sync') if (p / data.camera_folder('l') / 'data').is_dir())
     if not drives:
         raise FileNotFoundError(f'no KITTI raw drives (<date>/<date>_drive_XXXX_sync/image_02/data) under {root}.')
     labelled = labelled_drives(root, mapping)
@@ -103,7 +103,7 @@ def make_splits(root, seed=0, depth_only=False, mapping=None, out=None):
         if split != 'test' and folder in labelled:
             kept_out[folder] = labelled[folder]
             continue
-        frames = sorted(data.frame_numbers(drives[d] / 'image_02/data'))
+        frames = sorted(data.frame_numbers(drives[d] / data.camera_folder('l') / 'data'))
         for f in frames[1:-1]:
             if not (split == 'test' or depth_only) or data.depth_path(root, folder, f).exists():
                 splits[split].append(f'{folder} {f} l')

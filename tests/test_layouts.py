@@ -123,9 +123,9 @@ def test_cityscapes_video_snippets_take_neighbours_from_the_sequence_and_k_from_
                                                     'aachen_000003_000020_leftImg8bit.png']  # 18, 21: a neighbour missing
     assert snippets[1].frames[1].name == 'aachen_000003_000019_leftImg8bit.png'
     assert snippets[1].intrinsics == (2262.52, 2265.3017905988554, 1096.98, 513.137)  # the sequence's camera file
-    assert all(s.keep_rows == 0.75 and s.other is None for s in snippets)
+    assert all(s.keep_rows == 0.75 and s.stereo_frame is None for s in snippets)
     stereo = layout.snippets('train', (0, -1, 1), stereo=True)  # only the frame with a right image
-    assert len(stereo) == 1 and stereo[0].other.name.endswith('_000019_rightImg8bit.png')
+    assert len(stereo) == 1 and stereo[0].stereo_frame.name.endswith('_000019_rightImg8bit.png')
     assert stereo[0].stereo_shift == -0.209313  # the right camera is +baseline along x: points move by -baseline
 
 
