@@ -1,20 +1,24 @@
-"""Where images come from: readers of each dataset's real on-disk layout, the datasets built on them, and
-split files.
+"""Where images come from and what their labels mean: the class tables, readers of each dataset's real
+on-disk layout, the datasets built on them, and a layout class per --data.
 
 The same code reads the real datasets and the toy world (toyworld.py writes each layout), so every code
 path the experiments use on a GPU machine is exercised on a laptop.
 
-Contents, top to bottom:
-  1. reading the KITTI layout: calibration, images, depth (annotated maps and velodyne scans), labels
-     (Cityscapes label ids -> the 19 train ids), flow, split files;
-  2. reading the other layouts: Cityscapes (disparity -> depth through the camera file), NYU-Depth-V2
+Contents, top to bottom (after two helpers every script uses: UnreadableFile, the one sentence of a data
+file that cannot be read, and `unwritable`, why no file can be written into a folder):
+  1. the classes: Cityscapes' label ids -> its 19 train ids, their names, colours and the 7 representative
+     ones; NYU-Depth-V2's 40 classes and colours; CLASS_SETS (a layout's `classes`) and num_classes;
+  2. reading the KITTI layout: a split line's side -> camera (KITTI_CAMERAS, camera_folder), calibration,
+     images, depth (annotated maps and velodyne scans), labels (label ids -> train ids), flow, split files;
+  3. reading the other layouts: Cityscapes (disparity -> depth through the camera file), NYU-Depth-V2
      (millimetre depth, NYU-40 labels), a folder of your own (intrinsics.txt, .npy / .png depth);
-  3. datasets, for any layout: video snippets (self-supervised or ground-truth depth), test frames with
+  4. datasets, for any layout: video snippets (self-supervised or ground-truth depth), test frames with
      the ground truth of an evaluation protocol, labelled images for few-shot segmentation, KITTI's
      flow pairs; the few-shot pick;
-  4. layouts: what each dataset's splits hold (Kitti, Cityscapes, Nyu, Folder; LAYOUTS by --data);
-  5. split files: `python data.py --make-splits ROOT` (KITTI by drive), and for any layout a random or a
-     leakage-free split by image similarity (--by-similarity, the minimal-transfer paper's Sect. 2.2).
+  5. layouts: what each dataset's splits hold (Kitti, Cityscapes, Nyu, Folder; LAYOUTS by --data).
+
+Split files are written by the split tool in splits.py (KITTI by drive, random, or by image similarity); its
+command stays `python data.py --make-splits ROOT`, which this file hands over to splits.main.
 
 Coordinates: camera x right, y down, z forward; depth is the z coordinate in metres; pixel centres sit
 at integer (u, v).

@@ -1,4 +1,4 @@
-"""The layouts beside KITTI's (data.py sections 2 and 4): Cityscapes, NYU-Depth-V2 and a folder of your own.
+"""The layouts beside KITTI's (data.py sections 3 and 5): Cityscapes, NYU-Depth-V2 and a folder of your own.
 Their encodings pinned on values written out by hand and on the real Cityscapes and NYU sample files
 (copied into a temporary tree in the official layout), the depth protocols' crops, what each layout's
 splits hold, and one sentence for each kind of bad input. End-to-end runs of every layout's toy world
