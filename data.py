@@ -1,25 +1,29 @@
-"""Where images come from: readers of each dataset's real on-disk layout, the datasets built on them, and
-split files.
+"""Where images come from and what their labels mean: the class tables, readers of each dataset's real
+on-disk layout, the datasets built on them, and a layout class per --data.
 
 The same code reads the real datasets and the toy world (toyworld.py writes each layout), so every code
 path the experiments use on a GPU machine is exercised on a laptop.
 
-Contents, top to bottom:
-  1. reading the KITTI layout: calibration, images, depth (annotated maps and velodyne scans), labels
-     (Cityscapes label ids -> the 19 train ids), flow, split files;
-  2. reading the other layouts: Cityscapes (disparity -> depth through the camera file), NYU-Depth-V2
+Contents, top to bottom (after two helpers every script uses: UnreadableFile, the one sentence of a data
+file that cannot be read, and `unwritable`, why no file can be written into a folder):
+  1. the classes: Cityscapes' label ids -> its 19 train ids, their names, colours and the 7 representative
+     ones; NYU-Depth-V2's 40 classes and colours; CLASS_SETS (a layout's `classes`) and num_classes;
+  2. reading the KITTI layout: a split line's side -> camera (KITTI_CAMERAS, camera_folder), calibration,
+     images, depth (annotated maps and velodyne scans), labels (label ids -> train ids), flow, split files;
+  3. reading the other layouts: Cityscapes (disparity -> depth through the camera file), NYU-Depth-V2
      (millimetre depth, NYU-40 labels), a folder of your own (intrinsics.txt, .npy / .png depth);
-  3. datasets, for any layout: video snippets (self-supervised or ground-truth depth), test frames with
+  4. datasets, for any layout: video snippets (self-supervised or ground-truth depth), test frames with
      the ground truth of an evaluation protocol, labelled images for few-shot segmentation, KITTI's
      flow pairs; the few-shot pick;
-  4. layouts: what each dataset's splits hold (Kitti, Cityscapes, Nyu, Folder; LAYOUTS by --data);
-  5. split files: `python data.py --make-splits ROOT` (KITTI by drive), and for any layout a random or a
-     leakage-free split by image similarity (--by-similarity, the minimal-transfer paper's Sect. 2.2).
+  5. layouts: what each dataset's splits hold (Kitti, Cityscapes, Nyu, Folder; LAYOUTS by --data).
+
+Split files are written by the split tool in splits.py (KITTI by drive, random, or by image similarity); its
+command stays `python data.py --make-splits ROOT`, which this file hands over to splits.main.
 
 Coordinates: camera x right, y down, z forward; depth is the z coordinate in metres; pixel centres sit
 at integer (u, v).
 """
-import argparse
+import colorsys
 import functools
 import json
 import os
@@ -31,14 +35,10 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.io import ImageReadMode, decode_image, decode_png, read_file
 from torchvision.transforms import v2
 from torchvision import tv_tensors
-from tqdm import tqdm
-
-import models
 
 # torchvision 0.29 announces that its image codecs will move to TorchCodec; they work, and the
 # design keeps to torchvision, so the notice is silenced rather than printed once per image.
@@ -72,16 +72,79 @@ def reader_sentence(error):
     return message.splitlines()[-1].partition(': ')[2] if '\n' in message else message
 
 
+def unwritable(folder):
+    """Why no file can be written into `folder` (to be made where it is missing), or None where one can: the
+    first folder of its path that exists is tried with a temporary file, which also finds a read-only file
+    system (root may write into any folder, but not onto those) or a file in the way."""
+    folder = Path(folder).absolute()
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        return f'{existing} is a file, not a folder'
+    try:
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as error:
+        return f'{existing}: {error.strerror}'
+    return None
+
+
+
+
 # ----------------------------------------------------------------------------------------------
-# 1. Reading the KITTI layout (real KITTI and the toy world alike)
+# 1. The classes: what the labels mean
 # ----------------------------------------------------------------------------------------------
+# Label maps are read as train ids 0..K-1 (255 = ignore) of one of two class sets, CLASS_SETS by a layout's
+# `classes`: Cityscapes' 19 (KITTI's and Cityscapes' maps hold Cityscapes label ids) or NYU-Depth-V2's 40.
 
 # Cityscapes label id -> train id (19 classes); every other id is ignored (255).
 LABEL_TO_TRAIN_ID = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10,
                      24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
+# The same as a table indexed by label id (read_labels).
+_TRAIN_ID_LOOKUP = torch.full((256,), 255, dtype=torch.long)
+for _label_id, _train_id in LABEL_TO_TRAIN_ID.items():
+    _TRAIN_ID_LOOKUP[_label_id] = _train_id
+# Cityscapes' 19 classes, by train id.
+CITYSCAPES_CLASSES = ('road', 'sidewalk', 'building', 'wall', 'fence', 'pole', 'traffic light', 'traffic sign',
+                      'vegetation', 'terrain', 'sky', 'person', 'rider', 'car', 'truck', 'bus', 'train',
+                      'motorcycle', 'bicycle')
+# The 7 representative classes of the depth pre-training paper's mIoU (App. B.2; evaluate.segmentation_metrics).
+REPRESENTATIVE_CLASSES = ('road', 'sidewalk', 'building', 'vegetation', 'terrain', 'sky', 'car')
+REPRESENTATIVE_IDS = tuple(CITYSCAPES_CLASSES.index(name) for name in REPRESENTATIVE_CLASSES)
+# Cityscapes' colours for the 19 train ids, and black for ignored pixels.
+CITYSCAPES_PALETTE = ((128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153),
+                      (153, 153, 153), (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152),
+                      (70, 130, 180), (220, 20, 60), (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100),
+                      (0, 80, 100), (0, 0, 230), (119, 11, 32))
+# NYU-Depth-V2's 40 classes (Gupta et al., 2013), train ids 0..39 (stored 1..40, 0 unlabelled).
+NYU40_CLASSES = ('wall', 'floor', 'cabinet', 'bed', 'chair', 'sofa', 'table', 'door', 'window', 'bookshelf',
+                 'picture', 'counter', 'blinds', 'desk', 'shelves', 'curtain', 'dresser', 'pillow', 'mirror',
+                 'floor mat', 'clothes', 'ceiling', 'books', 'refridgerator', 'television', 'paper', 'towel',
+                 'shower curtain', 'box', 'whiteboard', 'person', 'night stand', 'toilet', 'sink', 'lamp',
+                 'bathtub', 'bag', 'otherstructure', 'otherfurniture', 'otherprop')
+# 40 colours far apart: hues by the golden ratio, alternating saturation and value.
+NYU40_PALETTE = tuple(tuple(int(255 * c) for c in colorsys.hsv_to_rgb((i * 0.618034) % 1, 0.9 - 0.3 * (i % 2),
+                                                                       1.0 - 0.25 * (i % 3)))
+                      for i in range(len(NYU40_CLASSES)))
+CLASS_SETS = {'cityscapes': (CITYSCAPES_CLASSES, CITYSCAPES_PALETTE), 'nyu40': (NYU40_CLASSES, NYU40_PALETTE)}
+
+
+def num_classes(class_set):
+    """How many classes a class set (a key of CLASS_SETS) holds: the outputs of a segmentation head."""
+    return len(CLASS_SETS[class_set][0])
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. Reading the KITTI layout (real KITTI and the toy world alike)
+# ----------------------------------------------------------------------------------------------
 
 RAW_MAPPING = 'data_scene_flow/devkit/mapping/train_mapping.txt'  # KITTI's devkit_scene_flow.zip, extracted
+# The side of a split line ("<date>/<drive> <frame> l|r") -> KITTI's colour camera: l the left (02), r the right (03).
+KITTI_CAMERAS = {'l': '02', 'r': '03'}
+OTHER_SIDE = {'l': 'r', 'r': 'l'}
 
+
+def camera_folder(side):
+    """image_02 or image_03: the folder of a side's camera in a raw drive (and in its depth maps)."""
+    return f'image_{KITTI_CAMERAS[side]}'
 
 
 def read_calib(path):
@@ -104,7 +167,7 @@ def read_calib_text(text):
     return calib
 
 
-def camera_intrinsics(calib, camera='02'):
+def camera_intrinsics(calib, camera=KITTI_CAMERAS['l']):
     """(K [3, 3], (height, width)) of a rectified camera, from P_rect_xx and S_rect_xx."""
     P = calib[f'P_rect_{camera}'].reshape(3, 4)
     width, height = calib[f'S_rect_{camera}']
@@ -113,7 +176,7 @@ def camera_intrinsics(calib, camera='02'):
 
 def stereo_baseline(calib):
     """Distance in metres from camera 02 to camera 03 (P_rect[0, 3] = -fx * camera position)."""
-    P2, P3 = calib['P_rect_02'].reshape(3, 4), calib['P_rect_03'].reshape(3, 4)
+    P2, P3 = (calib[f'P_rect_{KITTI_CAMERAS[side]}'].reshape(3, 4) for side in 'lr')
     return float((P2[0, 3] - P3[0, 3]) / P2[0, 0])
 
 
@@ -130,27 +193,37 @@ def scale_intrinsics(K, size, new_size):
     return out
 
 
-# What each file the readers decode must be: (what it is, PNG colour type, bit depth, where KITTI
-# keeps it, what the format is). Colour type 0 is single-channel, 2 is RGB; None: any (images).
+class PngKind(NamedTuple):
+    """What a file the readers decode must be, and the words its sentences use."""
+    what: str  # what it is ('depth map')
+    colour: int  # PNG colour type: 0 single-channel, 2 RGB; None: any (images)
+    bits: int  # bit depth; None: any
+    where: str  # where the dataset keeps it
+    form: str  # what the format is, for a file of another bit depth or channel count
+
+
 PNG_KINDS = {
-    'image': ('image', None, None, 'check --data-root and that the KITTI archives are extracted in their '
-              'original layout', None),
-    'depth': ('depth map', 0, 16, "KITTI's depth archive keeps one per frame in proj_depth/groundtruth/image_0x/",
-              'KITTI depth maps are 16-bit single-channel PNGs (metres x 256, 0 = no measurement): use the '
-              'maps of data_depth_annotated (proj_depth/groundtruth/), not images'),
-    'labels': ('label map', 0, 8, 'KITTI semantics keeps one per image in data_semantics/training/semantic/, '
-               'Cityscapes in gtFine/<split>/<city>/', "label maps are 8-bit single-channel PNGs of label ids "
-               "(KITTI's instance/ PNGs are 16-bit: use the semantic/ folder; Cityscapes: the *_labelIds.png)"),
-    'flow': ('flow map', 2, 16, 'KITTI keeps one per pair in data_scene_flow/training/flow_noc/',
-             'KITTI flow maps are 16-bit 3-channel PNGs (u, v, valid): use those of data_scene_flow/training/flow_noc/'),
-    'disparity': ('disparity map', 0, 16, 'Cityscapes keeps one per frame in disparity/<split>/<city>/',
-                  'Cityscapes disparity maps are 16-bit single-channel PNGs ((p - 1) / 256 pixels, 0 = invalid)'),
-    'nyu depth': ('depth map', 0, 16, 'the extracted NYU-Depth-V2 keeps sync_depth_XXXXX.png beside each rgb_XXXXX.jpg',
-                  'NYU depth maps are 16-bit single-channel PNGs of millimetres'),
-    'labels40': ('label map', 0, 8, 'labelled/<split>/labels40_XXXXX.png beside each rgb_XXXXX.png',
-                 'NYU-40 label maps are 8-bit single-channel PNGs (0 unlabelled, 1..40)'),
-    'depth png': ('depth map', 0, 16, 'a folder keeps <name>_depth.png (or .npy) beside each <name>_rgb image',
-                  'PNG depth maps are 16-bit single-channel PNGs (value x --depth-scale = metres)'),
+    'image': PngKind('image', None, None, 'check --data-root and that the KITTI archives are extracted in their '
+                     'original layout', None),
+    'depth': PngKind('depth map', 0, 16, "KITTI's depth archive keeps one per frame in "
+                     'proj_depth/groundtruth/image_0x/', 'KITTI depth maps are 16-bit single-channel PNGs (metres x '
+                     '256, 0 = no measurement): use the maps of data_depth_annotated (proj_depth/groundtruth/), not '
+                     'images'),
+    'labels': PngKind('label map', 0, 8, 'KITTI semantics keeps one per image in data_semantics/training/semantic/, '
+                      'Cityscapes in gtFine/<split>/<city>/', "label maps are 8-bit single-channel PNGs of label ids "
+                      "(KITTI's instance/ PNGs are 16-bit: use the semantic/ folder; Cityscapes: the *_labelIds.png)"),
+    'flow': PngKind('flow map', 2, 16, 'KITTI keeps one per pair in data_scene_flow/training/flow_noc/',
+                    'KITTI flow maps are 16-bit 3-channel PNGs (u, v, valid): use those of '
+                    'data_scene_flow/training/flow_noc/'),
+    'disparity': PngKind('disparity map', 0, 16, 'Cityscapes keeps one per frame in disparity/<split>/<city>/',
+                         'Cityscapes disparity maps are 16-bit single-channel PNGs ((p - 1) / 256 pixels, '
+                         '0 = invalid)'),
+    'nyu depth': PngKind('depth map', 0, 16, 'the extracted NYU-Depth-V2 keeps sync_depth_XXXXX.png beside each '
+                         'rgb_XXXXX.jpg', 'NYU depth maps are 16-bit single-channel PNGs of millimetres'),
+    'labels40': PngKind('label map', 0, 8, 'labelled/<split>/labels40_XXXXX.png beside each rgb_XXXXX.png',
+                        'NYU-40 label maps are 8-bit single-channel PNGs (0 unlabelled, 1..40)'),
+    'depth png': PngKind('depth map', 0, 16, 'a folder keeps <name>_depth.png (or .npy) beside each <name>_rgb image',
+                         'PNG depth maps are 16-bit single-channel PNGs (value x --depth-scale = metres)'),
 }
 _PNG_LAYOUTS = {0: 'single-channel', 2: '3-channel (RGB)', 3: 'palette', 4: '2-channel (grey + alpha)',
                 6: '4-channel (RGBA)'}
@@ -160,17 +233,17 @@ def check_png(path, kind):
     """(height, width) of an image, depth, label or flow PNG (`kind`, a key of PNG_KINDS), read from its
     header without decoding; a missing file, a file that is not a PNG, or a PNG of another bit depth or
     channel count stops with one sentence naming the file."""
-    what, colour, bits, where, form = PNG_KINDS[kind]
+    png = PNG_KINDS[kind]
     if not Path(path).is_file():
-        raise FileNotFoundError(f'no such file: {what} {path}; {where}.')
+        raise FileNotFoundError(f'no such file: {png.what} {path}; {png.where}.')
     with open(path, 'rb') as f:
         head = f.read(26)
     if len(head) < 26 or head[:8] != b'\x89PNG\r\n\x1a\n' or head[12:16] != b'IHDR':
-        raise ValueError(f'{what} {path} is not a PNG file and cannot be decoded: re-extract it from its archive.')
+        raise ValueError(f'{png.what} {path} is not a PNG file and cannot be decoded: re-extract it from its archive.')
     width, height, found_bits, found_colour = struct.unpack('>IIBB', head[16:26])
-    if colour is not None and (found_colour, found_bits) != (colour, bits):
+    if png.colour is not None and (found_colour, found_bits) != (png.colour, png.bits):
         layout = _PNG_LAYOUTS.get(found_colour, f'colour type {found_colour}')
-        raise ValueError(f'{what} {path} holds {found_bits}-bit {layout} pixels, but {form}.')
+        raise ValueError(f'{png.what} {path} holds {found_bits}-bit {layout} pixels, but {png.form}.')
     return height, width
 
 
@@ -179,14 +252,14 @@ def read_png(path, kind):
     stored: uint8 or uint16 [C, H, W]; a file that cannot be decoded stops with one sentence."""
     check_png(path, kind)
     return _decode(path, lambda raw: decode_png(raw, mode=ImageReadMode.UNCHANGED),
-                   f'{PNG_KINDS[kind][0]} {path} cannot be decoded')
+                   f'{PNG_KINDS[kind].what} {path} cannot be decoded')
 
 
 def read_image(path):
     """An RGB image as stored, uint8 [3, H, W] (PNG or JPEG) or uint16 for a 16-bit PNG (unit_range scales
     either to [0, 1]), with one sentence for a missing or corrupt file."""
     if not Path(path).is_file():
-        raise FileNotFoundError(f'no such file: image {path}; {PNG_KINDS["image"][3]}.')
+        raise FileNotFoundError(f'no such file: image {path}; {PNG_KINDS["image"].where}.')
     return _decode(path, lambda raw: decode_image(raw, mode=ImageReadMode.RGB),
                    f'{path} is not a PNG or JPEG image that can be decoded')
 
@@ -235,14 +308,9 @@ def check_pair(image_file, other_file, kind):
     pixel for pixel: a different size stops with one sentence giving both sizes and both files."""
     (h, w), (oh, ow) = check_png(image_file, 'image'), check_png(other_file, kind)
     if (h, w) != (oh, ow):
-        raise ValueError(f'{PNG_KINDS[kind][0]} {other_file} is {ow}x{oh} but its image {image_file} is {w}x{h}: '
+        raise ValueError(f'{PNG_KINDS[kind].what} {other_file} is {ow}x{oh} but its image {image_file} is {w}x{h}: '
                          f'they must match pixel for pixel, so one of them belongs to another frame or '
                          f'download; replace it with its true partner.')
-
-
-_TRAIN_ID_LOOKUP = torch.full((256,), 255, dtype=torch.long)
-for _label_id, _train_id in LABEL_TO_TRAIN_ID.items():
-    _TRAIN_ID_LOOKUP[_label_id] = _train_id
 
 
 def read_split(root, split, split_dir=None):
@@ -314,16 +382,14 @@ def read_poses(path):
 
 def image_path(root, folder, frame, side='l'):
     """Where KITTI raw keeps a frame: image_02 is the left colour camera, image_03 the right."""
-    camera = {'l': 'image_02', 'r': 'image_03'}[side]
-    path = Path(root) / folder / camera / 'data' / f'{frame:010d}.png'
+    path = Path(root) / folder / camera_folder(side) / 'data' / f'{frame:010d}.png'
     return path if path.exists() or not path.with_suffix('.jpg').exists() else path.with_suffix('.jpg')
 
 
 def depth_path(root, folder, frame, side='l'):
     """Ground-truth depth: inside the raw drive folder, or where KITTI's depth archive puts it
     (<root>/data_depth_annotated/{train,val}/<drive>/proj_depth/groundtruth/image_0x/)."""
-    camera = {'l': 'image_02', 'r': 'image_03'}[side]
-    tail = Path('proj_depth/groundtruth') / camera / f'{frame:010d}.png'
+    tail = Path('proj_depth/groundtruth') / camera_folder(side) / f'{frame:010d}.png'
     drive = Path(folder).name
     candidates = [Path(root) / folder / tail] + [Path(root) / 'data_depth_annotated' / part / drive / tail
                                                  for part in ('train', 'val')]
@@ -347,7 +413,7 @@ def _calib_entry(calib, key, path, count):
     return calib[key]
 
 
-def velodyne_to_image(calib_dir, camera='02'):
+def velodyne_to_image(calib_dir, camera=KITTI_CAMERAS['l']):
     """(3x4 float64 matrix taking homogeneous velodyne points to camera `camera`'s image, (height,
     width) of its rectified images), from <calib_dir>/calib_cam_to_cam.txt and calib_velo_to_cam.txt:
     P_rect_xx @ R_rect_00 (as 4x4) @ [R | T]. [R | T] takes the velodyne's frame to camera 0's,
@@ -370,7 +436,7 @@ def velodyne_to_image(calib_dir, camera='02'):
     return torch.from_numpy(P @ rectify @ velo_to_cam), (int(round(height)), int(round(width)))
 
 
-def read_velodyne_depth(calib_dir, velo_path, camera='02'):
+def read_velodyne_depth(calib_dir, velo_path, camera=KITTI_CAMERAS['l']):
     """A velodyne scan (.bin) projected into camera `camera`'s image: float32 [H, W] depth in metres at
     the camera's native size (S_rect_xx), 0 where no point lands.
 
@@ -424,7 +490,7 @@ def resize(image, size):
 
 
 # ----------------------------------------------------------------------------------------------
-# 2. Reading the other layouts: Cityscapes, NYU-Depth-V2, a folder of your own
+# 3. Reading the other layouts: Cityscapes, NYU-Depth-V2, a folder of your own
 # ----------------------------------------------------------------------------------------------
 
 # Cityscapes names every file of a frame <city>_<sequence>_<frame>_<suffix> under <folder>/<split>/<city>/.
@@ -483,14 +549,11 @@ def read_nyu_depth(path):
     return read_png(path, 'nyu depth').float() / 1000
 
 
-NYU_CLASSES = 40  # Gupta et al.'s 40-class grouping of NYU-Depth-V2's labels, the one segmentation papers use
-
-
 def read_nyu40_labels(path):
     """An NYU-40 label PNG (uint8: 0 unlabelled, 1..40 the classes of Gupta et al.) -> int64 [H, W] of
     train ids 0..39, 255 = ignore; a value above 40 (a map of NYU's 894 raw classes) stops with a sentence."""
     labels = read_png(path, 'labels40')[0].long()
-    if labels.max() > NYU_CLASSES:
+    if labels.max() > len(NYU40_CLASSES):
         raise ValueError(f'{path} holds class {int(labels.max())}, but NYU-40 label maps hold 0 (unlabelled) to '
                          f'40: it is a map of another class set (NYU\'s 894 raw classes?); convert it to the 40 classes.')
     return torch.where(labels == 0, 255, labels - 1)
@@ -533,21 +596,21 @@ def read_depth_file(path, depth_scale=None):
 
 
 # ----------------------------------------------------------------------------------------------
-# 3. Datasets (any layout: section 4 lists what each layout's splits hold)
+# 4. Datasets (any layout: section 5 lists what each layout's splits hold)
 # ----------------------------------------------------------------------------------------------
 
 class Snippet(NamedTuple):
     """What one training item reads, in any layout.
 
     frames: image paths for the frame offsets, target first. intrinsics: (fx, fy, cx, cy) in pixels of
-    the stored images (None where no loss needs them). other: the other stereo camera's frame t, and
-    stereo_shift the x translation (metres) taking points from this camera's frame to the other's.
+    the stored images (None where no loss needs them). stereo_frame: the other stereo camera's frame t,
+    and stereo_shift the x translation (metres) taking points from this camera's frame to the other's.
     depth: (reader, *arguments) giving the ground truth [1, H, W] in metres. keep_rows: the fraction of
     each image's rows used, from the top (Cityscapes: 0.75, the ego vehicle left out).
     """
     frames: tuple
     intrinsics: tuple = None
-    other: object = None
+    stereo_frame: object = None
     stereo_shift: float = 0.0
     depth: tuple = None
     keep_rows: float = 1.0
@@ -596,8 +659,8 @@ class VideoSnippets(torch.utils.data.Dataset):
     An item holds `frames` [F, 3, H, W] in [0, 1] (target first), `frames_aug`, the network's input
     (colour-jittered when augmenting; the loss compares the un-jittered `frames`), and where the snippets
     have intrinsics the 4x4 `K` / `inv_K` scaled to (height, width); with ground truth, `depth` [1, H0, W0]
-    at its stored resolution; with another camera, `stereo` [3, H, W] (jittered like the rest in
-    `stereo_aug`) and `stereo_T`, the 4x4 transform from this camera's frame to the other's.
+    at its stored resolution; with another camera, `stereo` [3, H, W] (un-jittered: the loss compares it)
+    and `stereo_T`, the 4x4 transform from this camera's frame to the other's.
     Augmentation as Monodepth2 and the paper: horizontal flip (principal point mirrored, stereo shift
     reversed) and, half of the time (unless `jitter=False`, as in fine-tuning), colour jitter shared by
     all frames of a snippet. With `crop` (h, w) each snippet is a random crop of that size, intrinsics
@@ -630,7 +693,7 @@ class VideoSnippets(torch.utils.data.Dataset):
     def read(self, snippet):
         """The snippet's frames (and the other camera's) resized to the network size, its scaled 4x4 K
         (or None) and its ground truth (or None), the rows below keep_rows left out of all of them."""
-        paths = list(snippet.frames) + ([snippet.other] if snippet.other else [])
+        paths = list(snippet.frames) + ([snippet.stereo_frame] if snippet.stereo_frame else [])
         full = read_images(paths)
         depth = None if snippet.depth is None else check_ground_truth(read_ground_truth(snippet.depth), full, snippet)
         raw, depth = top_rows(full, snippet.keep_rows), depth if depth is None else top_rows(depth, snippet.keep_rows)
@@ -659,8 +722,8 @@ class VideoSnippets(torch.utils.data.Dataset):
         item = dict(frames=frames[:count], frames_aug=frames_aug[:count])
         if K is not None:
             item['K'], item['inv_K'] = K, torch.linalg.inv(K)
-        if snippet.other:
-            item['stereo'], item['stereo_aug'] = frames[-1], frames_aug[-1]
+        if snippet.stereo_frame:
+            item['stereo'] = frames[-1]
             item['stereo_T'] = torch.eye(4)
             item['stereo_T'][0, 3] = shift
         if depth is not None:
@@ -799,9 +862,9 @@ def check_frames_exist(root, entries, frame_ids, stereo, split):
         return frame in listed[folder, camera]
 
     for number, (folder, frame, side) in enumerate(entries, 1):
-        needs = [(side, frame + k) for k in frame_ids] + ([({'l': 'r', 'r': 'l'}[side], frame)] if stereo else [])
+        needs = [(side, frame + k) for k in frame_ids] + ([(OTHER_SIDE[side], frame)] if stereo else [])
         for camera_side, f in needs:
-            if not has(folder, {'l': 'image_02', 'r': 'image_03'}[camera_side], f):
+            if not has(folder, camera_folder(camera_side), f):
                 raise FileNotFoundError(
                     f'{image_path(root, folder, f, camera_side)} does not exist, but item {number} of split '
                     f'"{split}" ("{folder} {frame} {side}") needs it: extract the whole drive, or list only frames '
@@ -889,7 +952,7 @@ class FlowPairs(torch.utils.data.Dataset):
 
 
 # ----------------------------------------------------------------------------------------------
-# 4. Layouts: what each dataset's splits hold, as Snippets and labelled pairs
+# 5. Layouts: what each dataset's splits hold, as Snippets and labelled pairs
 # ----------------------------------------------------------------------------------------------
 # Every layout answers the same questions: the training snippets of a split (video, stereo, ground
 # truth), the depth test frames of its evaluation protocol, the labelled images (a training pool and a
@@ -929,7 +992,7 @@ class Kitti:
     def snippet(self, entry, frame_ids, stereo, with_depth):
         folder, frame, side = entry
         calib = self.calibration(folder)
-        K, _ = camera_intrinsics(calib, {'l': '02', 'r': '03'}[side])
+        K, _ = camera_intrinsics(calib, KITTI_CAMERAS[side])
         # the other camera sits at +baseline along x from the left one: points move by -baseline
         shift = (-1.0 if side == 'l' else 1.0) * stereo_baseline(calib) if stereo else 0.0
         return Snippet(tuple(image_path(self.root, folder, frame + k, side) for k in frame_ids),
@@ -958,7 +1021,7 @@ class Kitti:
     def ground_truth(self, folder, frame, side, protocol):
         path = ground_truth_path(self.root, folder, frame, side, protocol)
         if protocol == 'eigen':
-            return velodyne_ground_truth, self.root / Path(folder).parts[0], path, {'l': '02', 'r': '03'}[side]
+            return velodyne_ground_truth, self.root / Path(folder).parts[0], path, KITTI_CAMERAS[side]
         return read_depth, path
 
     def labelled(self, split_dir=None):
@@ -973,9 +1036,6 @@ class Kitti:
         regroup; the test split stays as it is."""
         lines = [e for split in ('train', 'val') for e in read_split(self.root, split, split_dir)]
         return [(f'{f} {n} {s}', image_path(self.root, f, n, s)) for f, n, s in lines]
-
-
-OTHER_SIDE = {'l': 'r', 'r': 'l'}
 
 
 def velodyne_ground_truth(calib_dir, velo_path, camera):
@@ -1246,352 +1306,11 @@ LAYOUTS = {'toy': Kitti, 'kitti': Kitti, 'cityscapes': Cityscapes, 'nyu': Nyu, '
 EVAL_PROTOCOLS = tuple(dict.fromkeys(p for layout in LAYOUTS.values() for p in layout.protocols))
 
 
-# ----------------------------------------------------------------------------------------------
-# 5. Split files
-# ----------------------------------------------------------------------------------------------
-
-def read_raw_mapping(path):
-    """KITTI's raw-data mapping of the scene-flow devkit (devkit_scene_flow.zip: devkit/mapping/train_mapping.txt).
-    Line i (0-based) gives the raw frame of training image i as "<date> <drive folder> <frame>", e.g.
-    "2011_09_26 2011_09_26_drive_0009_sync 0000000384" for 000010_10.png, or is empty when that image's
-    drive is not in public raw KITTI. data_scene_flow and data_semantics share these 200 ids (the same images).
-    Returns {id: ('<date>/<drive folder>', frame)}."""
-    frames = {}
-    for i, line in enumerate(Path(path).read_text().splitlines()):
-        fields = line.split()
-        if not fields:
-            continue
-        if len(fields) != 3 or not fields[1].startswith(fields[0] + '_drive_') or not fields[2].isdigit():
-            raise ValueError(f'{path}, line {i + 1}: expected "<date> <drive folder> <frame>" (e.g. "2011_09_26 '
-                             f'2011_09_26_drive_0009_sync 0000000384") or an empty line, got {line.strip()!r}.')
-        frames[i] = f'{fields[0]}/{fields[1]}', int(fields[2])
-    return frames
-
-
-def labelled_drives(root, mapping=None):
-    """{'<date>/<drive folder>': [ids]}: the raw drives holding the frame of a data_semantics or
-    data_scene_flow training image under `root`, by the raw-data mapping (default <root>/RAW_MAPPING;
-    `mapping` overrides), whether that drive is under `root` or not. Images whose mapping line is empty (or
-    missing) have no raw drive."""
-    root = Path(root)
-    present = {}  # id -> the folders holding an image with it
-    for sub in ('data_semantics', 'data_scene_flow'):
-        for p in (root / sub / 'training/image_2').glob('*_10.png'):
-            if p.name[:-len('_10.png')].isdigit():
-                present.setdefault(int(p.name[:-len('_10.png')]), []).append(sub)
-    if not present and mapping is None:
-        return {}
-    path = Path(mapping) if mapping is not None else root / RAW_MAPPING
-    if not path.is_file():
-        if mapping is not None:
-            raise FileNotFoundError(f'no mapping file {path} (--mapping): give the train_mapping.txt of KITTI\'s '
-                                    f'devkit_scene_flow.zip (devkit/mapping/train_mapping.txt).')
-        holders = ' and '.join(sorted({sub for subs in present.values() for sub in subs}))
-        raise ValueError(f'{root} holds {holders} training images but no {path}, which names the raw drive of '
-                         f'each image so that make_splits can keep those drives out of train and val: extract '
-                         f'KITTI\'s devkit_scene_flow.zip into {root / "data_scene_flow"}/ (it holds '
-                         f'devkit/mapping/train_mapping.txt) or pass --mapping FILE.')
-    frames = read_raw_mapping(path)
-    drives = {}
-    for i in sorted(present):
-        if i in frames:
-            drives.setdefault(frames[i][0], []).append(i)
-    return drives
-
-
-def make_splits(root, seed=0, depth_only=False, mapping=None, out=None):
-    """Write {train,val,test}_files.txt into `out` (default <root>/splits) for a KITTI raw tree: every tenth
-    drive is held out for testing (frames with ground-truth depth only), the next for validation, the rest train.
-    Frames need both neighbours, since training uses t-1 and t+1. With `depth_only` every split keeps
-    only frames with ground-truth depth (for pre-training with --supervision gt).
-
-    A drive holding the frame of a data_semantics or data_scene_flow training image (labelled_drives,
-    by the devkit's mapping; `mapping` overrides its path) is kept out of train and val, whole (its
-    neighbouring frames are near copies): segmentation or flow on those images after pre-training on
-    their drive would leak. It may still be drawn as the test drive (testing depth on it does not leak).
-    Returns the frame count of each split and 'kept_out': {drive folder: ids of its images} of the
-    drives kept out."""
-    drives = sorted(p for p in Path(root).glob('*/*_sync') if (p / 'image_02/data').is_dir())
-    if not drives:
-        raise FileNotFoundError(f'no KITTI raw drives (<date>/<date>_drive_XXXX_sync/image_02/data) under {root}.')
-    labelled = labelled_drives(root, mapping)
-    order = seeded_permutation(len(drives), seed)
-    splits, kept_out = {'train': [], 'val': [], 'test': []}, {}
-    for rank, d in enumerate(order):
-        folder = drives[d].relative_to(root).as_posix()
-        split = 'test' if rank % 10 == 0 else 'val' if rank % 10 == 1 else 'train'
-        if split != 'test' and folder in labelled:
-            kept_out[folder] = labelled[folder]
-            continue
-        frames = sorted(frame_numbers(drives[d] / 'image_02/data'))
-        for f in frames[1:-1]:
-            if not (split == 'test' or depth_only) or depth_path(root, folder, f).exists():
-                splits[split].append(f'{folder} {f} l')
-    empty = [split for split, lines in splits.items() if not lines]
-    if empty:  # before writing anything: existing split files stay as they were
-        why = (f'; {len(kept_out)} of them kept out of train and val, as they hold frames of data_semantics or '
-               f'data_scene_flow training images' if kept_out else '')
-        raise ValueError(f'{root}: the {" and ".join(empty)} split would be empty ({len(drives)} drive(s) found; every '
-                         f'tenth drive is test, the next val, the rest train{why}): add drives, or write the split files '
-                         f'yourself into {Path(root) / "splits"} ("<date>/<drive> <frame> l" per line).')
-    out = Path(out or Path(root) / 'splits')
-    out.mkdir(parents=True, exist_ok=True)
-    for split, lines in splits.items():
-        (out / f'{split}_files.txt').write_text('\n'.join(lines) + '\n')
-    return dict({split: len(lines) for split, lines in splits.items()}, kept_out=kept_out)
-
-
-EMBEDDING_SIZE = (224, 224)  # MobileNet's ImageNet input size; every image is resized to it (aspect ignored)
-
-
-def image_embeddings(paths, embed, batch_size=32):
-    """L2-normalised embeddings float32 [N, D] of the images at `paths` (read by data.read_image), in batches
-    of `batch_size`, each image resized to EMBEDDING_SIZE first so that images of any size batch together.
-    On unit vectors a dot product is the cosine similarity, which similar_components compares."""
-    paths, chunks = list(paths), []
-    device = next(embed.parameters()).device if isinstance(embed, nn.Module) else torch.device('cpu')
-    with torch.no_grad(), tqdm(total=len(paths), unit='image', desc='embedding', dynamic_ncols=True) as bar:
-        for start in range(0, len(paths), batch_size):
-            batch = torch.stack([resize(unit_range(read_image(p))[None], EMBEDDING_SIZE)[0]
-                                 for p in paths[start:start + batch_size]])
-            chunks.append(F.normalize(embed(batch.to(device)).float(), dim=1).cpu())
-            bar.update(len(batch))
-    return torch.cat(chunks) if chunks else torch.zeros(0, 0)
-
-
-def similar_components(embeddings, threshold=0.9, block=2048):
-    """Connected components of the graph linking images i, j whose cosine similarity is > `threshold`
-    (strictly): LongTensor [N] of component ids 0..C-1, numbered in order of first appearance.
-
-    Embeddings are L2-normalised here (a copy), so any [N, D] will do. Rows are taken `block` at a time and
-    compared with themselves and every later row (a block x (N - start) matrix product: pairs with earlier
-    rows were seen with those rows' block), and each block's links are merged into a union-find forest.
-    Memory, besides the normalised copy (4 N D bytes), is at most about 6 block N bytes (float32
-    similarities, then boolean masks and int32 labels), however many pairs are linked: for N = 24,000,
-    D = 1280, block = 2048, 123 MB + 295 MB (measured: about 410 MB above the embeddings). Never N x N.
-    """
-    unit = F.normalize(embeddings.float(), dim=1)
-    n = len(unit)
-    parent = torch.arange(n)  # union-find forest; a parent is never larger than its child
-    for start in range(0, n, block):
-        stop = min(start + block, n)
-        linked = unit[start:stop] @ unit[start:].T > threshold  # [rows, later columns]
-        if linked.any():
-            parent = _merge_links(parent, torch.arange(start, stop), start, linked)
-    return torch.unique(_roots(parent), return_inverse=True)[1]  # a root is its component's first member
-
-
-def _roots(parent):
-    """Each node's root in a forest whose parents are never larger than their children (pointer jumping)."""
-    while True:
-        grand = parent[parent]
-        if torch.equal(grand, parent):
-            return parent
-        parent = grand
-
-
-def _merge_links(parent, rows, start, linked):
-    """Union of every row with every column (start + position) it is linked to: bool [rows, columns].
-
-    Vectorised union-find: in each round every row hooks onto the smallest root among its linked columns of
-    other components, and every such column onto the smallest root among its rows; the larger root always
-    points to the smaller, so no cycle forms however the writes collide. Rounds go on until no link joins
-    two components; each merges at least two, so it ends, and stars (one image like many) take one round.
-    """
-    n = len(parent)
-    while True:
-        roots = _roots(parent)
-        row_roots, column_roots = roots[rows].int()[:, None], roots[start:].int()[None]
-        pending = linked & (column_roots != row_roots)
-        if not pending.any():
-            return roots
-        row_target = torch.where(pending, column_roots, n).amin(1)  # n: nothing pending
-        column_target = torch.where(pending, row_roots, n).amin(0)
-        a = torch.cat([row_roots[:, 0], column_roots[0]]).long()
-        b = torch.cat([row_target, column_target]).long()
-        a, b = a[b < n], b[b < n]
-        parent = roots.clone()
-        parent[torch.maximum(a, b)] = torch.minimum(a, b)
-
-
-def split_by_clusters(components, val_fraction=0.2):
-    """(train_indices, val_indices), sorted lists, from component ids [N] (similar_components'): whole clusters,
-    largest first (ties: the one with the smallest member index first), go to validation whenever they
-    still fit under round(val_fraction * N) images; every other image trains.
-
-    The paper "sorted the clusters by size and selected clusters for the validation set until approximately
-    20%". Largest first, because big clusters are the hardest to place: left to the end they would overshoot
-    20% or never fit, and small ones (singletons above all) then fill the rest almost exactly. A cluster
-    that no longer fits is skipped rather than ending the selection, so validation never exceeds its share
-    and no cluster is ever split between the two sets. A cluster larger than the share always trains: with a
-    degenerate embedder (every image like every other) validation stays empty, as cluster_histogram shows.
-    """
-    if not 0 < val_fraction < 1:
-        raise ValueError(f'val_fraction must lie strictly between 0 and 1 (a share of the images); got {val_fraction}.')
-    components = torch.as_tensor(components).long()
-    room = round(val_fraction * len(components))
-    val = []
-    for members in _clusters_largest_first(components):
-        if len(members) <= room:
-            val += members
-            room -= len(members)
-    chosen = set(val)
-    return [i for i in range(len(components)) if i not in chosen], sorted(val)
-
-
-def _clusters_largest_first(components):
-    """The member indices of each cluster, clusters by decreasing size, ties by their smallest member."""
-    clusters = {}
-    for index, label in enumerate(components.tolist()):
-        clusters.setdefault(label, []).append(index)  # members in increasing order
-    return sorted(clusters.values(), key=lambda members: (-len(members), members[0]))
-
-
-def cluster_histogram(components):
-    """[(cluster size, number of clusters of that size)], by increasing size."""
-    sizes = torch.bincount(torch.unique(torch.as_tensor(components), return_inverse=True)[1])
-    size, count = torch.unique(sizes, return_counts=True)
-    return list(zip(size.tolist(), count.tolist()))
-
-
-def histogram_lines(histogram, width=40):
-    """Printable lines of cluster_histogram's (size, count) pairs, one per size, with a bar of '#' scaled to
-    the largest count (at least one '#'), and how many images clusters of that size hold."""
-    top = max((count for _, count in histogram), default=1)
-    return [f'size {size:>5}: {count:>6} clusters, {size * count:>6} images  {"#" * max(1, round(width * count / top))}'
-            for size, count in histogram]
-
-
-def unwritable(folder):
-    """Why no file can be written into `folder` (to be made where it is missing), or None where one can: the
-    first folder of its path that exists is tried with a temporary file, which also finds a read-only file
-    system (root may write into any folder, but not onto those) or a file in the way."""
-    folder = Path(folder).absolute()
-    existing = next(p for p in (folder, *folder.parents) if p.exists())
-    if not existing.is_dir():
-        return f'{existing} is a file, not a folder'
-    try:
-        tempfile.TemporaryFile(dir=existing).close()
-    except OSError as error:
-        return f'{existing}: {error.strerror}'
-    return None
-
-
-def write_split_files(out, splits, overwrite=False, copy=()):
-    """Write <out>/<split>_files.txt for each {split: lines}, and copy the files in `copy` beside them. Split
-    files already in `out` stop with a sentence unless `overwrite`: earlier splits are never lost silently."""
-    out = Path(out)
-    existing = [p for p in out.glob('*_files.txt')] if out.is_dir() else []
-    if existing and not overwrite:
-        raise ValueError(f'{out} already holds split files ({", ".join(sorted(p.name for p in existing))}): pass '
-                         f'--out NEW_FOLDER, or --overwrite to replace them.')
-    sources = {Path(c).name: Path(c).read_text() for c in copy}  # read before anything is replaced
-    out.mkdir(parents=True, exist_ok=True)
-    for name, text in list(sources.items()) + [(f'{k}_files.txt', ''.join(f'{line}\n' for line in v))
-                                               for k, v in splits.items()]:
-        tmp = out / f'.{name}.tmp'
-        tmp.write_text(text)
-        os.replace(tmp, out / name)
-
-
-def random_split(lines, val_fraction, seed):
-    """(train, val) lines, val about val_fraction of them drawn at random: the leaky split that a similarity
-    split is compared with (near-duplicates may straddle it)."""
-    if not 0 < val_fraction < 1:
-        raise ValueError(f'--val-fraction must lie between 0 and 1; got {val_fraction}.')
-    order = seeded_permutation(len(lines), seed)
-    val = set(order[:round(val_fraction * len(lines))])
-    return [l for i, l in enumerate(lines) if i not in val], [l for i, l in enumerate(lines) if i in val]
-
-
-def similarity_split(pool, embed, threshold=0.9, val_fraction=0.2, block=2048):
-    """The minimal-transfer paper's leakage-free split (Sect. 2.2) of a layout's pool of (line, image): image
-    embeddings, pairs more similar than `threshold` linked, connected components as clusters, clusters moved
-    whole to val (largest first) until about `val_fraction`. Returns (train lines, val lines, components)."""
-    embeddings = image_embeddings([path for _, path in pool], embed)
-    components = similar_components(embeddings, threshold, block)
-    train, val = split_by_clusters(components, val_fraction)
-    return [pool[i][0] for i in train], [pool[i][0] for i in val], components
-
-
-def splits_command(args):
-    """--make-splits: KITTI's by-drive split, or for any layout a random or a similarity split of its pool."""
-    out = Path(args.out or Path(args.make_splits) / 'splits')
-    why = unwritable(out)
-    if why:  # before minutes of embedding
-        raise ValueError(f'cannot write the split files into {out} ({why}): pass --out a folder you can write, '
-                         f'then --split that folder to the scripts.')
-    if not (args.by_similarity or args.random):
-        if args.data != 'kitti':
-            raise ValueError(f'--data {args.data}: pass --by-similarity (leakage-free) or --random; the by-drive '
-                             f'split is KITTI\'s.')
-        return kitti_splits_command(args, out)
-    layout = LAYOUTS[args.data](args.make_splits)
-    pool = layout.pool(args.split)
-    if len(pool) < 2:
-        raise ValueError(f'{args.make_splits} holds {len(pool)} image(s) to split in --data {args.data}\'s layout.')
-    lines = [line for line, _ in pool]
-    if args.random:
-        train, val = random_split(lines, args.val_fraction, args.seed)
-        print(f'Random split of {len(lines)} images (near-duplicates may fall on both sides).')
-    else:
-        embed, what = ((models.checkpoint_embedder(args.embed_checkpoint), f'the encoder of {args.embed_checkpoint}')
-                       if args.embed_checkpoint else (models.mobilenet_embedder(), "torchvision's ImageNet MobileNet V2"))
-        print(f'Embedding {len(lines)} images with {what}; linking pairs of cosine similarity above {args.threshold}.')
-        train, val, components = similarity_split(pool, embed, args.threshold, args.val_fraction)
-        print(f'{int(components.max()) + 1} clusters; sizes (size: count):')
-        print('\n'.join(histogram_lines(cluster_histogram(components))))
-        if not val:
-            raise ValueError(f'no cluster fits in val ({args.val_fraction:.0%} of {len(lines)} images: at most '
-                             f'{round(args.val_fraction * len(lines))}; the largest holds {int(torch.bincount(components).max())}): '
-                             f'raise --threshold (the embeddings are more alike than {args.threshold}) or --val-fraction; '
-                             f'nothing was written.')
-    test = Path(args.split or Path(args.make_splits) / 'splits') / 'test_files.txt'
-    write_split_files(out, {'train': train, 'val': val}, args.overwrite, [test] if args.data == 'kitti' and test.is_file() else [])
-    print(f'Wrote {out}: train {len(train)}, val {len(val)} images ({100 * len(val) / len(lines):.1f} % val).')
-
-
-def kitti_splits_command(args, out):
-    counts = make_splits(args.make_splits, args.seed, args.depth_only, args.mapping, out)
-    kept_out = counts.pop('kept_out')
-    print(f'Wrote {out}: ' + ', '.join(f'{k} {v} frames' for k, v in counts.items()))
-    if kept_out:
-        print(f'Kept {len(kept_out)} drive(s) out of train and val, as they hold the raw frames of '
-              f'data_semantics/data_scene_flow training images: '
-              + ', '.join(f'{folder} (ids {" ".join(f"{i:06d}" for i in ids)})' for folder, ids in sorted(kept_out.items())))
-
-
 def main(argv=None):
-    parser = argparse.ArgumentParser(description='Write split files (train_files.txt, val_files.txt, ...) for a dataset.')
-    parser.add_argument('--make-splits', metavar='ROOT', required=True, help='the dataset\'s folder')
-    parser.add_argument('--data', choices=[k for k in LAYOUTS if k != 'toy'], default='kitti',
-                        help='ROOT\'s layout (the toy world\'s is kitti unless rendered with another --layout)')
-    parser.add_argument('--by-similarity', action='store_true',
-                        help='leakage-free train/val split of the training images by image similarity '
-                             '(minimal-transfer paper, Sect. 2.2)')
-    parser.add_argument('--random', action='store_true', help='a random train/val split of the same images, to compare')
-    parser.add_argument('--threshold', type=float, default=0.9, help='--by-similarity: cosine similarity that links two images')
-    parser.add_argument('--val-fraction', type=float, default=0.2, help='share of the images moved to val')
-    parser.add_argument('--embed-checkpoint', metavar='FILE',
-                        help='--by-similarity: embed with the encoder of this project\'s checkpoint instead of '
-                             'torchvision\'s ImageNet MobileNet V2')
-    parser.add_argument('--split', metavar='DIR', help='kitti: the split folder whose train and val frames are '
-                                                       'regrouped (default ROOT/splits; its test_files.txt is copied)')
-    parser.add_argument('--out', metavar='DIR', help='where the split files go (default ROOT/splits)')
-    parser.add_argument('--overwrite', action='store_true', help='replace split files already in --out')
-    parser.add_argument('--depth-only', action='store_true',
-                        help='kitti by drive: keep only frames with ground-truth depth in every split')
-    parser.add_argument('--mapping', metavar='FILE',
-                        help='kitti by drive: the scene-flow devkit\'s train_mapping.txt (default: '
-                             f'ROOT/{RAW_MAPPING}); drives of data_semantics/data_scene_flow images stay out of train and val')
-    parser.add_argument('--seed', type=int, default=0)
-    args = parser.parse_args(argv)
-    if args.by_similarity and args.random:
-        raise SystemExit('--by-similarity and --random are two kinds of split: pass one.')
-    try:
-        splits_command(args)
-    except (FileNotFoundError, ValueError) as error:
-        raise SystemExit(str(error)) from None
+    """`python data.py --make-splits ROOT ...`, the command the split files' sentences name: the split tool
+    lives in splits.py, which imports this module, so it is imported here rather than at the top."""
+    import splits
+    splits.main(argv)
 
 
 if __name__ == '__main__':

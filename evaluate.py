@@ -18,7 +18,6 @@
     python evaluate.py --checkpoint CKPT --predict IMAGE_OR_FOLDER [--out-dir predictions]
 """
 import argparse
-import colorsys
 import json
 import math
 import re
@@ -35,27 +34,6 @@ import models
 import training
 
 
-CITYSCAPES_CLASSES = ('road', 'sidewalk', 'building', 'wall', 'fence', 'pole', 'traffic light', 'traffic sign',
-                      'vegetation', 'terrain', 'sky', 'person', 'rider', 'car', 'truck', 'bus', 'train',
-                      'motorcycle', 'bicycle')
-REPRESENTATIVE_CLASSES = ('road', 'sidewalk', 'building', 'vegetation', 'terrain', 'sky', 'car')
-REPRESENTATIVE_IDS = tuple(CITYSCAPES_CLASSES.index(name) for name in REPRESENTATIVE_CLASSES)
-# Cityscapes' colours for the 19 train ids, and black for ignored pixels.
-CITYSCAPES_PALETTE = ((128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153),
-                      (153, 153, 153), (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152),
-                      (70, 130, 180), (220, 20, 60), (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100),
-                      (0, 80, 100), (0, 0, 230), (119, 11, 32))
-# NYU-Depth-V2's 40 classes (Gupta et al., 2013), train ids 0..39 (stored 1..40, 0 unlabelled).
-NYU40_CLASSES = ('wall', 'floor', 'cabinet', 'bed', 'chair', 'sofa', 'table', 'door', 'window', 'bookshelf',
-                 'picture', 'counter', 'blinds', 'desk', 'shelves', 'curtain', 'dresser', 'pillow', 'mirror',
-                 'floor mat', 'clothes', 'ceiling', 'books', 'refridgerator', 'television', 'paper', 'towel',
-                 'shower curtain', 'box', 'whiteboard', 'person', 'night stand', 'toilet', 'sink', 'lamp',
-                 'bathtub', 'bag', 'otherstructure', 'otherfurniture', 'otherprop')
-# 40 colours far apart: hues by the golden ratio, alternating saturation and value.
-NYU40_PALETTE = tuple(tuple(int(255 * c) for c in colorsys.hsv_to_rgb((i * 0.618034) % 1, 0.9 - 0.3 * (i % 2),
-                                                                       1.0 - 0.25 * (i % 3)))
-                      for i in range(len(NYU40_CLASSES)))
-CLASS_SETS = {'cityscapes': (CITYSCAPES_CLASSES, CITYSCAPES_PALETTE), 'nyu40': (NYU40_CLASSES, NYU40_PALETTE)}
 SILOG_LAMBDA = 0.5  # the paper's "typical" balance between scale invariance and scale awareness (Sec. 2.3)
 
 
@@ -71,7 +49,7 @@ def confusion_matrix(pred, label, num_classes, ignore_index=255):
     return counts.reshape(num_classes, num_classes).cpu()
 
 
-def colourise(labels, colours=CITYSCAPES_PALETTE):
+def colourise(labels, colours=data.CITYSCAPES_PALETTE):
     """Train-id maps [..., H, W] -> RGB [..., H, W, 3] uint8 in a class set's colours (ignore: black)."""
     palette = torch.zeros(256, 3, dtype=torch.uint8)
     palette[:len(colours)] = torch.tensor(colours, dtype=torch.uint8)
@@ -91,7 +69,7 @@ def segmentation_metrics(confusion):
     true_pos, gt_count, pred_count = confusion.diag(), confusion.sum(1), confusion.sum(0)
     union = gt_count + pred_count - true_pos
     iou = true_pos / union  # 0 / 0 = NaN for a class in neither ground truth nor prediction
-    representative = iou[list(REPRESENTATIVE_IDS)] if len(iou) == len(CITYSCAPES_CLASSES) else iou[:0]
+    representative = iou[list(data.REPRESENTATIVE_IDS)] if len(iou) == len(data.CITYSCAPES_CLASSES) else iou[:0]
     present = gt_count > 0
     return {'per_class_iou': [float(v) for v in iou],
             'miou': _nanmean(iou),
@@ -125,9 +103,9 @@ def crop_mask(shape, crop):
         return torch.ones(shape, dtype=torch.bool)
     if crop not in CROPS:
         raise ValueError(f'unknown crop {crop}: use one of {", ".join(CROPS)} or None.')
-    (h, w), ((top, bottom, left, right), whole) = shape, CROPS[crop]
+    (h, w), ((top, bottom, left, right), to_pixel) = shape, CROPS[crop]
     mask = torch.zeros(shape, dtype=torch.bool)
-    mask[whole(top * h):whole(bottom * h), whole(left * w):whole(right * w)] = True
+    mask[to_pixel(top * h):to_pixel(bottom * h), to_pixel(left * w):to_pixel(right * w)] = True
     return mask
 
 
@@ -210,7 +188,7 @@ def constant_depth_baseline(gts, min_depth=1e-3, max_depth=80.0, crop=None, cap_
 # ---------------------------------------------------------------- networks on held-out data
 
 @torch.no_grad()
-def evaluate_segmentation(net, batches, device, num_classes=len(CITYSCAPES_CLASSES), scales=(1.0,), flip=False):
+def evaluate_segmentation(net, batches, device, num_classes=len(data.CITYSCAPES_CLASSES), scales=(1.0,), flip=False):
     """Segmentation metrics of a network over batches of {'image', 'label'}, from one confusion matrix; with
     several `scales` (or `flip`) a multi-scale test (segmentation_scores)."""
     net.eval()
@@ -387,7 +365,7 @@ class SegmentationEvaluation:
     def __init__(self, eval_set, train_pairs, class_set, args, device):
         self.batches = list(torch.utils.data.DataLoader(eval_set, batch_size=args.batch_size))
         self.sample = {k: v[:4] for k, v in self.batches[0].items()}
-        self.train_pairs, self.colours, self.classes = train_pairs, CLASS_SETS[class_set][1], len(CLASS_SETS[class_set][0])
+        self.train_pairs, self.colours, self.classes = train_pairs, data.CLASS_SETS[class_set][1], data.num_classes(class_set)
         self.scales, self.flip, self.device = args.eval_scales, args.eval_flip, device
 
     def baseline(self):
@@ -826,7 +804,7 @@ def load_network(checkpoint, source='checkpoint'):
                          f'networks are evaluated on images.')
     arch, normalization = checkpoint['arch'], checkpoint['normalization']
     xnet = checkpoint.get('xnet')
-    net = (models.build_seg_net(arch, checkpoint.get('num_classes') or len(CITYSCAPES_CLASSES), normalization, decoder, xnet)
+    net = (models.build_seg_net(arch, checkpoint.get('num_classes') or len(data.CITYSCAPES_CLASSES), normalization, decoder, xnet)
            if task == 'seg' else models.build_depth_net(arch, normalization, decoder, xnet))
     try:
         net.load_state_dict(checkpoint['model'])
@@ -965,7 +943,7 @@ def _predicted_maps(run, images, gt_depths):
 
 def class_set(run):
     """(class names, colours) of a run's (or a checkpoint's) labels: those of its --data's layout."""
-    return CLASS_SETS[data.LAYOUTS[(run.get('args') or {}).get('data', 'toy')].classes or 'cityscapes']
+    return data.CLASS_SETS[data.LAYOUTS[(run.get('args') or {}).get('data', 'toy')].classes or 'cityscapes']
 
 
 def _class_legend(fig, label_maps, classes):
@@ -1093,7 +1071,7 @@ def _magma(disp):
     return torch.from_numpy((rgba[..., :3] * 255).round().astype(np.uint8))
 
 
-def write_prediction(prediction, task, out_dir, stem, colours=CITYSCAPES_PALETTE):
+def write_prediction(prediction, task, out_dir, stem, colours=data.CITYSCAPES_PALETTE):
     """<stem>_depth.png (magma of disparity) and <stem>_depth.npy (metres, float32), or <stem>_seg.png
     (in `colours`, its class set's palette) and <stem>_seg.npy (train ids, uint8), all [H, W]."""
     picture = colourise(prediction, colours) if task == 'seg' else _magma(1 / prediction)

@@ -98,7 +98,7 @@ def set_train_mode(net, freeze_encoder):
 
 def num_classes(args):
     """The classes of --data's labels: Cityscapes' 19 train ids (KITTI, Cityscapes) or NYU-40."""
-    return len(evaluate.CLASS_SETS[data.LAYOUTS[args.data].classes][0])
+    return data.num_classes(data.LAYOUTS[args.data].classes)
 
 
 def segmentation_task(args, layout, net, device):

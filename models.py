@@ -621,7 +621,7 @@ class SegHead(nn.Module):
         return self.conv(decoder_features[0])  # logits [B,K,H,W]
 
 
-def _register_normalization(module, normalization):
+def register_normalization(module, normalization):
     """Mean/std as non-persistent buffers: they follow .to(device) but stay out of the state dict."""
     _check_choice('normalization', normalization, NORMALIZATION)
     mean, std = NORMALIZATION[normalization]
@@ -636,7 +636,7 @@ class EncoderDecoder(nn.Module):
         super().__init__()
         self.encoder, self.decoder, self.head = encoder, decoder, head
         self.normalization = normalization  # recorded in checkpoints; fine-tuning reuses it
-        _register_normalization(self, normalization)
+        register_normalization(self, normalization)
 
     def forward(self, x):
         check_resolution(*x.shape[-2:])
@@ -694,7 +694,7 @@ class PoseNet(nn.Module):
             nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(),
             nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(),
             nn.Conv2d(256, 6, 1))
-        _register_normalization(self, normalization)
+        register_normalization(self, normalization)
 
     def start_moving_forward(self, speed):
         """Set the translation's bias so that, before training, the camera moves `speed` forward per frame:
@@ -735,7 +735,7 @@ class FlowNet(nn.Module):
         self.decoder = UNetDecoder([2 * c for c in self.encoder.num_ch_enc])
         self.head = FlowHead()
         self.normalization = normalization
-        _register_normalization(self, normalization)
+        register_normalization(self, normalization)
 
     def forward(self, frame_a, frame_b):
         check_resolution(*frame_a.shape[-2:])
@@ -1148,58 +1148,3 @@ def check_checkpoint(checkpoint, path):
                          f'records (it was written by an older version of this code, or by hand): pass one of '
                          f'theirs ({CHECKPOINT_FILES}).')
     return checkpoint
-
-
-# ---------------------------------------------------------------- embedding images
-
-MOBILENET_WEIGHTS = torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1
-
-
-class Embedder(nn.Module):
-    """Images in [0,1] [B,3,H,W] (data.image_embeddings resizes them to 224 x 224) -> normalised by mean/std -> `features` -> its
-    (last) feature map, global-average-pooled: [B, D]. Frozen and in eval mode (batch norm's running
-    statistics, not the batch's)."""
-
-    def __init__(self, features, normalization):
-        super().__init__()
-        self.features = features
-        _register_normalization(self, normalization)  # the networks' own mean/std buffers
-        self.eval().requires_grad_(False)
-
-    def forward(self, images):
-        x = (images - self.mean) / self.std
-        maps = self.features(x)
-        return (maps[-1] if isinstance(maps, (list, tuple)) else maps).mean((2, 3))  # a ResnetEncoder's: 1/32
-
-
-def mobilenet_embedder():
-    """The paper's embedder: torchvision's ImageNet MobileNet V2, its 1280-channel last feature map pooled.
-
-    The weights come from the local torch.hub cache only, as models.load_imagenet_weights reads ResNet's:
-    never downloaded, and a missing or unreadable file stops with one sentence on where to put it.
-    """
-    net = torchvision.models.mobilenet_v2()
-    net.load_state_dict(cached_weights(MOBILENET_WEIGHTS, 'MobileNet V2'))
-    return Embedder(net.features, 'imagenet')
-
-
-def checkpoint_embedder(path):
-    """An embedder from a checkpoint of this project (pretrain.py, finetune.py): its encoder's last feature
-    map (1/32 scale; 512 channels for resnet18, 2048 for resnet50, 768 for convnext_tiny, 256 for mit_b0), pooled, after the normalisation the
-    network was trained with. DeepLab's encoder is dilated as in training, so its features are the ones the
-    network saw. What is not such a checkpoint stops with one sentence (read_checkpoint's, or ours)."""
-    checkpoint = read_checkpoint(path)
-    normalization = checkpoint.get('normalization')
-    if normalization not in NORMALIZATION:
-        raise ValueError(f'{path} records no input normalisation ({normalization!r}, not one of '
-                         f'{", ".join(NORMALIZATION)}): pass a checkpoint written by pretrain.py or '
-                         f'finetune.py.')
-    holder = nn.Module()  # load_parts reads the keys under 'encoder.' of the network's state dict
-    try:
-        holder.encoder = build_encoder(checkpoint['arch'])
-    except ValueError as error:
-        raise ValueError(f'{path}: {error}') from None
-    if checkpoint.get('decoder') == 'deeplab':
-        holder.encoder.dilate()
-    load_parts(holder, checkpoint['model'], ('encoder.',), source=str(path))
-    return Embedder(holder.encoder, normalization)

@@ -479,8 +479,9 @@ def velodyne_scan(depth, calib_dir):
     scanner's angular resolution is fixed (0.35 degrees is about 1.1 px at 96 x 320).
     """
     height, width = depth.shape
-    projection = data.velodyne_to_image(calib_dir, '02')[0]
-    K = torch.from_numpy(data.read_calib(Path(calib_dir) / 'calib_cam_to_cam.txt')['P_rect_02'].reshape(3, 4)[:, :3])
+    left = data.KITTI_CAMERAS['l']
+    projection = data.velodyne_to_image(calib_dir, left)[0]
+    K = torch.from_numpy(data.read_calib(Path(calib_dir) / 'calib_cam_to_cam.txt')[f'P_rect_{left}'].reshape(3, 4)[:, :3])
     rigid = torch.linalg.solve(K, projection)  # [rotation | translation]: velodyne -> camera 02
     (fx, cx), (fy, cy) = K[0, [0, 2]].tolist(), K[1, [1, 2]].tolist()
     # the firings whose u can land on a column (round(u) - 1 in [0, W - 1]), then all 64 beams of each
@@ -592,17 +593,19 @@ def _render_drive_frames(root, drive, name, frames, K, height, width, bar, keep=
     `velodyne` a velodyne scan of each (velodyne_scan of the left depth); return the left views of the
     frames in `keep`, as {frame: (rgb, depth, moving)}."""
     folder = root / TOY_DATE / name
-    for sub in ('image_02/data', 'image_03/data', 'proj_depth/groundtruth/image_02'):
-        (folder / sub).mkdir(parents=True, exist_ok=True)
+    left_dir, right_dir = (folder / data.camera_folder(side) / 'data' for side in 'lr')
+    depth_dir = folder / 'proj_depth/groundtruth' / data.camera_folder('l')
+    for sub in (left_dir, right_dir, depth_dir):
+        sub.mkdir(parents=True, exist_ok=True)
     if velodyne:
         (folder / 'velodyne_points/data').mkdir(parents=True, exist_ok=True)
     kept = {}
     for f in frames:
         rgb, depth, _, moving = render_view(drive, f, K, height, width)
         right = render_view(drive, f, K, height, width, offset=STEREO_BASELINE)[0]
-        _write_rgb(rgb, folder / f'image_02/data/{f:010d}.png')
-        _write_rgb(right, folder / f'image_03/data/{f:010d}.png')
-        write_depth_png(depth, folder / f'proj_depth/groundtruth/image_02/{f:010d}.png')
+        _write_rgb(rgb, left_dir / f'{f:010d}.png')
+        _write_rgb(right, right_dir / f'{f:010d}.png')
+        write_depth_png(depth, depth_dir / f'{f:010d}.png')
         if velodyne:
             velodyne_scan(depth, root / TOY_DATE).numpy().tofile(folder / f'velodyne_points/data/{f:010d}.bin')
         if f in keep:

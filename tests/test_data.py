@@ -1,7 +1,7 @@
 """data.py's readers and datasets: KITTI's encodings (label ids, depth and flow PNGs, velodyne scans) pinned
 on values written out by hand and on the real KITTI sample files, intrinsics under resizing and cropping,
-the datasets' geometry checked against the toy world's renderer, split files (make_splits, the few-shot
-pick), and one sentence for each kind of bad file. The renderer's own tests are in test_toyworld.py."""
+the datasets' geometry checked against the toy world's renderer, split files (splits.make_splits, the
+few-shot pick), and one sentence for each kind of bad file. The renderer's own tests are in test_toyworld.py."""
 import re
 import shutil
 from pathlib import Path
@@ -15,6 +15,7 @@ from torchvision.io import ImageReadMode, decode_png, read_file, write_jpeg, wri
 import data
 import toyworld
 import losses
+import splits
 import training
 from conftest import kitti_labelled, kitti_snippets, kitti_test_frames, project, warp
 
@@ -647,7 +648,7 @@ def test_make_splits_refuses_to_write_an_empty_split(toy_root, tmp_path):
     before = (root / 'splits' / 'train_files.txt').read_text()
     with pytest.raises(ValueError, match=r'the train and val split would be empty \(2 drive\(s\) found.*1 of them '
                                          r'kept out of train and val'):
-        data.make_splits(root)
+        splits.make_splits(root)
     assert (root / 'splits' / 'train_files.txt').read_text() == before
 
 
@@ -679,7 +680,7 @@ def _labelled_tree(root):
     place) points id 2 (data_semantics) at a train drive, id 0 (data_scene_flow) at a val drive and id 4 at the
     test drive; id 1 has an empty line, id 3 a drive that was not downloaded, id 5 (no image) another train drive."""
     _raw_tree(root)
-    data.make_splits(root)
+    splits.make_splits(root)
     plain = _split_drives(root)
     train, val, test = sorted(plain['train']), sorted(plain['val']), sorted(plain['test'])
     for i, sub in ((0, 'data_scene_flow'), (1, 'data_semantics'), (2, 'data_semantics'), (3, 'data_semantics'),
@@ -739,7 +740,7 @@ def _written_splits(root):
 def test_make_splits_holds_out_every_tenth_drive_for_test_and_the_next_for_val(tmp_path):
     _drive_tree(tmp_path)
     for seed in (0, 3):
-        counts = data.make_splits(tmp_path, seed=seed)
+        counts = splits.make_splits(tmp_path, seed=seed)
         expected = _splits_by_the_rule(seed)
         assert _written_splits(tmp_path) == {split: ''.join(line + '\n' for line in lines)
                                              for split, lines in expected.items()}
@@ -754,7 +755,7 @@ def test_make_splits_leaves_files_that_are_not_frames_out(tmp_path):
     for folder in DRIVES:  # what a file browser or an unzip leaves beside the frames
         for stray in ('.DS_Store', 'Thumbs.db', 'timestamps.txt'):
             (tmp_path / folder / 'image_02/data' / stray).touch()
-    data.make_splits(tmp_path)
+    splits.make_splits(tmp_path)
     assert _written_splits(tmp_path) == {split: ''.join(line + '\n' for line in lines)
                                          for split, lines in _splits_by_the_rule(0).items()}
 
@@ -777,7 +778,7 @@ def test_make_splits_keeps_the_mapped_drives_out_of_train_and_val_by_the_rule(tm
         _rgb(tmp_path / sub / f'training/image_2/{i:06d}_10.png')
     (tmp_path / data.RAW_MAPPING).parent.mkdir(parents=True)
     (tmp_path / data.RAW_MAPPING).write_text(''.join(_mapping_line(folder, 2) + '\n' for folder, _ in mapped))
-    counts = data.make_splits(tmp_path)
+    counts = splits.make_splits(tmp_path)
     expected = _splits_by_the_rule(0, kept_out={val_drive, train_drive})
     assert _written_splits(tmp_path) == {split: ''.join(line + '\n' for line in lines) for split, lines in expected.items()}
     assert counts['kept_out'] == {val_drive: [1], train_drive: [2]}  # the test drive stays: testing there does not leak
@@ -787,12 +788,12 @@ def test_make_splits_keeps_the_mapped_drives_out_of_train_and_val_by_the_rule(tm
 def test_make_splits_keeps_drives_of_labelled_images_out_of_train_and_val(tmp_path):
     plain, train, val, test = _labelled_tree(tmp_path)
     assert len(train) >= 2 and len(val) == 2  # 12 drives: 2 test, 2 val, 8 train
-    counts = data.make_splits(tmp_path)
-    splits = _split_drives(tmp_path)
+    counts = splits.make_splits(tmp_path)
+    found = _split_drives(tmp_path)
     assert counts['kept_out'] == {train[0]: [2], val[0]: [0]}
-    assert train[0] not in splits['train'] | splits['val'] and val[0] not in splits['train'] | splits['val']
-    assert splits['train'] == plain['train'] - {train[0]} and splits['val'] == plain['val'] - {val[0]}
-    assert splits['test'] == plain['test']  # the test drive may hold such a frame: testing depth there does not leak
+    assert train[0] not in found['train'] | found['val'] and val[0] not in found['train'] | found['val']
+    assert found['train'] == plain['train'] - {train[0]} and found['val'] == plain['val'] - {val[0]}
+    assert found['test'] == plain['test']  # the test drive may hold such a frame: testing depth there does not leak
     assert counts['train'] == 2 * (len(train) - 1)  # the whole drive goes, not just the mapped frame
 
 
@@ -811,7 +812,7 @@ def test_make_splits_without_the_mapping_stops_and_writes_nothing(tmp_path, monk
     (tmp_path / data.RAW_MAPPING).unlink()
     before = {p.name: p.read_text() for p in (tmp_path / 'splits').iterdir()}
     with pytest.raises(ValueError) as caught:
-        data.make_splits(tmp_path)
+        splits.make_splits(tmp_path)
     message = str(caught.value)
     assert all(s in message for s in ('data_scene_flow and data_semantics', str(tmp_path / data.RAW_MAPPING),
                                       'devkit_scene_flow.zip', str(tmp_path / 'data_scene_flow'), '--mapping FILE'))
@@ -821,7 +822,7 @@ def test_make_splits_without_the_mapping_stops_and_writes_nothing(tmp_path, monk
     with pytest.raises(SystemExit, match='devkit_scene_flow.zip'):
         data.main()
     with pytest.raises(FileNotFoundError, match='no mapping file'):
-        data.make_splits(tmp_path, mapping=tmp_path / 'missing.txt')
+        splits.make_splits(tmp_path, mapping=tmp_path / 'missing.txt')
 
 
 def test_make_splits_names_a_malformed_mapping_line(tmp_path):
@@ -832,7 +833,7 @@ def test_make_splits_names_a_malformed_mapping_line(tmp_path):
     mapping.write_text('\n'.join(lines))
     before = (tmp_path / 'splits/train_files.txt').read_text()
     with pytest.raises(ValueError, match=re.escape(f'{mapping}, line 3: expected "<date> <drive folder> <frame>"')):
-        data.make_splits(tmp_path)
+        splits.make_splits(tmp_path)
     assert (tmp_path / 'splits/train_files.txt').read_text() == before
 
 

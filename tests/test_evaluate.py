@@ -21,6 +21,7 @@ import torch
 import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import data  # noqa: E402
 import evaluate  # noqa: E402
 import models  # noqa: E402
 from conftest import kitti_test_frames  # noqa: E402
@@ -111,9 +112,9 @@ def test_segmentation_metrics_of_a_perfect_prediction_are_one():
 
 
 def test_representative_classes_are_the_seven_of_the_paper():
-    assert evaluate.REPRESENTATIVE_CLASSES == ('road', 'sidewalk', 'building', 'vegetation', 'terrain', 'sky', 'car')
-    assert evaluate.REPRESENTATIVE_IDS == (0, 1, 2, 8, 9, 10, 13)  # their Cityscapes train ids
-    assert len(evaluate.CITYSCAPES_CLASSES) == 19 and evaluate.CITYSCAPES_CLASSES[13] == 'car'
+    assert data.REPRESENTATIVE_CLASSES == ('road', 'sidewalk', 'building', 'vegetation', 'terrain', 'sky', 'car')
+    assert data.REPRESENTATIVE_IDS == (0, 1, 2, 8, 9, 10, 13)  # their Cityscapes train ids
+    assert len(data.CITYSCAPES_CLASSES) == 19 and data.CITYSCAPES_CLASSES[13] == 'car'
 
 
 def test_miou7_averages_the_iou_of_the_representative_classes_present():
@@ -136,7 +137,7 @@ def test_miou7_averages_the_iou_of_the_representative_classes_present():
 
 def test_miou7_counts_a_mistake_only_on_a_representative_class():
     label = torch.arange(19)  # one pixel of every class
-    person, rider, car, truck = (evaluate.CITYSCAPES_CLASSES.index(n) for n in ('person', 'rider', 'car', 'truck'))
+    person, rider, car, truck = (data.CITYSCAPES_CLASSES.index(n) for n in ('person', 'rider', 'car', 'truck'))
     person_as_rider = evaluate.segmentation_metrics(
         evaluate.confusion_matrix(torch.where(label == person, rider, label), label, 19))
     car_as_truck = evaluate.segmentation_metrics(
@@ -909,7 +910,6 @@ def _overexposed(get_item, key):
 
 def test_cli_draws_qualitative_grids_and_grad_cam_from_run_checkpoints_without_warnings(trained_runs, toy_root, tmp_path,
                                                                                           caplog, monkeypatch):
-    import data
     monkeypatch.setattr(data.LabelledImages, '__getitem__', _overexposed(data.LabelledImages.__getitem__, 'image'))
     monkeypatch.setattr(data.VideoSnippets, '__getitem__', _overexposed(data.VideoSnippets.__getitem__, 'frames'))
     out_dir = tmp_path / 'results'
@@ -939,13 +939,13 @@ def test_segmentation_grid_shows_image_truth_and_each_runs_prediction_with_a_leg
                        for run in runs]
     shown = set(labels.unique().tolist()) | {i for p in predictions for i in p.argmax(1).unique().tolist()}
     legend, = fig.legends
-    assert [t.get_text() for t in legend.get_texts()] == [evaluate.CITYSCAPES_CLASSES[i] for i in sorted(shown)
+    assert [t.get_text() for t in legend.get_texts()] == [data.CITYSCAPES_CLASSES[i] for i in sorted(shown)
                                                           if i < 19]
     colours = [tuple(round(255 * c) for c in patch.get_facecolor()[:3]) for patch in legend.get_patches()]
-    assert colours == [evaluate.CITYSCAPES_PALETTE[i] for i in sorted(shown) if i < 19]
+    assert colours == [data.CITYSCAPES_PALETTE[i] for i in sorted(shown) if i < 19]
     # row r: the image, its labels and each run's argmax, in the Cityscapes palette (ignored pixels black)
     palette = torch.zeros(256, 3, dtype=torch.uint8)
-    palette[:19] = torch.tensor(evaluate.CITYSCAPES_PALETTE, dtype=torch.uint8)
+    palette[:19] = torch.tensor(data.CITYSCAPES_PALETTE, dtype=torch.uint8)
     axes = np.array(fig.axes).reshape(len(items), 2 + len(runs))
     for r in range(len(items)):
         assert np.array_equal(axes[r, 0].images[0].get_array(), images[r].permute(1, 2, 0).numpy())
@@ -1146,7 +1146,6 @@ def _network_output(net, image):
 
 
 def test_predict_depth_on_a_folder_of_own_images(own_images, tmp_path, capsys):
-    import data
     checkpoint, net = _checkpoint(tmp_path, 'depth', min_depth=0.5, max_depth=50.0)
     out_dir = tmp_path / 'predictions'
     evaluate.main(['--checkpoint', str(checkpoint), '--predict', str(own_images), '--out-dir', str(out_dir)])
@@ -1167,7 +1166,6 @@ def test_predict_depth_on_a_folder_of_own_images(own_images, tmp_path, capsys):
 
 
 def test_predict_segmentation_on_one_image(own_images, tmp_path):
-    import data
     checkpoint, net = _checkpoint(tmp_path, 'seg', normalization='imagenet')
     out_dir = tmp_path / 'mine'
     evaluate.main(['--checkpoint', str(checkpoint), '--predict', str(own_images / 'b_wide.png'), '--out-dir', str(out_dir)])
@@ -1177,7 +1175,7 @@ def test_predict_segmentation_on_one_image(own_images, tmp_path):
     assert ids.dtype == np.uint8 and ids.shape == (48, 80)
     assert torch.equal(torch.from_numpy(ids).long(), expected)
     picture = data.read_image(out_dir / 'b_wide_seg.png')
-    palette = torch.tensor(evaluate.CITYSCAPES_PALETTE, dtype=torch.uint8)
+    palette = torch.tensor(data.CITYSCAPES_PALETTE, dtype=torch.uint8)
     assert torch.equal(picture.permute(1, 2, 0), palette[expected])
 
 
@@ -1204,7 +1202,6 @@ def test_predict_stops_with_one_sentence_on_bad_input(own_images, tmp_path, caps
 
 def _depth_checkpoint(path, **args):
     """A depth checkpoint at 64x192, with random weights, as pretrain.py writes one."""
-    import data
     import models
     net = models.build_depth_net()
     models.start_at_depth(net, 10.0, 0.1, 100.0)
@@ -1311,21 +1308,21 @@ def test_metrics_line_leaves_out_measures_that_are_nan():
 
 def test_class_set_follows_the_runs_data():
     nyu = evaluate.class_set({'args': {'data': 'nyu'}})
-    assert nyu == (evaluate.NYU40_CLASSES, evaluate.NYU40_PALETTE)
+    assert nyu == (data.NYU40_CLASSES, data.NYU40_PALETTE)
     assert len(nyu[0]) == len(nyu[1]) == 40 and nyu[0][0] == 'wall' and nyu[0][39] == 'otherprop'
     assert len(set(nyu[1])) == 40  # 40 different colours
-    for data in ('kitti', 'toy', 'cityscapes'):
-        assert evaluate.class_set({'args': {'data': data}}) == (evaluate.CITYSCAPES_CLASSES, evaluate.CITYSCAPES_PALETTE)
+    for layout in ('kitti', 'toy', 'cityscapes'):
+        assert evaluate.class_set({'args': {'data': layout}}) == (data.CITYSCAPES_CLASSES, data.CITYSCAPES_PALETTE)
     assert evaluate.class_set({}) == evaluate.class_set({'args': None}) == evaluate.class_set({'args': {'data': 'kitti'}})
 
 
 def test_colourise_in_the_nyu40_palette():
     labels = torch.tensor([[39, 255], [0, 19]])
-    rgb = evaluate.colourise(labels, evaluate.NYU40_PALETTE)
+    rgb = evaluate.colourise(labels, data.NYU40_PALETTE)
     assert rgb.dtype == torch.uint8 and rgb.shape == (2, 2, 3)
-    assert rgb[0, 0].tolist() == list(evaluate.NYU40_PALETTE[39]) and rgb[0, 1].tolist() == [0, 0, 0]
-    assert rgb[1, 0].tolist() == list(evaluate.NYU40_PALETTE[0]) and rgb[1, 1].tolist() == list(evaluate.NYU40_PALETTE[19])
-    assert evaluate.NYU40_PALETTE[19] != evaluate.CITYSCAPES_PALETTE[19 - 1]  # its own colours, not Cityscapes'
+    assert rgb[0, 0].tolist() == list(data.NYU40_PALETTE[39]) and rgb[0, 1].tolist() == [0, 0, 0]
+    assert rgb[1, 0].tolist() == list(data.NYU40_PALETTE[0]) and rgb[1, 1].tolist() == list(data.NYU40_PALETTE[19])
+    assert data.NYU40_PALETTE[19] != data.CITYSCAPES_PALETTE[19 - 1]  # its own colours, not Cityscapes'
 
 
 # ---------------------------------------------------------------- no silent wrong results

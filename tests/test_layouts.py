@@ -1,4 +1,4 @@
-"""The layouts beside KITTI's (data.py sections 2 and 4): Cityscapes, NYU-Depth-V2 and a folder of your own.
+"""The layouts beside KITTI's (data.py sections 3 and 5): Cityscapes, NYU-Depth-V2 and a folder of your own.
 Their encodings pinned on values written out by hand and on the real Cityscapes and NYU sample files
 (copied into a temporary tree in the official layout), the depth protocols' crops, what each layout's
 splits hold, and one sentence for each kind of bad input. End-to-end runs of every layout's toy world
@@ -19,6 +19,7 @@ from torchvision.io import ImageReadMode, decode_image, decode_png, read_file, w
 import data
 import evaluate
 import models
+import splits
 import toyworld
 
 REALDATA = Path(__file__).resolve().parents[2] / 'shared' / 'realdata'
@@ -122,9 +123,9 @@ def test_cityscapes_video_snippets_take_neighbours_from_the_sequence_and_k_from_
                                                     'aachen_000003_000020_leftImg8bit.png']  # 18, 21: a neighbour missing
     assert snippets[1].frames[1].name == 'aachen_000003_000019_leftImg8bit.png'
     assert snippets[1].intrinsics == (2262.52, 2265.3017905988554, 1096.98, 513.137)  # the sequence's camera file
-    assert all(s.keep_rows == 0.75 and s.other is None for s in snippets)
+    assert all(s.keep_rows == 0.75 and s.stereo_frame is None for s in snippets)
     stereo = layout.snippets('train', (0, -1, 1), stereo=True)  # only the frame with a right image
-    assert len(stereo) == 1 and stereo[0].other.name.endswith('_000019_rightImg8bit.png')
+    assert len(stereo) == 1 and stereo[0].stereo_frame.name.endswith('_000019_rightImg8bit.png')
     assert stereo[0].stereo_shift == -0.209313  # the right camera is +baseline along x: points move by -baseline
 
 
@@ -280,7 +281,7 @@ def test_folder_tests_on_its_val_split_and_without_one_on_nothing(tmp_path):
         np.save(tmp_path / f'{name}_depth.npy', np.ones((4, 6), np.float32))
     layout = data.Folder(tmp_path)
     assert layout.depth_test('pairs') == (None, 0)
-    data.write_split_files(tmp_path / 'splits', {'train': ['a_rgb.png', 'b_rgb.png'], 'val': ['c_rgb.png']})
+    splits.write_split_files(tmp_path / 'splits', {'train': ['a_rgb.png', 'b_rgb.png'], 'val': ['c_rgb.png']})
     assert [s.frames[0].name for s in layout.snippets('train', with_depth=True)] == ['a_rgb.png', 'b_rgb.png']
     items, _ = layout.depth_test('pairs')
     assert [s.frames[0].name for s in items] == ['c_rgb.png']
@@ -289,11 +290,11 @@ def test_folder_tests_on_its_val_split_and_without_one_on_nothing(tmp_path):
 
 
 def test_split_files_are_never_overwritten_without_asking(tmp_path):
-    data.write_split_files(tmp_path, {'train': ['a'], 'val': ['b']})
+    splits.write_split_files(tmp_path, {'train': ['a'], 'val': ['b']})
     with pytest.raises(ValueError, match='already holds split files .*--overwrite'):
-        data.write_split_files(tmp_path, {'train': ['c'], 'val': ['d']})
+        splits.write_split_files(tmp_path, {'train': ['c'], 'val': ['d']})
     assert (tmp_path / 'train_files.txt').read_text() == 'a\n'
-    data.write_split_files(tmp_path, {'train': ['c'], 'val': ['d']}, overwrite=True)
+    splits.write_split_files(tmp_path, {'train': ['c'], 'val': ['d']}, overwrite=True)
     assert (tmp_path / 'train_files.txt').read_text() == 'c\n'
 
 
@@ -458,7 +459,7 @@ def test_similarity_split_from_the_command_line_keeps_copies_together_and_reads_
     assert (f'Embedding {len(pool)} images with the encoder of {checkpoint}; linking pairs of cosine similarity '
             f'above 0.999.') in printed
     clusters = sum(count for _, count in histogram)
-    assert f'{clusters} clusters; sizes (size: count):\n' + '\n'.join(data.histogram_lines(histogram)) + '\n' in printed
+    assert f'{clusters} clusters; sizes (size: count):\n' + '\n'.join(splits.histogram_lines(histogram)) + '\n' in printed
     assert all(f'size {size:>5}: {count:>6} clusters, {size * count:>6} images' in printed for size, count in histogram)
     assert (f'Wrote {out}: train {len(train)}, val {len(val)} images ({100 * len(val) / len(pool):.1f} % val).'
             in printed)

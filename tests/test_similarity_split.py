@@ -1,4 +1,4 @@
-"""The leakage-free split (data.py section 5, the embedders in models.py): embeddings, the similarity graph's components, the split by clusters."""
+"""The leakage-free split (splits.py section 2, its embedders too): embeddings, the similarity graph's components, the split by clusters."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -6,8 +6,8 @@ import torchvision
 from torchvision.io import write_png
 
 import models
-from data import cluster_histogram, histogram_lines, image_embeddings, similar_components, split_by_clusters
-from models import checkpoint_embedder, mobilenet_embedder
+from splits import (checkpoint_embedder, cluster_histogram, histogram_lines, image_embeddings, mobilenet_embedder,
+                    similar_components, split_by_clusters)
 
 
 def near(vector, generator, scale=1e-3):
@@ -203,7 +203,7 @@ def test_mobilenet_embedder_loads_the_cached_weights(monkeypatch, tmp_path):
     folder.mkdir(parents=True)
     net = torchvision.models.mobilenet_v2().eval()
     torch.save(net.state_dict(), folder / 'mobilenet_v2-b0353104.pth')
-    images = torch.rand(2, 3, 224, 224)  # data.image_embeddings resizes every image to this first
+    images = torch.rand(2, 3, 224, 224)  # splits.image_embeddings resizes every image to this first
     embed = mobilenet_embedder()  # initialised from another random state: equal outputs mean the file was read
     with torch.no_grad():
         embeddings = embed(images)

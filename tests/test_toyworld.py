@@ -15,6 +15,7 @@ import torch
 from torchvision.io import ImageReadMode, decode_jpeg, decode_png, encode_jpeg, read_file
 
 import data
+import splits
 import toyworld
 from conftest import TINY
 
@@ -164,7 +165,7 @@ def test_toy_scene_flow_pairs_are_where_kitti_keeps_them(toy_root):
 
 
 def test_toy_world_mapping_names_the_frames_of_its_flow_pairs(toy_root):
-    mapping = data.read_raw_mapping(toy_root / data.RAW_MAPPING)
+    mapping = splits.read_raw_mapping(toy_root / data.RAW_MAPPING)
     flow = data.scene_flow_files(toy_root)
     labelled = data.semantic_files(toy_root)
     ids = lambda files: [int(files_[0].name[:6]) for files_ in files]
@@ -175,7 +176,7 @@ def test_toy_world_mapping_names_the_frames_of_its_flow_pairs(toy_root):
         assert torch.equal(data.read_image(first), data.read_image(data.image_path(toy_root, folder, frame)))
     held_out = f'2011_09_26/2011_09_26_drive_{TINY["drives"] + 1:04d}_sync'
     assert {mapping[i][0] for i in range(len(flow))} == {held_out}
-    drives = data.labelled_drives(toy_root)
+    drives = splits.labelled_drives(toy_root)
     assert drives.pop(held_out) == list(range(len(flow)))
     assert drives and not any((toy_root / folder).exists() for folder in drives)  # labelled images: separate drives
 
@@ -264,7 +265,7 @@ def test_toy_depth_png_holds_the_roads_depth_in_metres_times_256(toy_root):
 
 
 def test_toy_flow_png_holds_the_roads_flow_in_pixels_times_64_plus_2_15(toy_root):
-    mapping = data.read_raw_mapping(toy_root / data.RAW_MAPPING)
+    mapping = splits.read_raw_mapping(toy_root / data.RAW_MAPPING)
     K = toyworld.toy_intrinsics(TINY['height'], TINY['width']).double()
     rows, cols = torch.arange(40, 58), torch.arange(TINY['width'])
     for i, (_, _, flow_file) in enumerate(data.scene_flow_files(toy_root)):
