@@ -1,26 +1,36 @@
-"""Measuring: segmentation and depth metrics, and the CLI that turns run folders into tables and figures.
+"""Measuring, and the tables and figures of runs. Top to bottom:
 
-- Segmentation: a confusion matrix over the 19 Cityscapes train ids, and from it per-class IoU, mIoU, pixel
-  accuracy and mean class accuracy. Like the depth pre-training paper (App. B.2) we also report mIoU over 7
-  representative classes, because rare classes score zero IoU with few training images and drown the mean.
-  Optionally a multi-scale (and mirrored) test, class probabilities averaged, as xNet reports (App. B).
-- Depth: the standard KITTI error and accuracy measures (Eigen et al.), plus SILog and SI-RMSE from the
+- Class sets: Cityscapes' 19 train ids and NYU-Depth-V2's 40 classes, names and colours (CLASS_SETS), and
+  the 7 representative Cityscapes classes.
+- Segmentation: a confusion matrix over a class set's train ids, and from it per-class IoU, mIoU, pixel
+  accuracy and mean class accuracy. Like the depth pre-training paper (App. B.2) we also report mIoU over the 7
+  representative classes (Cityscapes' train ids only), because rare classes score zero IoU with few training
+  images and drown the mean.
+- Depth: the standard error and accuracy measures (Eigen et al.), plus SILog and SI-RMSE from the
   minimal-transfer-learning paper (Sec. 2.3), optionally after per-image median scaling (monocular depth
-  is only known up to scale), and the constant-depth baseline a depth network has to beat; KITTI's two
-  protocols (PROTOCOLS: eigen and benchmark) as Monodepth2's evaluate_depth.py scores them.
+  is only known up to scale), and the constant-depth baseline a depth network has to beat; each dataset's
+  protocol (PROTOCOLS: KITTI's eigen and benchmark as Monodepth2's evaluate_depth.py scores them, cityscapes,
+  nyu, and pairs for a folder of your own).
+- Networks on held-out data: a segmentation network's confusion over batches, optionally a multi-scale (and
+  mirrored) test with class probabilities averaged, as xNet reports (App. B); a depth network's measures on
+  a test set of frames, each at its own size.
 - Optical flow: end-point error and KITTI's Fl outlier rate, next to the zero-flow baseline.
-- Runs: `read_run` reads `runs/<name>/` (args.json + metrics.jsonl) or a checkpoint; `grouped_table`,
-  `results_table` and the `plot_*` functions turn runs into Markdown tables and PNGs like the paper's
-  figures, and `headlines` into the one-line answer: depth pre-training against random weights.
+- Runs: `read_run` reads `runs/<name>/` (args.json + metrics.jsonl) or a checkpoint; `results_table` (a row
+  per run), `grouped_table` (a row per configuration, mean ± std over seeds), `headlines` (the one-line
+  answer: depth pre-training against random weights) and the `plot_*` figures like the paper's (Fig. 2-4).
+  Runs are grouped by their args.json (`configuration`), never by their names, and labelled by the default
+  name they share without its seed, else by the flags in which they differ (`label_series`).
+- Checkpoints on held-out images: the metrics of one checkpoint, qualitative grids and Grad-CAM (Fig. 6).
 - Your own images: `predict` runs a segmentation or depth checkpoint on any image at its own size.
+- The command line:
 
-    python evaluate.py runs/* [--out-dir results]
+    python evaluate.py runs/* [--out-dir results] [--images]
+    python evaluate.py --checkpoint CKPT [--eval-protocol PROTOCOL] [--median-scaling on|off]
     python evaluate.py --checkpoint CKPT --predict IMAGE_OR_FOLDER [--out-dir predictions]
 """
 import argparse
 import json
 import math
-import re
 import sys
 from pathlib import Path
 
@@ -574,19 +584,90 @@ def counted_runs(runs):
     return counted, notes
 
 
+def init_run(init):
+    """The run whose checkpoint an --init names (runs/<name>/checkpoint.pt), as {'name', 'args'} from the
+    args.json next to it; None for anything else (none, imagenet, depth, an exported checkpoint) or where that
+    run's folder is gone."""
+    path = Path(str(init))
+    flags = path.parent / 'args.json'
+    if path.suffix != '.pt' or not flags.is_file():
+        return None
+    try:
+        return {'name': path.parent.name, 'args': training.read_args(flags)}
+    except ValueError as error:
+        raise ValueError(f'{error}: it says what --init {init} was; restore it from a copy, or leave out the runs '
+                         f'fine-tuned from it.') from None
+
+
+def configuration(args):
+    """What a run measures: its flags but NOT_CONFIGURATION, where an --init of a run's checkpoint stands for
+    that run's configuration (runs fine-tuned from the seeds of one pre-training are one configuration)."""
+    config = {k: v for k, v in args.items() if k not in NOT_CONFIGURATION}
+    source = init_run(args.get('init'))
+    if source is not None:
+        config['init'] = configuration(source['args'])
+    return config
+
+
+def _key(config):
+    return json.dumps(config, sort_keys=True, default=str)
+
+
+# The parts of pretrain.py's and finetune.py's default run names that a train size and the frozen or
+# fine-tuned encoder write (their seed writes the last part, s<seed>).
+NAME_PARTS = {'train_size': lambda args: f"n{args.get('train_size') or 'all'}",
+              'freeze_encoder': lambda args: 'frozen' if args.get('freeze_encoder') else 'full'}
+
+
+def _default_name(run, settings=()):
+    """A default run name without the parts its seed and `settings` wrote, each found from its args.json (the
+    last such part: a name begins with its --init's); None for a name without them (one given with --name)."""
+    parts = run['name'].split('-')
+    if parts[-1] != f"s{run['args'].get('seed')}":
+        return None
+    parts = parts[:-1]
+    for setting in settings:
+        part = NAME_PARTS[setting](run['args'])
+        if part not in parts:
+            return None
+        del parts[len(parts) - 1 - parts[::-1].index(part)]
+    return '-'.join(parts)
+
+
+def _shown(key, args):
+    """A flag's value as a label shows it: an --init by init_name."""
+    return init_name(args.get('init')) if key == 'init' else str(args.get(key, '–'))
+
+
+def label_series(series, settings=()):
+    """[(label, runs)] for lists of runs that each share a configuration but for `settings` (and seed): the
+    default name their runs share without those parts (the name's own text), else the flags of args.json in
+    which the series of its task differ ('init=none, freeze_encoder=True'; the init alone where none differ)."""
+    configs = [configuration(runs[0]['args']) for runs in series]
+    for config in configs:
+        for setting in settings:
+            config.pop(setting, None)
+    labels = []
+    for runs, config in zip(series, configs):
+        names = {_default_name(run, settings) for run in runs} - {None}
+        if len(names) == 1:
+            labels.append(names.pop())
+            continue
+        others = [other for other, members in zip(configs, series) if _task(members[0]) == _task(runs[0])]
+        keys = sorted({k for other in others for k in set(other) | set(config)
+                       if len({_key(o.get(k)) for o in others}) > 1}) or ['init']
+        labels.append(', '.join(f'{key}={_shown(key, runs[0]["args"])}' for key in keys))
+    return list(zip(labels, series))
+
+
 def group_runs(runs):
-    """Runs that differ only in seed (and bookkeeping flags), as [(label, [runs])] in first-seen order, of
-    the runs that count (counted_runs: finished, each once). The label is the first run's name without its
-    '-s<seed>' suffix. --init counts as configuration, with any '-s<seed>' in a checkpoint path dropped
-    (runs/seg-...-s1/checkpoint.pt seeds the run with seed 1)."""
+    """Runs of one configuration (their args.json but NOT_CONFIGURATION and the init's seed: `configuration`),
+    as [(label, [runs])] in first-seen order, of the runs that count (counted_runs: finished, each once),
+    labelled by label_series: the default name their runs share without the seed, else by their flags."""
     groups = {}
     for run in counted_runs(runs)[0]:
-        args = run['args']
-        config = {k: v for k, v in args.items() if k not in NOT_CONFIGURATION}
-        config['init'] = re.sub(r'-s\d+\b', '', str(args.get('init', '')))
-        key = json.dumps(config, sort_keys=True, default=str)
-        groups.setdefault(key, []).append(run)
-    return [(re.sub(r'-s\d+$', '', members[0]['name']), members) for members in groups.values()]
+        groups.setdefault(_key(configuration(run['args'])), []).append(run)
+    return label_series(list(groups.values()))
 
 
 def _mean_std(values):
@@ -627,12 +708,31 @@ def _final_miou7(members):
 
 
 def init_name(init):
-    """An --init value as finetune.py names runs after it: 'depth' for checkpoints/depth.pt, the run's name
-    without its seed for runs/<name>/checkpoint.pt, the value itself for none, imagenet, depth or flow."""
+    """An --init as a headline names it: the run whose checkpoint it is (init_run) by its name without its seed,
+    an exported checkpoint by its file's name (depth-stereo for checkpoints/depth-stereo.pt), anything else as
+    given (none, imagenet, depth, flow, the path of a run checkpoint whose folder is gone)."""
+    source = init_run(init)
+    if source is not None:
+        return _default_name(source) or source['name']
     path = Path(str(init))
-    if path.suffix != '.pt':
-        return str(init)
-    return re.sub(r'-s\d+$', '', path.parent.name) if path.stem == 'checkpoint' else path.stem
+    return path.stem if path.suffix == '.pt' and path.stem != 'checkpoint' else str(init)
+
+
+def depth_init(init):
+    """Whether an --init is depth pre-training: the depth checkpoint (depth), or a run or exported checkpoint
+    whose flags say --task depth (its args.json; an exported checkpoint records its run's flags)."""
+    if init == 'depth':
+        return True
+    source = init_run(init)
+    if source is not None:
+        return source['args'].get('task') == 'depth'
+    path = Path(str(init))
+    if path.suffix != '.pt' or not path.is_file():
+        return False
+    try:
+        return models.load_checkpoint(path).get('task') == 'depth'
+    except ValueError:  # weights of another kind (torchvision's, ...): no task recorded, so not a depth run's
+        return False
 
 
 def _seeds(count):
@@ -660,12 +760,13 @@ def headlines(runs):
     setting with several pairs (other train sizes, decoders, ...) names the depth configuration."""
     settings = {}
     for label, members in group_runs([run for run in runs if _task(run) == 'seg']):
-        config = {k: v for k, v in members[0]['args'].items() if k not in NOT_CONFIGURATION | {'init'}}
-        settings.setdefault(json.dumps(config, sort_keys=True, default=str), []).append((label, members))
+        config = configuration(members[0]['args'])
+        config.pop('init', None)
+        settings.setdefault(_key(config), []).append((label, members))
     pairs = []
     for groups in settings.values():
-        inits = [(init_name(members[0]['args'].get('init')), label, members) for label, members in groups]
-        pairs += [(label, depth, random) for name, label, depth in inits if name.startswith('depth')
+        inits = [(members[0]['args'].get('init'), label, members) for label, members in groups]
+        pairs += [(label, depth, random) for init, label, depth in inits if depth_init(init)
                   for other, _, random in inits if other == 'none']
     pairs.sort(key=lambda pair: not pair[1][0]['args'].get('freeze_encoder'))  # stable: frozen first
     lines = []
@@ -748,17 +849,19 @@ def plot_train_size(runs, path):
     line per configuration (everything but --train-size) measured at two sizes or more, mean ± std over
     seeds as error bars. Returns the figure, or None (and writes nothing) when no configuration has two."""
     series = {}
-    for label, members in group_runs([run for run in runs if _task(run) == 'seg']):
-        name = re.sub(r'-n\d+', '', label)  # the train size is the x axis, not part of the series
-        point = (members[0]['args'].get('train_size'), *_final_miou7(members))
+    for _, members in group_runs([run for run in runs if _task(run) == 'seg']):
+        config = configuration(members[0]['args'])
+        point = (config.pop('train_size', None), *_final_miou7(members))  # the x axis, not part of the series
         if point[0] is not None and point[1] is not None:
-            series.setdefault(name, []).append(point)
-    series = {name: sorted(points) for name, points in series.items() if len(points) > 1}
+            series.setdefault(_key(config), []).append((point, members))
+    series = [points for points in series.values() if len(points) > 1]
     if not series:
         return None
     fig, axes = _figure(1)
     ax = axes[0, 0]
-    for name, points in series.items():
+    labelled = label_series([[run for _, members in points for run in members] for points in series], ['train_size'])
+    for (name, _), points in zip(labelled, series):
+        points = sorted(point for point, _ in points)
         ax.errorbar([p[0] for p in points], [100 * p[1] for p in points], yerr=[100 * p[2] for p in points],
                     marker='o', capsize=3, label=name)
     ax.set(title='Final mIoU vs training-set size', xlabel='labelled training images', ylabel='mIoU (7 classes) %')
@@ -772,20 +875,25 @@ def plot_train_size(runs, path):
 def plot_frozen(runs, path):
     """PNG like the paper's Fig. 4: final mIoU (7 classes) per initialisation, frozen encoder next to
     fine-tuned, mean ± std over seeds; a setting without runs leaves its slot empty. Returns the figure."""
-    bars = {}
-    for label, members in group_runs([run for run in runs if _task(run) == 'seg']):
-        args = members[0]['args']
-        name = re.sub(r'-(frozen|full)', '', label)
-        bars.setdefault(name, {})['frozen' if args.get('freeze_encoder') else 'full'] = _final_miou7(members)
+    slots = {}  # configurations but for --freeze-encoder: {'frozen': runs, 'full': runs}
+    for _, members in group_runs([run for run in runs if _task(run) == 'seg']):
+        config = configuration(members[0]['args'])
+        mode = 'frozen' if config.pop('freeze_encoder', None) else 'full'
+        slots.setdefault(_key(config), {})[mode] = members
+    slots = list(slots.values())
+    labelled = label_series([[run for members in slot.values() for run in members] for slot in slots],
+                            ['freeze_encoder'])
+    bars = [(name, {mode: _final_miou7(members) for mode, members in slot.items()})
+            for (name, _), slot in zip(labelled, slots)]
     fig, axes = _figure(1, width=max(6, 1.5 * len(bars)))
     ax = axes[0, 0]
     for offset, mode in ((-0.2, 'frozen'), (0.2, 'full')):
-        drawn = [(i, *bars[name][mode]) for i, name in enumerate(bars) if bars[name].get(mode, (None,))[0] is not None]
+        drawn = [(i, *means[mode]) for i, (_, means) in enumerate(bars) if means.get(mode, (None,))[0] is not None]
         if drawn:
             ax.bar([i + offset for i, _, _ in drawn], [100 * m for _, m, _ in drawn], width=0.4,
                    yerr=[100 * s for _, _, s in drawn], capsize=3 if any(s for _, _, s in drawn) else 0,
                    label=f'{mode} encoder')  # no caps on the zero spread of single seeds
-    ax.set_xticks(range(len(bars)), list(bars), rotation=20, ha='right', fontsize='small')
+    ax.set_xticks(range(len(bars)), [name for name, _ in bars], rotation=20, ha='right', fontsize='small')
     ax.set(title='Frozen vs fine-tuned encoder', ylabel='mIoU (7 classes) %')
     if ax.containers:
         ax.legend()

@@ -804,10 +804,102 @@ def test_train_size_figure_needs_two_sizes_of_one_configuration(tmp_path):
     assert list(line.get_xdata()) == [16, 64] and list(line.get_ydata()) == pytest.approx([50.0, 70.0])
 
 
-def test_init_name_of_a_checkpoint_path_is_its_run_without_the_seed():
+def test_init_name_of_a_run_checkpoint_is_that_runs_name_without_the_seed_its_args_json_gives(tmp_path):
     assert evaluate.init_name('none') == 'none' and evaluate.init_name('depth') == 'depth'
     assert evaluate.init_name('checkpoints/depth-stereo.pt') == 'depth-stereo'
-    assert evaluate.init_name('runs/depth-mono-s2/checkpoint.pt') == 'depth-mono'
+    _write_run(tmp_path / 'depth-mono-s2', dict(task='depth', seed=2, name='depth-mono-s2'), [])
+    assert evaluate.init_name(str(tmp_path / 'depth-mono-s2' / 'checkpoint.pt')) == 'depth-mono'
+    _write_run(tmp_path / 'mine-s2', dict(task='depth', seed=0, name='mine-s2'), [])  # seed 0: '-s2' is its name's
+    assert evaluate.init_name(str(tmp_path / 'mine-s2' / 'checkpoint.pt')) == 'mine-s2'
+    gone = str(tmp_path / 'gone-s1' / 'checkpoint.pt')  # no args.json says what it was: the path as given
+    assert evaluate.init_name(gone) == gone
+
+
+def _named_seg_run(tmp_path, name, seed, miou7, init='depth', frozen=True, train_size=16):
+    """A segmentation run folder whose name, given with --name, says nothing of its flags."""
+    args = dict(task='seg', init=init, decoder='unet', freeze_encoder=frozen, train_size=train_size, arch='resnet18',
+                height=64, width=192, iters=100, seed=seed, name=name, runs=str(tmp_path))
+    return _write_run(tmp_path / name, args, [{'iter': 100, 'split': 'eval', 'miou7': miou7, 'miou': 0.2,
+                                               'pixel_acc': 0.8}])
+
+
+def test_runs_named_with_name_are_grouped_and_labelled_by_their_args_json(tmp_path, capsys):
+    paths = [_named_seg_run(tmp_path, 'alpha-s7', 0, 0.6), _named_seg_run(tmp_path, 'beta', 1, 0.8),
+             _named_seg_run(tmp_path, 'gamma-n4', 0, 0.3, init='none')]
+    runs = [evaluate.read_run(p) for p in paths]
+    groups = evaluate.group_runs(runs)
+    assert [(label, [run['name'] for run in members]) for label, members in groups] == [
+        ('init=depth', ['alpha-s7', 'beta']), ('init=none', ['gamma-n4'])]
+    table = evaluate.grouped_table(runs)
+    assert '| init=depth | seg | depth | unet | yes | 16 |' in table and '| 70.00 ± 14.14 |' in table
+    assert evaluate.headlines(runs) == ['mIoU (7 classes), frozen encoder: depth 70.0 vs random 30.0 (+40.0), '
+                                        'depth mean of 2 seeds, random one seed']
+    # a second frozen setting: the labels name every flag in which the configurations differ
+    runs.append(evaluate.read_run(_named_seg_run(tmp_path, 'delta', 0, 0.5, init='none', train_size=4)))
+    assert [label for label, _ in evaluate.group_runs(runs)] == [
+        'init=depth, train_size=16', 'init=none, train_size=16', 'init=none, train_size=4']
+
+
+def test_figures_of_runs_named_with_name_take_train_size_and_frozen_from_args_json(tmp_path):
+    runs = [evaluate.read_run(p) for p in [_named_seg_run(tmp_path, 'small', 0, 0.3, frozen=False, train_size=4),
+                                           _named_seg_run(tmp_path, 'large', 0, 0.5, frozen=False),
+                                           _named_seg_run(tmp_path, 'still', 0, 0.4)]]
+    fig = evaluate.plot_train_size(runs, tmp_path / 'fig3.png')  # 'small' and 'large': one configuration
+    series, = fig.axes[0].containers
+    assert list(series.lines[0].get_xdata()) == [4, 16] and list(series.lines[0].get_ydata()) == pytest.approx([30, 50])
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ['init=depth']
+    fig = evaluate.plot_frozen(runs, tmp_path / 'fig4.png')  # 'still' is 'large' with a frozen encoder
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ['train_size=4', 'train_size=16']  # what differs
+    assert [bar.get_height() for bar in fig.axes[0].patches] == pytest.approx([40.0, 30.0, 50.0])
+
+
+def test_a_configuration_is_labelled_by_the_default_name_its_runs_share_else_by_its_flags(tmp_path):
+    runs = [evaluate.read_run(_named_seg_run(tmp_path, 'mine', 0, 0.5)),
+            evaluate.read_run(_named_seg_run(tmp_path, 'seg-depth-frozen-s1', 1, 0.5))]  # ends in its own seed
+    assert [label for label, _ in evaluate.group_runs(runs)] == ['seg-depth-frozen']
+    runs.append(evaluate.read_run(_named_seg_run(tmp_path, 'other-s2', 2, 0.5)))  # two names: neither is the label
+    assert [label for label, _ in evaluate.group_runs(runs)] == ['init=depth']
+
+
+def test_a_figures_series_drops_the_runs_own_name_parts_not_those_of_its_init():
+    # fine-tuned (n4, full) from a fine-tuned run (n16, full) whose name begins its own
+    run = {'name': 'seg-seg-depth-unet-full-n16-resnet18-64x192-unet-full-n4-resnet18-64x192-s0',
+           'args': dict(seed=0, train_size=4, freeze_encoder=False)}
+    assert evaluate._default_name(run, ['train_size', 'freeze_encoder']) == (
+        'seg-seg-depth-unet-full-n16-resnet18-64x192-unet-resnet18-64x192')
+    assert evaluate._default_name(dict(run, args=dict(seed=1, train_size=4))) is None  # not its seed: --name's
+
+
+def test_an_init_is_depth_pre_training_by_what_its_args_json_or_checkpoint_records(tmp_path):
+    _write_run(tmp_path / 'depth-run', dict(task='depth', seed=0), [])
+    _write_run(tmp_path / 'seg-run', dict(task='seg', seed=0), [])
+    assert evaluate.depth_init('depth') and evaluate.depth_init(str(tmp_path / 'depth-run' / 'checkpoint.pt'))
+    assert not evaluate.depth_init(str(tmp_path / 'seg-run' / 'checkpoint.pt'))
+    assert not evaluate.depth_init('none') and not evaluate.depth_init('imagenet')
+    exported = {'model': {}, 'arch': 'resnet18', 'normalization': 'unit', 'height': 64, 'width': 192}
+    torch.save(dict(exported, task='depth'), tmp_path / 'mine.pt')  # its recorded task, whatever its file's name
+    torch.save(dict(exported, task='seg'), tmp_path / 'depth-s0.pt')
+    assert evaluate.depth_init(str(tmp_path / 'mine.pt')) and not evaluate.depth_init(str(tmp_path / 'depth-s0.pt'))
+    exported = tmp_path / 'depth.pt'
+    torch.save({'conv1.weight': torch.zeros(1)}, exported)  # weights of no run of this code
+    assert not evaluate.depth_init(str(exported))
+
+
+def test_runs_fine_tuned_from_the_seeds_of_one_pre_training_are_one_configuration(tmp_path):
+    inits = []
+    for seed, name in enumerate(['pre-a', 'pre-b']):  # --name'd depth pre-trainings, seeds 0 and 1
+        _write_run(tmp_path / name, dict(task='depth', supervision='stereo', arch='resnet18', seed=seed, name=name), [])
+        inits.append(str(tmp_path / name / 'checkpoint.pt'))
+    runs = [evaluate.read_run(p) for p in [_named_seg_run(tmp_path, 'ft-a', 0, 0.6, init=inits[0]),
+                                           _named_seg_run(tmp_path, 'ft-b', 1, 0.8, init=inits[1]),
+                                           _named_seg_run(tmp_path, 'ft-c', 0, 0.3, init='none')]]
+    assert [(label, len(members)) for label, members in evaluate.group_runs(runs)] == [('init=pre-a', 2),
+                                                                                        ('init=none', 1)]
+    # their args.json says the init was trained for depth, whatever its name
+    assert evaluate.headlines(runs) == ['mIoU (7 classes), frozen encoder: pre-a 70.0 vs random 30.0 (+40.0), '
+                                        'pre-a mean of 2 seeds, random one seed']
+    (tmp_path / 'pre-b' / 'args.json').unlink()  # what the init was is unknown: a configuration of its own
+    assert [len(members) for _, members in evaluate.group_runs(runs)] == [1, 1, 1]
 
 
 def test_headline_compares_depth_with_random_init_in_the_same_setting(tmp_path, capsys):
