@@ -49,7 +49,7 @@ def add_common_args(parser, iters, lr, batch_size, eval_every):
     parser.add_argument('--data', choices=list(data.LAYOUTS), default='toy',
                         help='toy: the bundled toy world (rendered into --data-root on first use); kitti, '
                              'cityscapes, nyu: that dataset\'s tree at --data-root, in its official layout; folder: '
-                             'your own video and RGB-D pairs (the README says each layout)')
+                             'your own video and RGB-D pairs (DATASETS.md says each layout)')
     parser.add_argument('--data-root', default=None, help=f'dataset folder (default for toy: {TOY_ROOT})')
     parser.add_argument('--frame-stride', type=int, default=1, metavar='N',
                         help='video: the source frames are t-N and t+N (default 1: the neighbours)')
@@ -125,7 +125,7 @@ def add_depth_eval_args(parser):
     parser.add_argument('--eval-protocol', choices=data.EVAL_PROTOCOLS, default=None,
                         help='depth: KITTI: eigen (default; velodyne ground truth, Garg crop, 1e-3 < gt < 80 m) or '
                              'benchmark (KITTI\'s annotated depth, no crop); cityscapes, nyu and folder have one each '
-                             '(the README says each); test frames without that ground truth are skipped '
+                             '(DATASETS.md says each); test frames without that ground truth are skipped '
                              'and counted')
     parser.add_argument('--min-depth', type=float, default=0.1, help='depth: depth of disparity 1 (metres)')
     parser.add_argument('--max-depth', type=float, default=None,
@@ -263,7 +263,7 @@ def data_root(args):
         return root
     if not args.data_root or not Path(args.data_root).is_dir():
         raise SystemExit(f'--data {args.data} needs --data-root pointing at its folder (got {args.data_root}); '
-                         f'the README says each dataset\'s layout ("Real KITTI", "Cityscapes, NYU-Depth-V2 and a folder of your own").')
+                         f'DATASETS.md says each dataset\'s layout, in the section named after it.')
     return args.data_root
 
 
