@@ -1175,7 +1175,7 @@ class Nyu:
         kept = [p for p in paths if nyu_sibling(p, kind).is_file()]
         if not kept:
             raise FileNotFoundError(f'no NYU-Depth-V2 images with {"depth" if kind == "depth" else "NYU-40 labels"} '
-                                    f'in {split_dir or self.root / folder}: see "NYU-Depth-V2" in the README for the '
+                                    f'in {split_dir or self.root / folder}: see "NYU-Depth-V2" in DATASETS.md for the '
                                     f'layout (<scene>/rgb_XXXXX.jpg beside sync_depth_XXXXX.png).')
         return kept
 

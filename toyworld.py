@@ -666,7 +666,7 @@ def render_toy_world(root, height=None, width=None, drives=None, frames=None, te
     A size or count left out takes the layout's default (LAYOUT_DEFAULTS); LAYOUT_COUNTS says what each
     count means in each layout.
 
-    kitti (the README's toy-world section): `drives` training drives of `frames` frames each, one held-out
+    kitti (DATASETS.md's toy-world section): `drives` training drives of `frames` frames each, one held-out
     drive (its first fifth is the validation split, the rest the test split, with ground-truth depth and,
     as KITTI raw has, a velodyne scan per frame in velodyne_points/data/ with calib_velo_to_cam.txt beside
     the date's calibration; the training drives get no scans, to keep the world small), and `labelled`

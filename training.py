@@ -50,7 +50,7 @@ def add_common_args(parser, iters, lr, batch_size, eval_every):
     parser.add_argument('--data', choices=list(data.LAYOUTS), default='toy',
                         help='toy: the bundled toy world (rendered into --data-root on first use); kitti, '
                              'cityscapes, nyu: that dataset\'s tree at --data-root, in its official layout; folder: '
-                             'your own video and RGB-D pairs (the README says each layout)')
+                             'your own video and RGB-D pairs (DATASETS.md says each layout)')
     parser.add_argument('--data-root', default=None, help=f'dataset folder (default for toy: {TOY_ROOT})')
     parser.add_argument('--depth-scale', type=float, default=None, metavar='S',
                         help='folder: metres per unit of <name>_depth.png maps (0.001 for millimetres)')
@@ -125,7 +125,7 @@ def add_depth_eval_args(parser, median_scaling_default):
     parser.add_argument('--eval-protocol', choices=data.EVAL_PROTOCOLS, default=None,
                         help='depth: KITTI: eigen (default; velodyne ground truth, Garg crop, 1e-3 < gt < 80 m) or '
                              'benchmark (KITTI\'s annotated depth, no crop); cityscapes, nyu and folder have one each '
-                             '(the README says each); test frames without that ground truth are skipped '
+                             '(DATASETS.md says each); test frames without that ground truth are skipped '
                              'and counted')
     parser.add_argument('--eval-max-depth', type=float, default=None,
                         help='depth: evaluation cap (metres; default 80, nyu 10)')
@@ -265,7 +265,7 @@ def data_root(args):
         return root
     if not args.data_root or not Path(args.data_root).is_dir():
         raise SystemExit(f'--data {args.data} needs --data-root pointing at its folder (got {args.data_root}); '
-                         f'the README says each dataset\'s layout ("Real KITTI", "Cityscapes, NYU-Depth-V2 and a folder of your own").')
+                         f'DATASETS.md says each dataset\'s layout, in the section named after it.')
     return args.data_root
 
 
