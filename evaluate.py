@@ -1,8 +1,6 @@
 """Measuring, and the tables and figures of runs. Top to bottom:
 
-- Class sets: Cityscapes' 19 train ids and NYU-Depth-V2's 40 classes, names and colours (CLASS_SETS), and
-  the 7 representative Cityscapes classes.
-- Segmentation: a confusion matrix over a class set's train ids, and from it per-class IoU, mIoU, pixel
+- Segmentation: a confusion matrix over a class set's train ids (data.CLASS_SETS: Cityscapes' 19, NYU's 40), and from it per-class IoU, mIoU, pixel
   accuracy and mean class accuracy. Like the depth pre-training paper (App. B.2) we also report mIoU over the 7
   representative classes (Cityscapes' train ids only), because rare classes score zero IoU with few training
   images and drown the mean.
@@ -15,6 +13,9 @@
   mirrored) test with class probabilities averaged, as xNet reports (App. B); a depth network's measures on
   a test set of frames, each at its own size.
 - Optical flow: end-point error and KITTI's Fl outlier rate, next to the zero-flow baseline.
+- Evaluations during training: what pretrain.py's and finetune.py's loops call every --eval-every
+  iterations (DepthEvaluation, FlowEvaluation, SegmentationEvaluation: a PNG sample, then the metrics, and
+  the trivial baseline they are printed beside).
 - Runs: `read_run` reads `runs/<name>/` (args.json + metrics.jsonl) or a checkpoint; `results_table` (a row
   per run), `grouped_table` (a row per configuration, mean ± std over seeds), `headlines` (the one-line
   answer: depth pre-training against random weights) and the `plot_*` figures like the paper's (Fig. 2-4).
