@@ -15,7 +15,9 @@ file that cannot be read, and `unwritable`, why no file can be written into a fo
   4. datasets, for any layout: video snippets (self-supervised or ground-truth depth), test frames with
      the ground truth of an evaluation protocol, labelled images for few-shot segmentation, KITTI's
      flow pairs; the few-shot pick;
-  5. layouts: what each dataset's splits hold (Kitti, Cityscapes, Nyu, Folder; LAYOUTS by --data).
+  5. layouts: what each dataset's splits hold (Kitti, Cityscapes, Nyu, Folder; LAYOUTS by --data);
+  6. the run's data: --data and --data-root to a layout (the toy world rendered on first use), and
+     datasets that stop the run with their one sentence when they cannot be built.
 
 Split files are written by the split tool in splits.py (KITTI by drive, random, or by image similarity); its
 command stays `python data.py --make-splits ROOT`, which this file hands over to splits.main.
@@ -716,10 +718,9 @@ class VideoSnippets(torch.utils.data.Dataset):
             if K is not None:
                 K[0, 2] = frames.shape[-1] - 1 - K[0, 2]
             shift = -shift  # mirrored, the other camera is on the other side
+        count = len(snippet.frames)  # the other camera's frame comes last: the loss compares it un-jittered
         jitter = self.augment and self.jitter is not None and torch.rand(1) < 0.5
-        frames_aug = self.jitter(frames) if jitter else frames
-        count = len(snippet.frames)
-        item = dict(frames=frames[:count], frames_aug=frames_aug[:count])
+        item = dict(frames=frames[:count], frames_aug=self.jitter(frames[:count]) if jitter else frames[:count])
         if K is not None:
             item['K'], item['inv_K'] = K, torch.linalg.inv(K)
         if snippet.stereo_frame:
@@ -1304,6 +1305,43 @@ class Folder:
 
 LAYOUTS = {'toy': Kitti, 'kitti': Kitti, 'cityscapes': Cityscapes, 'nyu': Nyu, 'folder': Folder}
 EVAL_PROTOCOLS = tuple(dict.fromkeys(p for layout in LAYOUTS.values() for p in layout.protocols))
+
+
+# ----------------------------------------------------------------------------------------------
+# 6. The run's data: --data and --data-root to a layout, and datasets built with one sentence on failure
+# ----------------------------------------------------------------------------------------------
+
+TOY_ROOT = 'data/toy'
+
+
+def data_root(args):
+    """The dataset folder: the toy world is rendered there on first use; any other dataset must exist."""
+    if args.data == 'toy':
+        if args.data_root and not Path(args.data_root).exists():  # a typo must not start a render silently
+            raise SystemExit(f'--data-root {args.data_root} does not exist: pass a rendered toy world, render one '
+                             f'there first (`python toyworld.py {args.data_root}`), or leave out '
+                             f'--data-root to use {TOY_ROOT} (rendered on first use).')
+        root = args.data_root or TOY_ROOT
+        import toyworld  # it writes this module's layouts, so it imports this module
+        toyworld.ensure_toy_world(root)
+        return root
+    if not args.data_root or not Path(args.data_root).is_dir():
+        raise SystemExit(f'--data {args.data} needs --data-root pointing at its folder (got {args.data_root}); '
+                         f'DATASETS.md says each dataset\'s layout, in the section named after it.')
+    return args.data_root
+
+
+def open_layout(args):
+    """The layout of --data at its root (data.LAYOUTS), which lists what each split holds."""
+    return LAYOUTS[args.data](data_root(args), depth_scale=args.depth_scale)
+
+
+def open_dataset(make, *args, **kwargs):
+    """Build a dataset; a missing or malformed one stops the run with its one-sentence message."""
+    try:
+        return make(*args, **kwargs)
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(str(error)) from None
 
 
 def main(argv=None):

@@ -287,7 +287,7 @@ def evaluate_depth(net, frames, device, min_depth=0.1, max_depth=100.0, eval_max
 def depth_test_set(args, layout):
     """The test frames of --data's layout with the ground truth of --eval-protocol, said in one line; None
     where the layout has none (a folder without a val split)."""
-    items, skipped = training.open_dataset(layout.depth_test, args.eval_protocol, args.eval_split or args.split)
+    items, skipped = data.open_dataset(layout.depth_test, args.eval_protocol, args.eval_split or args.split)
     if items is None:
         return None
     frames = data.DepthTestFrames(items, args.height, args.width, args.eval_protocol, skipped)

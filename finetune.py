@@ -104,10 +104,10 @@ def num_classes(args):
 def segmentation_task(args, layout, net, device):
     """(training set, loss of a batch, evaluation, training images) for few-shot segmentation: --train-size
     labelled images picked with the seed, scored on the layout's held-out images (data.few_shot_sets)."""
-    train_pairs, eval_pairs = training.open_dataset(data.few_shot_sets, layout, args.train_size, args.seed, args.split)
-    train_set = training.open_dataset(data.LabelledImages, train_pairs, args.height, args.width, augment=True,
+    train_pairs, eval_pairs = data.open_dataset(data.few_shot_sets, layout, args.train_size, args.seed, args.split)
+    train_set = data.open_dataset(data.LabelledImages, train_pairs, args.height, args.width, augment=True,
                                       crop=args.crop_size, rescale=args.rescale, photometric=args.photometric)
-    eval_set = training.open_dataset(data.LabelledImages, eval_pairs, args.height, args.width)
+    eval_set = data.open_dataset(data.LabelledImages, eval_pairs, args.height, args.width)
     evaluation = evaluate.SegmentationEvaluation(eval_set, train_pairs, layout.classes, args, device)
 
     def loss_of(batch):
@@ -121,7 +121,7 @@ def depth_task(args, layout, net, device):
     """(training set, loss of a batch, evaluation, training images) for few-shot depth: --train-size frames of
     the training split with ground truth, flipped as in fine-tuning; scored on the layout's test frames by
     --eval-protocol, metric (no median scaling) unless --median-scaling on."""
-    snippets = training.open_dataset(layout.snippets, 'train', (0,), with_depth=True, split_dir=args.split)
+    snippets = data.open_dataset(layout.snippets, 'train', (0,), with_depth=True, split_dir=args.split)
     frames = data.VideoSnippets(snippets, args.height, args.width, augment=True, crop=args.crop_size, jitter=False)
     picked = few_shot(len(frames), args)[0]
     train_set = torch.utils.data.Subset(frames, picked)
@@ -157,7 +157,7 @@ def few_shot(count, args):
 def finetune(args, device):
     """Build the network from --init, then train it on --task."""
     net = build_network(args).to(device)  # a missing --init checkpoint stops the run before any rendering
-    layout = training.open_layout(args)
+    layout = data.open_layout(args)
     if args.freeze_encoder:
         net.encoder.requires_grad_(False)
     set_train_mode(net, args.freeze_encoder)

@@ -150,11 +150,11 @@ def pretrain_depth(args, device):
             return losses.supervised_depth_loss(depth, batch['depth'], args.loss, args.silog_lambda)  # eq. 15, SILog
         return monodepth2_loss(disps, *source_views(batch, pose_net, args.supervision), batch, args)  # eq. 9
 
-    layout = training.open_layout(args)
+    layout = data.open_layout(args)
     frame_ids = (0, -args.frame_stride, args.frame_stride) if pose_net is not None else (0,)
-    snippets = training.open_dataset(layout.snippets, 'train', frame_ids, stereo='stereo' in args.supervision,
+    snippets = data.open_dataset(layout.snippets, 'train', frame_ids, stereo='stereo' in args.supervision,
                                      with_depth=args.supervision == 'gt', split_dir=args.split)
-    train_set = training.open_dataset(data.VideoSnippets, snippets, args.height, args.width, augment=True,
+    train_set = data.open_dataset(data.VideoSnippets, snippets, args.height, args.width, augment=True,
                                       crop=args.crop_size)
     evaluation = evaluate.depth_evaluation(args, layout, device)
     if evaluation is None:
@@ -170,9 +170,9 @@ def pretrain_flow(args, device):
     if args.data not in ('toy', 'kitti'):
         raise SystemExit('optical flow is scored on KITTI\'s scene-flow pairs (data_scene_flow): --task flow runs '
                          'with --data toy or kitti.')
-    layout = training.open_layout(args)
-    snippets = training.open_dataset(layout.snippets, 'train', (0, args.frame_stride), split_dir=args.split)
-    train_set = training.open_dataset(data.VideoSnippets, snippets, args.height, args.width, augment=True,
+    layout = data.open_layout(args)
+    snippets = data.open_dataset(layout.snippets, 'train', (0, args.frame_stride), split_dir=args.split)
+    train_set = data.open_dataset(data.VideoSnippets, snippets, args.height, args.width, augment=True,
                                       crop=args.crop_size)
 
     def loss_of(batch):
@@ -180,7 +180,7 @@ def pretrain_flow(args, device):
             flows = [f.float() for f in flow_net(batch['frames_aug'][:, 0], batch['frames_aug'][:, 1])]
         return flow_loss(flows, batch, args)  # eq. 13-14
 
-    pair_set = training.open_dataset(data.FlowPairs, layout.root, args.height, args.width)
+    pair_set = data.open_dataset(data.FlowPairs, layout.root, args.height, args.width)
     train(args, {'model': flow_net}, loss_of, train_set, evaluate.FlowEvaluation(pair_set, device))
 
 

@@ -5,8 +5,8 @@ Nothing here is in the papers; it is what makes a run trustworthy and repeatable
   - the flags both scripts spell the same, and their one-sentence checks;
   - the optimiser and learning-rate schedule both scripts build from those flags (the papers' recipes:
     Adam, AdamW or SGD; warm-up, then cosine, polynomial, linear or step decay; a slower encoder);
-  - where a run computes (--device, bfloat16 autocast on GPUs) and reads (--data, the toy world rendered on
-    first use), and its starting points (--init and --decoder-init checkpoints, ImageNet weights);
+  - where a run computes (--device, bfloat16 autocast on GPUs), and its starting points (--init and
+    --decoder-init checkpoints, ImageNet weights);
   - the training stream: epoch after epoch, every augmentation seeded by the draw's number, so a resumed
     run continues exactly where it stopped;
   - what the loops call: a stop asked for by SIGTERM or Ctrl-C (StopOnSignal: the step under way finishes, a
@@ -35,10 +35,6 @@ import torch
 
 import data
 import models
-import toyworld
-
-
-TOY_ROOT = 'data/toy'
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -51,7 +47,7 @@ def add_common_args(parser, iters, lr, batch_size, eval_every):
                         help='toy: the bundled toy world (rendered into --data-root on first use); kitti, '
                              'cityscapes, nyu: that dataset\'s tree at --data-root, in its official layout; folder: '
                              'your own video and RGB-D pairs (DATASETS.md says each layout)')
-    parser.add_argument('--data-root', default=None, help=f'dataset folder (default for toy: {TOY_ROOT})')
+    parser.add_argument('--data-root', default=None, help=f'dataset folder (default for toy: {data.TOY_ROOT})')
     parser.add_argument('--depth-scale', type=float, default=None, metavar='S',
                         help='folder: metres per unit of <name>_depth.png maps (0.001 for millimetres)')
     parser.add_argument('--arch', choices=models.ARCHS, default='resnet18',
@@ -253,38 +249,9 @@ def autocast(device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
-def data_root(args):
-    """The dataset folder: the toy world is rendered there on first use; any other dataset must exist."""
-    if args.data == 'toy':
-        if args.data_root and not Path(args.data_root).exists():  # a typo must not start a render silently
-            raise SystemExit(f'--data-root {args.data_root} does not exist: pass a rendered toy world, render one '
-                             f'there first (`python toyworld.py {args.data_root}`), or leave out '
-                             f'--data-root to use {TOY_ROOT} (rendered on first use).')
-        root = args.data_root or TOY_ROOT
-        toyworld.ensure_toy_world(root)
-        return root
-    if not args.data_root or not Path(args.data_root).is_dir():
-        raise SystemExit(f'--data {args.data} needs --data-root pointing at its folder (got {args.data_root}); '
-                         f'DATASETS.md says each dataset\'s layout, in the section named after it.')
-    return args.data_root
-
-
 def dataset_name(args):
     """The run-name part naming the dataset: none for KITTI's layout (the toy world's and real KITTI's)."""
     return [] if data.LAYOUTS[args.data] is data.Kitti else [args.data]
-
-
-def open_layout(args):
-    """The layout of --data at its root (data.LAYOUTS), which lists what each split holds."""
-    return data.LAYOUTS[args.data](data_root(args), depth_scale=args.depth_scale)
-
-
-def open_dataset(make, *args, **kwargs):
-    """Build a dataset; a missing or malformed one stops the run with its one-sentence message."""
-    try:
-        return make(*args, **kwargs)
-    except (FileNotFoundError, ValueError) as error:
-        raise SystemExit(str(error)) from None
 
 
 def init_encoders(args, *encoders):

@@ -452,7 +452,7 @@ def test_label_map_of_another_size_stops_with_both_sizes_and_files(tmp_path):
     pairs, held_out = data.Kitti(tmp_path).labelled()
     assert pairs == [(image, label, data.read_labels)] and held_out is None  # the headers are checked later
     for build in (lambda: kitti_labelled(tmp_path, [0], 64, 192),
-                  lambda: training.open_dataset(data.LabelledImages, pairs[:1], 64, 192)):
+                  lambda: data.open_dataset(data.LabelledImages, pairs[:1], 64, 192)):
         with pytest.raises((ValueError, SystemExit)) as caught:
             build()
         message = str(caught.value)

@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import data
 import evaluate
 import finetune
 import models
@@ -380,7 +381,7 @@ def test_metric_depth_starts_at_the_smaller_of_10_m_and_three_tenths_of_max_dept
 
     def stop(args):
         raise _Stop(args.max_depth)
-    monkeypatch.setattr(training, 'open_layout', stop)
+    monkeypatch.setattr(data, 'open_layout', stop)
     with pytest.raises(_Stop) as stopped:
         pretrain.main(flags + ['--data-root', str(tmp_path), '--runs', str(tmp_path), '--device', 'cpu'])
     assert stopped.value.args == (max_depth,)  # the layout's default (NYU: 10 m), or --max-depth
