@@ -21,6 +21,12 @@ all-MLP decoder, whose head predicts K classes or one depth channel.
 `load_pretrained` reads every published weight layout this code meets (its own checkpoints, torchvision's
 ResNets and ConvNeXts, the official ConvNeXt checkpoints, the SegFormer authors' files, Hugging Face folders,
 safetensors), from a small table of layouts.
+
+Top to bottom: the ResNet and ConvNeXt encoders and ImageNet weights; the U-Net and DeepLabV3 decoders;
+SegFormer's Mix Transformer and all-MLP head; xNet's reversed decoder; the heads, the depth range
+(disp_to_depth), PoseNet and the flow network; the build_* functions; published weights (read_weights,
+load_pretrained); checkpoints, whose keys one function writes (checkpoint_state) and one reads
+(read_checkpoint).
 """
 import functools
 import json
