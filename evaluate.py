@@ -731,7 +731,7 @@ def depth_init(init):
     if path.suffix != '.pt' or not path.is_file():
         return False
     try:
-        return models.load_checkpoint(path).get('task') == 'depth'
+        return models.read_checkpoint(path).get('task') == 'depth'
     except ValueError:  # weights of another kind (torchvision's, ...): no task recorded, so not a depth run's
         return False
 

@@ -211,7 +211,8 @@ def _bad_inputs(tmp_path):
     (tmp_path / 'a_folder').mkdir()
     torch.save(torchvision.models.resnet18().state_dict(), tmp_path / 'base.pth')
     torch.save([1, 2, 3], tmp_path / 'list.pt')
-    torch.save({'model': {}, 'task': 'depth', 'arch': 'resnet18', 'args': {'name': 'someone-else'}}, tmp_path / 'other.pt')
+    torch.save({'model': {}, 'task': 'depth', 'arch': 'resnet18', 'normalization': 'unit', 'height': 64, 'width': 192,
+                'args': {'name': 'someone-else'}}, tmp_path / 'other.pt')  # another run's export
 
 
 @pytest.mark.parametrize('script, argv, message', [
