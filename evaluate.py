@@ -25,7 +25,7 @@
 - Your own images: `predict` runs a segmentation or depth checkpoint on any image at its own size.
 - The command line:
 
-    python evaluate.py runs/* [--out-dir results] [--images]
+    python evaluate.py runs/* [--out-dir results] [--images [--grad-cam-layer NAME]]
     python evaluate.py --checkpoint CKPT [--eval-protocol PROTOCOL] [--median-scaling on|off]
     python evaluate.py --checkpoint CKPT --predict IMAGE_OR_FOLDER [--out-dir predictions]
 """
@@ -1099,41 +1099,84 @@ def plot_qualitative(runs, root, path, count=4):
 
 def grad_cam(net, images, layer):
     """Fig. 6: where a layer's activations drive the prediction. The gradient of the summed scores of each
-    pixel's predicted class, averaged over space, weighs the layer's channels; their weighted sum, ReLU'd,
-    upsampled and scaled to [0, 1] per image, is the map [B, H, W] (Grad-CAM)."""
-    captured = {}
-    hook = layer.register_forward_hook(lambda module, inputs, output: captured.update(activation=output))
+    pixel's predicted class, averaged over space, weighs the layer's channels; their weighted sum, ReLU'd and
+    scaled to [0, 1] per image, is the map [B, h, w] at the layer's own resolution (Grad-CAM). The layer must
+    output one [B, C, h, w] map in the forward pass; otherwise a ValueError lists the layers that do."""
+    captured = []
+    hook = layer.register_forward_hook(lambda module, inputs, output: captured.append(output))
     try:
         logits = net(images)
     finally:
         hook.remove()
-    activation = captured['activation']
+    if len(captured) != 1 or not (torch.is_tensor(captured[0]) and captured[0].dim() == 4):
+        name = next(name for name, module in net.named_modules() if module is layer)
+        what = ('outputs no [B, C, h, w] map' if len(captured) == 1 else
+                f'runs {len(captured)} times' if captured else 'never runs')
+        raise ValueError(f'Grad-CAM reads a layer that outputs one [B, C, h, w] map in a forward pass, and {name} '
+                         f'{what}: choose one such as {", ".join(map_layers(net, images))}.')
+    activation, = captured
     score = logits.gather(1, logits.argmax(1, keepdim=True)).sum()
     gradient, = torch.autograd.grad(score, activation)
-    cam = torch.relu((gradient.mean((2, 3), keepdim=True) * activation).sum(1, keepdim=True))
-    cam = torch.nn.functional.interpolate(cam, images.shape[-2:], mode='bilinear', align_corners=False)[:, 0]
+    cam = torch.relu((gradient.mean((2, 3), keepdim=True) * activation).sum(1))
     return (cam / cam.amax((1, 2), keepdim=True).clamp(min=1e-12)).detach()
 
 
-# The shallow encoder layer of Fig. 6, by encoder: a ResNet's first stage; a Mix Transformer's first patch
-# merging after its first stage (the earliest map it computes from that stage's output).
-GRAD_CAM_LAYERS = ('layer1', 'patch_embed2.proj')
+def map_layers(net, images, count=8):
+    """The first `count` encoder layers Grad-CAM can read (each outputs one [B, C, h, w] map in a forward
+    pass), by their names in the network, the least nested first and each nesting in the order they run:
+    the choices a bad --grad-cam-layer is told of."""
+    outputs = {}
+
+    def record(name):
+        return lambda module, inputs, output: outputs.setdefault(name, []).append(torch.is_tensor(output)
+                                                                                  and output.dim() == 4)
+    hooks = [module.register_forward_hook(record(name)) for name, module in net.named_modules()
+             if name.startswith('encoder.')]
+    try:
+        with torch.no_grad():
+            net(images)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return sorted((name for name, maps in outputs.items() if maps == [True]), key=lambda name: name.count('.'))[:count]
 
 
-def plot_grad_cam(runs, root, path, count=4):
-    """PNG like the paper's Fig. 6: Grad-CAM of a shallow encoder layer (GRAD_CAM_LAYERS) for each
-    segmentation run (rows) on the same held-out images (columns), over the images."""
+# The layer of Fig. 6 by encoder: the shallowest map, before any pooling, "for high spatial resolution"
+# (Sect. 4.1). A ResNet's is its stem's output, the ReLU after conv1 and bn1, at 1/2 of the image (layer1
+# comes after the max-pool, at 1/4). ConvNeXt has no pooling: its stem, the 4x4 patchify convolution with its
+# LayerNorm, gives its first and finest map (1/4). A Mix Transformer's stem is its first overlapped patch
+# merging, whose 7x7 convolution gives its first map (1/4; the LayerNorm after it works on tokens).
+GRAD_CAM_LAYERS = {models.ResnetEncoder: 'encoder.relu', models.ConvNextEncoder: 'encoder.features.0',
+                   models.MixTransformer: 'encoder.patch_embed1.proj'}
+
+
+def grad_cam_layer(net, images, name=None):
+    """(name, module) of the layer Grad-CAM reads: `name`, a module of the network as --grad-cam-layer gives
+    it (encoder.relu, encoder.layer1, ...), else the encoder's default (GRAD_CAM_LAYERS)."""
+    name = name or GRAD_CAM_LAYERS[type(net.encoder)]
+    try:
+        return name, net.get_submodule(name)
+    except AttributeError:
+        raise ValueError(f'--grad-cam-layer {name} is not a module of this {net.encoder.arch} network: give one such '
+                         f'as {", ".join(map_layers(net, images))}.') from None
+
+
+def plot_grad_cam(runs, root, path, count=4, layer=None):
+    """PNG like the paper's Fig. 6: Grad-CAM of a shallow layer (`layer`, else the encoder's GRAD_CAM_LAYERS)
+    for each segmentation run (rows) on the same held-out images (columns), upsampled over the images."""
     images = torch.stack([item['image'] for item in _common_held_out(runs, root, count)])
     fig, axes = _figure(len(images), len(runs), width=3, height=1.3)
     for r, run in enumerate(runs):
         net = load_network(models.read_checkpoint(run['checkpoint']), run['name'])
-        layer = next(name for name in GRAD_CAM_LAYERS if hasattr(net.encoder, name.split('.')[0]))
-        cam = grad_cam(net, images, net.encoder.get_submodule(layer))
-        for c, (image, heat) in enumerate(zip(images, cam)):
+        name, module = grad_cam_layer(net, images, layer)
+        cam = grad_cam(net, images, module)
+        heats = torch.nn.functional.interpolate(cam[:, None], images.shape[-2:], mode='bilinear', align_corners=False)
+        for c, (image, heat) in enumerate(zip(images, heats[:, 0])):
             axes[r, c].imshow(image.permute(1, 2, 0).numpy())
             axes[r, c].imshow(heat.numpy(), cmap='jet', alpha=0.5)
             axes[r, c].axis('off')
-        axes[r, 0].set_title(f'{run["name"]}: Grad-CAM of encoder.{layer}', fontsize='small', loc='left')
+        axes[r, 0].set_title(f'{run["name"]}: Grad-CAM of {name} ({cam.shape[1]}x{cam.shape[2]})', fontsize='small',
+                             loc='left')
     _save_figure(fig, path)
 
 
@@ -1218,10 +1261,11 @@ def _data_root(args, runs):
     return args.data_root or next((r['args'].get('data_root') for r in runs if r['args'].get('data_root')), 'data/toy')
 
 
-def write_figures(runs, out_dir, images, root):
+def write_figures(runs, out_dir, images, root, grad_cam_layer=None):
     """The figures: training curves (Fig. 2), frozen vs fine-tuned (Fig. 4) and, where some configuration
     was trained on two train sizes or more, mIoU vs train size (Fig. 3) from the metrics; with `images`,
-    qualitative grids and Grad-CAM (Fig. 6) from the runs' checkpoints. Returns the paths written."""
+    qualitative grids and Grad-CAM (Fig. 6, of `grad_cam_layer` or each encoder's default) from the runs'
+    checkpoints. Returns the paths written."""
     written = [out_dir / 'curves.png']
     plot_curves(runs, written[0])
     seg = [run for run in runs if _task(run) == 'seg']
@@ -1240,7 +1284,8 @@ def write_figures(runs, out_dir, images, root):
                 plot_qualitative(chosen, root, written[-1])
         if any(_task(run) == 'seg' for run in runs):
             written.append(out_dir / 'grad_cam.png')
-            plot_grad_cam([run for run in seg if Path(run['checkpoint']).is_file()], root, written[-1])
+            plot_grad_cam([run for run in seg if Path(run['checkpoint']).is_file()], root, written[-1],
+                          layer=grad_cam_layer)
     return written
 
 
@@ -1262,6 +1307,10 @@ def main(argv=None):
                                                         'or the predictions (default: predictions)')
     parser.add_argument('--images', action='store_true',
                         help='also draw qualitative grids and Grad-CAM maps from the runs\' checkpoints (reads the data)')
+    parser.add_argument('--grad-cam-layer', metavar='NAME', default=None,
+                        help='with --images: the module of the networks whose Grad-CAM is drawn, e.g. encoder.layer1 '
+                             '(default: the shallowest map, before pooling, as in the paper\'s Fig. 6: encoder.relu '
+                             'for a ResNet, encoder.features.0 for a ConvNeXt, encoder.patch_embed1.proj for a MiT)')
     parser.add_argument('--checkpoint', help='evaluate this one checkpoint on its held-out images and print the metrics')
     parser.add_argument('--predict', metavar='IMAGE_OR_FOLDER',
                         help='with --checkpoint: predict depth or segmentation for this image or every .png/.jpg '
@@ -1283,6 +1332,8 @@ def main(argv=None):
             return predict_command(args, parser)
         if args.checkpoint:
             return checkpoint_command(args)
+        if args.grad_cam_layer and not args.images:
+            parser.error('--grad-cam-layer chooses the layer of the Grad-CAM maps that --images draws: add --images')
         if not args.runs:
             parser.error('give run folders or checkpoints to tabulate, or --checkpoint PATH to evaluate one')
         tables_command(args)
@@ -1332,7 +1383,7 @@ def tables_command(args):
     print(tables)
     out_dir.mkdir(parents=True, exist_ok=True)
     training.write_text_atomic(out_dir / 'results.md', (headline + '\n\n' if headline else '') + tables)
-    written = write_figures(runs, out_dir, args.images, _data_root(args, runs))
+    written = write_figures(runs, out_dir, args.images, _data_root(args, runs), args.grad_cam_layer)
     print('wrote ' + ', '.join(str(p) for p in [out_dir / 'results.md'] + written))
     if headline:
         print(headline)

@@ -1087,27 +1087,84 @@ def test_grad_cam_is_the_region_whose_activations_drive_the_predicted_class():
     assert cam.requires_grad is False
 
 
-def test_grad_cam_of_a_seg_net_layer_is_upsampled_to_the_image_and_scaled_per_image():
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import models
+def _grad_cam_by_hand(net, images, activation_of):
+    """Grad-CAM written out here, apart from evaluate.grad_cam: the activation A that `activation_of` captures
+    (it registers a hook and returns the list it fills) and the gradient G of the summed logits of each
+    pixel's predicted class; relu(sum_k mean(G_k) A_k) at A's resolution, over its maximum per image."""
+    captured, hook = activation_of(net)
+    logits = net(images)
+    hook.remove()
+    activation, = captured
+    gradient, = torch.autograd.grad(logits.max(1).values.sum(), activation)
+    expected = torch.relu((gradient.mean((2, 3))[:, :, None, None] * activation).sum(1))
+    return (expected / expected.flatten(1).max(1).values[:, None, None]).detach()
+
+
+def test_grad_cam_of_a_seg_net_layer_is_at_the_layers_resolution_and_scaled_per_image():
     torch.manual_seed(0)
     net = models.build_seg_net(num_classes=3).eval()
     images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     cam = evaluate.grad_cam(net, images, net.encoder.layer1)
-    # Grad-CAM written out here: layer1's activation A (1/4 of the image's size) and the gradient G of the summed
-    # logits of each pixel's predicted class; relu(sum_k mean(G_k) A_k), bilinearly upsampled, over its maximum
-    captured = []
-    hook = net.encoder.layer1.register_forward_hook(lambda module, inputs, output: captured.append(output))
-    logits = net(images)
-    hook.remove()
-    activation, = captured
-    assert activation.shape[-2:] == (16, 16)
-    gradient, = torch.autograd.grad(logits.max(1).values.sum(), activation)
-    expected = torch.relu((gradient.mean((2, 3))[:, :, None, None] * activation).sum(1))
-    expected = torch.nn.functional.interpolate(expected[:, None], (64, 64), mode='bilinear', align_corners=False)[:, 0]
-    expected = expected / expected.flatten(1).max(1).values[:, None, None]
-    assert cam.shape == (2, 64, 64)
-    torch.testing.assert_close(cam, expected.detach(), rtol=1e-5, atol=1e-6)
+
+    def layer1_output(net):
+        captured = []
+        return captured, net.encoder.layer1.register_forward_hook(lambda m, i, output: captured.append(output))
+    assert cam.shape == (2, 16, 16)  # layer1 comes after the max-pool: 1/4 of the image
+    torch.testing.assert_close(cam, _grad_cam_by_hand(net, images, layer1_output), rtol=1e-5, atol=1e-6)
+
+
+def test_grad_cam_reads_a_resnets_stem_before_max_pooling_by_default():
+    # Sect. 4.1: "shallow layers (before pooling) for high spatial resolution": the map the max-pool reads,
+    # relu(bn1(conv1(x))) at 1/2 of the image, not layer1's at 1/4
+    torch.manual_seed(0)
+    net = models.build_seg_net(num_classes=3).eval()
+    images = torch.rand(2, 3, 64, 96, generator=torch.Generator().manual_seed(1))
+    name, layer = evaluate.grad_cam_layer(net, images)
+    assert name == 'encoder.relu' and layer is net.encoder.relu
+    cam = evaluate.grad_cam(net, images, layer)
+
+    def max_pool_input(net):
+        captured = []
+        return captured, net.encoder.maxpool.register_forward_pre_hook(lambda m, inputs: captured.append(inputs[0]))
+    assert cam.shape == (2, 32, 48)
+    torch.testing.assert_close(cam, _grad_cam_by_hand(net, images, max_pool_input), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('arch, decoder, name, scale', [('resnet18', 'deeplab', 'encoder.relu', 2),
+                                                        ('convnext_tiny', 'unet', 'encoder.features.0', 4),
+                                                        ('mit_b0', 'segformer', 'encoder.patch_embed1.proj', 4)])
+def test_grad_cam_default_layer_of_each_encoder_is_its_stem_the_finest_map(arch, decoder, name, scale):
+    # ConvNeXt and the Mix Transformer have no pooling; their stems (the 4x4 patchify convolution, the first
+    # overlapped patch merging's 7x7 convolution) give their first and finest maps, at 1/4
+    torch.manual_seed(0)
+    net = models.build_seg_net(arch, 3, decoder=decoder).eval()
+    images = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    chosen, layer = evaluate.grad_cam_layer(net, images)
+    assert chosen == name and layer is net.get_submodule(name)
+    assert evaluate.map_layers(net, images)[0] in (name, 'encoder.conv1')  # nothing shallower but ResNet's conv
+    assert evaluate.grad_cam(net, images, layer).shape == (1, 64 // scale, 64 // scale)
+
+
+def test_grad_cam_layer_by_name_and_a_bad_name_stops_with_a_sentence_listing_valid_ones():
+    torch.manual_seed(0)
+    net = models.build_seg_net(num_classes=3).eval()
+    images = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    assert evaluate.grad_cam_layer(net, images, 'encoder.layer2') == ('encoder.layer2', net.encoder.layer2)
+    valid = ('encoder.conv1, encoder.bn1, encoder.relu, encoder.maxpool, encoder.layer1, encoder.layer2, '
+             'encoder.layer3, encoder.layer4.')
+    with pytest.raises(ValueError, match=r'^--grad-cam-layer encoder\.layer9 is not a module of this resnet18 '
+                                         r'network: give one such as ') as error:
+        evaluate.grad_cam_layer(net, images, 'encoder.layer9')
+    assert str(error.value).endswith(valid)
+    # modules that exist but give no single map: never run (fc), run twice (a block's ReLU), not a map (tokens)
+    for layer, what in (('encoder.fc', 'never runs'), ('encoder.layer1.0.relu', 'runs 2 times')):
+        with pytest.raises(ValueError, match=f'and {layer} {what}: choose one such as ') as error:
+            evaluate.grad_cam(net, images, net.get_submodule(layer))
+        assert str(error.value).endswith(valid)
+    mit = models.build_seg_net('mit_b0', 3, decoder='segformer').eval()
+    with pytest.raises(ValueError, match=r'encoder\.patch_embed1 outputs no \[B, C, h, w\] map: choose one such as '
+                                         r'encoder\.patch_embed1\.proj, encoder\.patch_embed2\.proj'):
+        evaluate.grad_cam(mit, images, mit.encoder.patch_embed1)
 
 
 def test_grad_cam_figure_overlays_each_runs_map_on_the_held_out_images(trained_runs, toy_root, tmp_path, monkeypatch):
@@ -1120,13 +1177,36 @@ def test_grad_cam_figure_overlays_each_runs_map_on_the_held_out_images(trained_r
     images = torch.stack([item['image'] for item in evaluate._common_held_out(runs, toy_root, 4)])
     axes = np.array(fig.axes).reshape(len(runs), len(images))
     assert len(calls) == len(runs)
-    for r, (run, call) in enumerate(zip(runs, calls)):  # row r: run r's Grad-CAM of encoder.layer1
+    for r, (run, call) in enumerate(zip(runs, calls)):  # row r: run r's Grad-CAM of the stem, over the images
         assert _holds_weights(call['net'], models.read_checkpoint(run['checkpoint']))
-        assert call['layer'] is call['net'].encoder.layer1 and torch.equal(call['images'], images)
+        assert call['layer'] is call['net'].encoder.relu and torch.equal(call['images'], images)
+        assert call['result'].shape[-2:] == (32, 96)  # the 64x192 images at 1/2
+        assert axes[r, 0].get_title(loc='left') == f'{run["name"]}: Grad-CAM of encoder.relu (32x96)'
+        heats = torch.nn.functional.interpolate(call['result'][:, None], (64, 192), mode='bilinear',
+                                                align_corners=False)[:, 0]
         for c in range(len(images)):
             picture, heat = axes[r, c].images
             assert np.array_equal(picture.get_array(), images[c].permute(1, 2, 0).numpy())
-            assert np.array_equal(heat.get_array(), call['result'][c].numpy())
+            assert np.array_equal(heat.get_array(), heats[c].numpy())
+
+
+def test_cli_grad_cam_layer_flag_chooses_the_layer_and_a_bad_one_stops_with_a_sentence(trained_runs, tmp_path,
+                                                                                        monkeypatch, capsys):
+    monkeypatch.setattr(evaluate, 'plot_qualitative', lambda *args, **kwargs: None)
+    calls = _spy(monkeypatch, 'grad_cam')
+    evaluate.main([str(p) for p in trained_runs] + ['--out-dir', str(tmp_path / 'a'), '--images',
+                                                    '--grad-cam-layer', 'encoder.layer1'])
+    assert len(calls) == 2 and all(call['layer'] is call['net'].encoder.layer1 for call in calls)
+    with pytest.raises(SystemExit):
+        evaluate.main([str(p) for p in trained_runs] + ['--out-dir', str(tmp_path / 'b'), '--images',
+                                                        '--grad-cam-layer', 'encoder.stem'])
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.split(': error: ')[1].startswith('--grad-cam-layer encoder.stem is not a module of this resnet18 '
+                            'network: give one such as encoder.conv1, encoder.bn1, encoder.relu, ')
+    with pytest.raises(SystemExit):
+        evaluate.main([str(trained_runs[0]), '--grad-cam-layer', 'encoder.layer1'])
+    assert capsys.readouterr().err.strip().endswith('--grad-cam-layer chooses the layer of the Grad-CAM maps that '
+                                                    '--images draws: add --images')
 
 
 def _spy(monkeypatch, name):

@@ -486,10 +486,11 @@ def test_pretraining_a_mix_transformer_for_depth(toy_root, tmp_path):
         pretrain.parse_args(['--arch', 'mit_b0', '--decoder', 'segformer'])
 
 
-def test_grad_cam_of_a_mix_transformer_reads_its_first_map_after_stage_1():
+def test_grad_cam_of_a_mix_transformer_reads_its_stem_the_first_patch_merging():
     import evaluate
     net = models.build_seg_net('mit_b0', 3, decoder='segformer').eval()
-    layer = net.encoder.get_submodule(evaluate.GRAD_CAM_LAYERS[1])
-    assert layer.in_channels == 32 and layer.stride == (2, 2)  # reads stage 1's map
-    cam = evaluate.grad_cam(net, torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(6)), layer)
-    assert cam.shape == (2, 64, 64) and float(cam.amax()) == 1.0 and float(cam.amin()) >= 0
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(6))
+    name, layer = evaluate.grad_cam_layer(net, images)
+    assert name == 'encoder.patch_embed1.proj' and layer.in_channels == 3 and layer.stride == (4, 4)  # the image's
+    cam = evaluate.grad_cam(net, images, layer)
+    assert cam.shape == (2, 16, 16) and float(cam.amax()) == 1.0 and float(cam.amin()) >= 0
