@@ -117,6 +117,20 @@ def test_real_label_maps_read_as_the_train_ids_of_their_label_ids():
     assert (read != train_ids).sum() <= 77 and len(train_ids.unique()) >= 8
 
 
+@needs_realdata
+def test_real_kitti_labels_hold_the_19_classes_label_ids_and_a_void_id_only(tmp_path):
+    # DATASETS.md's KITTI section: what KITTI's maps hold, and why the paper's unnamed "21 classes" are read as
+    # Cityscapes' 19 train ids here
+    folder = REALDATA / 'kitti/data_semantics/training/semantic'
+    raw = torch.cat([_raw_png(folder / name)[0].flatten() for name in ('000000_10.png', '000001_10.png')])
+    ids, counts = raw.unique(return_counts=True)
+    assert ids.tolist() == [4, 7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 26, 27, 28, 31, 32]  # 4: void 'static'
+    assert counts[:2].tolist() == [5428, 234270] and int(counts.sum()) == 931500  # static, road; every pixel
+    # road, sidewalk, building, vegetation, terrain, sky and car, stored as label ids, read as the 7 representative
+    write_png(torch.tensor([[[7, 8, 11, 21, 22, 23, 26, 4]]], dtype=torch.uint8), str(tmp_path / 'label.png'))
+    assert data.read_labels(tmp_path / 'label.png').tolist() == [list(data.REPRESENTATIVE_IDS) + [255]]
+
+
 # ----------------------------------------------------------------------------------------------
 # Depth, flow and velodyne encodings: the readers on stored values written by hand and on real KITTI files
 # ----------------------------------------------------------------------------------------------
