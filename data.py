@@ -663,18 +663,23 @@ class VideoSnippets(torch.utils.data.Dataset):
     have intrinsics the 4x4 `K` / `inv_K` scaled to (height, width); with ground truth, `depth` [1, H0, W0]
     at its stored resolution; with another camera, `stereo` [3, H, W] (un-jittered: the loss compares it)
     and `stereo_T`, the 4x4 transform from this camera's frame to the other's.
-    Augmentation as Monodepth2 and the paper: horizontal flip (principal point mirrored, stereo shift
-    reversed) and, half of the time (unless `jitter=False`, as in fine-tuning), colour jitter shared by
-    all frames of a snippet. With `crop` (h, w) each snippet is a random crop of that size, intrinsics
-    shifted with it. When augmenting or cropping, `depth` is resized (nearest) to (height, width) and
-    transformed with the images.
+    Augmentation as Monodepth2 and the paper: half of the time each, a horizontal flip (principal point
+    mirrored, stereo shift reversed; unless `flip=False`: App. B.5 lists no flips for NYU-Depth-V2) and
+    (unless `jitter=False`, as in fine-tuning) colour jitter shared by all frames of a snippet: brightness,
+    contrast and saturation by factors in [0.8, 1.2] (App. B.5) and a hue shift of up to `hue` turns
+    (Monodepth2's 0.1; App. B.4 and B.5 list no hue: 0). With `crop` (h, w) each snippet is a random crop
+    of that size, intrinsics shifted with it. When augmenting or cropping, `depth` is resized (nearest) to
+    (height, width) and transformed with the images.
     """
 
-    def __init__(self, snippets, height, width, augment=False, crop=None, jitter=True):
+    def __init__(self, snippets, height, width, augment=False, crop=None, jitter=True, hue=0.1, flip=True):
         self.snippets, self.size, self.augment, self.crop = list(snippets), (height, width), augment, crop
+        self.flip = flip
         if crop and not (crop[0] <= height and crop[1] <= width):
             raise ValueError(f'crop {crop[0]}x{crop[1]} does not fit in the {height}x{width} images.')
-        self.jitter = v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.1) if jitter else None
+        if not 0 <= hue <= 0.5:
+            raise ValueError(f'the hue jitter must be between 0 and 0.5 turns; got {hue}.')
+        self.jitter = v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=hue) if jitter else None
 
     def __len__(self):
         return len(self.snippets)
@@ -713,7 +718,7 @@ class VideoSnippets(torch.utils.data.Dataset):
         if self.crop:
             frames, K, depth = self.random_crop(frames, K, depth)
         shift = snippet.stereo_shift
-        if self.augment and torch.rand(1) < 0.5:
+        if self.augment and torch.rand(1) < 0.5 and self.flip:  # drawn either way: the jitter's draws stay the same
             frames, depth = frames.flip(-1), None if depth is None else depth.flip(-1)
             if K is not None:
                 K[0, 2] = frames.shape[-1] - 1 - K[0, 2]

@@ -163,7 +163,7 @@ def finetune(args, device):
     set_train_mode(net, args.freeze_encoder)
     task = segmentation_task if args.task == 'seg' else depth_task
     train_set, loss_of, evaluation, images = task(args, layout, net, device)
-    resolve_epochs(args, train_set)
+    training.resolve_epochs(args, train_set)
     train(args, net, loss_of, train_set, evaluation, [line for line, _ in data.relative_lines(layout.root, images)])
 
 
@@ -265,14 +265,11 @@ def parse_args(argv=None):
                         help='segmentation: mmsegmentation\'s photometric distortion of the training images '
                              '(brightness, contrast, saturation, hue)')
     evaluate.add_multi_scale_args(parser, 'segmentation')
-    training.add_common_args(parser, iters=None, lr=3e-4, batch_size=8, eval_every=50)
-    parser.add_argument('--epochs', type=int, default=None, metavar='N',
-                        help=f'train N epochs of the training set instead of --iters (default {ITERS}): N x its '
-                             f'batches per epoch, recorded as --iters once the set is known')
+    training.add_common_args(parser, iters=ITERS, lr=3e-4, batch_size=8, eval_every=50)
     training.add_depth_range_args(parser)
     training.add_depth_eval_args(parser, 'default off (fine-tuned depth is metric)')
     args = parser.parse_args(argv)
-    check_length(args)
+    training.check_length(args, ITERS)
     training.resolve_depth_eval_args(args, args.task, median_scaling=False)  # fine-tuned depth is metric
     if args.task == 'seg' and data.LAYOUTS[args.data].classes is None:
         raise SystemExit(f'--data {args.data} holds no semantic labels: few-shot segmentation runs on --data toy, '
@@ -286,29 +283,6 @@ def parse_args(argv=None):
 
 
 ITERS = 300  # the training length without --iters or --epochs
-
-
-def check_length(args):
-    """--iters or --epochs says how long to train, not both; neither: ITERS iterations."""
-    if args.epochs is not None and args.iters is not None:
-        raise SystemExit(f'--epochs {args.epochs} and --iters {args.iters} both say how long to train: give one.')
-    if args.epochs is not None and args.epochs < 1:
-        raise SystemExit(f'--epochs must be at least 1; got {args.epochs}.')
-    if args.epochs is None and args.iters is None:
-        args.iters = ITERS
-
-
-def resolve_epochs(args, train_set):
-    """With --epochs: --iters becomes that many epochs of the training set (training.epoch_batches's epochs,
-    which drop the last incomplete batch), recorded in args.json like a given --iters."""
-    if args.epochs is None:
-        return
-    training.check_not_empty(train_set)
-    count = len(train_set)
-    args.iters = args.epochs * training.batches_per_epoch(count, args.batch_size)
-    print(f'--epochs {args.epochs}: {args.iters} iterations of batch {min(args.batch_size, count)} over {count} '
-          f'training items.')
-    training.check_warmup(args)
 
 
 def check_segmentation_args(args):

@@ -109,6 +109,7 @@ def flow_loss(flows, batch, args):
 # Pre-training depth and optical flow
 # ----------------------------------------------------------------------------------------------------
 
+ITERS = 300  # the training length without --iters or --epochs
 SUPERVISIONS = ('mono', 'stereo', 'mono+stereo', 'gt')
 # Where the depth network starts (models.start_at_depth), and the PoseNet with it (start_moving_forward).
 METRIC_START_DEPTH = 10.0  # metres, a typical depth of a driving scene: the stereo warp stays in the image
@@ -154,12 +155,20 @@ def pretrain_depth(args, device):
     frame_ids = (0, -args.frame_stride, args.frame_stride) if pose_net is not None else (0,)
     snippets = data.open_dataset(layout.snippets, 'train', frame_ids, stereo='stereo' in args.supervision,
                                      with_depth=args.supervision == 'gt', split_dir=args.split)
-    train_set = data.open_dataset(data.VideoSnippets, snippets, args.height, args.width, augment=True,
-                                      crop=args.crop_size)
+    train_set = training_set(args, snippets)
     evaluation = evaluate.depth_evaluation(args, layout, device)
     if evaluation is None:
         print('Nothing to evaluate on (no held-out ground truth): the run logs its training loss only.')
     train(args, networks, loss_of, train_set, evaluation)
+
+
+def training_set(args, snippets):
+    """The training snippets, augmented (data.VideoSnippets: flips unless --no-flip, colour jitter with a hue
+    shift of up to --hue), cropped with --crop-size; --epochs becomes --iters of this set."""
+    train_set = data.open_dataset(data.VideoSnippets, snippets, args.height, args.width, augment=True,
+                                  crop=args.crop_size, hue=args.hue, flip=not args.no_flip)
+    training.resolve_epochs(args, train_set)
+    return train_set
 
 
 def pretrain_flow(args, device):
@@ -172,8 +181,7 @@ def pretrain_flow(args, device):
                          'with --data toy or kitti.')
     layout = data.open_layout(args)
     snippets = data.open_dataset(layout.snippets, 'train', (0, args.frame_stride), split_dir=args.split)
-    train_set = data.open_dataset(data.VideoSnippets, snippets, args.height, args.width, augment=True,
-                                      crop=args.crop_size)
+    train_set = training_set(args, snippets)
 
     def loss_of(batch):
         with autocast(device):
@@ -275,7 +283,7 @@ def parse_args(argv=None):
     parser.add_argument('--init', choices=['none', 'imagenet'], default='none',
                         help='encoder before pre-training: none (the paper\'s Depth-Rand) or torchvision\'s '
                              'ImageNet weights (the paper\'s Depth), which also sets ImageNet normalisation')
-    training.add_common_args(parser, iters=300, lr=1e-4, batch_size=8, eval_every=100)
+    training.add_common_args(parser, iters=ITERS, lr=1e-4, batch_size=8, eval_every=100)
     training.add_optimizer_args(parser)
     training.add_decoder_args(parser)
     parser.add_argument('--frame-stride', type=int, default=1, metavar='N',
@@ -291,6 +299,12 @@ def parse_args(argv=None):
                              'Monodepth2) or linear decay to 0 (the paper\'s Cityscapes recipe, App. B.4; xNet)')
     parser.add_argument('--step-at', type=float, default=0.75, help='step: the share of iterations before the step')
     parser.add_argument('--step-factor', type=float, default=0.1, help='step: the rate is multiplied by this after it')
+    parser.add_argument('--hue', type=float, default=0.1,
+                        help='the colour jitter\'s largest hue shift, in turns (Monodepth2: 0.1; the paper\'s '
+                             'Cityscapes and NYU recipes, App. B.4-B.5, jitter brightness, contrast and saturation '
+                             'only: 0)')
+    parser.add_argument('--no-flip', action='store_true',
+                        help='no horizontal flips (App. B.5 lists none for NYU-Depth-V2)')
     parser.add_argument('--scales', type=int, default=4, choices=[1, 2, 3, 4], help='output scales in the loss')
     parser.add_argument('--smoothness', type=float, default=1e-3, help='w_sm of eq. 9 (divided by 2^scale)')
     parser.add_argument('--no-automask', action='store_true', help='switch auto-masking off')
@@ -298,6 +312,7 @@ def parse_args(argv=None):
     parser.add_argument('--flow-ssim-weight', type=float, default=0.15, help='lambda_st of eq. 13')
     parser.add_argument('--flow-smoothness', type=float, default=5.0, help='lambda_sm of eq. 14 (divided by 2^scale)')
     args = parser.parse_args(argv)
+    training.check_length(args, ITERS)
     args.out = args.out or f'checkpoints/{args.task}.pt'
     training.resolve_depth_eval_args(args, args.task, median_scaling=args.supervision == 'mono')
     args.name = args.name or run_name(args)
@@ -305,6 +320,9 @@ def parse_args(argv=None):
     if args.frame_stride < 1:
         raise SystemExit(f'--frame-stride must be 1 or more (frames between a target and its sources); got '
                          f'{args.frame_stride}.')
+    if not 0 <= args.hue <= 0.5:
+        raise SystemExit(f'--hue must be between 0 and 0.5 (turns of the colour wheel; Monodepth2: 0.1); got '
+                         f'{args.hue}.')
     if not args.step_factor >= 0:
         raise SystemExit(f'--step-factor must be 0 or more (e.g. 0.1): it multiplies the learning rate; got '
                          f'{args.step_factor}, which would train by gradient ascent.')
@@ -324,6 +342,8 @@ def run_name(args):
     parts += ['imagenet'] if args.init == 'imagenet' else []
     parts += [f'crop{args.crop_size[0]}x{args.crop_size[1]}'] if args.crop_size else []
     parts += ['linear'] if args.schedule == 'linear' else []
+    parts += [f'hue{args.hue:g}'] if args.hue != 0.1 else []
+    parts += ['noflip'] if args.no_flip else []
     if args.decoder != 'unet':
         parts.append(models.describe_decoder(args.decoder, models.xnet_options(args), args.decoder_init))
     if args.task == 'depth':

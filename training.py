@@ -42,7 +42,8 @@ import models
 # ----------------------------------------------------------------------------------------------------
 
 def add_common_args(parser, iters, lr, batch_size, eval_every):
-    """The flags spelled the same in both scripts, with the defaults each script gives."""
+    """The flags spelled the same in both scripts, with the defaults each script gives (`iters`: the training
+    length without --iters or --epochs, which check_length fills in)."""
     parser.add_argument('--data', choices=list(data.LAYOUTS), default='toy',
                         help='toy: the bundled toy world (rendered into --data-root on first use); kitti, '
                              'cityscapes, nyu: that dataset\'s tree at --data-root, in its official layout; folder: '
@@ -56,7 +57,11 @@ def add_common_args(parser, iters, lr, batch_size, eval_every):
     parser.add_argument('--height', type=int, default=64, help='network input height (multiple of 32)')
     parser.add_argument('--width', type=int, default=192, help='network input width (multiple of 32)')
     parser.add_argument('--batch-size', type=int, default=batch_size)
-    parser.add_argument('--iters', type=int, default=iters, help='training iterations')
+    parser.add_argument('--iters', type=int, default=None, help=f'training iterations (default {iters})')
+    parser.add_argument('--epochs', type=int, default=None, metavar='N',
+                        help='train N epochs of the training set instead of --iters (the papers\' flow and NYU '
+                             'recipes, App. B.3 and B.5): N x its batches per epoch, recorded as --iters once the '
+                             'set is known')
     parser.add_argument('--lr', type=float, default=lr, help='initial learning rate (Adam)')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--device', default='auto', help='auto (CUDA when present), cpu, cuda, cuda:1 ...')
@@ -212,6 +217,29 @@ def check_args(args):
     xnet_flags = args.decoder_init != 'none' or args.xnet_mix != 'stem' or args.xnet_pyramid or args.no_pfp
     if args.decoder != 'xnet' and xnet_flags:
         raise SystemExit('--decoder-init, --xnet-mix, --xnet-pyramid and --no-pfp apply to --decoder xnet only.')
+
+
+def check_length(args, default_iters):
+    """--iters or --epochs says how long to train, not both; neither: `default_iters` iterations."""
+    if args.epochs is not None and args.iters is not None:
+        raise SystemExit(f'--epochs {args.epochs} and --iters {args.iters} both say how long to train: give one.')
+    if args.epochs is not None and args.epochs < 1:
+        raise SystemExit(f'--epochs must be at least 1; got {args.epochs}.')
+    if args.epochs is None and args.iters is None:
+        args.iters = default_iters
+
+
+def resolve_epochs(args, train_set):
+    """With --epochs: --iters becomes that many epochs of the training set (epoch_batches's epochs, which drop
+    the last incomplete batch), recorded in args.json like a given --iters."""
+    if args.epochs is None:
+        return
+    check_not_empty(train_set)
+    count = len(train_set)
+    args.iters = args.epochs * batches_per_epoch(count, args.batch_size)
+    print(f'--epochs {args.epochs}: {args.iters} iterations of batch {min(args.batch_size, count)} over {count} '
+          f'training items.')
+    check_warmup(args)
 
 
 def check_warmup(args):
@@ -654,7 +682,7 @@ class Run:
         save_atomic(state, self.checkpoint)
 
 
-# What --resume may change: how long (--iters, or finetune.py's --epochs), how fast, how often it logs, evaluates and saves, and where it runs
+# What --resume may change: how long (--iters, or --epochs), how fast, how often it logs, evaluates and saves, and where it runs
 # and reads and writes (a run folder may be moved). Every other flag defines the run and must stay as it was.
 CHANGEABLE_ON_RESUME = ('iters', 'epochs', 'lr', 'log_every', 'eval_every', 'save_every', 'workers', 'device', 'data_root',
                         'out', 'overwrite', 'runs', 'name')
