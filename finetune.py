@@ -106,7 +106,7 @@ def segmentation_task(args, layout, net, device):
     labelled images picked with the seed, scored on the layout's held-out images (data.few_shot_sets)."""
     train_pairs, eval_pairs = data.open_dataset(data.few_shot_sets, layout, args.train_size, args.seed, args.split)
     train_set = data.open_dataset(data.LabelledImages, train_pairs, args.height, args.width, augment=True,
-                                      crop=args.crop_size, rescale=args.rescale, photometric=args.photometric)
+                                  crop=args.crop_size, rescale=args.rescale, photometric=args.photometric)
     eval_set = data.open_dataset(data.LabelledImages, eval_pairs, args.height, args.width)
     evaluation = evaluate.SegmentationEvaluation(eval_set, train_pairs, layout.classes, args, device)
 

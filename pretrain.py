@@ -154,7 +154,7 @@ def pretrain_depth(args, device):
     layout = data.open_layout(args)
     frame_ids = (0, -args.frame_stride, args.frame_stride) if pose_net is not None else (0,)
     snippets = data.open_dataset(layout.snippets, 'train', frame_ids, stereo='stereo' in args.supervision,
-                                     with_depth=args.supervision == 'gt', split_dir=args.split)
+                                 with_depth=args.supervision == 'gt', split_dir=args.split)
     train_set = training_set(args, snippets)
     evaluation = evaluate.depth_evaluation(args, layout, device)
     if evaluation is None:
@@ -317,6 +317,12 @@ def parse_args(argv=None):
     training.resolve_depth_eval_args(args, args.task, median_scaling=args.supervision == 'mono')
     args.name = args.name or run_name(args)
     training.check_args(args)
+    check_pretraining_args(args)
+    return args
+
+
+def check_pretraining_args(args):
+    """Stop early, with one sentence, on pretrain.py's own flags that cannot work."""
     if args.frame_stride < 1:
         raise SystemExit(f'--frame-stride must be 1 or more (frames between a target and its sources); got '
                          f'{args.frame_stride}.')
@@ -331,7 +337,6 @@ def parse_args(argv=None):
     if args.arch in models.MIT_SPECS and (args.task == 'flow' or 'mono' in args.supervision):
         raise SystemExit(f'--arch {args.arch}: the flow network and the PoseNet that video supervision needs are '
                          f'ResNets here; pre-train a Mix Transformer for depth with --supervision stereo or gt.')
-    return args
 
 
 def run_name(args):
