@@ -110,7 +110,7 @@ def segmentation_task(args, layout, net, device):
     eval_set = data.open_dataset(data.LabelledImages, eval_pairs, args.height, args.width)
     evaluation = evaluate.SegmentationEvaluation(eval_set, train_pairs, layout.classes, args, device)
 
-    def loss_of(batch):
+    def loss_of(batch, net):  # net: as train() runs it (under torchrun, DDP's wrapper)
         with autocast(device):
             logits = net(batch['image'])
         return losses.nll_loss(logits.float(), batch['label'])  # eq. 12
@@ -131,7 +131,7 @@ def depth_task(args, layout, net, device):
                          f'has none: write a val split of its RGB-D pairs (`python data.py --make-splits '
                          f'{layout.root} --data folder --by-similarity`).')
 
-    def loss_of(batch):
+    def loss_of(batch, net):
         with autocast(device):
             disp = net(batch['frames_aug'][:, 0])[0].float()
         depth = models.depth_at(disp, batch['depth'].shape[-2:], args.min_depth, args.max_depth)
@@ -158,6 +158,7 @@ def finetune(args, device):
     """Build the network from --init, then train it on --task."""
     net = build_network(args).to(device)  # a missing --init checkpoint stops the run before any rendering
     layout = data.open_layout(args)
+    models.freeze_untrained(net, 1 if args.task == 'depth' else None)
     if args.freeze_encoder:
         net.encoder.requires_grad_(False)
     set_train_mode(net, args.freeze_encoder)
@@ -177,52 +178,68 @@ def optimiser(args, net):
 
 
 def train(args, net, loss_of, train_set, evaluation, train_images):
-    """The training loop: each iteration draws a batch of the seeded stream, minimises `loss_of(batch)`, logs it
-    every --log-every iterations, evaluates every --eval-every (`evaluation`: evaluate.py's) and writes a
+    """The training loop: each iteration draws a batch of the seeded stream, minimises `loss_of(batch, net)`, logs
+    it every --log-every iterations, evaluates every --eval-every (`evaluation`: evaluate.py's) and writes a
     checkpoint every --save-every, recording the training images (`train_images`, which evaluate.py leaves out);
     SIGTERM or Ctrl-C ends it after the step under way, with a checkpoint. --resume continues the run folder's
-    last checkpoint, --bench times the step."""
+    last checkpoint, --bench times the step. Under torchrun each process takes its share of every batch
+    (DistributedDataParallel), and rank 0 alone logs, evaluates and saves while the others wait."""
     device = next(net.parameters()).device
     optimizer, scheduler = optimiser(args, net)
+    ddp = training.Distributed()  # one process of torchrun's, or the only one
+    trained = ddp.wrap(net, args.sync_bn)
     run = None
 
-    def step(batch):  # batch -> loss -> backward -> update; returns the loss and the rate it was taken at
+    def step(micro_batches):  # this process's share of a batch -> loss -> backward -> update: the mean loss, the rate
         lr = scheduler.get_last_lr()[0]
-        loss = loss_of(training.to_device(batch, device))
-        training.check_finite(loss, scheduler.last_epoch + 1, lr, run)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = 0.0
+        for i, batch in enumerate(micro_batches):  # gradients add up; averaged over processes with the last
+            with ddp.no_sync([trained], last=i == len(micro_batches) - 1):
+                micro = loss_of(training.to_device(batch, device), trained)
+                training.check_finite(micro, scheduler.last_epoch + 1, lr, run)
+                (micro / len(micro_batches)).backward()
+            loss = loss + micro.detach() / len(micro_batches)
         optimizer.step()
         scheduler.step()
-        return loss.detach(), lr
+        return loss, lr
 
     if args.bench:
         return training.benchmark(step, training.training_batches(train_set, args, device), args.bench,
                                   args.batch_size, device)
-    run = training.Run(args)
+    run = training.Run(args, writer=ddp.main)
+    ddp.barrier()  # every process has read the run's flags before rank 0 records what --resume changed
     start, metrics = run.restore({'model': net}, optimizer, scheduler)
     with training.StopOnSignal() as stop:
-        baseline = evaluation.baseline()
-        run.log_baseline(baseline)
+        baseline = evaluation.baseline() if ddp.main else {}
+        if ddp.main:
+            run.log_baseline(baseline)
+        ddp.agree(stop)
         if stop.signal:  # while the baseline was measured: nothing new to save
             stop.exit(start)
         batches = training.training_batches(train_set, args, device, start)
-        bar, clock = tqdm(range(start, args.iters), initial=start, total=args.iters, dynamic_ncols=True), time.perf_counter()
+        bar, clock = tqdm(range(start, args.iters), initial=start, total=args.iters, dynamic_ncols=True,
+                          disable=not ddp.main), time.perf_counter()
         for it in bar:
             loss, lr = step(next(batches))
+            loss = ddp.agree(stop, loss)  # the global batch's loss; a stop sent to any process stops all after this step
             done = it + 1
             speed = (done - start) * args.batch_size / (time.perf_counter() - clock)
             bar.set_postfix(loss=f'{loss.item():.4f}', img_s=f'{speed:.1f}')
-            if done % args.log_every == 0 or done == args.iters or stop.signal:
+            if ddp.main and (done % args.log_every == 0 or done == args.iters or stop.signal):
                 run.log(iter=done, split='train', loss=loss.item(), lr=lr, images_per_s=speed)
             if done % args.eval_every == 0 or done == args.iters:
-                metrics = evaluation(net, run.path / f'sample_{done:06d}.png')
-                set_train_mode(net, args.freeze_encoder)
-                run.log(iter=done, split='eval', **metrics)
-                bar.write(f'iteration {done}: {training.metrics_line(metrics, baseline)}')
+                if ddp.main:
+                    metrics = evaluation(net, run.path / f'sample_{done:06d}.png')
+                    set_train_mode(net, args.freeze_encoder)
+                    run.log(iter=done, split='eval', **metrics)
+                    bar.write(f'iteration {done}: {training.metrics_line(metrics, baseline)}')
+                ddp.barrier()
             if done % args.save_every == 0 or done == args.iters or stop.signal:
-                run.save(models.checkpoint_state({'model': net}, args, done, metrics, optimizer, scheduler,
-                                                 training.rng_state(), train_images))
+                if ddp.main:
+                    run.save(models.checkpoint_state({'model': net}, args, done, metrics, optimizer, scheduler,
+                                                     training.rng_state(), train_images))
+                ddp.barrier()
             if stop.signal and done < args.iters:
                 bar.close()
                 del batches  # the DataLoader's workers end here, before the process does
@@ -328,8 +345,7 @@ def run_name(args):
 def main(argv=None):
     args = parse_args(argv)
     torch.manual_seed(args.seed)
-    device = training.pick_device(args.device)
-    with training.unreadable_files_stop():
+    with training.processes(args) as device, training.unreadable_files_stop():  # under torchrun: its process group
         finetune(args, device)
 
 

@@ -805,6 +805,26 @@ def build_seg_net(arch='resnet18', num_classes=19, normalization='unit', decoder
     return EncoderDecoder(encoder, trunk, SegHead(num_classes, trunk.num_ch_dec[0]), normalization)
 
 
+def freeze_untrained(net, outputs=None):
+    """Freeze (requires_grad False) what no training step of `net` reaches: the ImageNet classifiers kept for
+    torchvision's state-dict keys (every ResNet's fc, every ConvNeXt's classifier, xNet's backbone's too), the
+    stem of xNet's backbone when its mix 'none' bypasses it, and the prediction heads of the output scales
+    past the first `outputs` that the loss reads. None of them could get a gradient, so the optimiser never
+    changed them; frozen, they also need no find_unused_parameters under DistributedDataParallel."""
+    for module in net.modules():
+        if isinstance(module, ResnetEncoder):
+            module.fc.requires_grad_(False)
+        elif isinstance(module, ConvNextEncoder):
+            module.classifier.requires_grad_(False)
+        elif isinstance(module, XNetDecoder) and module.mix == 'none':
+            backbone = module.backbone
+            for stem in ((backbone.conv1, backbone.bn1) if isinstance(backbone, ResnetEncoder) else (backbone.features[0],)):
+                stem.requires_grad_(False)
+    if outputs is not None:
+        net.head.convs[outputs:].requires_grad_(False)
+    return net
+
+
 def xnet_options(flags):
     """xNet's options from a run's flags (an argparse namespace, or its dict from args.json), as build_* take
     them and checkpoints record them; None for the other decoders."""

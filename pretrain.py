@@ -132,8 +132,10 @@ def depth_networks(args, device):
     metric_start = min(METRIC_START_DEPTH, INDOOR_START_SHARE * args.max_depth)
     start = VIDEO_START_DEPTH if args.supervision == 'mono' else metric_start
     models.start_at_depth(networks['model'], start, args.min_depth, args.max_depth)
+    models.freeze_untrained(networks['model'], 1 if args.supervision == 'gt' else args.scales)
     if 'pose_net' in networks:
         networks['pose_net'].start_moving_forward(start / FRAMES_TO_MEDIAN_DEPTH)
+        models.freeze_untrained(networks['pose_net'])
     return {key: net.to(device) for key, net in networks.items()}
 
 
@@ -141,18 +143,17 @@ def pretrain_depth(args, device):
     """Depth pre-training with the chosen supervision; evaluated on the test frames' ground truth. The
     networks (and their ImageNet weights) come first, so a missing file stops the run before any rendering."""
     networks = depth_networks(args, device)
-    depth_net, pose_net = networks['model'], networks.get('pose_net')
 
-    def loss_of(batch):
+    def loss_of(batch, nets):  # nets: the networks as train() runs them (under torchrun, DDP's wrappers)
         with autocast(device):
-            disps = [d.float() for d in depth_net(batch['frames_aug'][:, 0])]
+            disps = [d.float() for d in nets['model'](batch['frames_aug'][:, 0])]
         if args.supervision == 'gt':
             depth = models.depth_at(disps[0], batch['depth'].shape[-2:], args.min_depth, args.max_depth)
             return losses.supervised_depth_loss(depth, batch['depth'], args.loss, args.silog_lambda)  # eq. 15, SILog
-        return monodepth2_loss(disps, *source_views(batch, pose_net, args.supervision), batch, args)  # eq. 9
+        return monodepth2_loss(disps, *source_views(batch, nets.get('pose_net'), args.supervision), batch, args)  # eq. 9
 
     layout = data.open_layout(args)
-    frame_ids = (0, -args.frame_stride, args.frame_stride) if pose_net is not None else (0,)
+    frame_ids = (0, -args.frame_stride, args.frame_stride) if 'pose_net' in networks else (0,)
     snippets = data.open_dataset(layout.snippets, 'train', frame_ids, stereo='stereo' in args.supervision,
                                  with_depth=args.supervision == 'gt', split_dir=args.split)
     train_set = training_set(args, snippets)
@@ -175,7 +176,7 @@ def pretrain_flow(args, device):
     """Siamese optical flow, self-supervised on consecutive frames (App. B.3), evaluated by end-point error."""
     flow_net = models.FlowNet(args.arch, 'imagenet' if args.init == 'imagenet' else 'unit')
     training.init_encoders(args, flow_net.encoder)
-    flow_net.to(device)
+    models.freeze_untrained(flow_net, args.scales).to(device)
     if args.data not in ('toy', 'kitti'):
         raise SystemExit('optical flow is scored on KITTI\'s scene-flow pairs (data_scene_flow): --task flow runs '
                          'with --data toy or kitti.')
@@ -183,9 +184,9 @@ def pretrain_flow(args, device):
     snippets = data.open_dataset(layout.snippets, 'train', (0, args.frame_stride), split_dir=args.split)
     train_set = training_set(args, snippets)
 
-    def loss_of(batch):
+    def loss_of(batch, nets):
         with autocast(device):
-            flows = [f.float() for f in flow_net(batch['frames_aug'][:, 0], batch['frames_aug'][:, 1])]
+            flows = [f.float() for f in nets['model'](batch['frames_aug'][:, 0], batch['frames_aug'][:, 1])]
         return flow_loss(flows, batch, args)  # eq. 13-14
 
     pair_set = data.open_dataset(data.FlowPairs, layout.root, args.height, args.width)
@@ -207,57 +208,77 @@ def optimiser(args, networks):
 
 
 def train(args, networks, loss_of, train_set, evaluation):
-    """The training loop: each iteration draws a batch of the seeded stream, minimises `loss_of(batch)`, logs it
-    every --log-every iterations, evaluates every --eval-every (`evaluation`: evaluate.py's; None without held-out
-    ground truth) and writes a checkpoint every --save-every; SIGTERM or Ctrl-C ends it after the step under
-    way, with a checkpoint. --resume continues the run folder's last checkpoint, --bench times the step, and
-    the trained networks are exported to --out."""
+    """The training loop: each iteration draws a batch of the seeded stream, minimises `loss_of(batch, networks)`,
+    logs it every --log-every iterations, evaluates every --eval-every (`evaluation`: evaluate.py's; None without
+    held-out ground truth) and writes a checkpoint every --save-every; SIGTERM or Ctrl-C ends it after the step
+    under way, with a checkpoint. --resume continues the run folder's last checkpoint, --bench times the step, and
+    the trained networks are exported to --out. Under torchrun each process takes its share of every batch
+    (DistributedDataParallel), and rank 0 alone logs, evaluates, saves and exports while the others wait."""
     model, device = networks['model'], next(networks['model'].parameters()).device
     optimizer, scheduler = optimiser(args, networks)
+    ddp = training.Distributed()  # one process of torchrun's, or the only one
+    trained = {key: ddp.wrap(net, args.sync_bn) for key, net in networks.items()}
     run = None
 
-    def step(batch):  # batch -> loss -> backward -> update; returns the loss and the rate it was taken at
+    def step(micro_batches):  # this process's share of a batch -> loss -> backward -> update: the mean loss, the rate
         lr = scheduler.get_last_lr()[0]
-        loss = loss_of(training.to_device(batch, device))
-        training.check_finite(loss, scheduler.last_epoch + 1, lr, run)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = 0.0
+        for i, batch in enumerate(micro_batches):  # gradients add up; averaged over processes with the last
+            with ddp.no_sync(trained.values(), last=i == len(micro_batches) - 1):
+                micro = loss_of(training.to_device(batch, device), trained)
+                training.check_finite(micro, scheduler.last_epoch + 1, lr, run)
+                (micro / len(micro_batches)).backward()
+            loss = loss + micro.detach() / len(micro_batches)
         optimizer.step()
         scheduler.step()
-        return loss.detach(), lr
+        return loss, lr
 
     if args.bench:
         return training.benchmark(step, training.training_batches(train_set, args, device), args.bench,
                                   args.batch_size, device)
-    training.check_export(args)
-    run = training.Run(args)
+    if ddp.main:
+        training.check_export(args)
+    run = training.Run(args, writer=ddp.main)
+    ddp.barrier()  # every process has read the run's flags before rank 0 records what --resume changed
     start, metrics = run.restore(networks, optimizer, scheduler)
     with training.StopOnSignal() as stop:
-        baseline = evaluation.baseline() if evaluation else {}
-        run.log_baseline(baseline)
+        baseline = evaluation.baseline() if evaluation and ddp.main else {}
+        if ddp.main:
+            run.log_baseline(baseline)
+        ddp.agree(stop)
         if stop.signal:  # while the baseline was measured: nothing new to save
             stop.exit(start)
         batches = training.training_batches(train_set, args, device, start)
-        bar, clock = tqdm(range(start, args.iters), initial=start, total=args.iters, dynamic_ncols=True), time.perf_counter()
+        bar, clock = tqdm(range(start, args.iters), initial=start, total=args.iters, dynamic_ncols=True,
+                          disable=not ddp.main), time.perf_counter()
         for it in bar:
             loss, lr = step(next(batches))
+            loss = ddp.agree(stop, loss)  # the global batch's loss; a stop sent to any process stops all after this step
             done = it + 1
             speed = (done - start) * args.batch_size / (time.perf_counter() - clock)
             bar.set_postfix(loss=f'{loss.item():.4f}', img_s=f'{speed:.1f}')
-            if done % args.log_every == 0 or done == args.iters or stop.signal:
+            if ddp.main and (done % args.log_every == 0 or done == args.iters or stop.signal):
                 run.log(iter=done, split='train', loss=loss.item(), lr=lr, images_per_s=speed)
             if evaluation and (done % args.eval_every == 0 or done == args.iters):
-                metrics = evaluation(model, run.path / f'sample_{done:06d}.png')
-                model.train()
-                run.log(iter=done, split='eval', **metrics)
-                bar.write(f'iteration {done}: {training.metrics_line(metrics, baseline)}')
+                if ddp.main:
+                    metrics = evaluation(model, run.path / f'sample_{done:06d}.png')
+                    model.train()
+                    run.log(iter=done, split='eval', **metrics)
+                    bar.write(f'iteration {done}: {training.metrics_line(metrics, baseline)}')
+                ddp.barrier()
             if done % args.save_every == 0 or done == args.iters or stop.signal:
-                run.save(models.checkpoint_state(networks, args, done, metrics, optimizer, scheduler, training.rng_state()))
+                if ddp.main:
+                    run.save(models.checkpoint_state(networks, args, done, metrics, optimizer, scheduler,
+                                                     training.rng_state()))
+                ddp.barrier()
             if stop.signal and done < args.iters:
                 bar.close()
                 del batches  # the DataLoader's workers end here, before the process does
                 stop.exit(done)
-    training.save_atomic(models.checkpoint_state(networks, args, args.iters, metrics), args.out)
+    if ddp.main:
+        training.save_atomic(models.checkpoint_state(networks, args, args.iters, metrics), args.out)
+    ddp.barrier()
     summary = training.metrics_line(metrics, baseline) or 'not evaluated (no held-out ground truth)'
     print(f'{args.task} after {args.iters} iterations: {summary}')
     print(f'Wrote {run.path} and {args.out}.')
@@ -359,8 +380,7 @@ def run_name(args):
 def main(argv=None):
     args = parse_args(argv)
     torch.manual_seed(args.seed)
-    device = training.pick_device(args.device)
-    with training.unreadable_files_stop():
+    with training.processes(args) as device, training.unreadable_files_stop():  # under torchrun: its process group
         (pretrain_flow if args.task == 'flow' else pretrain_depth)(args, device)
 
 

@@ -79,6 +79,12 @@ def add_common_args(parser, iters, lr, batch_size, eval_every):
     parser.add_argument('--bench', type=int, default=0, metavar='N',
                         help='run N timed training steps, print images/s, ms/step, data-wait share and '
                              'peak memory, and exit (no run folder is written)')
+    parser.add_argument('--grad-accum', type=int, default=1, metavar='M',
+                        help='split each process\'s share of a --batch-size batch into M micro-batches whose '
+                             'gradients add up before the step (a paper\'s batch on a small card)')
+    parser.add_argument('--sync-bn', action='store_true',
+                        help='under torchrun on GPUs: batch-norm statistics over the whole global batch '
+                             '(SyncBatchNorm) instead of each process\'s share')
 
 
 def add_optimizer_args(parser):
@@ -177,7 +183,7 @@ def check_args(args):
         models.check_resolution(args.height, args.width)
     except ValueError as error:
         raise SystemExit(f'--height/--width: {error}') from None
-    for flag in ('batch_size', 'iters', 'eval_every', 'save_every', 'log_every'):
+    for flag in ('batch_size', 'iters', 'eval_every', 'save_every', 'log_every', 'grad_accum'):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:  # --iters is None until --epochs resolves
             raise SystemExit(f'--{flag.replace("_", "-")} must be at least 1.')
     if args.iters is not None:
@@ -423,16 +429,30 @@ def check_not_empty(dataset):
 
 
 def training_batches(dataset, args, device, start=0):
-    """The training stream from iteration `start` on: epoch_batches of SeededDraws, read by --workers
-    processes. A set smaller than one batch says so and trains as one smaller batch; an empty one stops."""
+    """The training stream from iteration `start` on, one global batch of epoch_batches (of SeededDraws) per
+    step, read by --workers processes: each item is the list of this process's --grad-accum micro-batches of
+    that batch (its share under torchrun: micro_batches). A set smaller than one batch says so and trains as
+    one smaller batch; an empty one stops."""
     check_not_empty(dataset)
     if len(dataset) < args.batch_size:
         print(f'The training set holds {len(dataset)} items, fewer than --batch-size {args.batch_size}: '
               f'each batch is all {len(dataset)} of them.')
-    stream = epoch_batches(len(dataset), args.batch_size, args.seed, start)
-    return iter(torch.utils.data.DataLoader(SeededDraws(dataset, args.seed), batch_sampler=stream,
-                                            num_workers=args.workers, pin_memory=device.type == 'cuda',
-                                            worker_init_fn=leave_stop_signals_to_the_main_process))
+        check_shares(len(dataset), args.grad_accum, '--batch-size (the whole training set)')
+    ddp = Distributed()
+    shares = (micro for pairs in epoch_batches(len(dataset), args.batch_size, args.seed, start)
+              for micro in micro_batches(pairs, ddp.rank, ddp.size, args.grad_accum))
+    loader = iter(torch.utils.data.DataLoader(SeededDraws(dataset, args.seed), batch_sampler=shares,
+                                              num_workers=args.workers, pin_memory=device.type == 'cuda',
+                                              worker_init_fn=leave_stop_signals_to_the_main_process))
+    return (list(itertools.islice(loader, args.grad_accum)) for _ in itertools.count())
+
+
+def micro_batches(pairs, rank, size, micro):
+    """Process `rank`'s share of a global batch (its `rank`-th of `size` equal slices), split into `micro`
+    equal micro-batches: which items form batch k depends on k alone, whatever the number of processes."""
+    share = len(pairs) // size
+    mine, each = pairs[rank * share:(rank + 1) * share], share // micro
+    return [mine[i * each:(i + 1) * each] for i in range(micro)]
 
 
 @contextlib.contextmanager
@@ -459,14 +479,118 @@ def to_device(batch, device):
 
 
 # ----------------------------------------------------------------------------------------------------
+# More than one process: torchrun and DistributedDataParallel
+# ----------------------------------------------------------------------------------------------------
+
+def check_shares(batch_size, grad_accum, what='--batch-size'):
+    """A global batch must split into equal micro-batches: WORLD_SIZE processes x --grad-accum each."""
+    size = int(os.environ.get('WORLD_SIZE', 1))
+    if batch_size % (size * grad_accum):
+        raise SystemExit(f'{what} {batch_size} does not split into {size} process(es) x --grad-accum {grad_accum} '
+                         f'equal micro-batches: pass a --batch-size that is a multiple of {size * grad_accum}.')
+
+
+@contextlib.contextmanager
+def processes(args):
+    """The script's device, for the `with` block around its run. One process: --device. Under torchrun (it sets
+    RANK, LOCAL_RANK and WORLD_SIZE): one device per process (cuda:LOCAL_RANK, or the CPU) and the process
+    group, nccl on CUDA, gloo on the CPU, joined here and left on exit. Rank 0 alone prints (the others'
+    standard output goes nowhere; their errors still show) and renders the toy world while the others wait.
+    A collective that fails because another process died stops this one with a sentence."""
+    check_shares(args.batch_size, args.grad_accum)
+    if 'RANK' not in os.environ:
+        yield check_sync_bn(args, pick_device(args.device))
+        return
+    rank, local_rank = int(os.environ['RANK']), int(os.environ['LOCAL_RANK'])
+    if ':' in args.device:
+        raise SystemExit(f'--device {args.device}: under torchrun each process takes the GPU of its LOCAL_RANK; '
+                         f'pass --device auto, cuda or cpu (CUDA_VISIBLE_DEVICES picks the GPUs).')
+    cuda = args.device == 'cuda' or args.device == 'auto' and torch.cuda.is_available()
+    device = check_sync_bn(args, pick_device(f'cuda:{local_rank}' if cuda else args.device))
+    if cuda:
+        torch.cuda.set_device(device)
+    torch.distributed.init_process_group('nccl' if cuda else 'gloo', device_id=device if cuda else None)
+    try:
+        with contextlib.nullcontext() if rank == 0 else contextlib.redirect_stdout(open(os.devnull, 'w')):
+            if args.data == 'toy' and rank == 0:
+                data.data_root(args)
+            torch.distributed.barrier()
+            yield device
+    except torch.distributed.DistError as error:
+        raise SystemExit(f'process {rank} stopped: another process of the run stopped first ({type(error).__name__}; '
+                         f'its own message says why): `--resume` continues from the last checkpoint.') from None
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def check_sync_bn(args, device):
+    """--sync-bn synchronises batch norm over GPUs (NCCL): the CPU refuses it. Returns `device`."""
+    if args.sync_bn and device.type != 'cuda':
+        raise SystemExit('--sync-bn synchronises batch norm across GPUs (NCCL), and this run is on the CPU: leave '
+                         'it out (each process then normalises its own share of the batch).')
+    return device
+
+
+class Distributed:
+    """This process's place among torchrun's (rank 0 of 1 in a plain run: then every method does nothing) and
+    what a loop asks of the others: DistributedDataParallel's wrapper, gradients held back while micro-batches
+    accumulate, a barrier, and one agreement per step on the loss and on stopping."""
+
+    def __init__(self):
+        self.on = torch.distributed.is_initialized()
+        self.rank = torch.distributed.get_rank() if self.on else 0
+        self.size = torch.distributed.get_world_size() if self.on else 1
+        self.main = self.rank == 0  # the one writer: logs, evaluates, prints, saves, exports
+
+    def wrap(self, net, sync_bn=False):
+        """`net` as the loss runs it: under torchrun DistributedDataParallel's wrapper (gradients averaged over
+        the processes; the module's own state dict is what checkpoints hold), with --sync-bn SyncBatchNorm."""
+        if not self.on:
+            return net
+        if sync_bn:
+            net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
+        device = next(net.parameters()).device
+        return torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == 'cuda' else None)
+
+    def no_sync(self, wrapped, last):
+        """While a micro-batch that is not the step's `last` runs backward: the wrappers' gradients add up in
+        each process and are averaged over the processes only with the last."""
+        stack = contextlib.ExitStack()
+        if self.on and not last:
+            for net in wrapped:
+                stack.enter_context(net.no_sync())
+        return stack
+
+    def barrier(self):
+        """The others wait here for rank 0 (its evaluation, its checkpoint)."""
+        if self.on:
+            torch.distributed.barrier()
+
+    def agree(self, stop, loss=None):
+        """Once a step, in every process: the global batch's mean loss (of `loss`, this process's mean), and
+        `stop.signal` set to a stop any process was sent (SIGTERM before Ctrl-C), so that all stop at the
+        same step. One process: `loss` as it is."""
+        if not self.on:
+            return loss
+        asked = [float(stop.signal == number) for number in StopOnSignal.SIGNALS]
+        where = 'cuda' if torch.distributed.get_backend() == 'nccl' else 'cpu'  # nccl reduces on the GPU
+        mine = torch.tensor([0.0 if loss is None else loss.item()] + asked, dtype=torch.float64, device=where)
+        torch.distributed.all_reduce(mine)
+        total, *counts = mine.tolist()
+        stop.signal = next((number for number, count in zip(StopOnSignal.SIGNALS, counts) if count), None)
+        return None if loss is None else torch.tensor(total / self.size)
+
+
+# ----------------------------------------------------------------------------------------------------
 # Called from inside each script's loop: a stop asked for, a loss that is not finite, timing, the log line
 # ----------------------------------------------------------------------------------------------------
 
 class StopOnSignal:
     """SIGTERM (what a cluster or `timeout` sends before it kills) and Ctrl-C (SIGINT), caught while a run
     trains: the handler only takes note, so the step under way finishes; train() then saves a checkpoint and
-    calls exit(). A second signal acts at once, as it would without this (a stuck step can still be stopped).
-    The previous handlers come back on leaving the `with` block."""
+    calls exit(). A second signal acts at once, as it would without this (a stuck step can still be stopped),
+    except under torchrun, whose agent passes on the signal it got (a Ctrl-C reaches each process twice) and
+    kills what still runs 30 s later. The previous handlers come back on leaving the `with` block."""
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __enter__(self):
@@ -475,7 +599,7 @@ class StopOnSignal:
         return self
 
     def note(self, number, frame):
-        if self.signal is not None:
+        if self.signal is not None and 'RANK' not in os.environ:
             self.__exit__()
             signal.raise_signal(number)
         self.signal = number
@@ -520,7 +644,9 @@ def benchmark(step, batches, steps, batch_size, device):
         if device.type == 'cuda':
             torch.cuda.synchronize()
         wait, total = wait + waited - start, total + time.perf_counter() - start
-    print(f'bench: {steps} steps, batch {batch_size}, {device}: {steps * batch_size / total:.2f} images/s, '
+    processes = Distributed().size
+    where = f'{processes} processes on {device.type}' if processes > 1 else device
+    print(f'bench: {steps} steps, batch {batch_size}, {where}: {steps * batch_size / total:.2f} images/s, '
           f'{1000 * total / steps:.0f} ms/step, waiting for data {100 * wait / total:.1f}%, '
           f'peak memory {peak_memory_mb(device):.0f} MB')
 
@@ -566,11 +692,12 @@ class Run:
     process out of the folder while one runs.
     """
 
-    def __init__(self, args):
+    def __init__(self, args, writer=True):
         self.path = Path(args.runs) / args.name
         self.checkpoint = self.path / 'checkpoint.pt'
         self.metrics = self.path / 'metrics.jsonl'
         self.resume = args.resume and self.checkpoint.exists()
+        self.writer = writer  # False: another process of a torchrun run than rank 0, which reads the folder only
         if self.path.exists() and not self.path.is_dir():
             raise SystemExit(f'{self.path} is a file, not a run folder: pass another --name or --runs.')
         if args.resume and not self.resume:
@@ -580,6 +707,10 @@ class Run:
                              f'to start a new one (nothing was overwritten).')
         elif self.path.is_dir() and any(self.path.iterdir()) and not self.resume:
             print(f'Reusing {self.path}: it holds no checkpoint (an earlier start stopped before its first save).')
+        self.args = vars(args)
+        self.changes = resumed_changes(self.path / 'args.json', self.args) if self.resume else {}
+        if not writer:
+            return
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as error:
@@ -591,8 +722,6 @@ class Run:
         self.lock()
         for stale in self.path.glob('*.tmp'):  # a crash between writing and renaming
             stale.unlink()
-        self.args = vars(args)
-        self.changes = resumed_changes(self.path / 'args.json', self.args) if self.resume else {}
         if not self.resume:
             self.metrics.unlink(missing_ok=True)
             write_text_atomic(self.path / 'args.json', json.dumps(self.args, indent=1) + '\n')
@@ -655,6 +784,8 @@ class Run:
         if state['iter'] > self.args['iters']:  # before anything in the folder changes
             raise SystemExit(f'--iters {self.args["iters"]} is below iteration {state["iter"]}, where '
                              f'{self.checkpoint} already is: resume with --iters {state["iter"]} or more (training cannot be undone).')
+        if not self.writer:
+            return state
         if self.metrics.exists():
             try:
                 records = read_jsonl(self.metrics)
@@ -683,9 +814,9 @@ class Run:
 
 
 # What --resume may change: how long (--iters, or --epochs), how fast, how often it logs, evaluates and saves, and where it runs
-# and reads and writes (a run folder may be moved). Every other flag defines the run and must stay as it was.
+# (on how many processes, in how many micro-batches) and reads and writes (a run folder may be moved). Every other flag defines the run and must stay as it was.
 CHANGEABLE_ON_RESUME = ('iters', 'epochs', 'lr', 'log_every', 'eval_every', 'save_every', 'workers', 'device', 'data_root',
-                        'out', 'overwrite', 'runs', 'name')
+                        'out', 'overwrite', 'runs', 'name', 'grad_accum', 'sync_bn')
 
 
 def read_args(path):
