@@ -158,7 +158,6 @@ def finetune(args, device):
     """Build the network from --init, then train it on --task."""
     net = build_network(args).to(device)  # a missing --init checkpoint stops the run before any rendering
     layout = data.open_layout(args)
-    models.freeze_untrained(net, 1 if args.task == 'depth' else None)
     if args.freeze_encoder:
         net.encoder.requires_grad_(False)
     set_train_mode(net, args.freeze_encoder)
@@ -187,7 +186,7 @@ def train(args, net, loss_of, train_set, evaluation, train_images):
     device = next(net.parameters()).device
     optimizer, scheduler = optimiser(args, net)
     ddp = training.Distributed()  # one process of torchrun's, or the only one
-    trained = ddp.wrap(net, args.sync_bn)
+    trained = ddp.wrap(net, args.sync_bn, 1 if args.task == 'depth' else None)  # depth: the finest scale's loss
     run = None
 
     def step(micro_batches):  # this process's share of a batch -> loss -> backward -> update: the mean loss, the rate

@@ -809,8 +809,9 @@ def freeze_untrained(net, outputs=None):
     """Freeze (requires_grad False) what no training step of `net` reaches: the ImageNet classifiers kept for
     torchvision's state-dict keys (every ResNet's fc, every ConvNeXt's classifier, xNet's backbone's too), the
     stem of xNet's backbone when its mix 'none' bypasses it, and the prediction heads of the output scales
-    past the first `outputs` that the loss reads. None of them could get a gradient, so the optimiser never
-    changed them; frozen, they also need no find_unused_parameters under DistributedDataParallel."""
+    past the first `outputs` that the loss reads. None of them can get a gradient, so the optimiser (built
+    before, holding them as a single process does) never changes them; frozen, they need no
+    find_unused_parameters under DistributedDataParallel (training.Distributed.wrap)."""
     for module in net.modules():
         if isinstance(module, ResnetEncoder):
             module.fc.requires_grad_(False)

@@ -132,10 +132,8 @@ def depth_networks(args, device):
     metric_start = min(METRIC_START_DEPTH, INDOOR_START_SHARE * args.max_depth)
     start = VIDEO_START_DEPTH if args.supervision == 'mono' else metric_start
     models.start_at_depth(networks['model'], start, args.min_depth, args.max_depth)
-    models.freeze_untrained(networks['model'], 1 if args.supervision == 'gt' else args.scales)
     if 'pose_net' in networks:
         networks['pose_net'].start_moving_forward(start / FRAMES_TO_MEDIAN_DEPTH)
-        models.freeze_untrained(networks['pose_net'])
     return {key: net.to(device) for key, net in networks.items()}
 
 
@@ -176,7 +174,7 @@ def pretrain_flow(args, device):
     """Siamese optical flow, self-supervised on consecutive frames (App. B.3), evaluated by end-point error."""
     flow_net = models.FlowNet(args.arch, 'imagenet' if args.init == 'imagenet' else 'unit')
     training.init_encoders(args, flow_net.encoder)
-    models.freeze_untrained(flow_net, args.scales).to(device)
+    flow_net.to(device)
     if args.data not in ('toy', 'kitti'):
         raise SystemExit('optical flow is scored on KITTI\'s scene-flow pairs (data_scene_flow): --task flow runs '
                          'with --data toy or kitti.')
@@ -217,7 +215,8 @@ def train(args, networks, loss_of, train_set, evaluation):
     model, device = networks['model'], next(networks['model'].parameters()).device
     optimizer, scheduler = optimiser(args, networks)
     ddp = training.Distributed()  # one process of torchrun's, or the only one
-    trained = {key: ddp.wrap(net, args.sync_bn) for key, net in networks.items()}
+    outputs = 1 if args.task == 'depth' and args.supervision == 'gt' else args.scales  # the scales the loss reads
+    trained = {key: ddp.wrap(net, args.sync_bn, outputs if key == 'model' else None) for key, net in networks.items()}
     run = None
 
     def step(micro_batches):  # this process's share of a batch -> loss -> backward -> update: the mean loss, the rate

@@ -542,11 +542,15 @@ class Distributed:
         self.size = torch.distributed.get_world_size() if self.on else 1
         self.main = self.rank == 0  # the one writer: logs, evaluates, prints, saves, exports
 
-    def wrap(self, net, sync_bn=False):
+    def wrap(self, net, sync_bn=False, outputs=None):
         """`net` as the loss runs it: under torchrun DistributedDataParallel's wrapper (gradients averaged over
-        the processes; the module's own state dict is what checkpoints hold), with --sync-bn SyncBatchNorm."""
+        the processes; the module's own state dict is what checkpoints hold), with --sync-bn SyncBatchNorm.
+        What no step reaches (models.freeze_untrained; `outputs`: the output scales the loss reads) is frozen
+        first, so that DistributedDataParallel needs no find_unused_parameters; the optimiser, built before,
+        holds the same parameters in one process and in several, so a checkpoint resumes with any number."""
         if not self.on:
             return net
+        models.freeze_untrained(net, outputs)
         if sync_bn:
             net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
         device = next(net.parameters()).device

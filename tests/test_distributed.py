@@ -90,11 +90,14 @@ def test_batches_that_do_not_split_and_sync_bn_on_the_cpu_stop_with_a_sentence(w
 
 @pytest.mark.parametrize('argv, outputs', [(['--supervision', 'gt'], 1), (['--scales', '2'], 2), ([], 4)])
 def test_every_parameter_left_trainable_gets_a_gradient(argv, outputs, toy_root, tmp_path, monkeypatch):
-    # what DistributedDataParallel needs without find_unused_parameters: no trainable parameter without a gradient
+    # what DistributedDataParallel needs without find_unused_parameters (training.Distributed.wrap freezes what no
+    # step reaches, `outputs` the scales the loss reads): no trainable parameter without a gradient
     seen = {}
 
     def one_backward(args, networks, loss_of, train_set, evaluation):
         import training
+        for key, net in networks.items():
+            models.freeze_untrained(net, outputs if key == 'model' else None)
         batch = next(training.training_batches(train_set, args, torch.device('cpu')))[0]
         loss_of(batch, networks).backward()
         seen.update({f'{key}.{name}': p for key, net in networks.items() for name, p in net.named_parameters()})
