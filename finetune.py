@@ -82,7 +82,10 @@ def build_network(args):
     if args.init == 'imagenet':
         training.init_encoders(args, net.encoder)
     elif weights:
-        training.load_weights(net, weights, transferable_parts(weights, args), '--init')
+        parts = transferable_parts(weights, args)
+        training.load_weights(net, weights, parts, '--init')
+        if args.task == 'depth' and 'decoder.' in parts and 'head.' not in parts:
+            models.zero_new_head(net)
         if weights.task == 'flow':
             print('(A flow network\'s decoder reads two frames\' features: it does not transfer.)')
     training.init_decoder_backbone(net, args)

@@ -670,6 +670,15 @@ def start_at_depth(depth_net, depth, min_depth=0.1, max_depth=100.0):
         nn.init.constant_(conv.bias, torch.logit(torch.tensor(scaled)).item())
 
 
+def zero_new_head(depth_net):
+    """Zero the weights of a new disparity head put on a transferred decoder. A decoder fine-tuned for
+    another task (segmentation) can give features in the hundreds: a randomly drawn head then starts its
+    sigmoids saturated, where they have almost no gradient, and the run may never learn. Zeroed, every scale
+    starts at the sigmoid of its bias and the head learns from the first step."""
+    for conv in depth_net.head.convs:
+        nn.init.zeros_(conv.weight)
+
+
 def disp_to_depth(disp, min_depth=0.1, max_depth=100.0):
     """Map sigmoid disparity in [0,1] to depth in [min_depth, max_depth] (Monodepth2)."""
     scaled_disp = 1 / max_depth + (1 / min_depth - 1 / max_depth) * disp

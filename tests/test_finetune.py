@@ -79,6 +79,29 @@ def test_segmentation_checkpoint_seeds_depth_finetuning(depth_checkpoint, toy_ro
     assert depth['model']['head.convs.0.weight'].shape[0] == 1
 
 
+def test_a_new_disparity_head_on_a_transferred_decoder_starts_unsaturated(depth_checkpoint, toy_root, tmp_path):
+    """A segmentation decoder whose features are large, as after a real fine-tuning (its weights x5 per layer:
+    the finest features reach the hundreds), under the new depth head. A randomly drawn head would start most
+    of the finest scale's sigmoid saturated (|logit| > 5); the built one starts every scale at the sigmoid of
+    its bias, and its weights have a gradient."""
+    _finetune(toy_root, tmp_path, 'seg', '--init', str(depth_checkpoint), '--lr', '0')
+    seg = torch.load(tmp_path / 'seg' / 'checkpoint.pt', weights_only=False)
+    seg['model'] = {k: v * 5 if k.startswith('decoder.') and k.endswith('weight') else v
+                    for k, v in seg['model'].items()}
+    torch.save(seg, tmp_path / 'loud.pt')
+    net = finetune.build_network(finetune.parse_args(['--task', 'depth', '--init', str(tmp_path / 'loud.pt')] + SMALL))
+    features = []
+    net.head.register_forward_hook(lambda head, inputs, output: features.append(inputs[0]))
+    disparities = net.eval()(torch.rand(2, 3, 64, 192, generator=torch.Generator().manual_seed(0)))
+    torch.manual_seed(0)
+    drawn = models.DispHead().convs[0](features[0][0])
+    assert (drawn.abs() > 5).float().mean() > 0.5
+    for disp, conv in zip(disparities, net.head.convs):
+        assert torch.allclose(disp, torch.sigmoid(conv.bias).expand_as(disp))
+    sum(d.mean() for d in disparities).backward()
+    assert all(conv.weight.grad.abs().sum() > 0 for conv in net.head.convs)
+
+
 def test_learning_rate_schedules():
     for name, end in (('cosine', 0.0), ('poly', 0.0), ('linear', 0.0), ('constant', 1.0)):
         factor = training.lr_schedule(name, iters=100, warmup=10)
