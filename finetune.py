@@ -120,6 +120,13 @@ def segmentation_task(args, layout, net, device):
     return train_set, loss_of, evaluation, [image for image, _, _ in train_pairs]
 
 
+SATURATED_STEPS = 20
+SATURATED = (f'the depth head\'s sigmoid saturated: for {SATURATED_STEPS} batches in a row every pixel\'s disparity was '
+             'exactly 0 or 1, so no gradient reached the network and the run cannot learn (a decoder fine-tuned for segmentation can give features in the '
+             'thousands); fine-tune with --reset-decoder instead. The run folder\'s last checkpoint was left '
+             'as it was.')
+
+
 def depth_task(args, layout, net, device):
     """(training set, loss of a batch, evaluation, training images) for few-shot depth: --train-size frames of
     the training split with ground truth, flipped as in fine-tuning; scored on the layout's test frames by
@@ -134,9 +141,14 @@ def depth_task(args, layout, net, device):
                          f'has none: write a val split of its RGB-D pairs (`python data.py --make-splits '
                          f'{layout.root} --data folder --by-similarity`).')
 
+    saturated = [0]  # batches in a row whose disparity had no gradient at any pixel
+
     def loss_of(batch, net):
         with autocast(device):
             disp = net(batch['frames_aug'][:, 0])[0].float()
+        saturated[0] = 0 if (disp * (1 - disp)).any() else saturated[0] + 1  # sigmoid' exactly 0 everywhere
+        if saturated[0] == SATURATED_STEPS:
+            raise SystemExit(SATURATED)
         depth = models.depth_at(disp, batch['depth'].shape[-2:], args.min_depth, args.max_depth)
         return losses.supervised_depth_loss(depth, batch['depth'], args.loss, args.silog_lambda)  # SILog or eq. 15
     return train_set, loss_of, evaluation, [snippets[i].frames[0] for i in picked]

@@ -102,6 +102,19 @@ def test_a_new_disparity_head_on_a_transferred_decoder_starts_unsaturated(depth_
     assert all(conv.weight.grad.abs().sum() > 0 for conv in net.head.convs)
 
 
+def test_a_depth_run_whose_head_saturated_stops_with_a_sentence(depth_checkpoint, toy_root, tmp_path):
+    """Biases of -200: every disparity is exactly 0 in float32, no gradient can flow and Adam does not move;
+    the run stops after 20 such batches, before writing a checkpoint."""
+    depth = torch.load(depth_checkpoint, weights_only=False)
+    depth['model'] = {k: torch.full_like(v, -200.0) if k.startswith('head.') and k.endswith('bias') else v
+                      for k, v in depth['model'].items()}
+    torch.save(depth, tmp_path / 'saturated.pt')
+    with pytest.raises(SystemExit, match="the depth head's sigmoid saturated: for 20 batches in a row every pixel's "
+                                         "disparity was exactly 0 or 1, so no gradient reached the network"):
+        _finetune(toy_root, tmp_path, 'stuck', '--task', 'depth', '--init', str(tmp_path / 'saturated.pt'), iters=25)
+    assert not (tmp_path / 'stuck' / 'checkpoint.pt').exists()
+
+
 def test_learning_rate_schedules():
     for name, end in (('cosine', 0.0), ('poly', 0.0), ('linear', 0.0), ('constant', 1.0)):
         factor = training.lr_schedule(name, iters=100, warmup=10)
