@@ -141,13 +141,14 @@ def depth_task(args, layout, net, device):
                          f'has none: write a val split of its RGB-D pairs (`python data.py --make-splits '
                          f'{layout.root} --data folder --by-similarity`).')
 
-    saturated = [0]  # batches in a row whose disparity had no gradient at any pixel
+    saturated = 0  # batches in a row whose disparity had no gradient at any pixel
 
     def loss_of(batch, net):
+        nonlocal saturated
         with autocast(device):
             disp = net(batch['frames_aug'][:, 0])[0].float()
-        saturated[0] = 0 if (disp * (1 - disp)).any() else saturated[0] + 1  # sigmoid' exactly 0 everywhere
-        if saturated[0] == SATURATED_STEPS:
+        saturated = 0 if (disp * (1 - disp)).any() else saturated + 1  # sigmoid' exactly 0 everywhere
+        if saturated == SATURATED_STEPS:
             raise SystemExit(SATURATED)
         depth = models.depth_at(disp, batch['depth'].shape[-2:], args.min_depth, args.max_depth)
         return losses.supervised_depth_loss(depth, batch['depth'], args.loss, args.silog_lambda)  # SILog or eq. 15
