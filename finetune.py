@@ -122,9 +122,9 @@ def segmentation_task(args, layout, net, device):
 
 SATURATED_STEPS = 20
 SATURATED = (f'the depth head\'s sigmoid saturated: for {SATURATED_STEPS} batches in a row every pixel\'s disparity was '
-             'exactly 0 or 1, so no gradient reached the network and the run cannot learn (a decoder fine-tuned for segmentation can give features in the '
-             'thousands); fine-tune with --reset-decoder instead. The run folder\'s last checkpoint was left '
-             'as it was.')
+             'exactly 0 or 1, so no gradient reached the network and the run cannot learn (a decoder fine-tuned '
+             'for segmentation can give features in the thousands); fine-tune with --reset-decoder instead. The '
+             'run folder\'s last checkpoint was left as it was.')
 
 
 def depth_task(args, layout, net, device):

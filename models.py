@@ -673,8 +673,8 @@ def start_at_depth(depth_net, depth, min_depth=0.1, max_depth=100.0):
 def zero_new_head(depth_net):
     """Zero the weights of a new disparity head put on a transferred decoder. A decoder fine-tuned for
     another task (segmentation) can give features in the hundreds: a randomly drawn head then starts its
-    sigmoids saturated, where they have almost no gradient, and the run may never learn. Zeroed, every scale
-    starts at the sigmoid of its bias and the head learns from the first step."""
+    sigmoids saturated, where they have almost no gradient. Zeroed, every scale starts at the sigmoid of its
+    bias; features in the thousands can still saturate it within a few steps (finetune.py then stops the run)."""
     for conv in depth_net.head.convs:
         nn.init.zeros_(conv.weight)
 
