@@ -781,9 +781,16 @@ def headlines(runs):
 
 
 def _curve(run, key):
-    """(iterations, values) of `key` over the run's eval lines."""
-    points = [(m['iter'], m[key]) for m in run['metrics'] if m.get('split') == 'eval' and m.get(key) is not None]
+    """(iterations, values) of `key` over the run's eval lines that measured it (not None, not NaN)."""
+    points = [(m['iter'], m[key]) for m in run['metrics']
+              if m.get('split') == 'eval' and m.get(key) is not None and not math.isnan(m[key])]
     return [p[0] for p in points], [p[1] for p in points]
+
+
+def _seg_key(members):
+    """The segmentation curve's metric: mIoU over the 7 representative classes (miou7), or, for runs on a
+    dataset without them (NYU's 40 classes log miou7 as NaN), mIoU over all classes (miou)."""
+    return 'miou7' if any(_curve(run, 'miou7')[0] for run in members) else 'miou'
 
 
 def _figure(columns, rows=1, width=6, height=4.5):
@@ -824,15 +831,17 @@ def plot_curves(runs, path):
     fig, axes = _figure(len(panels))
     for ax, (task, key, title, ylabel, factor) in zip(axes[0], panels):
         for label, members in (g for g in group_runs(runs) if _task(g[1][0]) == task):
-            curves = [dict(zip(*_curve(run, key))) for run in members]
+            series_key = _seg_key(members) if task == 'seg' else key
+            curves = [dict(zip(*_curve(run, series_key))) for run in members]
             iters = sorted(set.intersection(*(set(c) for c in curves)))
             if not iters:
                 continue
             stats = [_mean_std([factor * c[i] for c in curves]) for i in iters]
             mean = [m for m, _ in stats]
-            line, = ax.plot(iters, mean, marker='.', label=f'{label} (n={len(members)})')
+            every_class = ', mIoU over all classes' if series_key != key else ''
+            line, = ax.plot(iters, mean, marker='.', label=f'{label} (n={len(members)}){every_class}')
             ax.fill_between(iters, [m - s for m, s in stats], [m + s for m, s in stats], color=line.get_color(), alpha=0.2)
-            baseline = _last(members[0], 'baseline').get(key)
+            baseline = _last(members[0], 'baseline').get(series_key)
             if baseline is not None:
                 ax.axhline(factor * baseline, ls='--', color=line.get_color(), label=f'{label}: baseline')
         ax.set(title=title, xlabel='iteration', ylabel=ylabel)

@@ -782,6 +782,19 @@ def test_curves_plot_segmentation_in_percent_and_depth_as_logged(runs, tmp_path)
     assert list(fig.axes[1].lines[0].get_ydata()) == pytest.approx([0.2, 0.1234])  # depth stays as logged
 
 
+def test_curves_plot_mIoU_over_all_classes_for_runs_without_the_7_classes(runs, tmp_path):
+    # an NYU run: its 40 classes hold none of KITTI's 7 representative ones, so miou7 is logged as NaN
+    args = dict(task='seg', data='nyu', init='none', arch='resnet18', height=96, width=128, iters=200, seed=0,
+                name='nyu_seg')
+    nyu = _write_run(tmp_path / 'nyu_seg', args, [
+        {'iter': 100, 'split': 'eval', 'miou7': math.nan, 'miou': 0.15, 'pixel_acc': 0.7},
+        {'iter': 200, 'split': 'eval', 'miou7': math.nan, 'miou': 0.26, 'pixel_acc': 0.8}])
+    fig = evaluate.plot_curves([evaluate.read_run(p) for p in (runs[0], nyu)], tmp_path / 'curves.png')
+    kitti, nyu_line = fig.axes[0].lines
+    assert list(kitti.get_ydata()) == pytest.approx([30.0, 63.214]) and 'all classes' not in kitti.get_label()
+    assert list(nyu_line.get_ydata()) == pytest.approx([15.0, 26.0]) and 'all classes' in nyu_line.get_label()
+
+
 def test_frozen_figure_draws_only_the_bars_that_exist(tmp_path):
     paths = (_seg_runs(tmp_path, 'depth', True, [0.6, 0.7]) + _seg_runs(tmp_path, 'depth', False, [0.8])
              + _seg_runs(tmp_path, 'none', True, [0.3]))  # no fine-tuned run from random weights
