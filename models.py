@@ -692,8 +692,10 @@ def depth_at(disp, size, min_depth=0.1, max_depth=100.0):
 
 # Monodepth2 multiplies the six pose outputs by 0.01 so that the first warps stay near the identity. We keep
 # that for the rotation (radians per frame are small) but use 0.1 for the translation: at 0.01 it grows by
-# at most ~0.0003 per Adam step at lr 1e-4, too slowly to reach the scene's scale in a few hundred steps.
+# at most ~0.0003 per Adam step at lr 1e-4, too slowly to reach the scene's scale in a few hundred steps
+# (pretrain.py --video-start monodepth2 puts Monodepth2's 0.01 back).
 POSE_SCALE = dict(rotation=0.01, translation=0.1)
+MONODEPTH2_TRANSLATION_SCALE = 0.01
 
 
 class PoseNet(nn.Module):
@@ -701,8 +703,9 @@ class PoseNet(nn.Module):
     is the depth network's --arch (Monodepth2 takes the same depth for both), or ResNet-18 where that is no
     ResNet (ConvNeXt): the pose only needs to be good enough to warp the frames, and ResNet-18 is Monodepth2's."""
 
-    def __init__(self, arch='resnet18', normalization='unit'):
+    def __init__(self, arch='resnet18', normalization='unit', translation_scale=POSE_SCALE['translation']):
         super().__init__()
+        self.translation_scale = translation_scale
         self.encoder = ResnetEncoder(arch if arch in RESNET_BLOCKS else 'resnet18', num_input_images=2)
         self.decoder = nn.Sequential(
             nn.Conv2d(self.encoder.num_ch_enc[-1], 256, 1), nn.ReLU(),  # squeeze
@@ -718,13 +721,13 @@ class PoseNet(nn.Module):
         motion that a lopsided depth map explains about as well (the camera drives on the right lane, so
         the right side is nearer), and stays there for hundreds of steps."""
         with torch.no_grad():
-            self.decoder[-1].bias[3:] = torch.tensor([0.0, 0.0, -speed]) / POSE_SCALE['translation']
+            self.decoder[-1].bias[3:] = torch.tensor([0.0, 0.0, -speed]) / self.translation_scale
 
     def forward(self, frame_a, frame_b):
         """Return (axisangle [B,3], translation [B,3]) of the motion from frame_a to frame_b."""
         x = torch.cat([(frame_a - self.mean) / self.std, (frame_b - self.mean) / self.std], 1)
         pose = self.decoder(self.encoder(x)[-1]).mean(dim=(2, 3))
-        return POSE_SCALE['rotation'] * pose[:, :3], POSE_SCALE['translation'] * pose[:, 3:]
+        return POSE_SCALE['rotation'] * pose[:, :3], self.translation_scale * pose[:, 3:]
 
 
 class FlowHead(nn.Module):

@@ -117,6 +117,10 @@ INDOOR_START_SHARE = 0.3  # of --max-depth where that is under twice the above (
 VIDEO_START_DEPTH = 1.0  # video fixes no scale: near the sigmoid's midpoint, yet the near road (~1/15 of the
                          # median depth) stays above the 0.1 m floor
 FRAMES_TO_MEDIAN_DEPTH = 15  # a car filmed at 10 Hz covers the median depth of its view in about 15 frames
+# Where video pre-training starts (--video-start): forward, the above; rest, the same with the PoseNet at rest;
+# monodepth2, Monodepth2's own start: depth at the sigmoid's midpoint (0.2 m), the PoseNet at rest, its
+# translation x 0.01. RESULTS.md measures the three.
+VIDEO_STARTS = ('forward', 'rest', 'monodepth2')
 
 
 def depth_networks(args, device):
@@ -124,15 +128,18 @@ def depth_networks(args, device):
     with --init imagenet, xNet's decoder from --decoder-init, and a starting depth (models.start_at_depth)."""
     normalization = 'imagenet' if args.init == 'imagenet' else 'unit'
     networks = {'model': models.build_depth_net(args.arch, normalization, args.decoder, models.xnet_options(args))}
+    monodepth2 = args.video_start == 'monodepth2'
     if 'mono' in args.supervision:
-        networks['pose_net'] = models.PoseNet(args.arch, normalization)
+        scale = models.MONODEPTH2_TRANSLATION_SCALE if monodepth2 else models.POSE_SCALE['translation']
+        networks['pose_net'] = models.PoseNet(args.arch, normalization, translation_scale=scale)
     training.init_encoders(args, *(net.encoder for net in networks.values()))
     if args.decoder == 'xnet':
         training.init_decoder_backbone(networks['model'], args)
     metric_start = min(METRIC_START_DEPTH, INDOOR_START_SHARE * args.max_depth)
     start = VIDEO_START_DEPTH if args.supervision == 'mono' else metric_start
-    models.start_at_depth(networks['model'], start, args.min_depth, args.max_depth)
-    if 'pose_net' in networks:
+    if not monodepth2:
+        models.start_at_depth(networks['model'], start, args.min_depth, args.max_depth)
+    if 'pose_net' in networks and args.video_start == 'forward':
         networks['pose_net'].start_moving_forward(start / FRAMES_TO_MEDIAN_DEPTH)
     return {key: net.to(device) for key, net in networks.items()}
 
@@ -296,6 +303,10 @@ def parse_args(argv=None):
                              'a ResNet of --arch, ResNet-18 for a ConvNeXt --arch); '
                              'stereo: the other camera\'s image, baseline from the calibration (depth in metres); '
                              'mono+stereo: both; gt: the dataset\'s ground-truth depth (--loss)')
+    parser.add_argument('--video-start', choices=VIDEO_STARTS, default='forward',
+                        help='with --supervision mono, where training starts. forward: depth at 1 m, the PoseNet '
+                             'moving forward 1/15 m per frame, its translation x 0.1; rest: the same, the PoseNet '
+                             'at rest; monodepth2: Monodepth2\'s start, depth 0.2 m, the PoseNet at rest, x 0.01')
     parser.add_argument('--loss', '--depth-loss', choices=['l1', 'silog'], default='l1',
                         help='with --supervision gt: masked L1 (eq. 15) or the scale-invariant log loss (--depth-loss: '
                              'its older name)')
@@ -352,6 +363,9 @@ def check_pretraining_args(args):
     if not args.step_factor >= 0:
         raise SystemExit(f'--step-factor must be 0 or more (e.g. 0.1): it multiplies the learning rate; got '
                          f'{args.step_factor}, which would train by gradient ascent.')
+    if args.video_start != 'forward' and (args.task, args.supervision) != ('depth', 'mono'):
+        raise SystemExit(f'--video-start {args.video_start} applies to depth from video alone (--supervision mono); '
+                         f'the other supervisions start at a metric depth, where the stereo warp stays in the image.')
     if args.task == 'flow' and args.decoder != 'unet':
         raise SystemExit('--decoder applies to --task depth; the flow network has its own siamese U-Net decoder.')
     if args.arch in models.MIT_SPECS and (args.task == 'flow' or 'mono' in args.supervision):
@@ -369,6 +383,7 @@ def run_name(args):
     parts += ['linear'] if args.schedule == 'linear' else []
     parts += [f'hue{args.hue:g}'] if args.hue != 0.1 else []
     parts += ['noflip'] if args.no_flip else []
+    parts += [f'start-{args.video_start}'] if args.video_start != 'forward' else []
     if args.decoder != 'unet':
         parts.append(models.describe_decoder(args.decoder, models.xnet_options(args), args.decoder_init))
     if args.task == 'depth':

@@ -152,6 +152,11 @@ def test_pose_net_normalises_both_frames_in_order_and_scales_rotation_and_transl
     assert torch.allclose(axisangle[0], 0.01 * normalised(a), atol=1e-7)
     assert torch.allclose(translation[0], 0.1 * normalised(b), atol=1e-6)
     assert models.POSE_SCALE == dict(rotation=0.01, translation=0.1)
+    # Monodepth2's translation scale (pretrain.py --video-start monodepth2), the rotation's unchanged
+    pose.translation_scale = models.MONODEPTH2_TRANSLATION_SCALE
+    axisangle, translation = pose(_channel_image(a, 4), _channel_image(b, 4))
+    assert torch.allclose(axisangle[0], 0.01 * normalised(a), atol=1e-7)
+    assert torch.allclose(translation[0], 0.01 * normalised(b), atol=1e-7) and models.MONODEPTH2_TRANSLATION_SCALE == 0.01
 
 
 def test_flow_net_normalises_both_frames_and_pairs_their_features():

@@ -113,6 +113,38 @@ def test_mono_pretraining_learns_depth_from_video(toy_root, tmp_path):
     assert (checkpoint['pose_net']['decoder.6.bias'][3:] - start).abs().max() > 1e-4
 
 
+
+@pytest.mark.parametrize('video_start, depth, forward, translation_scale', [
+    ('forward', 1.0, 1 / 15, 0.1),        # the default: 1 m, moving forward 1/15 of it per frame
+    ('rest', 1.0, 0.0, 0.1),              # the same depth, the PoseNet at rest
+    ('monodepth2', 1 / 5.005, 0.0, 0.01),  # Monodepth2's: the sigmoid's midpoint (0.2 m), at rest, x 0.01
+])
+def test_video_start_sets_the_starting_depth_the_posenets_motion_and_its_translation_scale(video_start, depth, forward,
+                                                                                          translation_scale):
+    args = pretrain.parse_args(['--video-start', video_start])
+    pretrain.check_pretraining_args(args)
+    networks = pretrain.depth_networks(args, 'cpu')
+    # every scale's sigmoid starts at the disparity of `depth`; Monodepth2's biases as torch draws them,
+    # within 1/sqrt(16 x 3 x 3 inputs) of 0: 0.19 to 0.21 m
+    rtol = 0.05 if video_start == 'monodepth2' else 1e-4
+    for conv in networks['model'].head.convs:
+        assert torch.allclose(models.disp_to_depth(torch.sigmoid(conv.bias)), torch.tensor([depth]), rtol=rtol)
+    pose = networks['pose_net']
+    assert pose.translation_scale == translation_scale
+    translation = translation_scale * pose.decoder[-1].bias[3:]  # metres per frame before training
+    if forward:
+        assert torch.allclose(translation, torch.tensor([0.0, 0.0, -forward]), atol=1e-7)
+    else:  # at rest: as torch draws a conv's bias, within 1/sqrt(256 inputs), scaled
+        assert translation.abs().max() <= translation_scale / 16
+    assert (video_start in pretrain.run_name(args)) == (video_start != 'forward')
+
+
+@pytest.mark.parametrize('flags', [['--supervision', 'stereo'], ['--supervision', 'gt'], ['--task', 'flow']])
+def test_video_start_other_than_forward_stops_without_video_supervision(flags):
+    with pytest.raises(SystemExit, match='--video-start rest applies to depth from video alone'):
+        pretrain.check_pretraining_args(pretrain.parse_args(flags + ['--video-start', 'rest']))
+
+
 GARG = (0.40810811, 0.99189189, 0.03594771, 0.96405229)  # Garg et al.'s crop: rows top, bottom; columns left, right
 
 
