@@ -31,3 +31,12 @@ def test_benchmark_runs_one_tiny_step(script):
         assert 'not installed' in skipped[0] and 'x' not in summary.rsplit('images/s', 1)[-1], run.stdout
     else:  # both sides ran: the ratio of their speeds is printed
         assert re.search(r'project / \w+ = \d+\.\d\dx', summary), run.stdout
+
+
+def test_runs_killed_at_random_moments_resume_to_the_uninterrupted_runs_weights_and_losses():
+    # seed 0 kills both runs after their third of four iterations: both resume from a checkpoint
+    run = subprocess.run([sys.executable, str(ROOT / 'benchmarks' / 'resume_kills.py'), '--kills', '2', '--iters', '4',
+                          '--seed', '0'], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.splitlines()[-1].endswith('2 kills, 2 resumed from a checkpoint, 0 started again, 2 of 2 ended '
+                                                'identical to the uninterrupted run'), run.stdout
