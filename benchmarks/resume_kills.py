@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -60,7 +61,8 @@ def logged_iterations(run):
 
 def kill_and_resume(folder, name, args, logged, wait):
     """Start run `name`, kill -9 it (with its loader workers) `wait` seconds after it has logged `logged`
-    iterations, then continue it; returns whether it had a checkpoint to resume from."""
+    iterations, then continue it; returns whether it had a checkpoint to resume from and, where continuing it
+    failed, the last line the run printed."""
     run = subprocess.Popen(command(folder, name, args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                            start_new_session=True)
     while logged_iterations(folder / name) < logged and run.poll() is None:
@@ -70,8 +72,9 @@ def kill_and_resume(folder, name, args, logged, wait):
         os.killpg(run.pid, signal.SIGKILL)
     run.wait()
     resumable = (folder / name / 'checkpoint.pt').exists()
-    subprocess.run(command(folder, name, args, *(['--resume'] if resumable else [])), check=True, capture_output=True)
-    return resumable
+    again = subprocess.run(command(folder, name, args, *(['--resume'] if resumable else [])), capture_output=True,
+                           text=True)
+    return resumable, again.returncode and (again.stderr.strip().splitlines() or ['(nothing)'])[-1]
 
 
 def main(argv=None):
@@ -88,14 +91,20 @@ def main(argv=None):
         subprocess.run(command(folder, 'uninterrupted', args), check=True, capture_output=True)
         reference = ending(folder / 'uninterrupted')
         draw = random.Random(args.seed)
-        resumed = same = 0
+        resumed = same = failed = 0
         for k in range(args.kills):
             moment = draw.randrange(args.iters), draw.uniform(0, 0.5)
-            resumed += kill_and_resume(folder, f'killed{k}', args, *moment)
-            same += identical(ending(folder / f'killed{k}'), reference)
+            had_checkpoint, failure = kill_and_resume(folder, f'killed{k}', args, *moment)
+            resumed += had_checkpoint
+            if failure:
+                failed += 1
+                print(f'killed{k} (after {moment[0]} iterations and {moment[1]:.2f} s) did not continue: {failure}')
+            else:
+                same += identical(ending(folder / f'killed{k}'), reference)
+            shutil.rmtree(folder / f'killed{k}')  # a checkpoint is hundreds of MB
     print(f'--workers {args.workers}, {args.iters} iterations: {args.kills} kills, {resumed} resumed from a '
-          f'checkpoint, {args.kills - resumed} started again, {same} of {args.kills} ended identical to the '
-          f'uninterrupted run')
+          f'checkpoint, {args.kills - resumed} started again, {failed} failed to continue, {same} of {args.kills} '
+          f'ended identical to the uninterrupted run')
 
 
 if __name__ == '__main__':
