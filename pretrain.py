@@ -364,8 +364,9 @@ def check_pretraining_args(args):
         raise SystemExit(f'--step-factor must be 0 or more (e.g. 0.1): it multiplies the learning rate; got '
                          f'{args.step_factor}, which would train by gradient ascent.')
     if args.video_start != 'forward' and (args.task, args.supervision) != ('depth', 'mono'):
-        raise SystemExit(f'--video-start {args.video_start} applies to depth from video alone (--supervision mono); '
-                         f'the other supervisions start at a metric depth, where the stereo warp stays in the image.')
+        raise SystemExit(f'--video-start {args.video_start} applies to depth from video alone (--task depth '
+                         f'--supervision mono); leave it out here: the other supervisions start at a metric depth, '
+                         f'which the stereo warp needs, and flow has no depth to start.')
     if args.task == 'flow' and args.decoder != 'unet':
         raise SystemExit('--decoder applies to --task depth; the flow network has its own siamese U-Net decoder.')
     if args.arch in models.MIT_SPECS and (args.task == 'flow' or 'mono' in args.supervision):
