@@ -13,7 +13,6 @@ logged, equals the uninterrupted run's bit for bit.
 """
 import argparse
 import contextlib
-import json
 import os
 import random
 import shutil
@@ -29,6 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import toyworld  # noqa: E402
+import training  # noqa: E402
 
 WORLD = dict(height=64, width=192, drives=1, frames=8, test_frames=8, labelled=12)
 
@@ -44,7 +44,7 @@ def command(folder, name, args, *extra):
 def ending(run):
     """(weights {checkpoint key: state dict}, training losses) where the run folder `run` ended."""
     state = torch.load(run / 'checkpoint.pt', weights_only=False)
-    losses = [json.loads(line)['loss'] for line in open(run / 'metrics.jsonl') if '"train"' in line]
+    losses = [record['loss'] for record in training.read_jsonl(run / 'metrics.jsonl') if record['split'] == 'train']
     return {key: state[key] for key in ('model', 'pose_net')}, losses
 
 

@@ -113,7 +113,6 @@ def test_mono_pretraining_learns_depth_from_video(toy_root, tmp_path):
     assert (checkpoint['pose_net']['decoder.6.bias'][3:] - start).abs().max() > 1e-4
 
 
-
 @pytest.mark.parametrize('video_start, depth, forward, translation_scale', [
     ('forward', 1.0, 1 / 15, 0.1),        # the default: 1 m, moving forward 1/15 of it per frame
     ('rest', 1.0, 0.0, 0.1),              # the same depth, the PoseNet at rest
